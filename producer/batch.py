@@ -1,0 +1,265 @@
+"""The batch record in Redis: which jobs a bulk submission made, so `wait`, `status` and
+`cancel --batch` work from any process, and job states read many at a time (pipelined).
+
+Keys (all in shared.constants): batch_key (hash of counts), batch_jobs_key (list of job
+ids), batch_sources_key (job id -> source), batch_rejects_key (rows that were not jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from shared.constants import (
+    batch_jobs_key,
+    batch_key,
+    batch_rejects_key,
+    batch_sources_key,
+    job_key,
+)
+from shared.errors import InvalidJobError
+from shared.fields import SAFE_ID
+
+CHUNK = 500
+# Celery's state names -> what a person reads (the same table as producer.client).
+STATES = {
+    "PENDING": "queued",
+    "RECEIVED": "queued",
+    "STARTED": "running",
+    "PROGRESS": "running",
+    "RETRY": "retrying",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "REVOKED": "cancelled",
+}
+FINAL = ("succeeded", "failed", "cancelled")
+COUNTERS = ("submitted", "already_done", "already_queued", "resubmitted", "invalid", "skipped")
+
+
+def new_batch_id() -> str:
+    """A fresh batch id: sortable by time, unique enough to never collide."""
+    return time.strftime("b%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def check_batch_id(batch_id: str) -> str:
+    """The id if it is safe in a Redis key and a file name, else InvalidJobError."""
+    if not SAFE_ID.fullmatch(batch_id):
+        raise InvalidJobError(
+            f"batch_id={batch_id[:140]!r} is not allowed: 1–128 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit",
+            field="batch_id",
+        )
+    return batch_id
+
+
+class BatchRecord:
+    """One batch's keys; writes go through a caller's pipeline so a chunk is one round trip."""
+
+    def __init__(self, redis: Any, batch_id: str, expires: int) -> None:
+        self.redis = redis
+        self.batch_id = check_batch_id(batch_id)
+        self.expires = expires
+
+    def keys(self) -> tuple[str, ...]:
+        """Every key this batch owns."""
+        b = self.batch_id
+        return (batch_key(b), batch_jobs_key(b), batch_sources_key(b), batch_rejects_key(b))
+
+    def start(self, source: str) -> None:
+        """Create (or reopen, on a re-run with the same id) the record."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(batch_key(self.batch_id), "created_at", time.time())
+        pipe.hset(batch_key(self.batch_id), mapping={"source": source, "complete": 0})
+        self._expire(pipe)
+        pipe.execute()
+
+    def add_jobs(self, pipe: Any, jobs: Iterable[tuple[str, str]]) -> None:
+        """Queue (on `pipe`) adding (job_id, source) pairs to the batch."""
+        pairs = list(jobs)
+        if pairs:
+            pipe.rpush(batch_jobs_key(self.batch_id), *(j for j, _ in pairs))
+            pipe.hset(batch_sources_key(self.batch_id), mapping=dict(pairs))
+
+    def add_rejects(self, pipe: Any, rows: Iterable[dict[str, Any]]) -> None:
+        """Queue (on `pipe`) rows that did not become jobs, kept for reports."""
+        blobs = [json.dumps(r) for r in rows]
+        if blobs:
+            pipe.rpush(batch_rejects_key(self.batch_id), *blobs)
+
+    def count(self, pipe: Any, counts: dict[str, int]) -> None:
+        """Queue (on `pipe`) adding `counts` to the batch's submission counters."""
+        for name, n in counts.items():
+            if n:
+                pipe.hincrby(batch_key(self.batch_id), name, n)
+        self._expire(pipe)
+
+    def finish(self) -> None:
+        """Mark submission complete (an interrupted bulk leaves it 0)."""
+        self.redis.hset(batch_key(self.batch_id), "complete", 1)
+
+    def info(self) -> dict[str, Any]:
+        """The record: source, created_at, complete, the counters and the number of jobs."""
+        raw = self.redis.hgetall(batch_key(self.batch_id))
+        if not raw:
+            raise InvalidJobError(
+                f"batch {self.batch_id!r} is unknown here: never submitted to this Redis, or "
+                "expired (SVDQ_RESULT_EXPIRES)",
+                field="batch_id",
+            )
+        data = {_s(k): _s(v) for k, v in raw.items()}
+        out: dict[str, Any] = {"batch_id": self.batch_id, "source": data.get("source", "")}
+        out["created_at"] = float(data.get("created_at", 0))
+        out["complete"] = data.get("complete") == "1"
+        out.update({name: int(data.get(name, 0)) for name in COUNTERS})
+        out["jobs"] = int(self.redis.llen(batch_jobs_key(self.batch_id)))
+        return out
+
+    def job_chunks(self, size: int = CHUNK) -> Iterator[list[str]]:
+        """The batch's job ids, `size` at a time, without loading them all."""
+        start = 0
+        while True:
+            ids = self.redis.lrange(batch_jobs_key(self.batch_id), start, start + size - 1)
+            if not ids:
+                return
+            yield [_s(i) for i in ids]
+            start += size
+
+    def sources(self, job_ids: list[str]) -> list[str]:
+        """The source each job came from (same order)."""
+        if not job_ids:
+            return []
+        values = self.redis.hmget(batch_sources_key(self.batch_id), job_ids)
+        return [_s(v) if v is not None else "" for v in values]
+
+    def rejects(self) -> Iterator[dict[str, Any]]:
+        """The rows that did not become jobs, in order."""
+        start = 0
+        while True:
+            blobs = self.redis.lrange(batch_rejects_key(self.batch_id), start, start + CHUNK - 1)
+            if not blobs:
+                return
+            for blob in blobs:
+                yield dict(json.loads(blob))
+            start += CHUNK
+
+    def _expire(self, pipe: Any) -> None:
+        for key in self.keys():
+            pipe.expire(key, self.expires)
+
+
+def peek(app: Any, job_ids: list[str]) -> list[dict[str, Any]]:
+    """States of many jobs in one pipelined round trip: state, result or error, has_record.
+
+    A job Redis has no state for is `queued` if its submission record exists, else `unknown`
+    (the caller may then look for result.json).
+    """
+    backend = app.backend
+    pipe = backend.client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.get(backend.get_key_for_task(job_id))
+        pipe.exists(job_key(job_id))
+    replies = pipe.execute()
+    out = []
+    for i, job_id in enumerate(job_ids):
+        raw, has_record = replies[2 * i], bool(replies[2 * i + 1])
+        entry: dict[str, Any] = {"job_id": job_id, "has_record": has_record}
+        if raw is None:
+            entry["state"] = "queued" if has_record else "unknown"
+        else:
+            meta = backend.decode_result(raw)
+            entry["state"] = STATES.get(meta["status"], str(meta["status"]).lower())
+            result = meta.get("result")
+            if entry["state"] == "succeeded" and isinstance(result, dict):
+                entry["result"] = result
+            elif entry["state"] == "failed" and isinstance(result, dict):
+                message = result.get("exc_message")
+                if isinstance(message, list):  # Celery stores the exception's args
+                    message = " ".join(map(str, message))
+                entry["error"] = f"{result.get('exc_type', 'Error')}: {message}"
+            elif entry["state"] == "running" and isinstance(result, dict):
+                entry.update({k: result[k] for k in ("phase", "step", "steps") if k in result})
+        out.append(entry)
+    return out
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Batch:
+    """A bulk submission seen from any process (Client.batch)."""
+
+    def __init__(self, client: Any, batch_id: str) -> None:
+        self.client = client
+        self.batch_id = batch_id
+        self.record = BatchRecord(
+            client.app.backend.client, batch_id, client.settings.result_expires
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The submission record (source, counters, complete, number of jobs)."""
+        return self.record.info()
+
+    def job_ids(self) -> Iterator[str]:
+        """Every job id in the batch, in submission order."""
+        for chunk in self.record.job_chunks():
+            yield from chunk
+
+    def states(self) -> Iterator[dict[str, Any]]:
+        """Each job's state (see `peek`), with `source`; result.json settles `unknown`."""
+        for chunk in self.record.job_chunks():
+            for entry, source in zip(
+                peek(self.client.app, chunk), self.record.sources(chunk), strict=True
+            ):
+                if entry["state"] == "unknown":
+                    stored = self.client._stored_result(entry["job_id"])
+                    if stored is not None:
+                        entry.update(state="succeeded", result=stored)
+                entry["source"] = source
+                yield entry
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state now."""
+        counts: dict[str, int] = {}
+        for entry in self.states():
+            counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+        return counts
+
+    def cancel(self) -> dict[str, int]:
+        """Cancel every job of the batch that has not ended; counts of what happened."""
+        out: dict[str, int] = {}
+        for chunk in self.record.job_chunks():
+            for what in self.client.cancel(chunk).values():
+                out[what] = out.get(what, 0) + 1
+        return out
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_update: Any = None,
+        poll: float = 1.0,
+    ) -> dict[str, int]:
+        """Block until every job ends; return the final counts by state.
+
+        `on_update(counts)` is called after each pass. Raises WaitTimeoutError on timeout.
+        """
+        from producer.client import WaitTimeoutError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            counts = self.counts()
+            if on_update:
+                on_update(counts)
+            # "unknown": Redis and the store both forgot it; there is nothing to wait for.
+            open_jobs = sum(n for s, n in counts.items() if s not in (*FINAL, "unknown"))
+            if not open_jobs:
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeoutError(
+                    f"batch {self.batch_id}: {open_jobs} job(s) not finished after {timeout}s; "
+                    f"follow them with `svdq wait --batch {self.batch_id}`"
+                )
+            time.sleep(poll)

@@ -1,0 +1,399 @@
+"""Submitting many jobs at once: a chunk at a time, with as few round trips as possible.
+
+For each chunk of rows: read and hash the images locally (threads), which gives every job
+id without touching the network; ask Redis about all of those jobs in one pipelined round
+trip; upload only the inputs of jobs Redis does not already know (threads, one conditional
+PUT each, skipped when the object exists); look for result.json only when the input was
+already there; then publish the chunk's messages through one producer in one Redis
+pipeline, and write the job and batch records in another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+from producer.batch import COUNTERS, BatchRecord, new_batch_id, peek
+from producer.doneindex import DoneIndex
+from producer.inputs import _MIME, read_local
+from producer.manifest import Row
+from producer.objects import forget_result, put_if_absent
+from shared.celery_app import celery_priority
+from shared.constants import TASK_GENERATE, cancel_key, input_key, job_key, queue_for, result_key
+from shared.errors import InvalidJobError
+from shared.images import check_image
+from shared.limits import time_limits
+from shared.spec import JobSpec, finalize
+from shared.storage import ObjectNotFoundError
+
+# s3://<bucket>/inputs/<sha256>.<ext>: already content-addressed, so the name gives the hash
+# and nothing needs downloading (the worker checks the image itself before it runs).
+_ADDRESSED = re.compile(r"^inputs/([0-9a-f]{64})\.(png|jpg|webp)$")
+
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Prepared:
+    """A row after the local step: a finalized spec plus what uploading it needs."""
+
+    row: Row
+    spec: JobSpec | None = None
+    data: bytes | None = None  # input bytes still to upload (None: already in the store)
+    # A local file is read again when it is uploaded rather than held: a chunk of 20 MB
+    # photos would otherwise sit in memory between the hashing and the upload.
+    local: str | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+@dataclass
+class Summary:
+    """What one bulk submission did."""
+
+    batch_id: str
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    job_ids: list[str] = field(default_factory=list)  # only kept when asked (the Python API)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """'1,998 already done, 2 resubmitted, ...' for people."""
+        names = {"already_done": "already done", "already_queued": "already queued"}
+        parts = [f"{n:,} {names.get(k, k)}" for k, n in self.counts.items() if n]
+        return ", ".join(parts) or "nothing to submit"
+
+
+class BulkSubmitter:
+    """Streams rows into the queue; see the module docstring for the steps of a chunk."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        batch_id: str | None = None,
+        force: bool = False,
+        random_seed: bool = False,
+        threads: int = 8,
+        chunk: int = 256,
+        on_event: Event | None = None,
+        keep_ids: bool = False,
+        sent_events: bool | None = None,
+    ) -> None:
+        self.client = client
+        self.store = client.store
+        self.force = force
+        self.random_seed = random_seed
+        self.chunk = chunk
+        self.on_event = on_event or (lambda _e: None)
+        self.keep_ids = keep_ids
+        # Celery's task-sent event per job (monitors see a job from the moment it is queued)
+        # is a second message each; None keeps the app's task_send_sent_event.
+        self.sent_events = sent_events
+        self.redis = client.app.backend.client
+        self.batch = BatchRecord(
+            self.redis, batch_id or new_batch_id(), client.settings.result_expires
+        )
+        self.summary = Summary(self.batch.batch_id)
+        self._stop: list[int] = []  # SIGINTs received (see interrupt_flag)
+        self.specs: dict[str, JobSpec] = {}  # kept only with keep_ids (the Python API)
+        self.done_index = DoneIndex(self.store)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="svdq-bulk")
+        self.uploader = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="svdq-put")
+        self._inflight: set[str] = set()  # job ids of the chunk whose uploads are under way
+
+    def run(self, rows: Iterable[Row], source: str = "") -> Summary:
+        """Submit every row; the batch record says how far it got if this is interrupted."""
+        t0 = time.perf_counter()
+        self.batch.start(source)
+        try:
+            with interrupt_flag() as self._stop:
+                # Two chunks overlap: while one's uploads run, the next one is read and hashed.
+                pending: Iterator[None] | None = None
+                it = iter(rows)
+                while chunk := list(islice(it, self.chunk)):
+                    step = self._chunk(chunk)
+                    next(step)  # up to its uploads being under way
+                    if pending is not None:
+                        next(pending, None)  # the previous chunk: wait, send, record
+                    pending = step
+                    self._check_stop()
+                if pending is not None:
+                    next(pending, None)
+            self.batch.finish()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.uploader.shutdown(wait=True, cancel_futures=True)
+            self.summary.seconds = time.perf_counter() - t0
+        return self.summary
+
+    def _chunk(self, rows: list[Row]) -> Iterator[None]:
+        """One chunk, in two steps: the first `next` reads, classifies and starts the uploads;
+        the second waits for them, then sends and records the chunk."""
+        # Rows that need I/O (a local file to read, an object to fetch) go to the threads;
+        # already content-addressed s3:// rows are pure CPU and cheaper done right here.
+        slow = [r for r in rows if not self._addressed(r)]
+        done_slow = dict(zip(map(id, slow), self.pool.map(self._prepare, slow), strict=True))
+        prepared = [done_slow[id(r)] if id(r) in done_slow else self._prepare(r) for r in rows]
+        counts = dict.fromkeys(COUNTERS, 0)
+        rejects: list[dict[str, Any]] = []
+        members: list[tuple[str, str]] = []
+        ready = [p for p in prepared if p.spec is not None]
+        states = peek(self.client.app, [p.spec.job_id for p in ready if p.spec and p.spec.job_id])
+        state_of = {s["job_id"]: s for s in states}
+        seen: set[str] = set()
+        # (row, what it is if it goes out): "submitted", "resubmitted", or "check" when Redis
+        # knows nothing and result.json decides (it can only exist if the input did).
+        candidates: list[tuple[Prepared, str]] = []
+        for p in prepared:
+            if p.spec is None:
+                kind = "skipped" if p.row.skipped else "invalid"
+                counts[kind] += 1
+                reject = {"source": p.row.source, "status": kind, "reason": p.error}
+                if p.field:
+                    reject["field"] = p.field
+                rejects.append(reject)
+                self._emit(p, kind, p.error)
+                continue
+            job_id = str(p.spec.job_id)
+            if job_id in seen or job_id in self._inflight:
+                # The same image with the same parameters twice: one job serves both rows.
+                counts["already_queued"] += 1
+                self._emit(p, "duplicate", f"same content and parameters as job {job_id}")
+                continue
+            seen.add(job_id)
+            members.append((job_id, p.row.source))
+            if self.keep_ids:
+                self.specs[job_id] = p.spec
+            state = state_of[job_id]["state"]
+            if state == "unknown":
+                candidates.append((p, "submitted" if self.force else "check"))
+            elif self.force or state in ("failed", "cancelled"):
+                candidates.append((p, "resubmitted"))
+            elif state == "succeeded":
+                counts["already_done"] += 1
+                self._emit(p, "already_done")
+            else:  # queued, running, retrying
+                counts["already_queued"] += 1
+                self._emit(p, "already_queued")
+        # Each distinct input once (many rows may share an image), then result.json only for
+        # jobs Redis does not know whose input was already there before this upload.
+        uploads: dict[str, Prepared] = {}
+        for p, _ in candidates:
+            assert p.spec
+            uploads.setdefault(p.spec.image, p)
+        futures = [self.uploader.submit(self._upload, p) for p in uploads.values()]
+        self._inflight = {j for j, _ in members}
+        yield
+        existed = dict(zip(uploads, (f.result() for f in futures), strict=True))
+
+        def finished(pair: tuple[Prepared, str]) -> bool:
+            p, kind = pair
+            assert p.spec
+            return kind == "check" and existed[p.spec.image] and self._done_in_store(p.spec)
+
+        done = list(self.pool.map(finished, candidates))
+        sending: list[tuple[Prepared, str]] = []
+        for (p, kind), is_done in zip(candidates, done, strict=True):
+            if is_done:
+                counts["already_done"] += 1
+                self._emit(p, "already_done")
+                continue
+            kind = "submitted" if kind == "check" else kind
+            counts[kind] += 1
+            sending.append((p, kind))
+        if self.force:  # regenerate: while result.json exists a worker returns it instead
+            keys = [
+                result_key(str(p.spec.job_id), p.spec.output_prefix) for p, _ in sending if p.spec
+            ]
+            list(self.pool.map(lambda key: forget_result(self.store, key), keys))
+        # Ctrl-C takes effect here, before the chunk is sent, or after it is recorded: never
+        # in between, so every queued job is in the batch and a re-run finds it.
+        self._check_stop()
+        payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
+        self._publish([(p.spec, payloads[id(p)]) for p, _ in sending if p.spec])
+        pipe = self.redis.pipeline(transaction=False)
+        backend = self.client.app.backend
+        now = time.time()
+        for p, kind in sending:
+            assert p.spec and p.spec.job_id
+            key = job_key(p.spec.job_id)
+            pipe.hset(
+                key,
+                mapping={
+                    "spec": json.dumps(payloads[id(p)]),
+                    "queue": queue_for(str(p.spec.variant)),
+                    "submitted_at": now,
+                    "batch": self.batch.batch_id,
+                },
+            )
+            pipe.expire(key, self.client.settings.result_expires)
+            if kind == "resubmitted":  # starts clean: no old cancel flag, no old final state
+                pipe.delete(cancel_key(p.spec.job_id), backend.get_key_for_task(p.spec.job_id))
+        self.batch.add_jobs(pipe, members)
+        self.batch.add_rejects(pipe, rejects)
+        self.batch.count(pipe, counts)
+        pipe.execute()
+        for name, n in counts.items():
+            self.summary.counts[name] += n
+        for p, kind in sending:
+            self._emit(p, kind)
+        if self.keep_ids:
+            self.summary.job_ids.extend(j for j, _ in members)
+        self.on_event({"event": "chunk", "batch_id": self.batch.batch_id, **self.summary.counts})
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+
+    def _prepare(self, row: Row) -> Prepared:
+        """The local step: check the row, read and hash its image, fill in the job id."""
+        if row.data is None:
+            return Prepared(row, error=row.error or row.skipped, field=row.field)
+        try:
+            spec = JobSpec.from_dict(row.data)
+            if spec.variant is None:
+                # Both values below are ours and already valid: no second full check.
+                spec = dataclasses.replace(spec, variant=self.client.settings.default_variant)
+            uri, sha, data = self._read(spec.image)
+            spec = dataclasses.replace(spec, image=uri)
+            ready = finalize(spec, sha, random_seed=self.random_seed)
+        except InvalidJobError as exc:
+            return Prepared(row, error=str(exc), field=exc.field)
+        if data is not None and not row.data["image"].lower().startswith("s3://"):
+            return Prepared(row, spec=ready, local=row.data["image"].removeprefix("file://"))
+        return Prepared(row, spec=ready, data=data)
+
+    def _read(self, image: str) -> tuple[str, str, bytes | None]:
+        settings = self.client.settings
+        if image.lower().startswith("s3://"):
+            key = self.store.key_from_uri(image)
+            match = _ADDRESSED.match(key or "")
+            if match:
+                return image, match.group(1), None
+            if key is None:
+                raise InvalidJobError(
+                    f"image={image!r} is outside the configured bucket ({self.store.uri('')})",
+                    field="image",
+                )
+            try:
+                data = self.store.get_bytes(key)
+            except ObjectNotFoundError:
+                raise InvalidJobError(f"image={image!r} does not exist", field="image") from None
+        elif image.lower().startswith("https://"):
+            raise InvalidJobError(
+                f"image={image[:80]!r}: https:// inputs are not enabled in bulk; download the "
+                "images and submit the folder",
+                field="image",
+            )
+        else:
+            data = read_local(image.removeprefix("file://"), settings)
+        limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
+        info = check_image(data, source=f"image={image!r}", **limits)
+        sha = hashlib.sha256(data).hexdigest()
+        return self.store.uri(input_key(sha, info.ext)), sha, data
+
+    def _upload(self, p: Prepared) -> bool:
+        """Put the input if it is not there; return whether it was there already."""
+        assert p.spec
+        key = str(self.store.key_from_uri(p.spec.image))
+        data = p.data
+        if p.local is not None:
+            data = read_local(p.local, self.client.settings)
+            if input_key(hashlib.sha256(data).hexdigest(), key.rsplit(".", 1)[-1]) != key:
+                raise InvalidJobError(
+                    f"image={p.local!r} changed while it was being submitted; run again",
+                    field="image",
+                )
+        if data is None:
+            return True
+        existed = put_if_absent(self.store, key, data, _MIME[key.rsplit(".", 1)[-1]])
+        p.data = None  # free the bytes as soon as they are stored
+        return existed
+
+    def _done_in_store(self, spec: JobSpec) -> bool:
+        return self.done_index.done(spec)
+
+    def _addressed(self, row: Row) -> bool:
+        image = (row.data or {}).get("image")
+        if not isinstance(image, str) or not image.startswith("s3://"):
+            return False
+        return bool(_ADDRESSED.match(self.store.key_from_uri(image) or ""))
+
+    def _publish(self, specs: list[tuple[JobSpec, dict[str, Any]]]) -> None:
+        """All of the chunk's messages through one producer, in one Redis pipeline.
+
+        This is app.send_task without its per-message round trips: send_task subscribes to
+        each task's result channel (backend.on_task_call) and builds an AsyncResult that
+        unsubscribes again when collected; a bulk submitter never reads results that way.
+        """
+        if not specs:
+            return
+        app = self.client.app
+        amqp = app.amqp
+        sent_event = bool(
+            app.conf.task_send_sent_event if self.sent_events is None else self.sent_events
+        )
+        settings = self.client.settings
+        limits = {v: time_limits(v, settings) for v in {str(spec.variant) for spec, _ in specs}}
+        with app.producer_or_acquire() as producer, producer.batch(max_size=len(specs) * 3):
+            for spec, payload in specs:
+                message = amqp.create_task_message(
+                    spec.job_id,
+                    TASK_GENERATE,
+                    [payload],
+                    {},
+                    create_sent_event=sent_event,
+                    # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
+                    soft_time_limit=limits[str(spec.variant)][0],
+                    time_limit=limits[str(spec.variant)][1],
+                    # Celery would saferepr() the whole spec for monitors; the id says enough.
+                    argsrepr=f"[{spec.job_id}]",
+                    kwargsrepr="{}",
+                )
+                amqp.send_task_message(
+                    producer,
+                    TASK_GENERATE,
+                    message,
+                    queue=queue_for(str(spec.variant)),
+                    priority=celery_priority(spec.priority),
+                    declare=[],  # the queue is a Redis list: nothing to declare per message
+                )
+
+    def _emit(self, p: Prepared, outcome: str, reason: str | None = None) -> None:
+        event: dict[str, Any] = {"event": "row", "source": p.row.source, "outcome": outcome}
+        if p.row.line:
+            event["line"] = p.row.line
+        if p.spec is not None:
+            event["job_id"] = p.spec.job_id
+        if reason:
+            event["reason"] = reason
+        self.on_event(event)
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[list[int]]:
+    """While the block runs, Ctrl-C (SIGINT) only appends to the yielded list; the caller
+    raises KeyboardInterrupt where stopping is safe. (A KeyboardInterrupt raised wherever
+    the signal lands can be swallowed, e.g. inside a garbage-collected Redis pipeline.)"""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(
+            signal.SIGINT, previous if previous is not None else signal.default_int_handler
+        )

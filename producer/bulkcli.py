@@ -1,0 +1,237 @@
+"""The many-jobs commands: `svdq bulk`, `svdq cancel`, `svdq callbacks`, and the `--batch`
+forms of `wait` and `status`. producer.cli wires these in; they live here to keep it short."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from producer.jobflags import add_job_flags, spec_params
+
+
+def add_parsers(sub: Any) -> None:
+    """Add bulk, cancel and callbacks to the `svdq` command tree."""
+    bulk = sub.add_parser(
+        "bulk",
+        help="submit a folder of images or a .csv/.jsonl manifest",
+        description="Submit every image under a folder (recursively), or one job per manifest "
+        "row (any JobSpec field as a column or key; flags give defaults, rows override). "
+        "Jobs already done or queued are not submitted again.",
+    )
+    bulk.add_argument("source", metavar="SOURCE", help="a folder, a .csv or a .jsonl manifest")
+    bulk.add_argument("--wait", action="store_true", help="wait for every job, show progress")
+    bulk.add_argument("--timeout", type=float, help="seconds --wait waits (default: forever)")
+    bulk.add_argument(
+        "--report", metavar="FILE", help="with --wait: one row per source, .csv or .jsonl"
+    )
+    bulk.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
+    bulk.add_argument("--force", action="store_true", help="submit again even if done or queued")
+    bulk.add_argument(
+        "--strict", action="store_true", help="check every row first; any bad row queues nothing"
+    )
+    bulk.add_argument(
+        "--batch-id", help="name the batch (default: a new id); reuse it to add to one"
+    )
+    bulk.add_argument("--threads", type=int, default=8, help="parallel uploads (default: 8)")
+    bulk.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    bulk.add_argument(
+        "--no-sent-events",
+        action="store_true",
+        help="skip Celery's task-sent event per job: faster enqueue; monitors then see each "
+        "job from when a worker receives it",
+    )
+    add_job_flags(bulk)
+
+    cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never run, running ones stop")
+    cancel.add_argument("jobs", nargs="*", metavar="JOB")
+    cancel.add_argument("--batch", help="cancel every unfinished job of this batch")
+    cancel.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+    cb = sub.add_parser("callbacks", help="deliver result callbacks (queue svdq.callbacks, no GPU)")
+    cb.add_argument("--concurrency", type=int, default=8, help="parallel POSTs (default: 8)")
+    cb.add_argument("--name", default="callbacks@%h", help="worker name")
+
+
+def add_batch_flags(cmd: argparse.ArgumentParser, name: str) -> None:
+    """`--batch` (and for wait, `--report`/`--presign`) on `status` and `wait`."""
+    cmd.add_argument("--batch", help="the jobs of this bulk batch")
+    if name == "wait":
+        cmd.add_argument("--report", metavar="FILE", help="one row per source, .csv or .jsonl")
+        cmd.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
+
+
+def _client() -> Any:
+    from producer.client import Client
+
+    return Client()
+
+
+def cmd_bulk(args: argparse.Namespace) -> int:
+    """Submit SOURCE; with --wait follow the batch and write the report."""
+    from producer.bulk import BulkSubmitter
+    from producer.manifest import iter_source
+    from producer.progress import BulkProgress
+    from shared.errors import InvalidJobError
+
+    if args.threads < 1:
+        raise InvalidJobError(f"--threads={args.threads} is not allowed: 1 or more")
+    params, random_seed = spec_params(args)
+    try:
+        rows = iter_source(args.source, params)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InvalidJobError(str(exc), field="source") from None
+    if args.strict:
+        bad = strict_check(iter_source(args.source, params))
+        if bad:
+            for line in bad[:50]:
+                print(f"svdq: error: {line}", file=sys.stderr)
+            print(f"svdq: {len(bad)} bad row(s), --strict: nothing queued", file=sys.stderr)
+            return 2
+    client = _client()
+    show = BulkProgress(as_json=args.json)
+    bulk = BulkSubmitter(
+        client,
+        batch_id=args.batch_id,
+        force=args.force,
+        random_seed=random_seed,
+        threads=args.threads,
+        on_event=show.event,
+        sent_events=False if args.no_sent_events else None,
+    )
+    batch_id = bulk.batch.batch_id
+    follow = f"svdq wait --batch {batch_id}" + (f" --report {args.report}" if args.report else "")
+    try:
+        summary = bulk.run(rows, source=str(args.source))
+    except KeyboardInterrupt:
+        show.finish()
+        print(
+            f"svdq: interrupted; {bulk.summary.line()} so far in batch {batch_id}. Every job "
+            f"already queued stays queued: follow them with `{follow}`, or run the same "
+            "command again to submit the rest",
+            file=sys.stderr,
+        )
+        return 130
+    show.finish()
+    _say(
+        args.json,
+        {"event": "submitted", "batch_id": batch_id, **summary.counts},
+        f"batch {batch_id}: {summary.line()} ({summary.seconds:.1f}s)",
+    )
+    code = 1 if summary.counts["invalid"] else 0
+    if not args.wait:
+        if not args.json:
+            print(f"follow with: {follow}", file=sys.stderr)
+        return code
+    return max(code, _wait_batch(client, batch_id, args, show))
+
+
+def strict_check(rows: Any) -> list[str]:
+    """Every problem `--strict` refuses: bad rows and specs that fail validation (no I/O)."""
+    from shared.errors import InvalidJobError
+    from shared.spec import JobSpec
+
+    bad = []
+    for row in rows:
+        if row.error:
+            bad.append(f"{row.source}: {row.error}")
+        elif row.data is not None:
+            try:
+                JobSpec.from_dict(row.data)
+            except InvalidJobError as exc:
+                bad.append(f"{row.source}: {exc}")
+    return bad
+
+
+def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any) -> int:
+    from producer.client import WaitTimeoutError
+    from producer.report import report_rows, write_report
+
+    batch = client.batch(batch_id)
+    try:
+        counts = batch.wait(timeout=args.timeout, on_update=show.counts)
+    except WaitTimeoutError as exc:
+        show.finish()
+        print(f"svdq: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        show.finish()
+        print(
+            f"svdq: stopped waiting; the jobs go on: `svdq wait --batch {batch_id}`",
+            file=sys.stderr,
+        )
+        return 130
+    show.finish()
+    if args.report:
+        written = write_report(args.report, report_rows(batch, args.presign))
+        _say(
+            args.json,
+            {"event": "report", "path": args.report, **written},
+            f"report {args.report}: " + ", ".join(f"{n} {s}" for s, n in written.items()),
+        )
+    _say(
+        args.json,
+        {"event": "done", "batch_id": batch_id, **counts},
+        f"batch {batch_id}: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())),
+    )
+    return 1 if any(counts.get(s) for s in ("failed", "cancelled", "unknown")) else 0
+
+
+def cmd_wait_batch(args: argparse.Namespace) -> int:
+    """`svdq wait --batch ID [--report FILE]`: pick a batch up again from any process."""
+    from producer.progress import BulkProgress
+
+    client = _client()
+    client.batch(args.batch).info()  # an unknown batch fails here, naming it
+    return _wait_batch(client, args.batch, args, BulkProgress(as_json=args.json))
+
+
+def cmd_status_batch(args: argparse.Namespace) -> int:
+    """`svdq status --batch ID`: the submission record and how many jobs are in each state."""
+    batch = _client().batch(args.batch)
+    info, counts = batch.info(), batch.counts()
+    if args.json:
+        print(json.dumps({**info, "states": counts}))
+    else:
+        done = "complete" if info["complete"] else "INCOMPLETE (interrupted; run bulk again)"
+        print(f"batch {args.batch}: {info['jobs']:,} jobs from {info['source']}, submission {done}")
+        print("  " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
+        if info["invalid"] or info["skipped"]:
+            print(f"  {info['invalid']:,} invalid rows, {info['skipped']:,} skipped files")
+    return 1 if any(counts.get(s) for s in ("failed", "cancelled")) else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """`svdq cancel JOB...` / `svdq cancel --batch ID`."""
+    from shared.errors import InvalidJobError
+
+    if not args.jobs and not args.batch:
+        raise InvalidJobError("cancel needs JOB ids or --batch ID")
+    client = _client()
+    if args.batch:
+        counts = client.batch(args.batch).cancel()
+        _say(
+            args.json,
+            {"event": "cancel", "batch_id": args.batch, **counts},
+            f"batch {args.batch}: "
+            + (", ".join(f"{n:,} {w}" for w, n in counts.items()) or "no jobs"),
+        )
+    outcome = client.cancel(args.jobs) if args.jobs else {}
+    for job_id, what in outcome.items():
+        _say(args.json, {"event": "cancel", "job_id": job_id, "outcome": what}, f"{job_id}: {what}")
+    return 1 if "unknown" in outcome.values() else 0
+
+
+def cmd_callbacks(args: argparse.Namespace) -> int:
+    """`svdq callbacks`: become the callback consumer."""
+    from worker.callback_worker import launch
+
+    return launch(args.concurrency, args.name)
+
+
+def _say(as_json: bool, event: dict[str, Any], text: str) -> None:
+    if as_json:
+        print(json.dumps(event), flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)

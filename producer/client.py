@@ -1,0 +1,354 @@
+"""The Python API: submit jobs, follow them, fetch their results.
+
+from producer import Client
+client = Client()
+handle = client.submit("photo.jpg", variant="svd-xt", motion_bucket_id=180)
+result = handle.wait(timeout=600)          # the result record (result.json)
+urls = client.presign(handle.job_id, 3600)  # {"mp4": "https://...", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.inputs import store_input
+from shared.celery_app import celery_priority, make_celery
+from shared.constants import TASK_GENERATE, job_key, queue_for, result_key
+from shared.errors import InvalidJobError, SvdqError
+from shared.limits import time_limits
+from shared.settings import Settings
+from shared.spec import JobSpec, finalize
+from shared.storage import ObjectNotFoundError, ObjectStore, open_store
+
+# Celery's state names -> what a person reads.
+_STATES = {
+    "PENDING": "queued",
+    "RECEIVED": "queued",
+    "STARTED": "running",
+    "PROGRESS": "running",
+    "RETRY": "retrying",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "REVOKED": "cancelled",
+}
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class JobFailedError(SvdqError):
+    """Raised by `result()`/`wait()` when the job ended without a clip."""
+
+
+class WaitTimeoutError(SvdqError):
+    """Raised when a wait runs out of time before the job ends; the job goes on."""
+
+
+@dataclass
+class JobHandle:
+    """A submitted job. `skipped` is true when it had already finished and was not queued."""
+
+    client: Client = field(repr=False)
+    job_id: str
+    spec: JobSpec
+    queue: str
+    skipped: bool = False
+    batch_id: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        """See Client.status."""
+        return self.client.status(self.job_id)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """See Client.wait; returns this job's result record."""
+        return self.client.wait([self.job_id], timeout=timeout)[self.job_id]
+
+    def result(self) -> dict[str, Any]:
+        """See Client.result."""
+        return self.client.result(self.job_id)
+
+    def cancel(self) -> str:
+        """See Client.cancel; returns what happened to this job."""
+        return self.client.cancel([self.job_id])[self.job_id]
+
+
+class Client:
+    """Talks to Redis (queue and states) and the object store; holds no GPU, imports no torch."""
+
+    def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = store or open_store(self.settings)
+        self.app = make_celery(self.settings)
+
+    def prepare(self, spec: JobSpec | dict[str, Any], *, random_seed: bool = False) -> JobSpec:
+        """Check a job, upload its image, and fill in variant, seed and job id. Queues nothing."""
+        if isinstance(spec, dict):
+            spec = JobSpec.from_dict(spec)
+        if spec.variant is None:
+            spec = spec.replace(variant=self.settings.default_variant)
+        stored = store_input(spec.image, self.store, self.settings)
+        return finalize(spec.replace(image=stored.uri), stored.sha256, random_seed=random_seed)
+
+    def submit(
+        self,
+        image: str | JobSpec | dict[str, Any],
+        *,
+        random_seed: bool = False,
+        force: bool = False,
+        **params: Any,
+    ) -> JobHandle:
+        """Check, upload and queue one job. Bad input raises InvalidJobError; nothing is queued.
+
+        A job whose result.json already exists is not queued again unless `force`.
+        """
+        if isinstance(image, str):
+            spec: JobSpec | dict[str, Any] = {"image": image, **params}
+        else:
+            spec = image if not params else {**_as_dict(image), **params}
+        return self.enqueue(self.prepare(spec, random_seed=random_seed), force=force)
+
+    def enqueue(self, ready: JobSpec, *, force: bool = False) -> JobHandle:
+        """Queue a job `prepare` returned (image in the store, id and seed filled in)."""
+        assert ready.job_id and ready.variant
+        queue = queue_for(ready.variant)
+        if not force and self.store.exists(result_key(ready.job_id, ready.output_prefix)):
+            return JobHandle(self, ready.job_id, ready, queue, skipped=True)
+        self._record(ready, queue)
+        self.app.send_task(
+            TASK_GENERATE,
+            args=[ready.to_dict()],
+            task_id=ready.job_id,
+            queue=queue,
+            priority=celery_priority(ready.priority),
+            # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
+            soft_time_limit=time_limits(ready.variant, self.settings)[0],
+            time_limit=time_limits(ready.variant, self.settings)[1],
+        )
+        return JobHandle(self, ready.job_id, ready, queue)
+
+    def _record(self, spec: JobSpec, queue: str) -> None:
+        assert spec.job_id
+        redis = self.app.backend.client
+        key = job_key(spec.job_id)
+        redis.hset(
+            key,
+            mapping={
+                "spec": json.dumps(spec.to_dict()),
+                "queue": queue,
+                "submitted_at": time.time(),
+            },
+        )
+        redis.expire(key, self.settings.result_expires)
+
+    def job_spec(self, job_id: str) -> JobSpec | None:
+        """The spec a job was submitted with, while Redis still remembers it."""
+        raw = self.app.backend.client.hget(job_key(job_id), "spec")
+        return JobSpec.from_dict(json.loads(raw)) if raw else None
+
+    def _stored_result(self, job_id: str) -> dict[str, Any] | None:
+        spec = self.job_spec(job_id)
+        try:
+            data = self.store.get_bytes(result_key(job_id, spec.output_prefix if spec else None))
+        except ObjectNotFoundError:
+            return None
+        return dict(json.loads(data))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """Where a job is: state (queued, running, succeeded, failed, cancelled, unknown),
+        its progress while running, the reason when failed, the result record when done."""
+        res = self.app.AsyncResult(job_id)
+        state = _STATES.get(res.state, res.state.lower())
+        out: dict[str, Any] = {"job_id": job_id, "state": state}
+        info = res.info
+        if state == "running" and isinstance(info, dict):
+            out.update({k: info[k] for k in ("phase", "step", "steps") if k in info})
+        elif state == "failed":
+            out["error"] = f"{type(info).__name__}: {info}"
+        elif state == "succeeded" and isinstance(info, dict):
+            out["result"] = info
+        if state == "queued" and not self.app.backend.client.exists(job_key(job_id)):
+            # Redis has no record of it (never submitted, or expired): result.json decides.
+            stored = self._stored_result(job_id)
+            out.update(state="succeeded", result=stored) if stored else out.update(state="unknown")
+        if out["state"] == "queued":
+            out.update(self._consumers_note(job_id))
+        return out
+
+    def _consumers_note(self, job_id: str) -> dict[str, str]:
+        """`waiting_for` when no live worker consumes the job's queue: not stuck silently."""
+        import time
+
+        from producer.stats import workers
+
+        redis = self.app.backend.client
+        queue = redis.hget(job_key(job_id), "queue")
+        queue = queue.decode() if isinstance(queue, bytes) else queue
+        if not queue or any(queue in w["queues"] for w in workers(redis, time.time())):
+            return {}
+        return {
+            "waiting_for": f"no running worker consumes {queue}: start one whose GPU can run "
+            "it (`svdq plan --vram SIZE` shows which queues a card takes)"
+        }
+
+    def wait(
+        self,
+        job_ids: Iterable[str],
+        timeout: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll: float = 0.5,
+    ) -> dict[str, dict[str, Any]]:
+        """Block until every job ends; return their result records by job id.
+
+        Raises JobFailedError naming the first job that failed or was cancelled, and
+        WaitTimeoutError when `timeout` seconds pass first (the jobs go on running).
+        """
+        pending = list(dict.fromkeys(job_ids))
+        done: dict[str, dict[str, Any]] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            for job_id in list(pending):
+                st = self.status(job_id)
+                if on_progress:
+                    on_progress(st)
+                if st["state"] == "succeeded":
+                    done[job_id] = st["result"]
+                    pending.remove(job_id)
+                elif st["state"] in FINAL or st["state"] == "unknown":
+                    raise JobFailedError(f"job {job_id} {st['state']}: {st.get('error', '')}")
+            if pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WaitTimeoutError(
+                        f"{len(pending)} job(s) still running after {timeout}s: "
+                        f"{', '.join(pending[:5])}; follow them with `svdq wait`"
+                    )
+                time.sleep(poll)
+        return done
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """The job's result record; raises JobFailedError if it has not succeeded."""
+        st = self.status(job_id)
+        if st["state"] != "succeeded":
+            raise JobFailedError(f"job {job_id} is {st['state']} {st.get('error', '')}".strip())
+        return dict(st["result"])
+
+    def presign(self, job_id: str, seconds: int) -> dict[str, str]:
+        """Time-limited URLs for each of the job's outputs, by kind (mp4, gif, poster)."""
+        if seconds <= 0:
+            raise InvalidJobError(f"presign={seconds} is not allowed: seconds above 0")
+        outputs = self.result(job_id)["outputs"]
+        return {kind: self.store.presign(o["key"], seconds) for kind, o in outputs.items()}
+
+    def download(self, job_id: str, kind: str) -> bytes:
+        """The bytes of one output of a finished job."""
+        return self.store.get_bytes(self.result(job_id)["outputs"][kind]["key"])
+
+    # Many jobs at once (producer.bulk, producer.batch do the work; see those modules).
+
+    def submit_many(
+        self,
+        specs: Iterable[JobSpec | dict[str, Any] | str],
+        *,
+        batch_id: str | None = None,
+        force: bool = False,
+        random_seed: bool = False,
+        **params: Any,
+    ) -> list[JobHandle]:
+        """Check, upload and queue many jobs in a few round trips; one handle per new job id.
+
+        Jobs already done or queued are not queued again (their handles say `skipped`). A bad
+        spec raises InvalidJobError naming it; the good ones before it are already queued.
+        """
+        from producer.bulk import BulkSubmitter
+        from producer.manifest import Row
+
+        rows = (
+            Row(f"specs[{i}]", i + 1, data={**params, **_as_dict_or_image(s)})
+            for i, s in enumerate(specs)
+        )
+        outcomes: dict[str, tuple[str, JobSpec | None]] = {}
+
+        def collect(event: dict[str, Any]) -> None:
+            if event["event"] == "row" and event["outcome"] == "invalid":
+                raise InvalidJobError(f"{event['source']}: {event['reason']}")
+            if event["event"] == "row" and "job_id" in event:
+                outcomes.setdefault(event["job_id"], (event["outcome"], None))
+
+        bulk = BulkSubmitter(
+            self,
+            batch_id=batch_id,
+            force=force,
+            random_seed=random_seed,
+            on_event=collect,
+            keep_ids=True,
+        )
+        summary = bulk.run(rows, source="submit_many")
+        specs_by_id = bulk.specs
+        return [
+            JobHandle(
+                self,
+                job_id,
+                specs_by_id[job_id],
+                queue_for(str(specs_by_id[job_id].variant)),
+                skipped=outcomes.get(job_id, ("", None))[0] in ("already_done", "already_queued"),
+                batch_id=summary.batch_id,
+            )
+            for job_id in summary.job_ids
+        ]
+
+    def as_completed(
+        self, handles: Iterable[JobHandle], timeout: float | None = None, poll: float = 0.5
+    ) -> Iterator[JobHandle]:
+        """Yield each handle as its job ends (succeeded, failed or cancelled), first done first.
+
+        Call `handle.result()` on what comes out: it raises JobFailedError for failures (and
+        for jobs unknown here, which come out at once).
+        Raises WaitTimeoutError if `timeout` seconds pass before all of them end.
+        """
+        from producer.batch import FINAL, peek
+
+        pending = {h.job_id: h for h in handles}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            ids = list(pending)
+            for start in range(0, len(ids), 500):
+                for entry in peek(self.app, ids[start : start + 500]):
+                    state = entry["state"]
+                    if state == "unknown" and self._stored_result(entry["job_id"]) is not None:
+                        state = "succeeded"  # Redis forgot it; result.json says it is done
+                    # unknown: never submitted here, or forgotten everywhere; it will not end,
+                    # so it comes out now and its result() says so.
+                    if state in FINAL or state == "unknown":
+                        yield pending.pop(entry["job_id"])
+            if pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WaitTimeoutError(
+                        f"{len(pending)} job(s) not finished after {timeout}s: "
+                        f"{', '.join(list(pending)[:5])}"
+                    )
+                time.sleep(poll)
+
+    def cancel(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """Cancel jobs: a queued one never runs, a running one stops at its next step.
+
+        Returns, per job: "cancelled", "cancelling" (running; its worker stops it),
+        "already succeeded|failed|cancelled", or "unknown".
+        """
+        from producer.cancel import cancel_jobs
+
+        return cancel_jobs(self, list(job_ids))
+
+    def batch(self, batch_id: str) -> Any:
+        """A bulk submission by id: its record, counts by state, handles, wait and cancel."""
+        from producer.batch import Batch
+
+        return Batch(self, batch_id)
+
+
+def _as_dict_or_image(spec: JobSpec | dict[str, Any] | str) -> dict[str, Any]:
+    return {"image": spec} if isinstance(spec, str) else _as_dict(spec)
+
+
+def _as_dict(spec: JobSpec | dict[str, Any]) -> dict[str, Any]:
+    return spec.to_dict() if isinstance(spec, JobSpec) else dict(spec)

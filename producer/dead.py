@@ -1,0 +1,54 @@
+"""The dead-letter list: jobs that used up their deliveries (`svdq dead list | retry`).
+
+A job lands here from the worker (worker/delivery.py) with its spec and every attempt's
+reason and worker. It never runs again until a person retries it, which clears its delivery
+count and queues it afresh.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, lease_key
+from shared.errors import InvalidJobError
+from shared.spec import JobSpec
+
+
+def dead_jobs(redis: Any) -> list[dict[str, Any]]:
+    """Every dead-lettered job's record, oldest first."""
+    records = [json.loads(raw) for raw in redis.hvals(DEAD_LETTER_KEY)]
+    return sorted(records, key=lambda r: (r.get("dead_at") or 0, r.get("job_id", "")))
+
+
+def retry_dead(client: Any, job_id: str) -> Any:
+    """Take `job_id` off the dead-letter list and queue it again with a fresh delivery count;
+    return its JobHandle. Raises InvalidJobError when the job is not dead-lettered."""
+    redis = client.app.backend.client
+    raw = redis.hget(DEAD_LETTER_KEY, job_id)
+    if raw is None:
+        raise InvalidJobError(
+            f"job {job_id!r} is not on the dead-letter list; `svdq dead list` shows those that are",
+            field="job_id",
+        )
+    spec = JobSpec.from_dict(json.loads(raw)["spec"])
+    # Forget the old attempts first, so the new delivery is number 1, not number 4.
+    redis.delete(deliveries_key(job_id), generations_key(job_id), lease_key(job_id))
+    # Off the list before it is queued: a worker refuses a job it finds on the list.
+    redis.hdel(DEAD_LETTER_KEY, job_id)
+    try:
+        return client.submit(spec, force=True)
+    except Exception:
+        redis.hset(DEAD_LETTER_KEY, job_id, raw)  # not queued: keep it where a person sees it
+        raise
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A dead job in a few lines a person can act on."""
+    lines = [f"{record['job_id']}: {record['reason']}"]
+    for attempt in record.get("attempts", []):
+        lines.append(
+            f"  #{attempt.get('n')} {attempt.get('worker')} (pid {attempt.get('pid')}): "
+            f"{attempt.get('reason')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""The bulk report: one row per source (image or manifest line), as JSON lines or CSV.
+
+Columns: source, job_id, status, reason, outputs (S3 URIs), presigned (with --presign),
+seconds (the job's total time). Rows stream out of the batch record: nothing is held.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds")
+
+
+def report_rows(batch: Any, presign: int | None = None) -> Iterator[dict[str, Any]]:
+    """Rows for every job of `batch` (producer.batch.Batch), then its rejected rows."""
+    store = batch.client.store
+    for entry in batch.states():
+        result = entry.get("result") or {}
+        outputs = {k: o["uri"] for k, o in result.get("outputs", {}).items()}
+        row: dict[str, Any] = {
+            "source": entry.get("source", ""),
+            "job_id": entry["job_id"],
+            "status": entry["state"],
+            "reason": entry.get("error", ""),
+            "outputs": outputs,
+            "presigned": {},
+            "seconds": result.get("timings", {}).get("total"),
+        }
+        if entry["state"] == "cancelled":
+            row["reason"] = "cancelled"
+        if presign and result:
+            row["presigned"] = {
+                k: store.presign(o["key"], presign) for k, o in result["outputs"].items()
+            }
+        yield row
+    for reject in batch.record.rejects():
+        yield {
+            "source": reject.get("source", ""),
+            "job_id": "",
+            "status": reject.get("status", "invalid"),
+            "reason": reject.get("reason", ""),
+            "outputs": {},
+            "presigned": {},
+            "seconds": None,
+        }
+
+
+def write_report(path: str | Path, rows: Iterator[dict[str, Any]]) -> dict[str, int]:
+    """Write `rows` to `path` (.csv → CSV, anything else → JSON lines); counts by status."""
+    target = Path(path)
+    counts: dict[str, int] = {}
+    with target.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS) if target.suffix.lower() == ".csv" else None
+        if writer:
+            writer.writeheader()
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            if writer:
+                flat = dict(row)
+                # In CSV the maps become space-separated "kind=value" cells.
+                for name in ("outputs", "presigned"):
+                    flat[name] = " ".join(f"{k}={v}" for k, v in row[name].items())
+                flat["seconds"] = "" if row["seconds"] is None else row["seconds"]
+                writer.writerow(flat)
+            else:
+                fh.write(json.dumps(row) + "\n")
+    return counts

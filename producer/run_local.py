@@ -1,0 +1,78 @@
+"""`svdq run`: the whole workflow in this process, no queue (load, fit, generate, export)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+from producer.inputs import read_local
+from producer.jobflags import spec_params
+from shared.errors import ConfigError, InvalidJobError
+from shared.images import check_image, fit, open_image, to_rgb
+from shared.settings import Settings
+from shared.spec import JobSpec, finalize
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """Generate one clip from a local image into args.output (.mp4 or .gif)."""
+    from worker import engine, export
+    from worker.devices import local_profile
+    from worker.models import TINY_NOTE, load_model
+
+    settings = Settings.from_env()
+    out = Path(args.output)
+    kind = out.suffix.lower().lstrip(".")
+    if kind not in ("mp4", "gif"):
+        raise InvalidJobError(f"--output={args.output!r} is not allowed: a .mp4 or .gif file")
+    params, random_seed = spec_params(args)
+    params.setdefault("variant", settings.default_variant)
+    params["formats"] = [kind]
+    spec = JobSpec.from_dict({"image": args.image, **params})
+    if spec.variant == "auto":
+        raise ConfigError(
+            "--variant auto needs a real model on a GPU host; name one (--variant svd-xt) "
+            "or use --variant tiny to try the pipeline with random weights"
+        )
+    data = read_local(args.image, settings)
+    limits: dict[str, int] = {
+        "max_bytes": settings.max_input_bytes,
+        "max_pixels": settings.max_input_pixels,
+    }
+    check_image(data, source=args.image, **limits)
+    spec = finalize(spec, hashlib.sha256(data).hexdigest(), random_seed=random_seed)
+    fitted = fit(
+        to_rgb(open_image(data, source=args.image, **limits)), spec.width, spec.height, spec.resize
+    )
+
+    assert spec.variant
+    t0 = time.perf_counter()
+    model = load_model(settings, local_profile(spec.variant))
+    plan = engine.plan_for(spec, model)
+    print(
+        f"loaded {plan.variant} ({model.profile.name}) in {time.perf_counter() - t0:.1f}s; "
+        f"generating {plan.num_frames} frames {spec.width}×{spec.height}, seed {plan.seed}",
+        file=sys.stderr,
+    )
+
+    def progress(phase: str, step: int, steps: int) -> None:
+        print(f"\r{phase} {step}/{steps}   ", end="", file=sys.stderr, flush=True)
+
+    frames, _ = engine.generate(model, spec, fitted, plan, progress)
+    print(file=sys.stderr)
+    frames_u8 = export.to_uint8(frames)
+    if kind == "mp4":
+        blob = export.encode_mp4(frames_u8, plan.output_fps)
+    else:
+        blob = export.encode_gif(frames_u8, plan.output_fps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    print(
+        f"wrote {out} ({len(blob):,} bytes, {plan.num_frames} frames at {plan.output_fps} fps, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
+    if plan.variant == "tiny":
+        print(f"note: {TINY_NOTE}", file=sys.stderr)
+    return 0

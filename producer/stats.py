@@ -1,0 +1,233 @@
+"""The fleet at a glance, read straight from Redis: `svdq stats` prints it, `svdq exporter`
+serves it to Prometheus. No Celery broadcast and no torch: everything here is a few Redis
+reads, cheap enough to run every few seconds.
+
+Where each number comes from:
+- waiting jobs: the length of each queue's Redis lists. kombu keeps one list per priority
+  step: `svdq.tiny` holds kombu priority 0 (svdq priority 9, runs first), `svdq.tiny:<p>`
+  holds kombu priority p (svdq priority 9 - p).
+- jobs in flight: kombu's `unacked` hash (delivered to a worker, not yet acknowledged).
+- oldest waiting job: the message at the consuming end of each list, aged by the
+  `submitted_at` the producer recorded in svdq:job:<id>.
+- workers: the heartbeat hashes svdq:worker:<name> each worker refreshes (worker/metrics.py),
+  the running job's step from its Celery PROGRESS state.
+- throughput and failures: the svdq:finished stream (one entry per finished job, 2 h kept).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from shared import constants
+from shared.constants import FINISHED_STREAM, VARIANTS, job_key, queue_for, worker_key
+
+WINDOWS = {"5m": 300, "60m": 3600}
+UNACKED_KEY = "unacked"  # kombu's Redis transport default
+CELERY_META = "celery-task-meta-"
+
+
+def known_queues() -> list[str]:
+    """Every queue svdq publishes to, reported even when empty."""
+    names = [queue_for(v) for v in VARIANTS]
+    callbacks = getattr(constants, "QUEUE_CALLBACKS", None)
+    return [*names, callbacks] if callbacks else names
+
+
+def split_list_key(key: str) -> tuple[str, int]:
+    """`svdq.tiny:3` -> (`svdq.tiny`, svdq priority 6); `svdq.tiny` -> (`svdq.tiny`, 9)."""
+    base, sep, step = key.rpartition(":")
+    if sep and step.isdigit():
+        return base, 9 - int(step)
+    return key, 9
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def queue_lists(redis: Any) -> dict[str, dict[int, str]]:
+    """queue -> {svdq priority: Redis list key} for every list that exists now."""
+    found: dict[str, dict[int, str]] = {}
+    for raw in redis.scan_iter(match=f"{constants.QUEUE_PREFIX}*", count=1000):
+        key = _text(raw)
+        if _text(redis.type(key)) != "list":
+            continue
+        queue, priority = split_list_key(key)
+        found.setdefault(queue, {})[priority] = key
+    return found
+
+
+def _oldest_submitted(redis: Any, list_key: str) -> float | None:
+    raw = redis.lindex(list_key, -1)  # kombu LPUSHes and BRPOPs: the right end is next
+    if raw is None:
+        return None
+    try:
+        job_id = json.loads(raw)["headers"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    submitted = redis.hget(job_key(job_id), "submitted_at")
+    return float(submitted) if submitted else None
+
+
+def in_flight(redis: Any) -> dict[str, int]:
+    """Delivered but not acknowledged messages, by queue (their routing key)."""
+    counts: dict[str, int] = {}
+    for raw in redis.hvals(UNACKED_KEY):
+        try:
+            queue = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def workers(redis: Any, now: float) -> list[dict[str, Any]]:
+    """Live workers from their heartbeats, with the running job's phase and step."""
+    out = []
+    for raw in redis.scan_iter(match=worker_key("*"), count=1000):
+        record = {_text(k): _text(v) for k, v in redis.hgetall(raw).items()}
+        if not record:
+            continue
+        entry: dict[str, Any] = {
+            "name": record.get("hostname", ""),
+            "gpu": int(record.get("gpu") or 0),
+            "variant": record.get("variant", ""),
+            "profile": record.get("profile", ""),
+            "device": record.get("device", ""),
+            "queues": [q for q in record.get("queues", "").split(",") if q],
+            "metrics_port": record.get("metrics_port", ""),
+            "job_id": record.get("job_id") or None,
+        }
+        if entry["job_id"]:
+            started = float(record.get("job_started_at") or now)
+            entry["job_seconds"] = round(now - started, 1)
+            meta = redis.get(CELERY_META + entry["job_id"])
+            info = json.loads(meta).get("result") if meta else None
+            if isinstance(info, dict) and "phase" in info:
+                entry.update({k: info.get(k) for k in ("phase", "step", "steps")})
+        out.append(entry)
+    return sorted(out, key=lambda w: w["name"])
+
+
+def finished(redis: Any, now: float) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Jobs finished per window by status, and failures in the last hour by reason."""
+    since = int((now - max(WINDOWS.values())) * 1000)
+    throughput = {w: {"succeeded": 0, "failed": 0, "skipped": 0} for w in WINDOWS}
+    reasons: dict[str, int] = {}
+    for entry_id, fields in redis.xrange(FINISHED_STREAM, min=f"{since}-0", max="+"):
+        at = int(_text(entry_id).split("-")[0]) / 1000
+        entry = {_text(k): _text(v) for k, v in fields.items()}
+        status = entry.get("status", "unknown")
+        for window, seconds in WINDOWS.items():
+            if now - at <= seconds:
+                throughput[window][status] = throughput[window].get(status, 0) + 1
+        if status == "failed":
+            reason = entry.get("reason") or "unknown"
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return throughput, reasons
+
+
+def batches(redis: Any) -> dict[str, int]:
+    """Bulk submissions Redis still holds: still submitting, or all submitted."""
+    counts = {"submitting": 0, "submitted": 0}
+    prefix = f"{constants.KEY_PREFIX}batch:"
+    for raw in redis.scan_iter(match=f"{prefix}*", count=1000):
+        key = _text(raw)
+        if ":" in key[len(prefix) :] or _text(redis.type(key)) != "hash":
+            continue  # the batch's :jobs / :sources lists, not its record
+        done = _text(redis.hget(key, "complete") or "0") == "1"
+        counts["submitted" if done else "submitting"] += 1
+    return counts
+
+
+def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
+    """Everything `svdq stats` shows, as one JSON-ready dict."""
+    now = time.time() if now is None else now
+    lists = queue_lists(redis)
+    running = in_flight(redis)
+    alive = workers(redis, now)
+    queues: dict[str, dict[str, Any]] = {}
+    for queue in sorted({*known_queues(), *lists, *running}):
+        by_priority = {p: int(redis.llen(k)) for p, k in sorted(lists.get(queue, {}).items())}
+        ages = [_oldest_submitted(redis, k) for k in lists.get(queue, {}).values()]
+        oldest = min((a for a in ages if a is not None), default=None)
+        queues[queue] = {
+            "waiting": sum(by_priority.values()),
+            "waiting_by_priority": {str(p): n for p, n in by_priority.items() if n},
+            "in_flight": running.get(queue, 0),
+            "oldest_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
+            "workers": sum(queue in w["queues"] for w in alive),
+        }
+    dead_key = getattr(constants, "DEAD_LETTER_KEY", None)
+    throughput, reasons = finished(redis, now)
+    return {
+        "time": now,
+        "queues": queues,
+        "workers": alive,
+        "throughput": throughput,
+        "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "dead_letter": int(redis.hlen(dead_key)) if dead_key else 0,
+        "batches": batches(redis),
+    }
+
+
+def render(snap: dict[str, Any]) -> str:
+    """The snapshot as a few lines for a terminal."""
+    lines = [f"{'queue':<16}{'waiting':>8}{'running':>9}{'oldest':>9}{'workers':>9}"]
+    for name, q in snap["queues"].items():
+        age = q["oldest_age_seconds"]
+        lines.append(
+            f"{name:<16}{q['waiting']:>8}{q['in_flight']:>9}"
+            f"{'-' if age is None else f'{age:.0f}s':>9}{q['workers']:>9}"
+        )
+    lines.append("")
+    lines.append(f"workers ({len(snap['workers'])})")
+    for w in snap["workers"]:
+        where = f"gpu{w['gpu']}" if w["device"] == "cuda" else w["device"] or "?"
+        doing = "idle"
+        if w["job_id"]:
+            doing = f"job {w['job_id']} {w.get('job_seconds', 0):.0f}s"
+            if w.get("phase"):
+                doing += f" ({w['phase']} {w.get('step')}/{w.get('steps')})"
+        lines.append(f"  {w['name']:<24} {where:<5} {w['variant']}/{w['profile']:<10} {doing}")
+    for window in WINDOWS:
+        t = snap["throughput"][window]
+        lines.append(
+            f"last {window}: {t['succeeded']} succeeded, {t['failed']} failed, "
+            f"{t['skipped']} already done"
+        )
+    failures = ", ".join(f"{r} {n}" for r, n in snap["failures_60m"].items()) or "none"
+    lines.append(f"failures (60m): {failures}")
+    b = snap["batches"]
+    lines.append(
+        f"dead-letter: {snap['dead_letter']}   batches: {b['submitting']} submitting, "
+        f"{b['submitted']} submitted"
+    )
+    return "\n".join(lines)
+
+
+def print_stats(redis_url: str, as_json: bool, every: float | None) -> int:
+    """`svdq stats`: print the snapshot once, or every `every` seconds until Ctrl-C."""
+    import redis
+
+    from shared.settings import redact_url
+
+    conn = redis.Redis.from_url(redis_url, socket_timeout=10)
+    while True:
+        try:
+            snap = snapshot(conn)
+        except redis.RedisError as exc:
+            print(f"svdq: cannot read Redis at {redact_url(redis_url)}: {exc}", file=sys.stderr)
+            return 1
+        if as_json:
+            print(json.dumps(snap), flush=True)
+        else:
+            if every and sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # clear the screen between refreshes
+            print(render(snap), flush=True)
+        if not every:
+            return 0
+        time.sleep(every)

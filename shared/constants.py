@@ -1,0 +1,127 @@
+"""Every name svdq shares across processes: queues, tasks, Redis keys and object keys.
+
+Keep them here and only here, so a reader can see in one screen what a job leaves behind.
+"""
+
+from __future__ import annotations
+
+# Variants a job may ask for. `auto` means "the best real variant the worker can run".
+REAL_VARIANTS = ("svd", "svd-xt", "svd-xt-1-1")
+VARIANTS = ("auto", *REAL_VARIANTS, "tiny")
+
+# Celery task names.
+TASK_GENERATE = "svdq.generate"
+
+# One queue per variant plus svdq.auto.
+QUEUE_PREFIX = "svdq."
+
+
+def queue_for(variant: str) -> str:
+    """The Celery queue a job for `variant` is published to."""
+    return f"{QUEUE_PREFIX}{variant}"
+
+
+# Redis keys (beside Celery's own queue and result keys).
+KEY_PREFIX = "svdq:"
+
+
+def job_key(job_id: str) -> str:
+    """Hash with the job's submission record (spec, queue, batch, submitted_at)."""
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    """Hash with a bulk submission's record (source, created_at, counts as submitted)."""
+    return f"{KEY_PREFIX}batch:{batch_id}"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    """List of the batch's job ids, in submission order."""
+    return f"{KEY_PREFIX}batch:{batch_id}:jobs"
+
+
+def batch_sources_key(batch_id: str) -> str:
+    """Hash job id -> the source (path, manifest line) it came from, for reports."""
+    return f"{KEY_PREFIX}batch:{batch_id}:sources"
+
+
+def batch_rejects_key(batch_id: str) -> str:
+    """List of JSON rows the batch could not submit (bad rows, non-images), for reports."""
+    return f"{KEY_PREFIX}batch:{batch_id}:rejects"
+
+
+def cancel_key(job_id: str) -> str:
+    """Set when a job is cancelled; the worker checks it before and during the job."""
+    return f"{KEY_PREFIX}cancel:{job_id}"
+
+
+# Result callbacks go out from their own queue, so a slow receiver never holds a GPU worker.
+TASK_CALLBACK = "svdq.callback"
+QUEUE_CALLBACKS = "svdq.callbacks"
+CALLBACK_SIGNATURE_HEADER = "X-Svdq-Signature"
+
+# Delivery bookkeeping (worker/delivery.py): at least once in, effects exactly once out.
+DEAD_LETTER_KEY = f"{KEY_PREFIX}dead"  # hash job id -> JSON {spec, attempts, reason, dead_at}
+
+
+def lease_key(job_id: str) -> str:
+    """String held (SET NX, TTL renewed) by the one delivery running the job right now."""
+    return f"{KEY_PREFIX}lease:{job_id}"
+
+
+def deliveries_key(job_id: str) -> str:
+    """List of the job's delivery attempts, JSON {n, worker, pid, started_at, reason}."""
+    return f"{KEY_PREFIX}deliveries:{job_id}"
+
+
+def generations_key(job_id: str) -> str:
+    """Counter of full generations started for the job (a retry or a lost worker adds one)."""
+    return f"{KEY_PREFIX}generations:{job_id}"
+
+
+# Operations (worker/metrics.py writes, `svdq stats` and `svdq exporter` read).
+WORKER_KEY_TTL = 30  # seconds a worker's heartbeat hash outlives its last beat
+FINISHED_STREAM = f"{KEY_PREFIX}finished"  # stream: one entry per finished job, trimmed to 2 h
+
+
+def worker_key(hostname: str) -> str:
+    """Hash a live worker refreshes: variant, profile, gpu, queues, current job, metrics port."""
+    return f"{KEY_PREFIX}worker:{hostname}"
+
+
+# Task states beyond Celery's own.
+STATE_PROGRESS = "PROGRESS"
+
+# Object keys. Only job_id and output_prefix come from users; both pass the safe-alphabet
+# check in shared.spec before they reach these functions.
+INPUT_PREFIX = "inputs/"
+RESULT_PREFIX = "results/"
+RESULT_FILE = "result.json"
+OUTPUT_FILES = {"mp4": "clip.mp4", "gif": "clip.gif", "poster": "poster.jpg"}
+CONTENT_TYPES = {
+    "mp4": "video/mp4",
+    "gif": "image/gif",
+    "poster": "image/jpeg",
+    "json": "application/json",
+}
+
+
+def input_key(sha256: str, ext: str) -> str:
+    """Content-addressed key of an uploaded input image."""
+    return f"{INPUT_PREFIX}{sha256}.{ext}"
+
+
+def result_dir(job_id: str, output_prefix: str | None = None) -> str:
+    """Folder holding one job's outputs; `output_prefix` (if any) goes in front."""
+    base = f"{RESULT_PREFIX}{job_id}/"
+    return f"{output_prefix.strip('/')}/{base}" if output_prefix else base
+
+
+def output_key(job_id: str, kind: str, output_prefix: str | None = None) -> str:
+    """Key of one output (`mp4`, `gif`, `poster`) of a job."""
+    return result_dir(job_id, output_prefix) + OUTPUT_FILES[kind]
+
+
+def result_key(job_id: str, output_prefix: str | None = None) -> str:
+    """Key of result.json, written last: its presence means the job is done."""
+    return result_dir(job_id, output_prefix) + RESULT_FILE

@@ -1,0 +1,201 @@
+"""The JobSpec fields, their defaults and bounds: one table that validation, the JSON Schema
+and the command-line flags are all built from. Names are diffusers' own."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from shared.constants import VARIANTS
+
+FORMATS = ("mp4", "gif")
+RESIZE_MODES = ("crop", "pad", "stretch")
+SEED_MAX = 2**32 - 1
+MAX_SIDE = 2048
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+MAX_PREFIX_LEN = 200
+MAX_URL_LEN = 2048
+MAX_METADATA_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Field:
+    """One JobSpec field: its JSON type, default, bounds and the help a person reads."""
+
+    name: str
+    type: str  # JSON Schema type: integer, number, string, array, object
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    multiple_of: int | None = None
+    nullable: bool = False
+    flag: str | None = None  # command-line flag, when it is not --<name with dashes>
+
+    def allowed(self) -> str:
+        """What values this field accepts, in words, for error messages."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        parts = []
+        if self.minimum is not None and self.maximum is not None:
+            parts.append(f"{_num(self.minimum)}–{_num(self.maximum)}")
+        elif self.minimum is not None:
+            parts.append(f">= {_num(self.minimum)}")
+        if self.multiple_of:
+            parts.append(f"a multiple of {self.multiple_of}")
+        kind = {"integer": "an integer", "number": "a number"}.get(self.type, self.type)
+        return f"{kind} " + ", ".join(parts) if parts else kind
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("image", "string", None, "input image: a local path, s3://bucket/key or https:// URL"),
+    Field(
+        "variant",
+        "string",
+        None,
+        "model: auto (best real model the worker can run), svd (14 frames), svd-xt (25), "
+        "svd-xt-1-1, tiny (random weights, for tests and demos)",
+        choices=VARIANTS,
+        nullable=True,
+    ),
+    Field(
+        "num_frames",
+        "integer",
+        None,
+        "frames to generate (default: the variant's, 14 or 25)",
+        minimum=2,
+        maximum=64,
+        nullable=True,
+        flag="--frames",
+    ),
+    Field(
+        "num_inference_steps",
+        "integer",
+        25,
+        "denoising steps; above 30 rarely helps, below 20 degrades visibly",
+        minimum=1,
+        maximum=150,
+        flag="--steps",
+    ),
+    Field(
+        "motion_bucket_id",
+        "integer",
+        127,
+        "how much the scene moves: 180+ dramatic, below 100 subtle",
+        minimum=0,
+        maximum=255,
+    ),
+    Field(
+        "noise_aug_strength",
+        "number",
+        0.02,
+        "noise added to the conditioning image; 0.1–0.3 "
+        "moves more and drifts further from the source",
+        minimum=0,
+        maximum=1,
+    ),
+    Field("fps", "integer", 7, "conditioning frame rate the model is told", minimum=1, maximum=60),
+    Field(
+        "output_fps",
+        "integer",
+        None,
+        "playback frame rate of the exported clip (default: fps)",
+        minimum=1,
+        maximum=60,
+        nullable=True,
+    ),
+    Field(
+        "decode_chunk_size",
+        "integer",
+        None,
+        "frames the VAE decodes at once (default: the "
+        "worker's memory profile); smaller uses less memory and can flicker",
+        minimum=1,
+        maximum=64,
+        nullable=True,
+    ),
+    Field(
+        "seed",
+        "integer",
+        None,
+        "random seed (default: derived from the image and parameters, so "
+        "a re-run reproduces the clip; 'random' draws one and records it)",
+        minimum=0,
+        maximum=SEED_MAX,
+        nullable=True,
+    ),
+    Field(
+        "width",
+        "integer",
+        1024,
+        "output width in pixels",
+        minimum=64,
+        maximum=MAX_SIDE,
+        multiple_of=64,
+    ),
+    Field(
+        "height",
+        "integer",
+        576,
+        "output height in pixels",
+        minimum=64,
+        maximum=MAX_SIDE,
+        multiple_of=64,
+    ),
+    Field(
+        "resize",
+        "string",
+        "crop",
+        "fit the image to width×height: crop (center crop, then "
+        "resize), pad (letterbox) or stretch",
+        choices=RESIZE_MODES,
+    ),
+    Field(
+        "formats",
+        "array",
+        ("mp4",),
+        "outputs besides the poster: mp4, gif or both",
+        choices=FORMATS,
+        flag="--format",
+    ),
+    Field("priority", "integer", 5, "queue priority, 9 runs first", minimum=0, maximum=9),
+    Field(
+        "job_id",
+        "string",
+        None,
+        "job id (default: derived from the image and parameters); "
+        "letters, digits, . _ -, up to 128",
+        nullable=True,
+    ),
+    Field(
+        "output_prefix",
+        "string",
+        None,
+        "folder in the bucket the results go under",
+        nullable=True,
+        flag="--prefix",
+    ),
+    Field(
+        "callback_url",
+        "string",
+        None,
+        "URL that receives the result JSON when the job ends",
+        nullable=True,
+    ),
+    Field(
+        "metadata",
+        "object",
+        None,
+        "your own key/values, passed through untouched",
+        nullable=True,
+        flag="--meta",
+    ),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}

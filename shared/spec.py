@@ -1,0 +1,339 @@
+"""JobSpec and JobResult: the versioned JSON records producers and workers exchange.
+
+`JobSpec.from_dict` checks every field against `shared.fields.FIELDS`; the producer calls it
+before anything is queued and the worker calls it again before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import SCHEMA_VERSION
+from shared.errors import InvalidJobError
+from shared.fields import (
+    FIELD_BY_NAME,
+    FIELDS,
+    MAX_METADATA_BYTES,
+    MAX_PREFIX_LEN,
+    MAX_URL_LEN,
+    SAFE_ID,
+    SAFE_PREFIX,
+    SEED_MAX,
+    Field,
+)
+
+# Fields that do not change the clip and so stay out of the job id and derived seed.
+_NOT_IDENTITY = {"priority", "callback_url", "metadata", "job_id", "image"}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One image-to-video job. Field names and defaults are diffusers' (see shared.fields)."""
+
+    image: str
+    variant: str | None = None
+    num_frames: int | None = None
+    num_inference_steps: int = 25
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    fps: int = 7
+    output_fps: int | None = None
+    decode_chunk_size: int | None = None
+    seed: int | None = None
+    width: int = 1024
+    height: int = 576
+    resize: str = "crop"
+    formats: tuple[str, ...] = ("mp4",)
+    priority: int = 5
+    job_id: str | None = None
+    output_prefix: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """Validate `data` and build a spec; raise InvalidJobError naming the first bad field."""
+        if not isinstance(data, dict):
+            raise InvalidJobError(f"a job must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or not (1 <= version <= SCHEMA_VERSION)
+        ):
+            raise InvalidJobError(
+                f"schema_version={version!r} is not understood here: allowed 1–{SCHEMA_VERSION}; "
+                "upgrade svdq on this machine",
+                field="schema_version",
+            )
+        unknown = sorted(set(data) - set(FIELD_BY_NAME) - {"schema_version"})
+        if unknown:
+            raise InvalidJobError(
+                f"unknown field {unknown[0]!r}: allowed fields are {', '.join(FIELD_BY_NAME)}",
+                field=unknown[0],
+            )
+        if "image" not in data:
+            raise InvalidJobError("image is required: a local path, s3:// or https:// URL", "image")
+        values = {
+            name: check_field(FIELD_BY_NAME[name], value)
+            for name, value in data.items()
+            if name != "schema_version"
+        }
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: every field, lists for tuples."""
+        out = dataclasses.asdict(self)
+        out["formats"] = list(self.formats)
+        return out
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """A copy with `changes` applied and checked."""
+        return JobSpec.from_dict({**self.to_dict(), **changes})
+
+
+def check_field(f: Field, value: Any) -> Any:
+    """Return `value` checked (and normalised) for field `f`, or raise InvalidJobError."""
+    if value is None:
+        if f.nullable:
+            return None
+        raise InvalidJobError(f"{f.name}=None is not allowed: {f.allowed()}", field=f.name)
+    bad = f"{f.name}={value!r} is not allowed: {f.allowed()}"
+    if f.type == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise InvalidJobError(bad, field=f.name)
+    elif f.type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidJobError(bad, field=f.name)
+        try:
+            value = float(value)  # an int too large for a float raises OverflowError
+        except OverflowError:
+            raise InvalidJobError(bad, field=f.name) from None
+        if not math.isfinite(value):
+            raise InvalidJobError(bad, field=f.name)
+    if f.type in ("integer", "number"):
+        if (f.minimum is not None and value < f.minimum) or (
+            f.maximum is not None and value > f.maximum
+        ):
+            raise InvalidJobError(f"{f.name}={value!r} is out of range: {f.allowed()}", f.name)
+        if f.multiple_of and value % f.multiple_of:
+            raise InvalidJobError(bad, field=f.name)
+        return value
+    if f.type == "array":
+        return _check_formats(f, value)
+    if f.type == "object":
+        return _check_metadata(value)
+    if not isinstance(value, str):
+        raise InvalidJobError(f"{f.name}={value!r} must be a string: {f.help}", field=f.name)
+    if f.choices and value not in f.choices:
+        raise InvalidJobError(bad, field=f.name)
+    return _STRING_CHECKS.get(f.name, lambda v: v)(value)
+
+
+def _check_formats(f: Field, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise InvalidJobError(
+            f"formats={value!r} is not allowed: a non-empty list of mp4, gif", field="formats"
+        )
+    out: list[str] = []
+    for item in items:
+        names = ["mp4", "gif"] if item == "both" else [item]
+        for name in names:
+            if not isinstance(name, str) or name not in (f.choices or ()):
+                raise InvalidJobError(
+                    f"formats={value!r} is not allowed: {name!r} is not one of mp4, gif",
+                    field="formats",
+                )
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
+def _check_metadata(value: Any) -> dict[str, Any]:
+    shown = repr(value)[:200]
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise InvalidJobError(
+            f"metadata={shown} is not allowed: an object with string keys", field="metadata"
+        )
+    try:
+        size = len(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(
+            f"metadata={shown} is not allowed: plain JSON values only ({exc})", field="metadata"
+        ) from exc
+    if size > MAX_METADATA_BYTES:
+        raise InvalidJobError(
+            f"metadata is {size} bytes as JSON: allowed up to {MAX_METADATA_BYTES}",
+            field="metadata",
+        )
+    return value
+
+
+def _check_image(value: str) -> str:
+    if not value or len(value) > MAX_URL_LEN or "\x00" in value:
+        raise InvalidJobError(
+            f"image={value[:80]!r} is not allowed: a local path, s3://bucket/key or https:// "
+            f"URL of at most {MAX_URL_LEN} characters",
+            field="image",
+        )
+    lowered = value.lower()
+    if "://" in value and not lowered.startswith(("s3://", "https://", "file://")):
+        raise InvalidJobError(
+            f"image={value[:80]!r} is not allowed: only local paths, s3:// and https:// URLs",
+            field="image",
+        )
+    bucket, _, key = value[5:].partition("/")
+    if lowered.startswith("s3://") and not (bucket and key):
+        raise InvalidJobError(f"image={value!r} is not allowed: s3://bucket/key", field="image")
+    return value
+
+
+def _check_job_id(value: str) -> str:
+    if not SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` allows a final "\n"
+        raise InvalidJobError(
+            f"job_id={value[:140]!r} is not allowed: 1–128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, no '..'",
+            field="job_id",
+        )
+    return value
+
+
+def _check_prefix(value: str) -> str:
+    segments = value.split("/")
+    if (
+        len(value) > MAX_PREFIX_LEN
+        or not SAFE_PREFIX.fullmatch(value)
+        or any(s in (".", "..") for s in segments)
+    ):
+        raise InvalidJobError(
+            f"output_prefix={value[:220]!r} is not allowed: up to {MAX_PREFIX_LEN} characters of "
+            "letters, digits, '.', '_', '-' in '/'-separated parts, no leading '/', no '..'",
+            field="output_prefix",
+        )
+    return value
+
+
+def _check_callback(value: str) -> str:
+    if len(value) > MAX_URL_LEN or not value.lower().startswith(("https://", "http://")):
+        raise InvalidJobError(
+            f"callback_url={value[:80]!r} is not allowed: an http(s):// URL of at most "
+            f"{MAX_URL_LEN} characters",
+            field="callback_url",
+        )
+    return value
+
+
+_STRING_CHECKS = {
+    "image": _check_image,
+    "job_id": _check_job_id,
+    "output_prefix": _check_prefix,
+    "callback_url": _check_callback,
+}
+
+
+def identity(spec: JobSpec, input_sha256: str) -> str:
+    """sha256 of the input's content and every parameter that changes the clip."""
+    params = {k: v for k, v in spec.to_dict().items() if k not in _NOT_IDENTITY}
+    blob = json.dumps({"input": input_sha256, "params": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def finalize(spec: JobSpec, input_sha256: str, *, random_seed: bool = False) -> JobSpec:
+    """Fill in the seed and the job id, deterministically unless asked for a random seed.
+
+    The derived seed comes from the input and parameters, so resubmitting the same image with
+    the same parameters gives the same seed, the same job id and the same clip.
+    """
+    seed = spec.seed
+    if random_seed:
+        seed = secrets.randbelow(SEED_MAX + 1)
+    elif seed is None:
+        seed = int(identity(spec, input_sha256)[:8], 16)
+    spec = dataclasses.replace(spec, seed=seed)
+    job_id = spec.job_id or identity(spec, input_sha256)[:24]
+    return dataclasses.replace(spec, job_id=job_id)
+
+
+@dataclass
+class JobResult:
+    """What a finished job produced; written as result.json, last, and returned by the task."""
+
+    job_id: str
+    status: str  # succeeded | failed
+    spec: dict[str, Any]
+    variant: str = ""
+    model: str = ""
+    seed: int | None = None
+    num_frames: int = 0
+    width: int = 0
+    height: int = 0
+    output_fps: int = 0
+    decode_chunk_size: int = 0
+    profile: dict[str, Any] = field(default_factory=dict)
+    # every memory profile tried, in order: {"profile", "outcome": "oom"|"succeeded", "seconds"}
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    worker: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    motion: float | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    note: str = ""
+    error: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
+        """Read a result record, ignoring fields from newer writers."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a JobSpec, built from the same table as validation."""
+    props: dict[str, Any] = {}
+    for f in FIELDS:
+        p: dict[str, Any] = {"description": f.help}
+        if f.type == "array":
+            p.update(
+                type="array", items={"enum": list(f.choices or ())}, minItems=1, uniqueItems=True
+            )
+        else:
+            p["type"] = [f.type, "null"] if f.nullable else f.type
+        if f.choices and f.type != "array":
+            p["enum"] = [*f.choices, None] if f.nullable else list(f.choices)
+        for key, val in (
+            ("minimum", f.minimum),
+            ("maximum", f.maximum),
+            ("multipleOf", f.multiple_of),
+        ):
+            if val is not None:
+                p[key] = val
+        if f.default is not None:
+            p["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+        props[f.name] = p
+    props["schema_version"] = {"type": "integer", "const": SCHEMA_VERSION}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "svdq JobSpec",
+        "type": "object",
+        "required": ["image"],
+        "additionalProperties": False,
+        "properties": props,
+    }

@@ -1,0 +1,17 @@
+"""Object stores behind one interface: S3 (and compatibles) or a local folder."""
+
+from __future__ import annotations
+
+from shared.settings import Settings
+from shared.storage.base import ObjectNotFoundError, ObjectStore
+from shared.storage.local import LocalStore
+from shared.storage.s3 import S3Store
+
+__all__ = ["LocalStore", "ObjectNotFoundError", "ObjectStore", "S3Store", "open_store"]
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The store the settings name."""
+    if settings.store == "local":
+        return LocalStore(settings.local_dir)
+    return S3Store(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)

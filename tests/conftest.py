@@ -1,0 +1,142 @@
+"""Shared fixtures: real Redis (own DB, flushed), a real S3 server (moto, server mode),
+the tiny model built once per session, and a real `svdq worker` subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from producer.services import s3_server
+from shared.settings import Settings
+from shared.storage import S3Store
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_REDIS_DB = int(os.environ.get("SVDQ_TEST_REDIS_DB", "13"))
+TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+TEST_BUCKET = "svdq-test"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """Redis on 127.0.0.1:6379, our own DB number, empty before and after."""
+    client = redis_lib.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis_lib.ConnectionError:
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (see README: Requirements)")
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, with the test bucket created."""
+    with s3_server() as endpoint:
+        S3Store(TEST_BUCKET, endpoint).ensure_bucket()
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder with the tiny pipeline saved in it (built once per session)."""
+    from worker.tiny import ensure_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    ensure_tiny_model(root / "tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def svdq_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str]:
+    """Environment for every svdq process in the tests."""
+    return {
+        **os.environ,
+        "SVDQ_REDIS_URL": redis_url,
+        "SVDQ_STORE": "s3",
+        "SVDQ_S3_ENDPOINT": s3_endpoint,
+        "SVDQ_S3_BUCKET": TEST_BUCKET,
+        "SVDQ_MODEL_DIR": str(model_dir),
+        "SVDQ_DEFAULT_VARIANT": "tiny",
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "svdq-local"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "svdq-local"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(svdq_env: dict[str, str]) -> Settings:
+    return Settings.from_env(svdq_env)
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> S3Store:
+    return S3Store(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, store: S3Store):  # type: ignore[no-untyped-def]
+    from producer.client import Client
+
+    return Client(settings, store)
+
+
+def run_svdq(
+    args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `svdq` command as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def worker(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `svdq worker` (Celery, prefork, tiny model) consuming svdq.tiny."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "producer.cli",
+                "worker",
+                "--gpus",
+                "none",
+                "--variant",
+                "tiny",
+                "--name",
+                "test@%h",
+            ],
+            env=svdq_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    deadline = time.monotonic() + 90
+    while b"ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield str(log)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,245 @@
+"""Settings from SVDQ_* variables: defaults, and a ConfigError naming each bad variable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import (
+    DEFAULT_MODEL_DIR,
+    VARIABLES,
+    Settings,
+    describe_variables,
+    redact_url,
+)
+
+
+def bad(env: dict[str, str], *hints: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    msg = str(info.value)
+    for hint in hints:
+        assert hint in msg, f"{hint!r} not in {msg!r}"
+    return msg
+
+
+def test_defaults_from_an_empty_env() -> None:
+    s = Settings.from_env({})
+    assert s == Settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        store="s3",
+        s3_endpoint=None,
+        s3_bucket="svdq",
+        s3_region="us-east-1",
+        local_dir=(Path.cwd() / "svdq-store").resolve(),
+        model_dir=Path(DEFAULT_MODEL_DIR),
+        default_variant="auto",
+        allow_cpu=False,
+        allow_urls=False,
+        max_input_bytes=20 * 1024 * 1024,
+        max_input_pixels=40_000_000,
+        visibility_timeout=7200,
+        task_time_limit=3600,
+        result_expires=604800,
+        log_level="INFO",
+    )
+
+
+def test_empty_values_mean_the_default() -> None:
+    assert Settings.from_env({name: "" for name in VARIABLES}) == Settings.from_env({})
+
+
+def test_os_environ_is_not_read_when_env_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVDQ_STORE", "ftp")
+    assert Settings.from_env({}).store == "s3"
+
+
+def test_every_variable_has_a_field() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert {name.removeprefix("SVDQ_").lower() for name in VARIABLES} == fields
+
+
+def test_values_are_read() -> None:
+    s = Settings.from_env(
+        {
+            "SVDQ_REDIS_URL": "rediss://:pw@redis.example:6380/2",
+            "SVDQ_STORE": "local",
+            "SVDQ_S3_ENDPOINT": "http://127.0.0.1:9000",
+            "SVDQ_S3_BUCKET": "clips",
+            "SVDQ_S3_REGION": "eu-west-1",
+            "SVDQ_LOCAL_DIR": "/tmp/svdq-store",
+            "SVDQ_MODEL_DIR": "/models",
+            "SVDQ_DEFAULT_VARIANT": "tiny",
+            "SVDQ_ALLOW_CPU": "yes",
+            "SVDQ_ALLOW_URLS": "TRUE",
+            "SVDQ_MAX_INPUT_BYTES": "1000",
+            "SVDQ_MAX_INPUT_PIXELS": "2000",
+            "SVDQ_VISIBILITY_TIMEOUT": "600",
+            "SVDQ_TASK_TIME_LIMIT": "599",
+            "SVDQ_RESULT_EXPIRES": "60",
+            "SVDQ_LOG_LEVEL": "debug",
+        }
+    )
+    assert s.redis_url == "rediss://:pw@redis.example:6380/2"
+    assert s.store == "local"
+    assert s.s3_endpoint == "http://127.0.0.1:9000"
+    assert (s.s3_bucket, s.s3_region) == ("clips", "eu-west-1")
+    assert s.local_dir == Path("/tmp/svdq-store").resolve()
+    assert s.model_dir == Path("/models")
+    assert s.default_variant == "tiny"
+    assert (s.allow_cpu, s.allow_urls) == (True, True)
+    assert (s.max_input_bytes, s.max_input_pixels) == (1000, 2000)
+    assert (s.visibility_timeout, s.task_time_limit, s.result_expires) == (600, 599, 60)
+    assert s.log_level == "DEBUG"
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.store = "local"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("url", ["redis://h", "rediss://h:6380/1", "unix:///run/redis.sock"])
+def test_redis_url_schemes_accepted(url: str) -> None:
+    assert Settings.from_env({"SVDQ_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("url", ["http://host:6379", "host:6379", "amqp://x", "REDIS://h"])
+def test_bad_redis_scheme(url: str) -> None:
+    msg = bad({"SVDQ_REDIS_URL": url}, "SVDQ_REDIS_URL", repr(url), "redis://", "rediss://")
+    assert msg.startswith(f"SVDQ_REDIS_URL={url!r} is not allowed")
+
+
+def test_bad_redis_url_never_echoes_the_password() -> None:
+    msg = bad({"SVDQ_REDIS_URL": "http://:s3cret@host:6379/0"}, "SVDQ_REDIS_URL")
+    assert "s3cret" not in msg
+    assert "http://:***@host:6379/0" in msg
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:s3cret@host", "redis://user:***@host"),
+        ("rediss://u:p@ss:w0rd@host:6380", "rediss://u:***@host:6380"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3cret" not in redact_url(url)
+
+
+@pytest.mark.parametrize("value", ["ftp", "S3", "gcs", "local "])
+def test_bad_store(value: str) -> None:
+    msg = bad({"SVDQ_STORE": value}, "SVDQ_STORE", repr(value), "s3, local")
+    assert msg == f"SVDQ_STORE={value!r} is not allowed: one of s3, local"
+
+
+@pytest.mark.parametrize("value", ["auto", "svd", "svd-xt", "svd-xt-1-1", "tiny"])
+def test_default_variant_accepted(value: str) -> None:
+    assert Settings.from_env({"SVDQ_DEFAULT_VARIANT": value}).default_variant == value
+
+
+def test_bad_default_variant() -> None:
+    bad(
+        {"SVDQ_DEFAULT_VARIANT": "foo"},
+        "SVDQ_DEFAULT_VARIANT='foo' is not allowed",
+        "auto, svd, svd-xt, svd-xt-1-1, tiny",
+    )
+
+
+@pytest.mark.parametrize("name", ["SVDQ_ALLOW_CPU", "SVDQ_ALLOW_URLS"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("ON", True),
+        (" 1 ", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_bools(name: str, value: str, expected: bool) -> None:
+    s = Settings.from_env({name: value})
+    assert getattr(s, name.removeprefix("SVDQ_").lower()) is expected
+
+
+@pytest.mark.parametrize("name", ["SVDQ_ALLOW_CPU", "SVDQ_ALLOW_URLS"])
+@pytest.mark.parametrize("value", ["maybe", "2", "y", "enabled"])
+def test_bad_bools(name: str, value: str) -> None:
+    bad({name: value}, f"{name}={value!r} is not allowed", "1/0", "true/false")
+
+
+INTS = [
+    "SVDQ_MAX_INPUT_BYTES",
+    "SVDQ_MAX_INPUT_PIXELS",
+    "SVDQ_VISIBILITY_TIMEOUT",
+    "SVDQ_TASK_TIME_LIMIT",
+    "SVDQ_RESULT_EXPIRES",
+]
+
+
+@pytest.mark.parametrize("name", INTS)
+@pytest.mark.parametrize("value", ["abc", "1.5", "1e6", "ten"])
+def test_non_numeric_ints(name: str, value: str) -> None:
+    msg = bad({name: value})
+    assert msg == f"{name}={value!r} is not allowed: a whole number"
+
+
+@pytest.mark.parametrize("name", INTS)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_ints_must_be_positive(name: str, value: str) -> None:
+    msg = bad({name: value})
+    assert msg == f"{name}={value!r} is not allowed: a whole number above 0"
+
+
+def test_max_input_bytes_one_is_accepted() -> None:
+    assert Settings.from_env({"SVDQ_MAX_INPUT_BYTES": "1"}).max_input_bytes == 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "visibility"), [("7200", "7200"), ("7201", "7200"), ("100", "99")]
+)
+def test_time_limit_must_be_below_visibility_timeout(limit: str, visibility: str) -> None:
+    msg = bad(
+        {"SVDQ_TASK_TIME_LIMIT": limit, "SVDQ_VISIBILITY_TIMEOUT": visibility},
+        f"SVDQ_TASK_TIME_LIMIT={limit}",
+        f"SVDQ_VISIBILITY_TIMEOUT={visibility}",
+        "must be below",
+    )
+    assert "second worker" in msg
+
+
+def test_time_limit_just_below_visibility_timeout_ok() -> None:
+    s = Settings.from_env({"SVDQ_TASK_TIME_LIMIT": "7199", "SVDQ_VISIBILITY_TIMEOUT": "7200"})
+    assert (s.task_time_limit, s.visibility_timeout) == (7199, 7200)
+
+
+def test_default_time_limit_against_a_short_visibility_timeout_fails() -> None:
+    bad({"SVDQ_VISIBILITY_TIMEOUT": "3600"}, "SVDQ_TASK_TIME_LIMIT=3600")
+
+
+@pytest.mark.parametrize("value", ["verbose", "TRACE", "0"])
+def test_bad_log_level(value: str) -> None:
+    bad({"SVDQ_LOG_LEVEL": value}, "SVDQ_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR")
+
+
+def test_describe_variables_lists_every_variable_with_its_default() -> None:
+    text = describe_variables()
+    lines = text.splitlines()
+    assert len(lines) == len(VARIABLES)
+    for line, (name, (default, meaning)) in zip(lines, VARIABLES.items(), strict=True):
+        assert line.split()[0] == name
+        assert meaning in line
+        assert line.endswith(f"[default: {default or 'unset'}]")
+    assert "[default: unset]" in text  # SVDQ_S3_ENDPOINT

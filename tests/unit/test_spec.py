@@ -1,0 +1,801 @@
+"""JobSpec validation, job identity and the JSON Schema: every bound on both sides.
+
+The bound tests are generated from `shared.fields.FIELDS`, so a new field is covered (or a
+test fails asking for a decision) without editing this file's explicit cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import pytest
+
+from shared import SCHEMA_VERSION
+from shared.errors import InvalidJobError
+from shared.fields import (
+    FIELD_BY_NAME,
+    FIELDS,
+    MAX_METADATA_BYTES,
+    MAX_PREFIX_LEN,
+    MAX_URL_LEN,
+    SEED_MAX,
+    Field,
+)
+from shared.spec import JobResult, JobSpec, finalize, json_schema
+
+SHA = "ab" * 32
+OTHER_SHA = "cd" * 32
+BASE = {"image": "in.png"}
+
+
+def spec(**params: Any) -> JobSpec:
+    return JobSpec.from_dict({**BASE, **params})
+
+
+def rejected(field: str, value: Any, *hints: str) -> InvalidJobError:
+    """Assert {field: value} is refused with a message naming field, value and what's allowed."""
+    with pytest.raises(InvalidJobError) as info:
+        JobSpec.from_dict({**BASE, field: value})
+    exc = info.value
+    msg = str(exc)
+    assert exc.field == field
+    assert field in msg
+    assert repr(value) in msg, msg
+    for hint in hints:
+        assert hint in msg, f"{hint!r} not in {msg!r}"
+    return exc
+
+
+def num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- generated from the field table -------------------------------------------------------
+
+NUMERIC = [f for f in FIELDS if f.type in ("integer", "number")]
+
+
+def _inside(f: Field) -> list[Any]:
+    step = f.multiple_of or 1
+    lo, hi = f.minimum, f.maximum
+    assert lo is not None and hi is not None, f"{f.name} has no bounds: add a test for it"
+    if f.type == "integer":
+        return [int(lo) if not f.multiple_of else math.ceil(lo / step) * step, int(hi)]
+    return [lo, hi]
+
+
+def _outside(f: Field) -> list[Any]:
+    lo, hi = f.minimum, f.maximum
+    assert lo is not None and hi is not None
+    if f.type == "integer":
+        step = f.multiple_of or 1
+        return [int(lo) - step, int(hi) + step]
+    return [lo - 0.01, hi + 0.01]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(f.name, v) for f in NUMERIC for v in _inside(f)],
+)
+def test_numeric_bound_inside_is_accepted(name: str, value: Any) -> None:
+    assert getattr(spec(**{name: value}), name) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(f.name, v) for f in NUMERIC for v in _outside(f)],
+)
+def test_numeric_bound_outside_is_rejected(name: str, value: Any) -> None:
+    f = FIELD_BY_NAME[name]
+    rejected(name, value, num(f.minimum), num(f.maximum))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [f.name for f in NUMERIC])
+def test_numeric_field_rejects_bool(name: str) -> None:
+    rejected(name, True, num(FIELD_BY_NAME[name].minimum))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [f.name for f in NUMERIC])
+def test_numeric_field_rejects_nan_and_inf(name: str) -> None:
+    f = FIELD_BY_NAME[name]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        rejected(name, bad, num(f.minimum))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [f.name for f in NUMERIC])
+def test_numeric_field_rejects_strings(name: str) -> None:
+    f = FIELD_BY_NAME[name]
+    rejected(name, str(_inside(f)[0]), num(f.minimum))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS if f.type == "integer"])
+def test_integer_field_rejects_fraction(name: str) -> None:
+    f = FIELD_BY_NAME[name]
+    rejected(name, _inside(f)[0] + 0.5, "an integer")
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS if f.multiple_of])
+def test_multiple_of_rejects_a_value_in_range_off_the_grid(name: str) -> None:
+    f = FIELD_BY_NAME[name]
+    rejected(name, _inside(f)[0] + 1, f"a multiple of {f.multiple_of}")
+
+
+@pytest.mark.parametrize(
+    ("name", "choice"),
+    [(f.name, c) for f in FIELDS if f.choices and f.type == "string" for c in f.choices],
+)
+def test_every_choice_is_accepted(name: str, choice: str) -> None:
+    assert getattr(spec(**{name: choice}), name) == choice
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS if f.choices and f.type == "string"])
+def test_value_outside_choices_is_rejected(name: str) -> None:
+    rejected(name, "nope", *FIELD_BY_NAME[name].choices)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS if f.nullable])
+def test_nullable_field_accepts_none(name: str) -> None:
+    assert getattr(spec(**{name: None}), name) is None
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS if not f.nullable and f.name != "image"])
+def test_non_nullable_field_rejects_none(name: str) -> None:
+    exc = rejected(name, None)
+    assert FIELD_BY_NAME[name].allowed() in str(exc)
+
+
+@pytest.mark.parametrize("f", [f for f in FIELDS if f.name != "image"], ids=lambda f: f.name)
+def test_default_in_table_is_the_dataclass_default(f: Field) -> None:
+    assert getattr(JobSpec(image="x"), f.name) == f.default
+
+
+@pytest.mark.parametrize("f", [f for f in FIELDS if f.default is not None], ids=lambda f: f.name)
+def test_default_in_table_passes_its_own_check(f: Field) -> None:
+    assert getattr(spec(**{f.name: f.default}), f.name) == f.default
+
+
+# --- explicit cases -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("motion_bucket_id", 0),
+        ("motion_bucket_id", 255),
+        ("noise_aug_strength", 0),
+        ("noise_aug_strength", 1),
+        ("noise_aug_strength", 0.0),
+        ("noise_aug_strength", 1.0),
+        ("num_inference_steps", 1),
+        ("decode_chunk_size", 1),
+        ("width", 64),
+        ("width", 2048),
+        ("height", 64),
+        ("height", 2048),
+        ("seed", 0),
+        ("seed", 2**32 - 1),
+        ("priority", 0),
+        ("priority", 9),
+    ],
+)
+def test_explicit_bounds_accepted(name: str, value: Any) -> None:
+    got = getattr(spec(**{name: value}), name)
+    assert got == value
+    assert type(got) is (float if FIELD_BY_NAME[name].type == "number" else int)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("motion_bucket_id", -1, "motion_bucket_id=-1 is out of range: an integer 0–255"),
+        ("motion_bucket_id", 256, "motion_bucket_id=256 is out of range: an integer 0–255"),
+        ("noise_aug_strength", -0.01, "noise_aug_strength=-0.01 is out of range: a number 0–1"),
+        ("noise_aug_strength", 1.01, "noise_aug_strength=1.01 is out of range: a number 0–1"),
+        ("num_inference_steps", 0, "num_inference_steps=0 is out of range: an integer 1–150"),
+        ("decode_chunk_size", 0, "decode_chunk_size=0 is out of range: an integer 1–64"),
+        ("width", 100, "width=100 is not allowed: an integer 64–2048, a multiple of 64"),
+        ("width", 2112, "width=2112 is out of range: an integer 64–2048, a multiple of 64"),
+        ("height", 100, "height=100 is not allowed: an integer 64–2048, a multiple of 64"),
+        ("height", 2112, "height=2112 is out of range: an integer 64–2048, a multiple of 64"),
+        ("seed", -1, "seed=-1 is out of range: an integer 0–4294967295"),
+        ("seed", 2**32, "seed=4294967296 is out of range: an integer 0–4294967295"),
+        ("priority", -1, "priority=-1 is out of range: an integer 0–9"),
+        ("priority", 10, "priority=10 is out of range: an integer 0–9"),
+        ("priority", True, "priority=True is not allowed: an integer 0–9"),
+        ("seed", False, "seed=False is not allowed: an integer 0–4294967295"),
+        ("noise_aug_strength", True, "noise_aug_strength=True is not allowed: a number 0–1"),
+        ("resize", "fill", "resize='fill' is not allowed: one of crop, pad, stretch"),
+        (
+            "variant",
+            "svd-2",
+            "variant='svd-2' is not allowed: one of auto, svd, svd-xt, svd-xt-1-1, tiny",
+        ),
+    ],
+)
+def test_explicit_bounds_rejected_with_exact_message(name: str, value: Any, message: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        spec(**{name: value})
+    assert str(info.value) == message
+    assert info.value.field == name
+
+
+def test_nan_is_rejected_for_numbers() -> None:
+    rejected("noise_aug_strength", float("nan"), "0–1")
+
+
+def test_huge_integer_for_a_number_field_is_rejected_not_crashing() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        spec(noise_aug_strength=10**400)
+    assert info.value.field == "noise_aug_strength"
+    assert "0–1" in str(info.value)
+
+
+def test_whole_float_is_accepted_for_integer_and_becomes_int() -> None:
+    got = spec(num_inference_steps=30.0).num_inference_steps
+    assert got == 30
+    assert type(got) is int
+
+
+def test_seed_bounds_match_the_table() -> None:
+    assert FIELD_BY_NAME["seed"].minimum == 0
+    assert FIELD_BY_NAME["seed"].maximum == SEED_MAX == 2**32 - 1
+
+
+# formats
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("mp4", ("mp4",)),
+        ("gif", ("gif",)),
+        (["mp4"], ("mp4",)),
+        (["gif"], ("gif",)),
+        (["mp4", "gif"], ("mp4", "gif")),
+        (["gif", "mp4"], ("gif", "mp4")),
+        ("both", ("mp4", "gif")),
+        (["both"], ("mp4", "gif")),
+        (["mp4", "mp4"], ("mp4",)),
+        (["gif", "both"], ("gif", "mp4")),
+        (["both", "mp4", "gif", "both"], ("mp4", "gif")),
+        (("gif",), ("gif",)),
+    ],
+)
+def test_formats_accepted_and_normalised(given: Any, expected: tuple[str, ...]) -> None:
+    assert spec(formats=given).formats == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ([], "non-empty list of mp4, gif"),
+        ((), "non-empty list of mp4, gif"),
+        ("", "one of mp4, gif"),
+        ("mov", "'mov' is not one of mp4, gif"),
+        (["mov"], "'mov' is not one of mp4, gif"),
+        (["mp4", "mov"], "'mov' is not one of mp4, gif"),
+        (["MP4"], "'MP4' is not one of mp4, gif"),
+        ([None], "None is not one of mp4, gif"),
+        ([1], "1 is not one of mp4, gif"),
+        ({"mp4": 1}, "non-empty list of mp4, gif"),
+        (5, "non-empty list of mp4, gif"),
+    ],
+)
+def test_formats_rejected(given: Any, hint: str) -> None:
+    rejected("formats", given, hint)
+
+
+# job_id
+
+
+@pytest.mark.parametrize("job_id", ["abc-1.2_3", "a", "A" * 128, "0abc", "x.y.z", "a-_-b"])
+def test_job_id_accepted(job_id: str) -> None:
+    assert spec(job_id=job_id).job_id == job_id
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "../x",
+        "/abs",
+        "a/b",
+        ".hidden",
+        "a" * 129,
+        "",
+        "a..b",
+        "-x",
+        "_x",
+        "a b",
+        "a\\b",
+        "a\x00b",
+        "é",
+        "a:b",
+        "x/",
+        "abc\n",
+        "a\nb",
+    ],
+)
+def test_job_id_rejected(job_id: str) -> None:
+    rejected("job_id", job_id, "letters, digits", "128")
+
+
+def test_job_id_non_string_rejected() -> None:
+    rejected("job_id", 12, "must be a string")
+
+
+# output_prefix
+
+
+@pytest.mark.parametrize(
+    "prefix", ["a/b/c", "a", "team-1/run_2.v3", "x" * MAX_PREFIX_LEN, "a.b/c", "...x"]
+)
+def test_output_prefix_accepted(prefix: str) -> None:
+    assert spec(output_prefix=prefix).output_prefix == prefix
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "/a",
+        "a/../b",
+        "a//b",
+        "..",
+        ".",
+        "a/./b",
+        "a/..",
+        "../a",
+        "a/",
+        "x" * (MAX_PREFIX_LEN + 1),
+        "",
+        "a b",
+        "a\\b",
+        "a/b\n",
+        "s3://x",
+    ],
+)
+def test_output_prefix_rejected(prefix: str) -> None:
+    rejected("output_prefix", prefix, str(MAX_PREFIX_LEN), "no '..'")
+
+
+# callback_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/hook",
+        "http://10.0.0.1:8080/cb",
+        "HTTPS://EXAMPLE.COM/x",
+        "https://e.com/" + "a" * (MAX_URL_LEN - len("https://e.com/")),
+    ],
+)
+def test_callback_url_accepted(url: str) -> None:
+    assert spec(callback_url=url).callback_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com", "example.com/hook", "", "javascript:alert(1)", "file:///etc/x"]
+)
+def test_callback_url_rejected(url: str) -> None:
+    rejected("callback_url", url, "http(s)://", str(MAX_URL_LEN))
+
+
+def test_callback_url_too_long_rejected() -> None:
+    url = "https://e.com/" + "a" * (MAX_URL_LEN - len("https://e.com/") + 1)
+    with pytest.raises(InvalidJobError) as info:
+        spec(callback_url=url)
+    assert info.value.field == "callback_url"
+    assert repr(url[:80]) in str(info.value)
+    assert str(MAX_URL_LEN) in str(info.value)
+
+
+# metadata
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{}, {"a": "1"}, {"a": [1, 2.5, None, True], "b": {"c": "d"}}, {"k": "x" * 16_000}],
+)
+def test_metadata_accepted_untouched(meta: dict[str, Any]) -> None:
+    assert spec(metadata=meta).metadata == meta
+
+
+def test_metadata_at_the_size_limit_accepted() -> None:
+    overhead = len(json.dumps({"k": ""}))
+    meta = {"k": "x" * (MAX_METADATA_BYTES - overhead)}
+    assert len(json.dumps(meta)) == MAX_METADATA_BYTES
+    assert spec(metadata=meta).metadata == meta
+
+
+def test_metadata_over_16_kib_rejected() -> None:
+    overhead = len(json.dumps({"k": ""}))
+    meta = {"k": "x" * (MAX_METADATA_BYTES - overhead + 1)}
+    with pytest.raises(InvalidJobError) as info:
+        spec(metadata=meta)
+    assert info.value.field == "metadata"
+    assert str(info.value) == "metadata is 16385 bytes as JSON: allowed up to 16384"
+
+
+@pytest.mark.parametrize(
+    ("meta", "hint"),
+    [
+        ({1: "a"}, "string keys"),
+        ({"a": 1, (1, 2): "b"}, "string keys"),
+        ("a=1", "an object"),
+        (["a", 1], "an object"),
+        ({"a": {1, 2}}, "plain JSON"),
+        ({"a": b"bytes"}, "plain JSON"),
+        ({"a": float("nan")}, "plain JSON"),
+        ({"a": {"b": float("inf")}}, "plain JSON"),
+    ],
+)
+def test_metadata_rejected(meta: Any, hint: str) -> None:
+    rejected("metadata", meta, hint)
+
+
+# image, unknown fields, schema_version, not an object
+
+
+def test_missing_image_rejected() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        JobSpec.from_dict({"priority": 3})
+    assert info.value.field == "image"
+    assert "image is required" in str(info.value)
+    assert "s3://" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "image", ["in.png", "/abs/in.png", "s3://bucket/key.png", "https://e.com/a.jpg", "file:///x"]
+)
+def test_image_accepted(image: str) -> None:
+    assert spec(image=image).image == image
+
+
+@pytest.mark.parametrize(
+    "image", ["", "ftp://e.com/a.png", "s3://bucket", "s3://", "a\x00b", "x" * (MAX_URL_LEN + 1)]
+)
+def test_image_rejected(image: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        spec(image=image)
+    assert info.value.field == "image"
+    assert repr(image[:80]) in str(info.value)
+
+
+def test_image_non_string_rejected() -> None:
+    rejected("image", 5, "must be a string")
+
+
+def test_unknown_field_rejected_naming_it() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        JobSpec.from_dict({**BASE, "guidance_scale": 3.0})
+    assert info.value.field == "guidance_scale"
+    assert str(info.value).startswith("unknown field 'guidance_scale': allowed fields are image, ")
+    for f in FIELDS:
+        assert f.name in str(info.value)
+
+
+def test_unknown_fields_first_in_sorted_order_is_named() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        JobSpec.from_dict({**BASE, "zeta": 1, "alpha": 2})
+    assert info.value.field == "alpha"
+
+
+@pytest.mark.parametrize("data", [[], "in.png", None, 3])
+def test_non_object_rejected(data: Any) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        JobSpec.from_dict(data)
+    assert str(info.value) == f"a job must be a JSON object, got {type(data).__name__}"
+
+
+def test_schema_version_current_accepted() -> None:
+    assert JobSpec.from_dict({**BASE, "schema_version": SCHEMA_VERSION}).schema_version == 1
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, -1, "1", True, 1.5, None])
+def test_schema_version_not_understood_rejected(version: Any) -> None:
+    exc = rejected("schema_version", version, f"1–{SCHEMA_VERSION}", "upgrade svdq")
+    assert str(exc).startswith(f"schema_version={version!r} is not understood here")
+
+
+def test_replace_rechecks() -> None:
+    s = spec()
+    assert s.replace(priority=9).priority == 9
+    with pytest.raises(InvalidJobError) as info:
+        s.replace(priority=10)
+    assert info.value.field == "priority"
+
+
+def test_invalid_job_error_pickles_with_field() -> None:
+    import pickle
+
+    with pytest.raises(InvalidJobError) as info:
+        spec(priority=10)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert copy.field == "priority"
+    assert str(copy) == str(info.value)
+
+
+# --- job identity ---------------------------------------------------------------------------
+
+# Every field except image and job_id changes the job id, or does not; a new field must be
+# put in one of these two sets (test_every_field_is_classified).
+NOT_IDENTITY = {"priority", "metadata", "callback_url"}
+# output_prefix is not a clip parameter, but a job's keys hang off it, so two prefixes are two
+# jobs (two result.json files) and must not share one id.
+IDENTITY = {f.name for f in FIELDS if f.name not in NOT_IDENTITY | {"image", "job_id"}} | {
+    "schema_version"
+}
+
+
+def _other_value(f: Field) -> Any:
+    """A valid value for `f` different from its default."""
+    if f.type == "array":
+        return ["gif"]
+    if f.choices:
+        return next(c for c in f.choices if c != f.default)
+    if f.name == "output_prefix":
+        return "team/a"
+    if f.type in ("integer", "number"):
+        return _inside(f)[1] if f.default != f.maximum else _inside(f)[0]
+    raise AssertionError(f"give {f.name} an alternative value in _other_value")
+
+
+def test_every_field_is_classified() -> None:
+    names = {f.name for f in FIELDS} - {"image", "job_id"}
+    assert names <= IDENTITY | NOT_IDENTITY
+    assert not IDENTITY & NOT_IDENTITY
+
+
+def test_same_input_and_params_give_same_id_and_seed() -> None:
+    a = finalize(spec(motion_bucket_id=180), SHA)
+    b = finalize(spec(motion_bucket_id=180), SHA)
+    assert a.job_id == b.job_id
+    assert a.seed == b.seed
+    assert a == b
+
+
+def test_derived_id_and_seed_are_stable_across_releases() -> None:
+    # Changing these breaks "resubmit = same job" against results already stored: only change
+    # them on purpose (and say so in the release notes).
+    done = finalize(JobSpec.from_dict({"image": "in.png"}), SHA)
+    assert done.seed == GOLDEN_SEED
+    assert done.job_id == GOLDEN_JOB_ID
+
+
+GOLDEN_SEED = 3950034775
+GOLDEN_JOB_ID = "6d5c40f61fbebe8d74e757f9"
+
+
+def test_derived_id_shape() -> None:
+    done = finalize(spec(), SHA)
+    assert done.job_id is not None
+    assert len(done.job_id) == 24
+    assert all(c in "0123456789abcdef" for c in done.job_id)
+    assert done.seed is not None
+    assert 0 <= done.seed <= SEED_MAX
+    # A derived id is itself a valid explicit id.
+    assert spec(job_id=done.job_id).job_id == done.job_id
+
+
+def test_id_changes_with_input_sha() -> None:
+    a, b = finalize(spec(), SHA), finalize(spec(), OTHER_SHA)
+    assert a.job_id != b.job_id
+    assert a.seed != b.seed
+
+
+def test_id_does_not_depend_on_the_image_path() -> None:
+    # Inputs are content addressed: the same bytes under another name are the same job.
+    a = finalize(spec(image="a.png"), SHA)
+    b = finalize(spec(image="s3://bucket/b.png"), SHA)
+    assert (a.job_id, a.seed) == (b.job_id, b.seed)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in IDENTITY if n not in ("schema_version", "seed")))
+def test_clip_changing_param_changes_id_and_seed(name: str) -> None:
+    base = finalize(spec(), SHA)
+    changed = finalize(spec(**{name: _other_value(FIELD_BY_NAME[name])}), SHA)
+    assert changed.job_id != base.job_id
+    assert changed.seed != base.seed
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("priority", 9),
+        ("priority", 0),
+        ("metadata", {"batch": "7"}),
+        ("callback_url", "https://e.com/cb"),
+    ],
+)
+def test_non_clip_param_keeps_id_and_seed(name: str, value: Any) -> None:
+    assert name in NOT_IDENTITY
+    base = finalize(spec(), SHA)
+    changed = finalize(spec(**{name: value}), SHA)
+    assert (changed.job_id, changed.seed) == (base.job_id, base.seed)
+
+
+def test_explicit_job_id_is_kept() -> None:
+    done = finalize(spec(job_id="mine-1"), SHA)
+    assert done.job_id == "mine-1"
+    assert done.seed == finalize(spec(), SHA).seed
+
+
+def test_explicit_seed_is_kept_and_changes_id() -> None:
+    derived = finalize(spec(), SHA)
+    explicit = finalize(spec(seed=42), SHA)
+    assert explicit.seed == 42
+    assert explicit.job_id != derived.job_id
+    assert finalize(spec(seed=42), SHA).job_id == explicit.job_id
+
+
+def test_explicit_seed_equal_to_the_derived_one_gives_the_same_id() -> None:
+    derived = finalize(spec(), SHA)
+    assert finalize(spec(seed=derived.seed), SHA).job_id == derived.job_id
+
+
+def test_random_seed_draws_and_the_id_follows_the_seed() -> None:
+    a = finalize(spec(), SHA, random_seed=True)
+    b = finalize(spec(), SHA, random_seed=True)
+    assert a.seed is not None and b.seed is not None
+    assert 0 <= a.seed <= SEED_MAX
+    assert a.seed != b.seed  # 1 in 2**32 chance of a false failure
+    assert a.job_id != b.job_id
+    assert finalize(spec(seed=a.seed), SHA).job_id == a.job_id
+
+
+def test_random_seed_overrides_an_explicit_seed() -> None:
+    seeds = {finalize(spec(seed=7), SHA, random_seed=True).seed for _ in range(3)}
+    assert seeds != {7}
+
+
+def test_finalize_is_idempotent() -> None:
+    once = finalize(spec(priority=2), SHA)
+    assert finalize(once, SHA) == once
+    assert finalize(once, OTHER_SHA) == once  # id and seed are now explicit
+
+
+def test_finalize_leaves_every_other_field_alone() -> None:
+    s = spec(priority=2, metadata={"a": "b"}, formats="both")
+    done = finalize(s, SHA)
+    assert dataclasses.replace(done, seed=None, job_id=None) == s
+
+
+# --- records --------------------------------------------------------------------------------
+
+FULL = {
+    "image": "s3://bucket/in.png",
+    "variant": "svd-xt",
+    "num_frames": 25,
+    "num_inference_steps": 30,
+    "motion_bucket_id": 200,
+    "noise_aug_strength": 0.1,
+    "fps": 6,
+    "output_fps": 12,
+    "decode_chunk_size": 4,
+    "seed": 1234,
+    "width": 512,
+    "height": 320,
+    "resize": "pad",
+    "formats": ["gif", "mp4"],
+    "priority": 8,
+    "job_id": "job-1",
+    "output_prefix": "team/a",
+    "callback_url": "https://e.com/cb",
+    "metadata": {"sku": "A-1", "n": [1, 2]},
+    "schema_version": 1,
+}
+
+
+def test_full_dict_covers_every_field() -> None:
+    assert set(FULL) == {f.name for f in FIELDS} | {"schema_version"}
+
+
+def test_to_dict_from_dict_round_trip() -> None:
+    s = JobSpec.from_dict(FULL)
+    assert s.to_dict() == FULL
+    assert JobSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_to_dict_of_defaults() -> None:
+    d = JobSpec(image="x").to_dict()
+    assert d["formats"] == ["mp4"]
+    assert d["schema_version"] == SCHEMA_VERSION
+    assert set(d) == {f.name for f in FIELDS} | {"schema_version"}
+    assert JobSpec.from_dict(d) == JobSpec(image="x")
+
+
+def test_job_result_round_trip_and_ignores_unknown_fields() -> None:
+    r = JobResult(
+        job_id="j1",
+        status="succeeded",
+        spec=FULL,
+        seed=3,
+        num_frames=25,
+        outputs={"mp4": {"key": "results/j1/clip.mp4"}},
+        timings={"total": 1.5},
+    )
+    d = r.to_dict()
+    assert JobResult.from_dict(d) == r
+    newer = {**json.loads(json.dumps(d)), "gpu_temperature": 71, "schema_version": 2}
+    back = JobResult.from_dict(newer)
+    assert back.job_id == "j1"
+    assert back.seed == 3
+    assert back.schema_version == 2
+    assert not hasattr(back, "gpu_temperature")
+
+
+def test_job_result_defaults() -> None:
+    r = JobResult.from_dict({"job_id": "j", "status": "failed", "spec": {}})
+    assert r.error is None
+    assert r.outputs == {}
+    assert r.schema_version == SCHEMA_VERSION
+
+
+# --- JSON Schema ----------------------------------------------------------------------------
+
+
+def test_json_schema_shape() -> None:
+    schema = json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["image"]
+    assert set(schema["properties"]) == {f.name for f in FIELDS} | {"schema_version"}
+    assert schema["properties"]["schema_version"] == {"type": "integer", "const": SCHEMA_VERSION}
+    json.dumps(schema)  # plain JSON
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
+def test_json_schema_property_matches_the_table(f: Field) -> None:
+    p = json_schema()["properties"][f.name]
+    assert p["description"] == f.help
+    assert p.get("minimum") == f.minimum
+    assert p.get("maximum") == f.maximum
+    assert p.get("multipleOf") == f.multiple_of
+    if f.type == "array":
+        assert p["type"] == "array"
+        assert p["items"] == {"enum": list(f.choices or ())}
+        assert p["minItems"] == 1
+    else:
+        assert p["type"] == ([f.type, "null"] if f.nullable else f.type)
+    if f.choices and f.type != "array":
+        assert p["enum"] == [*f.choices, *([None] if f.nullable else [])]
+    if f.default is None:
+        assert "default" not in p
+    else:
+        assert p["default"] == (list(f.default) if isinstance(f.default, tuple) else f.default)
+
+
+def test_json_schema_explicit_bounds() -> None:
+    props = json_schema()["properties"]
+    assert (props["motion_bucket_id"]["minimum"], props["motion_bucket_id"]["maximum"]) == (0, 255)
+    assert (props["width"]["minimum"], props["width"]["maximum"]) == (64, 2048)
+    assert props["width"]["multipleOf"] == 64
+    assert props["seed"]["maximum"] == 2**32 - 1
+    assert (props["priority"]["minimum"], props["priority"]["maximum"]) == (0, 9)
+
+
+def test_json_schema_validates_good_and_bad_documents() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema()
+    validator_cls = jsonschema.Draft202012Validator
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema)
+    assert list(validator.iter_errors({"image": "in.png"})) == []
+    assert list(validator.iter_errors(FULL)) == []
+    assert list(validator.iter_errors(finalize(spec(), SHA).to_dict())) == []
+    for bad in (
+        {},
+        {"image": "in.png", "priority": 10},
+        {"image": "in.png", "width": 100},
+        {"image": "in.png", "formats": ["mov"]},
+        {"image": "in.png", "formats": []},
+        {"image": "in.png", "variant": "svd-2"},
+        {"image": "in.png", "guidance_scale": 3},
+        {"image": "in.png", "schema_version": 2},
+        {"image": "in.png", "noise_aug_strength": 1.5},
+    ):
+        assert list(validator.iter_errors(bad)), bad

@@ -1,0 +1,1 @@
+"""The svdq worker: loads the pipeline once per process and turns jobs into clips."""

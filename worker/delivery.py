@@ -1,0 +1,247 @@
+"""At least once in, effects exactly once out: what one delivery of a job does around the run.
+
+Order, for every delivery Celery hands us:
+1. dead-lettered already → refuse, never run (`svdq dead retry` brings it back);
+2. result.json exists → return the recorded result, no GPU touched (the commit marker);
+3. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
+   it: come back later without counting a delivery;
+4. count the delivery in Redis (Celery's retry count never sees a killed process); an attempt
+   left open by an earlier delivery was lost with its process and gets that reason; past
+   `SVDQ_MAX_DELIVERIES` the job goes to the dead-letter list with every attempt;
+5. run; close the attempt with its outcome. Transient faults retry with exponential backoff and
+   jitter, bad input and time-outs fail at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
+from shared.errors import (
+    AlreadyFailedError,
+    DeadLetteredError,
+    InvalidJobError,
+    JobTimeoutError,
+    TransientError,
+)
+from shared.settings import Settings
+from shared.spec import JobSpec
+from worker import faults
+from worker.lease import Lease
+
+log = logging.getLogger(__name__)
+
+LOST = "worker lost during this attempt (process killed or crashed)"
+# Errors that mean the broker/backend connection dropped, not that the job is bad.
+BROKER_LOST = (RedisConnectionError, RedisTimeoutError, OperationalError)
+
+
+class LeaseBusy(Exception):
+    """Raised when another live delivery holds the job's lease; carries the wait in seconds."""
+
+    def __init__(self, job_id: str, wait: float) -> None:
+        super().__init__(f"job {job_id} is running in another delivery; back in {wait:.0f}s")
+        self.wait = wait
+
+
+class RetryLater(Exception):
+    """Raised when a transient fault ended this attempt and another is due in `wait` seconds."""
+
+    def __init__(self, reason: str, wait: float) -> None:
+        super().__init__(reason)
+        self.wait = wait
+
+
+def backoff(attempt: int, base: float, cap: float, rnd: random.Random | None = None) -> float:
+    """Seconds to wait before retry `attempt` (1-based): base·2^(n-1), capped, then jittered
+    into [half, all] of that so retries of many jobs spread out instead of arriving together."""
+    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    return ceiling * (0.5 + 0.5 * (rnd or random).random())
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def attempts(redis: Any, job_id: str) -> list[dict[str, Any]]:
+    """Every delivery attempt of a job so far, oldest first."""
+    return [json.loads(raw) for raw in redis.lrange(deliveries_key(job_id), 0, -1)]
+
+
+def dead_record(redis: Any, job_id: str) -> dict[str, Any] | None:
+    """The job's dead-letter entry, if it is dead-lettered."""
+    raw = redis.hget(DEAD_LETTER_KEY, job_id)
+    return dict(json.loads(raw)) if raw else None
+
+
+def dead_letter(redis: Any, spec: JobSpec, reason: str, expires: int) -> dict[str, Any]:
+    """Put the job on the dead-letter list with its spec and every attempt's reason."""
+    assert spec.job_id
+    record = {
+        "job_id": spec.job_id,
+        "spec": spec.to_dict(),
+        "reason": reason,
+        "attempts": attempts(redis, spec.job_id),
+        "dead_at": _now(),
+    }
+    redis.hset(DEAD_LETTER_KEY, spec.job_id, json.dumps(record))
+    log.error("job %s dead-lettered: %s", spec.job_id, reason)
+    return record
+
+
+def forget_deliveries(redis: Any, job_id: str) -> None:
+    """Start a job's delivery count afresh (after a person retries it)."""
+    redis.delete(deliveries_key(job_id), generations_key(job_id))
+
+
+class Attempt:
+    """One delivery's record in the job's attempt list."""
+
+    def __init__(self, redis: Any, job_id: str, expires: int, worker: str) -> None:
+        self.redis, self.job_id, self.expires = redis, job_id, expires
+        key = deliveries_key(job_id)
+        # Attempts still open were cut short with their process: say so before counting.
+        for index, raw in enumerate(redis.lrange(key, 0, -1)):
+            entry = json.loads(raw)
+            if entry.get("reason") is None:
+                entry.update(reason=LOST, ended_at=None)
+                redis.lset(key, index, json.dumps(entry))
+        self.entry = {"worker": worker, "pid": os.getpid(), "started_at": _now(), "reason": None}
+        self.number = int(redis.rpush(key, json.dumps(self.entry)))
+        self.entry["n"] = self.number
+        redis.lset(key, self.number - 1, json.dumps(self.entry))
+        redis.expire(key, expires)
+
+    def close(self, reason: str, final: bool = False) -> None:
+        """Record how this attempt ended; `final` means the job must never run again."""
+        self.entry.update(reason=reason, ended_at=_now(), final=final)
+        self.redis.lset(deliveries_key(self.job_id), self.number - 1, json.dumps(self.entry))
+
+
+def deliver(
+    redis: Any,
+    spec: JobSpec,
+    settings: Settings,
+    worker: str,
+    done: Callable[[], dict[str, Any] | None],
+    run: Callable[[], dict[str, Any]],
+    soft_limit: float | None = None,
+) -> dict[str, Any]:
+    """Run one delivery of `spec` under the rules above; return the result record.
+
+    Raises DeadLetteredError, InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater
+    (the caller schedules the job again), or whatever else `run` raised (final).
+    """
+    job_id = spec.job_id
+    assert job_id
+    dead = dead_record(redis, job_id)
+    if dead is not None:
+        raise DeadLetteredError(f"job {job_id} is dead-lettered: {dead['reason']}")
+    recorded = done()
+    if recorded is not None:
+        log.info("job %s already done: returning the recorded result", job_id)
+        return recorded
+    lease = Lease.acquire(redis, job_id, settings.lease_ttl, worker)
+    if lease is None:
+        raise LeaseBusy(job_id, settings.lease_ttl)
+    with lease:
+        recorded = done()  # it may have finished between the first look and the lease
+        if recorded is not None:
+            return recorded
+        window = time.time() - settings.visibility_timeout
+        ended = [a for a in attempts(redis, job_id) if a.get("final") and a["ended_at"] > window]
+        if ended:
+            # A copy of the message outlived a final failure (Redis redelivered it while the
+            # first ran): the job failed for good, so this copy reports that and runs nothing.
+            # Past the visibility timeout no copy can be in flight: a new submission runs.
+            raise AlreadyFailedError(f"job {job_id} already failed: {ended[-1]['reason']}")
+        history = attempts(redis, job_id)
+        # Deliveries count from the last final outcome: an earlier submission's attempts
+        # (failed for good, long ago) do not use up this one's budget.
+        since = max((i + 1 for i, a in enumerate(history) if a.get("final")), default=0)
+        attempt = Attempt(redis, job_id, settings.result_expires, worker)
+        count = attempt.number - since
+        if count > settings.max_deliveries:
+            reason = f"{count - 1} deliveries, none finished: " + "; ".join(
+                f"#{a.get('n')} on {a.get('worker')}: {a.get('reason')}"
+                for a in attempts(redis, job_id)[since:-1]
+            )
+            attempt.close("not run: too many deliveries")
+            dead_letter(redis, spec, reason, settings.result_expires)
+            raise DeadLetteredError(f"job {job_id} dead-lettered after {reason}")
+        faults.set_delivery(count)
+        redis.incr(generations_key(job_id))
+        redis.expire(generations_key(job_id), settings.result_expires)
+        try:
+            result = run()
+        except SoftTimeLimitExceeded:
+            reason = (
+                f"timed out: ran past its soft time limit of {soft_limit or '?'}s "
+                "(SVDQ_TASK_TIME_LIMIT, scaled by variant)"
+            )
+            attempt.close(reason, final=True)
+            raise JobTimeoutError(f"job {job_id} {reason}") from None
+        except InvalidJobError as exc:
+            attempt.close(f"invalid: {exc}", final=True)
+            raise
+        except TransientError as exc:
+            reason = f"transient: {exc}"
+            attempt.close(reason, final=count >= settings.max_deliveries)
+            if count >= settings.max_deliveries:
+                dead_letter(redis, spec, reason, settings.result_expires)
+                raise DeadLetteredError(
+                    f"job {job_id} dead-lettered after {count} attempts: {reason}"
+                ) from exc
+            wait = backoff(count, settings.retry_backoff, settings.retry_backoff_max)
+            raise RetryLater(reason, wait) from exc
+        except (SystemExit, KeyboardInterrupt):
+            # The process is being stopped (terminated by Celery, shut down): not the job's
+            # fault. The attempt stays open; the next delivery records it as lost.
+            raise
+        except BROKER_LOST as exc:
+            # Redis went away mid-job: nothing can be recorded now, and the message is still
+            # unacknowledged, so it comes back (visibility timeout). Reject without a FAILURE
+            # state; this attempt stays open and the next delivery records it as lost.
+            log.warning(
+                "job %s: Redis connection lost (%s); the job will be redelivered", job_id, exc
+            )
+            raise Reject(f"Redis connection lost: {exc}", requeue=False) from exc
+        except BaseException as exc:
+            attempt.close(f"failed: {type(exc).__name__}: {exc}", final=True)
+            raise
+        attempt.close("succeeded")
+        return result
+
+
+def with_retries(
+    action: Callable[[], Any],
+    what: str,
+    settings: Settings,
+    tries: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Run `action`, retrying a TransientError up to `tries` times in all with backoff and
+    jitter. Used for uploads, so a storage hiccup redoes the upload and never the generation."""
+    for attempt in range(1, tries + 1):
+        try:
+            return action()
+        except TransientError as exc:
+            if attempt == tries:
+                raise TransientError(f"{what} failed {tries} times; last: {exc}") from exc
+            wait = backoff(attempt, settings.retry_backoff, settings.retry_backoff_max)
+            log.warning(
+                "%s failed (%s); try %d of %d in %.1fs", what, exc, attempt + 1, tries, wait
+            )
+            sleep(wait)
+    raise AssertionError("not reached")

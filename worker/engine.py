@@ -1,0 +1,100 @@
+"""Running the loaded pipeline for one job: parameters in, frames out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.errors import InvalidJobError
+from shared.spec import JobSpec
+from worker import faults
+from worker.models import LoadedModel
+
+# progress(phase, step, steps)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The concrete values one generation uses, after defaults are resolved."""
+
+    variant: str
+    num_frames: int
+    output_fps: int
+    decode_chunk_size: int
+    seed: int
+
+
+def plan_for(spec: JobSpec, model: LoadedModel) -> Plan:
+    """Resolve the job's defaults against the loaded model and profile."""
+    variant = spec.variant or "auto"
+    if variant not in ("auto", model.info.name):
+        raise InvalidJobError(
+            f"variant={variant!r} cannot run here: this worker runs {model.info.name!r}; "
+            f"the job was routed to the wrong queue",
+            field="variant",
+        )
+    frames = spec.num_frames or model.info.frames
+    chunk = spec.decode_chunk_size or model.profile.decode_chunk_size or frames
+    if spec.seed is None:
+        raise InvalidJobError("seed is missing: the producer fills it in", field="seed")
+    return Plan(model.info.name, frames, spec.output_fps or spec.fps, min(chunk, frames), spec.seed)
+
+
+def generate(
+    model: LoadedModel,
+    spec: JobSpec,
+    image: Image.Image,
+    plan: Plan,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Run the pipeline; return float frames (F, H, W, 3) in [0, 1] and seconds per phase."""
+    import torch
+
+    steps = spec.num_inference_steps
+    marks = {"start": time.perf_counter()}
+
+    def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if i + 1 == steps:
+            marks["denoised"] = time.perf_counter()
+        if progress:
+            progress("denoise" if i + 1 < steps else "decode", i + 1, steps)
+        return kwargs
+
+    faults.before_generate(spec)
+    # A CPU generator gives the same noise whatever device runs the model.
+    generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+    with torch.inference_mode():
+        out = model.pipe(
+            image,
+            height=spec.height,
+            width=spec.width,
+            num_frames=plan.num_frames,
+            num_inference_steps=steps,
+            min_guidance_scale=model.info.min_guidance_scale,
+            max_guidance_scale=model.info.max_guidance_scale,
+            fps=spec.fps,
+            motion_bucket_id=spec.motion_bucket_id,
+            noise_aug_strength=spec.noise_aug_strength,
+            decode_chunk_size=plan.decode_chunk_size,
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    end = time.perf_counter()
+    denoised = marks.get("denoised", end)
+    timings = {"denoise": denoised - marks["start"], "decode": end - denoised}
+    return np.asarray(out.frames[0]), timings
+
+
+def motion_score(frames_u8: np.ndarray) -> float:
+    """Mean absolute change between consecutive frames, 0–1: near 0 means a static clip."""
+    if len(frames_u8) < 2:
+        return 0.0
+    diffs = np.abs(np.diff(frames_u8.astype(np.int16), axis=0))
+    return float(diffs.mean() / 255.0)

@@ -1,0 +1,156 @@
+"""One job, start to finish: fetch, fit, generate, encode, upload, then result.json last."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.constants import CONTENT_TYPES, output_key, result_key
+from shared.errors import InvalidJobError
+from shared.images import check_image, fit, open_image, to_rgb
+from shared.settings import Settings
+from shared.spec import JobResult, JobSpec
+from shared.storage import ObjectNotFoundError, ObjectStore
+from worker import engine, export, stepdown
+from worker.delivery import with_retries
+from worker.models import TINY_NOTE, LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    """UTC timestamp for records."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
+    """The recorded result if this job already finished (result.json is the commit marker)."""
+    assert spec.job_id
+    try:
+        return dict(json.loads(store.get_bytes(result_key(spec.job_id, spec.output_prefix))))
+    except ObjectNotFoundError:
+        return None
+
+
+def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
+    """The input image's bytes, from this worker's store only."""
+    key = store.key_from_uri(uri)
+    if key is None:
+        raise InvalidJobError(
+            f"image={uri!r} is not in this worker's store ({store.uri('')}); submit through "
+            "svdq so the image is uploaded first",
+            field="image",
+        )
+    try:
+        return store.get_bytes(key)
+    except ObjectNotFoundError:
+        raise InvalidJobError(f"image={uri!r} does not exist in the store", "image") from None
+
+
+def run_job(
+    spec: JobSpec,
+    model: LoadedModel,
+    store: ObjectStore,
+    settings: Settings,
+    worker_name: str,
+    progress: engine.Progress | None = None,
+) -> dict[str, Any]:
+    """Run `spec` (already checked) and return its result record, written last as result.json."""
+    assert spec.job_id
+    done = existing_result(store, spec)
+    if done is not None:
+        log.info("job %s already done: returning the recorded result", spec.job_id)
+        return done
+    started_at, t0 = now(), time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        moment = time.perf_counter()
+        timings[name] = round(moment - since, 4)
+        return moment
+
+    plan = engine.plan_for(spec, model)
+    data = fetch_input(store, settings, spec.image)
+    t = phase("fetch", t0)
+    limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
+    info = check_image(data, source=spec.image, **limits)
+    source = to_rgb(open_image(data, source=spec.image, **limits))
+    fitted = fit(source, spec.width, spec.height, spec.resize)
+    t = phase("preprocess", t)
+    if progress:
+        progress("denoise", 0, spec.num_inference_steps)
+    # Out of memory: steps down the profile ladder and retries; `model` ends on the rung used.
+    frames, gen_timings, plan, attempts = stepdown.generate(model, settings, spec, fitted, progress)
+    timings.update({k: round(v, 4) for k, v in gen_timings.items()})
+    t = time.perf_counter()
+    if progress:
+        progress("encode", spec.num_inference_steps, spec.num_inference_steps)
+    frames_u8 = export.to_uint8(frames)
+    blobs = {"poster": export.encode_poster(frames_u8[0])}
+    if "mp4" in spec.formats:
+        blobs["mp4"] = export.encode_mp4(frames_u8, plan.output_fps)
+    if "gif" in spec.formats:
+        blobs["gif"] = export.encode_gif(frames_u8, plan.output_fps)
+    t = phase("encode", t)
+    if progress:
+        progress("upload", spec.num_inference_steps, spec.num_inference_steps)
+    outputs = {}
+    for kind, blob in blobs.items():
+        key = output_key(spec.job_id, kind, spec.output_prefix)
+        # A storage hiccup retries this upload only; the frames are already made.
+        with_retries(
+            functools.partial(store.put_bytes, key, blob, CONTENT_TYPES[kind]),
+            f"upload of {key}",
+            settings,
+        )
+        outputs[kind] = {
+            "key": key,
+            "uri": store.uri(key),
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "content_type": CONTENT_TYPES[kind],
+        }
+    phase("upload", t)
+    timings["total"] = round(time.perf_counter() - t0, 4)
+    result = JobResult(
+        job_id=spec.job_id,
+        status="succeeded",
+        spec=spec.to_dict(),
+        variant=plan.variant,
+        model=f"{model.info.model_id} @ {model.source}",
+        seed=plan.seed,
+        num_frames=int(frames_u8.shape[0]),
+        width=int(frames_u8.shape[2]),
+        height=int(frames_u8.shape[1]),
+        output_fps=plan.output_fps,
+        decode_chunk_size=plan.decode_chunk_size,
+        profile={**model.profile.to_dict(), "decode_chunk_size": plan.decode_chunk_size},
+        attempts=attempts,
+        worker=worker_name,
+        input={
+            "uri": spec.image,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "format": info.format,
+            "width": info.width,
+            "height": info.height,
+        },
+        outputs=outputs,
+        timings=timings,
+        motion=round(engine.motion_score(frames_u8), 5),
+        started_at=started_at,
+        finished_at=now(),
+        note=TINY_NOTE if plan.variant == "tiny" else "",
+    ).to_dict()
+    record = json.dumps(result, indent=2).encode()
+    marker = result_key(spec.job_id, spec.output_prefix)
+    with_retries(
+        lambda: store.put_bytes(marker, record, CONTENT_TYPES["json"]),
+        f"upload of {marker}",
+        settings,
+    )
+    return result

@@ -1,0 +1,218 @@
+"""Variant registry and pipeline loading: once per process, offline, safetensors only."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ModelNotFoundError
+from shared.settings import Settings
+from worker.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """One model svdq knows how to run."""
+
+    name: str
+    model_id: str
+    frames: int
+    revision: str | None = None
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+
+
+REGISTRY: dict[str, VariantInfo] = {
+    "svd": VariantInfo("svd", "stabilityai/stable-video-diffusion-img2vid", 14),
+    "svd-xt": VariantInfo("svd-xt", "stabilityai/stable-video-diffusion-img2vid-xt", 25),
+    "svd-xt-1-1": VariantInfo(
+        "svd-xt-1-1", "stabilityai/stable-video-diffusion-img2vid-xt-1-1", 25
+    ),
+    "tiny": VariantInfo("tiny", "svdq/tiny (random weights, built locally)", 14),
+}
+
+TINY_NOTE = "made by the tiny random-weight model: noise, for testing the pipeline only"
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to run, where it came from, and the rungs below its profile.
+
+    One per process. `swap` replaces its contents in place (variant switch or out-of-memory
+    step-down), so whoever holds it sees the new pipeline and the old one can be freed.
+    """
+
+    pipe: Any
+    info: VariantInfo
+    source: str
+    profile: Profile
+    load_seconds: float
+    warmup_seconds: float = 0.0
+    lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
+
+
+def model_source(settings: Settings, variant: str) -> Path:
+    """Where `variant`'s weights are on this machine; raise ModelNotFoundError if nowhere.
+
+    Looks in $SVDQ_MODEL_DIR/<variant>/ first, then the Hugging Face cache. Never downloads.
+    """
+    info = REGISTRY[variant]
+    local = settings.model_dir / variant
+    if variant == "tiny":
+        return local
+    if (local / "model_index.json").is_file():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(info.model_id, revision=info.revision, local_files_only=True))
+    except Exception:
+        raise ModelNotFoundError(
+            f"the {variant} weights are not on this machine: looked in {local} and the "
+            f"Hugging Face cache. Fetch them once with\n  huggingface-cli download "
+            f"{info.model_id} --include '*.json' '*.fp16.safetensors' --local-dir {local}\n"
+            "(svdq never downloads weights itself)"
+        ) from None
+
+
+def load_model(
+    settings: Settings, profile: Profile, lower: tuple[Profile, ...] = ()
+) -> LoadedModel:
+    """Load the pipeline for `profile.variant`, apply the profile and, when it compiles the
+    UNet, warm it up. Call once per process (then `swap`)."""
+    import torch
+    from diffusers import StableVideoDiffusionPipeline
+
+    from worker.devices import serve_tiny
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if profile.device == "cuda":
+        # Before the first CUDA allocation: fewer out-of-memory errors from fragmentation.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    start = time.perf_counter()
+    variant = profile.variant
+    # Test-only (SVDQ_TEST_SERVE_TINY=1): any variant's jobs run on the tiny weights.
+    weights = "tiny" if serve_tiny() else variant
+    source = model_source(settings, weights)
+    if weights == "tiny":
+        from worker.tiny import ensure_tiny_model
+
+        ensure_tiny_model(source)
+    dtype = torch.float16 if profile.dtype == "float16" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
+    if weights != "tiny" and profile.dtype == "float16":
+        kwargs["variant"] = "fp16"  # the half-size fp16 files, not the fp32 ones
+    _quiet_loading()
+    pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    apply_profile(pipe, profile)
+    seconds = time.perf_counter() - start
+    info = REGISTRY[variant]
+    label = f"{source} (tiny weights, SVDQ_TEST_SERVE_TINY)" if weights != variant else str(source)
+    model = LoadedModel(pipe, info, label, profile, seconds, lower=lower)
+    if profile.compile:
+        model.warmup_seconds = warm_up(model)
+    log.info(
+        "loaded %s from %s with profile %s (%s) in %.1fs, warm-up %.1fs",
+        variant,
+        label,
+        profile.name,
+        ", ".join(f"{k}={v}" for k, v in profile.to_dict().items() if k != "name"),
+        seconds,
+        model.warmup_seconds,
+    )
+    return model
+
+
+def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int = 2) -> float:
+    """Run the pipeline once on a blank image so torch.compile builds its graphs now, not
+    during the first job. Returns the seconds it took."""
+    import torch
+    from PIL import Image
+
+    start = time.perf_counter()
+    frames = model.info.frames
+    with torch.inference_mode():
+        model.pipe(
+            Image.new("RGB", (width, height)),
+            width=width,
+            height=height,
+            num_frames=frames,
+            num_inference_steps=steps,
+            decode_chunk_size=model.profile.decode_chunk_size or frames,
+            generator=torch.Generator(device="cpu").manual_seed(0),
+            output_type="np",
+        )
+    return time.perf_counter() - start
+
+
+def free_memory() -> None:
+    """Collect what nothing references any more and hand cached CUDA blocks back."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evict(model: LoadedModel) -> None:
+    """Drop the pipeline (the object stays, empty) and free its memory."""
+    model.pipe = None
+    free_memory()
+
+
+def swap(
+    model: LoadedModel, settings: Settings, profile: Profile, lower: tuple[Profile, ...]
+) -> LoadedModel:
+    """Evict the loaded pipeline first, then load `profile` into the same object."""
+    log.warning(
+        "switching from %s/%s to %s/%s",
+        model.info.name,
+        model.profile.name,
+        profile.variant,
+        profile.name,
+    )
+    evict(model)
+    fresh = load_model(settings, profile, lower)
+    for f in dataclasses.fields(LoadedModel):
+        setattr(model, f.name, getattr(fresh, f.name))
+    return model
+
+
+def _quiet_loading() -> None:
+    """No progress bars in worker logs, and no notice that torchvision is absent: svdq
+    deliberately uses transformers' PIL image processor."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def apply_profile(pipe: Any, profile: Profile) -> None:
+    """Put the pipeline on its device the way the profile says.
+
+    Offload hooks move each model to `profile.device` only while it runs. Sequential offload
+    streams weights layer by layer and needs an accelerator (it breaks on a CPU).
+    """
+    import torch
+
+    if profile.offload == "model":
+        pipe.enable_model_cpu_offload(device=profile.device)
+    elif profile.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=profile.device)
+    else:
+        pipe.to(profile.device)
+    if profile.forward_chunking:
+        pipe.unet.enable_forward_chunking()  # feed-forward one frame at a time: ~15 % less
+    if profile.compile:
+        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)

@@ -1,0 +1,271 @@
+"""Memory profiles: which variant and settings a device can carry, and what to fall back to.
+
+Pure and table driven: (total VRAM, compute capability, requested variant) → a ladder of
+`Profile`s, best first. Nothing here touches a GPU, imports torch or reads files, so the
+producer side (`svdq plan`) and the unit tests use it as is.
+
+VRAM bands are compared in decimal gigabytes with a 5 % tolerance, because cards report a
+little less than the size printed on the box: an "A100 40GB" reports ~40.5e9 bytes, an RTX
+4090 ("24GB") ~25.7e9, a T4 ("16GB") ~15.8e9. With floors at 40/24/16/10/8 GB minus 5 %
+(38, 22.8, 15.2, 9.5, 7.6 GB) each of them lands in the row people expect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.constants import REAL_VARIANTS, queue_for
+from shared.errors import ConfigError
+
+GB = 10**9
+GIB = 1024**3
+BAND_TOLERANCE = 0.05  # a card may report up to 5 % under its row's floor and still get it
+COMPILE_MIN_CAPABILITY = (7, 0)  # torch.compile's Triton backend needs Volta or newer
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How the pipeline is set up on one device."""
+
+    name: str
+    variant: str
+    dtype: str  # float16 | float32
+    offload: str  # none | model | sequential
+    forward_chunking: bool
+    decode_chunk_size: int | None  # None: all frames at once
+    compile: bool
+    device: str  # cuda | cpu
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form recorded in result.json."""
+        return dataclasses.asdict(self)
+
+
+# (floor in decimal GB, profile) from the top down: the seed's measurements.
+GPU_TABLE: tuple[tuple[float, Profile], ...] = (
+    (40, Profile("xt-40g", "svd-xt", "float16", "none", False, 25, True, "cuda")),
+    (24, Profile("xt-24g", "svd-xt", "float16", "none", False, 8, False, "cuda")),
+    (16, Profile("xt-16g", "svd-xt", "float16", "model", False, 4, False, "cuda")),
+    (10, Profile("xt-10g", "svd-xt", "float16", "model", True, 2, False, "cuda")),
+    (8, Profile("xt-8g", "svd-xt", "float16", "model", True, 1, False, "cuda")),
+    (0, Profile("svd-low", "svd", "float16", "sequential", True, 1, False, "cuda")),
+)
+# Which variants a row's memory settings can carry. The xt rows run every real variant (svd
+# is smaller than svd-xt); below 8 GB only svd fits. tiny fits anywhere.
+XT_CLASS = ("svd-xt", "svd-xt-1-1", "svd", "tiny")
+ROW_CARRIES: dict[str, tuple[str, ...]] = {"svd-low": ("svd", "tiny")}
+
+# No CUDA: fp32 (fp16 is ~35x slower on a CPU). The step down decodes in chunks of 2 with
+# forward chunking: the same levers as on a GPU, so the step-down path runs in CPU tests too.
+CPU_PROFILE = Profile("cpu", "tiny", "float32", "none", False, None, False, "cpu")
+CPU_LEAN = Profile("cpu-lean", "tiny", "float32", "none", True, 2, False, "cpu")
+CPU_LADDER = (CPU_PROFILE, CPU_LEAN)
+
+PROFILE_NAMES = tuple(p.name for _, p in GPU_TABLE) + tuple(p.name for p in CPU_LADDER)
+
+# Field overrides, read from the environment: variable -> Profile field.
+FIELD_OVERRIDES = {
+    "SVDQ_DTYPE": "dtype",
+    "SVDQ_OFFLOAD": "offload",
+    "SVDQ_FORWARD_CHUNKING": "forward_chunking",
+    "SVDQ_DECODE_CHUNK_SIZE": "decode_chunk_size",
+    "SVDQ_COMPILE": "compile",
+}
+OVERRIDE_VARIABLES: dict[str, tuple[str, str]] = {
+    "SVDQ_PROFILE": ("", f"start the profile ladder at this row: {', '.join(PROFILE_NAMES)}"),
+    "SVDQ_DTYPE": ("", "override the top profile's dtype: float16 or float32"),
+    "SVDQ_OFFLOAD": ("", "override the top profile's offload: none, model or sequential"),
+    "SVDQ_FORWARD_CHUNKING": ("", "override the top profile's UNet forward chunking: 1/0"),
+    "SVDQ_DECODE_CHUNK_SIZE": ("", "override the top profile's decode chunk: a number or 'all'"),
+    "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
+}
+
+
+def vram_gb(total_vram_bytes: int) -> float:
+    """Decimal gigabytes, the unit the table's floors are written in."""
+    return total_vram_bytes / GB
+
+
+def row_index(total_vram_bytes: int) -> int:
+    """Index of the first table row whose floor (less the tolerance) the device meets."""
+    for i, (floor, _) in enumerate(GPU_TABLE):
+        if total_vram_bytes >= floor * GB * (1 - BAND_TOLERANCE):
+            return i
+    return len(GPU_TABLE) - 1
+
+
+def _fit_capability(profile: Profile, capability: tuple[int, int] | None) -> Profile:
+    """Drop compile on GPUs older than Triton supports (unknown capability: keep the row)."""
+    if profile.compile and capability is not None and capability < COMPILE_MIN_CAPABILITY:
+        return dataclasses.replace(profile, compile=False)
+    return profile
+
+
+def gpu_profile(total_vram_bytes: int, capability: tuple[int, int] | None = None) -> Profile:
+    """The table row for a device with that much VRAM."""
+    return _fit_capability(GPU_TABLE[row_index(total_vram_bytes)][1], capability)
+
+
+def carries(profile: Profile, variant: str) -> bool:
+    """Whether a table row's memory settings can run `variant`."""
+    if profile.device == "cpu":
+        return True
+    return variant in ROW_CARRIES.get(profile.name, XT_CLASS)
+
+
+def default_variant(total_vram_bytes: int | None, allow_cpu: bool = False) -> str:
+    """What `auto` means on this device: the best real variant it carries (never tiny).
+
+    On a CPU without `allow_cpu` there is none: such a worker serves tiny jobs only.
+    """
+    if total_vram_bytes is None:
+        if not allow_cpu:
+            raise ConfigError(
+                "variant 'auto' cannot run without a GPU: it never means tiny; set "
+                "SVDQ_ALLOW_CPU=1 to run real variants on the CPU (hours per clip)"
+            )
+        return "svd-xt"
+    return gpu_profile(total_vram_bytes).variant
+
+
+def ladder(
+    total_vram_bytes: int | None,
+    variant: str,
+    capability: tuple[int, int] | None = None,
+    allow_cpu: bool = False,
+    start: str | None = None,
+) -> tuple[Profile, ...]:
+    """The profiles to try for `variant`, best first: the device's row, then every row below
+    that still carries the variant. `start` (SVDQ_PROFILE) names the first rung instead.
+
+    Raises ConfigError when the device cannot run the variant at all.
+    """
+    if variant == "auto":
+        variant = default_variant(total_vram_bytes, allow_cpu)
+    if total_vram_bytes is None:
+        if variant != "tiny" and not allow_cpu:
+            raise ConfigError(
+                f"variant={variant!r} needs a GPU and none is visible; set SVDQ_ALLOW_CPU=1 "
+                "to run it on the CPU anyway (hours per clip), or use tiny"
+            )
+        rows = [dataclasses.replace(p, variant=variant) for p in CPU_LADDER]
+    else:
+        first = row_index(total_vram_bytes)
+        rows = [
+            _fit_capability(dataclasses.replace(p, variant=variant), capability)
+            for _, p in GPU_TABLE[first:]
+            if carries(p, variant)
+        ]
+        if not rows:
+            need = min(f for f, p in GPU_TABLE if carries(p, variant)) * (1 - BAND_TOLERANCE)
+            raise ConfigError(
+                f"variant={variant!r} needs at least {need:g} GB of VRAM; this GPU has "
+                f"{vram_gb(total_vram_bytes):.1f} GB"
+            )
+    if start is not None:
+        names = [p.name for p in rows]
+        if start not in names:
+            raise ConfigError(
+                f"SVDQ_PROFILE={start!r} is not allowed for {variant} on this device: one of "
+                f"{', '.join(names)}"
+            )
+        rows = rows[names.index(start) :]
+    return tuple(rows)
+
+
+def runnable_variants(total_vram_bytes: int | None, allow_cpu: bool = False) -> tuple[str, ...]:
+    """The variants whose jobs this device can take: real ones its ladder carries; on a CPU,
+    tiny (plus every real variant with `allow_cpu`). GPUs leave tiny jobs to CPU workers."""
+    if total_vram_bytes is None:
+        return (*REAL_VARIANTS, "tiny") if allow_cpu else ("tiny",)
+    top = row_index(total_vram_bytes)
+    rows = [p for _, p in GPU_TABLE[top:]]
+    return tuple(v for v in REAL_VARIANTS if any(carries(p, v) for p in rows))
+
+
+def worker_queues(total_vram_bytes: int | None, allow_cpu: bool = False) -> list[str]:
+    """The Celery queues a worker on this device consumes: its variants, plus svdq.auto when
+    it runs a real variant (auto never means tiny)."""
+    variants = runnable_variants(total_vram_bytes, allow_cpu)
+    queues = [queue_for(v) for v in variants]
+    if any(v != "tiny" for v in variants):
+        queues.append(queue_for("auto"))
+    return queues
+
+
+def read_overrides(env: Mapping[str, str]) -> dict[str, object]:
+    """The field overrides set in `env`, checked; raise ConfigError naming the variable."""
+    out: dict[str, object] = {}
+    for var, field in FIELD_OVERRIDES.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        if field == "dtype":
+            out[field] = _choice(var, raw, ("float16", "float32"))
+        elif field == "offload":
+            out[field] = _choice(var, raw, ("none", "model", "sequential"))
+        elif field == "decode_chunk_size":
+            out[field] = None if raw == "all" else _positive(var, raw)
+        else:
+            out[field] = _flag(var, raw)
+    return out
+
+
+def apply_overrides(rungs: tuple[Profile, ...], env: Mapping[str, str]) -> tuple[Profile, ...]:
+    """Field overrides change the first rung only (marked `*`): the rungs below stay as the
+    table says, so an out-of-memory error can still step down past an operator's choice."""
+    changes = read_overrides(env)
+    if not changes or not rungs:
+        return rungs
+    top = dataclasses.replace(rungs[0], name=rungs[0].name + "*", **changes)  # type: ignore[arg-type]
+    if top.device == "cpu" and top.offload == "sequential":
+        raise ConfigError(
+            "SVDQ_OFFLOAD='sequential' is not allowed without a GPU: sequential offload needs "
+            "an accelerator to stream weights to; use none or model"
+        )
+    return (top, *rungs[1:])
+
+
+def profile_ladder(
+    total_vram_bytes: int | None,
+    variant: str,
+    env: Mapping[str, str],
+    capability: tuple[int, int] | None = None,
+    allow_cpu: bool = False,
+) -> tuple[Profile, ...]:
+    """`ladder` with the environment's overrides (SVDQ_PROFILE and the field ones) applied."""
+    start = env.get("SVDQ_PROFILE", "").strip() or None
+    if start is not None and start not in PROFILE_NAMES:
+        raise ConfigError(
+            f"SVDQ_PROFILE={start!r} is not allowed: one of {', '.join(PROFILE_NAMES)}"
+        )
+    rungs = ladder(total_vram_bytes, variant, capability, allow_cpu, start)
+    return apply_overrides(rungs, env)
+
+
+def choose_profile(total_vram_bytes: int | None, variant: str) -> Profile:
+    """The first rung for `variant` (None: no CUDA; tiny and CPU-allowed variants only)."""
+    return ladder(total_vram_bytes, variant, allow_cpu=True)[0]
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed: one of {', '.join(allowed)}")
+    return value
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not allowed: 1/0, true/false, yes/no or on/off")
+
+
+def _positive(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0, or 'all'")
+    return int(value)

@@ -1,0 +1,113 @@
+"""Out-of-memory step-down: retry a job one profile rung lower, inside the same task.
+
+On `torch.cuda.OutOfMemoryError` the attempt's memory is freed *outside* the `except` block
+(inside it, the traceback still holds the failed frames and their tensors), the pipeline is
+reloaded with the next rung's profile, and the job runs again — down to the last rung, after
+which the job fails with ResourceError. Every rung tried is recorded as
+`{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`.
+
+A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
+the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
+
+The loaded model stays on the rung that worked: the next job would most likely run out of
+memory on the higher one too. A restarted worker starts from the top again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.errors import ResourceError
+from shared.settings import Settings
+from shared.spec import JobSpec
+from worker import engine, models
+from worker.devices import runnable_here
+
+log = logging.getLogger(__name__)
+
+# Errors after which this process's CUDA context is unusable: every later call fails too.
+POISONED = ("CUDA error", "cuDNN error", "illegal memory access", "device-side assert")
+EXIT_POISONED = 70  # the pool child's exit status; Celery starts a fresh child, fresh context
+# Jobs in a row that ran out of memory on every rung: by then the process itself is the likely
+# culprit (fragmented or leaked memory), so the next one ends it and the job is retried fresh.
+REPEATED_OOM_EXIT = 3
+_state = {"exhausted_in_a_row": 0}
+
+
+def poisoned(exc: BaseException) -> bool:
+    """Whether `exc` leaves the CUDA context broken (not merely out of memory)."""
+    return any(marker in str(exc) for marker in POISONED)
+
+
+def exit_poisoned(spec: JobSpec, exc: BaseException) -> None:
+    """Leave the process at once: with acks_late and reject_on_worker_lost the job goes back
+    to the queue, and Celery replaces this pool child (the model loads on a fresh context)."""
+    log.critical(
+        "job %s: this process cannot go on (%s); exiting (WorkerFatalError) so a fresh one "
+        "replaces it",
+        spec.job_id,
+        exc,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_POISONED)
+
+
+def generate(
+    model: models.LoadedModel,
+    settings: Settings,
+    spec: JobSpec,
+    image: Image.Image,
+    progress: engine.Progress | None = None,
+) -> tuple[np.ndarray, dict[str, float], engine.Plan, list[dict[str, Any]]]:
+    """`engine.generate`, stepping down the model's ladder on out-of-memory errors.
+
+    Returns frames, phase timings, the plan that ran and the attempts. `model` is changed in
+    place to the rung that succeeded.
+    """
+    import torch
+
+    attempts: list[dict[str, Any]] = []
+    while True:
+        plan = engine.plan_for(spec, model)
+        start = time.perf_counter()
+        out_of_memory = False
+        try:
+            frames, timings = engine.generate(model, spec, image, plan, progress)
+        except torch.cuda.OutOfMemoryError as exc:
+            out_of_memory = True
+            log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
+        except RuntimeError as exc:
+            if poisoned(exc):
+                exit_poisoned(spec, exc)
+            raise
+        seconds = round(time.perf_counter() - start, 4)
+        name = model.profile.name
+        if not out_of_memory:
+            attempts.append({"profile": name, "outcome": "succeeded", "seconds": seconds})
+            _state["exhausted_in_a_row"] = 0
+            return frames, timings, plan, attempts
+        attempts.append({"profile": name, "outcome": "oom", "seconds": seconds})
+        models.free_memory()  # the exception and its frames are gone by now
+        if not model.lower:
+            _state["exhausted_in_a_row"] += 1
+            if _state["exhausted_in_a_row"] >= REPEATED_OOM_EXIT:
+                _state["exhausted_in_a_row"] = 0
+                exit_poisoned(
+                    spec, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
+                )
+            tried = ", ".join(a["profile"] for a in attempts)
+            raise ResourceError(
+                f"job {spec.job_id}: out of GPU memory on every profile this worker has "
+                f"({tried}); try fewer frames (num_frames), a smaller size, or a card with "
+                "more memory"
+            )
+        following, rest = model.lower[0], model.lower[1:]
+        log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
+        models.swap(model, settings, runnable_here(following), rest)

@@ -1,0 +1,104 @@
+"""The Celery task. The model loads in each pool child (worker_process_init), never per job,
+and never in the parent: CUDA must not be touched before the pool forks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from shared.celery_app import make_celery
+from shared.constants import STATE_PROGRESS, TASK_GENERATE
+from shared.settings import Settings
+from shared.spec import JobSpec
+from shared.storage import ObjectStore, open_store
+from worker import metrics  # noqa: F401  (connects the metrics signal handlers first)
+from worker.callbacks import check_cancelled, run_to_end
+
+log = logging.getLogger("svdq.worker")
+
+settings = Settings.from_env()
+app = make_celery(settings)
+
+# Per-process state, filled in the pool child.
+_loaded: dict[str, Any] = {}
+
+
+def worker_variant() -> str:
+    """The variant this worker process runs (set by the launcher)."""
+    return os.environ.get("SVDQ_WORKER_VARIANT", "tiny")
+
+
+def load_for_this_process() -> Any:
+    """Load the model and open the store once per process; return the model."""
+    if "model" not in _loaded:
+        from worker.resident import load_initial
+
+        _loaded["model"] = load_initial(settings, worker_variant())
+        _loaded["store"] = open_store(settings)
+    return _loaded["model"]
+
+
+@worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    try:
+        load_for_this_process()
+    except Exception:
+        # A child that cannot load its model must not take jobs: stop the whole worker,
+        # loudly, so the supervisor (or the person) sees why.
+        log.exception("could not load the %s model; stopping this worker", worker_variant())
+        os.kill(os.getppid(), 15)
+        raise
+
+
+@app.task(name=TASK_GENERATE, bind=True)
+def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
+    """Turn one image into a clip; return the result record (also stored as result.json)."""
+    from worker.jobs import run_job
+
+    job = JobSpec.from_dict(spec)  # checked again here: the queue is not trusted
+    from worker.resident import ensure_variant
+
+    # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
+    model = ensure_variant(
+        load_for_this_process(), settings, worker_variant(), job.variant or "auto"
+    )
+    store: ObjectStore = _loaded["store"]
+
+    def progress(phase: str, step: int, steps: int) -> None:
+        # `svdq cancel` stops a running job here: at its next denoising step, before upload.
+        check_cancelled(app.backend.client, job.job_id)
+        self.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
+
+    worker = self.request.hostname or "worker"
+
+    def run() -> dict[str, Any]:
+        return run_job(job, model, store, settings, worker, progress)
+
+    return run_to_end(self, app, job, lambda: _delivered(self, job, run))
+
+
+def _delivered(task: Task, job: JobSpec, run: Any) -> dict[str, Any]:
+    """Run `run` under the job's lease and delivery counter (worker.delivery); a busy lease or a
+    transient fault sends the job back to the queue after a wait."""
+    from worker.delivery import LeaseBusy, RetryLater, deliver
+    from worker.jobs import existing_result
+
+    store: ObjectStore = _loaded["store"]
+    soft = (task.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
+    try:
+        return deliver(
+            app.backend.client,
+            job,
+            settings,
+            task.request.hostname or "worker",
+            lambda: existing_result(store, job),
+            run,
+            soft_limit=soft,
+        )
+    except (LeaseBusy, RetryLater) as exc:
+        log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
+        raise task.retry(countdown=exc.wait, max_retries=None) from None
