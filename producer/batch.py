@@ -171,6 +171,8 @@ def peek(app: Any, job_ids: list[str]) -> list[dict[str, Any]]:
         else:
             meta = backend.decode_result(raw)
             entry["state"] = STATES.get(meta["status"], str(meta["status"]).lower())
+            if meta.get("date_done"):  # when a final state was stored (ISO 8601, UTC)
+                entry["ended_at"] = str(meta["date_done"])
             result = meta.get("result")
             if entry["state"] == "succeeded" and isinstance(result, dict):
                 entry["result"] = result

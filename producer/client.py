@@ -312,6 +312,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             ids = list(pending)
+            ended: list[tuple[str, str]] = []
             for start in range(0, len(ids), 500):
                 for entry in peek(self.app, ids[start : start + 500]):
                     state = entry["state"]
@@ -320,7 +321,11 @@ class Client:
                     # unknown: never submitted here, or forgotten everywhere; it will not end,
                     # so it comes out now and its result() says so.
                     if state in FINAL or state == "unknown":
-                        yield pending.pop(entry["job_id"])
+                        ended.append((entry.get("ended_at") or "", entry["job_id"]))
+            # Several may have ended since the last look: hand them out in the order they
+            # ended, not the order they were asked about (no end time: first).
+            for _, job_id in sorted(ended):
+                yield pending.pop(job_id)
             if pending:
                 if deadline is not None and time.monotonic() > deadline:
                     raise WaitTimeoutError(

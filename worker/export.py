@@ -3,9 +3,11 @@ plus `mp4_info` and `gif_info`, which read those files back to check them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import subprocess
 import tempfile
 import threading
 import warnings
@@ -124,6 +126,7 @@ def encode_mp4(frames_u8: np.ndarray, fps: float) -> bytes:
         # A real file, not a pipe: +faststart rewrites the file to put the index first.
         out = Path(tmp) / "video.mp4"
         log = Path(tmp) / "ffmpeg.log"
+        process: subprocess.Popen[bytes] | None = None
         writer = imageio_ffmpeg.write_frames(
             str(out),
             (width, height),
@@ -144,6 +147,9 @@ def encode_mp4(frames_u8: np.ndarray, fps: float) -> bytes:
                 os.environ["FFREPORT"] = _ffreport_value(log)
                 try:
                     writer.send(None)  # starts ffmpeg
+                    # write_frames leaves ffmpeg's stdin open when ffmpeg exits early (it only
+                    # closes it for a live process); keep a handle so we can close it ourselves.
+                    process = writer.gi_frame.f_locals.get("p") if writer.gi_frame else None
                 finally:
                     os.environ.pop("FFREPORT")
                     if previous is not None:
@@ -156,10 +162,20 @@ def encode_mp4(frames_u8: np.ndarray, fps: float) -> bytes:
             ) from exc
         finally:
             writer.close()  # waits for ffmpeg to finish writing the file
+            _close_stdin(process)
         errors = _read_report_errors(log)
         if errors or not out.is_file() or out.stat().st_size == 0:
             raise SvdqError(f"ffmpeg failed to encode MP4:\n{errors or 'no output written'}")
         return out.read_bytes()
+
+
+def _close_stdin(process: subprocess.Popen[bytes] | None) -> None:
+    """Close ffmpeg's stdin pipe if write_frames left it open (ffmpeg died early)."""
+    if process is None or process.stdin is None or process.stdin.closed:
+        return
+    # A broken pipe's buffered bytes cannot be flushed; the pipe is closed all the same.
+    with contextlib.suppress(OSError):
+        process.stdin.close()
 
 
 def gif_frame_ms(fps: float) -> int:

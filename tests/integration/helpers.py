@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import random
+import socket
 from pathlib import Path
 
 import redis as redis_lib
@@ -21,6 +23,25 @@ def make_image(path: Path, size: tuple[int, int] = (320, 200), color: int = 0) -
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free loopback ports, below the kernel's ephemeral range.
+
+    Workers listen on SVDQ_METRICS_PORT + their GPU index. A base from `free_port()` is itself
+    ephemeral, so base + 1 may be taken a moment later by any outgoing connection; ports
+    below 32768 are never handed out that way."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports found in 20000-32000")
 
 
 def png_bytes(size: tuple[int, int] = (128, 128)) -> bytes:

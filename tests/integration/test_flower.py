@@ -30,7 +30,7 @@ from producer.services import free_port, redis_server
 from shared.settings import Settings
 from shared.storage import S3Store
 from tests.conftest import REPO
-from tests.integration.helpers import make_image
+from tests.integration.helpers import free_port_block, make_image
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "oncall", "flower-test-pw"
@@ -75,7 +75,7 @@ def flower(
         open(tmp / "flower.log", "wb") as flower_log,
         open(tmp / "worker.log", "wb") as worker_log,
     ):
-        metrics_base = free_port()
+        metrics_base = free_port_block(2)
         env = {
             **svdq_env,
             "SVDQ_REDIS_URL": url,
@@ -171,6 +171,7 @@ def test_each_gpu_worker_serves_metrics_on_base_port_plus_its_index(
     expected = {0: (f"gpu0@{HOST}", "svd-xt", "xt-24g"), 1: (f"gpu1@{HOST}", "svd", "svd-low")}
     for index, (name, variant, profile) in expected.items():
         url = f"http://127.0.0.1:{flower['metrics_base'] + index}/metrics"
+        _wait(lambda url=url: _answers(url), 20, f"{name} to serve {url}", flower["tmp"])
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
         [info] = [

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.services import free_port
 from tests.conftest import REPO
-from tests.integration.helpers import make_image
+from tests.integration.helpers import free_port_block, make_image
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,7 @@ def fleet(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         "SVDQ_FAKE_GPUS": "24GiB,6GiB",
         "SVDQ_TEST_SERVE_TINY": "1",
         "SVDQ_ENABLE_TEST_FAULTS": "1",
-        "SVDQ_METRICS_PORT": str(free_port()),
+        "SVDQ_METRICS_PORT": str(free_port_block(2)),
     }
     with open(log, "wb") as out:
         proc = subprocess.Popen(
