@@ -2,9 +2,9 @@
 
 Order, for every delivery Celery hands us:
 1. dead-lettered already → refuse, never run (`svdq dead retry` brings it back);
-2. result.json exists → return the recorded result, no GPU touched (the commit marker);
-3. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
+2. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
    it: come back later without counting a delivery;
+3. result.json exists → return the recorded result, no GPU touched (the commit marker);
 4. count the delivery in Redis (Celery's retry count never sees a killed process); an attempt
    left open by an earlier delivery was lost with its process and gets that reason; past
    `SVDQ_MAX_DELIVERIES` the job goes to the dead-letter list with every attempt;
@@ -148,16 +148,15 @@ def deliver(
     dead = dead_record(redis, job_id)
     if dead is not None:
         raise DeadLetteredError(f"job {job_id} is dead-lettered: {dead['reason']}")
-    recorded = done()
-    if recorded is not None:
-        log.info("job %s already done: returning the recorded result", job_id)
-        return recorded
     lease = Lease.acquire(redis, job_id, settings.lease_ttl, worker)
     if lease is None:
         raise LeaseBusy(job_id, settings.lease_ttl)
     with lease:
-        recorded = done()  # it may have finished between the first look and the lease
+        # Looked for under the lease, so no other delivery can be writing it right now. One
+        # look, not two: each costs a round trip to the store on every job.
+        recorded = done()
         if recorded is not None:
+            log.info("job %s already done: returning the recorded result", job_id)
             return recorded
         window = time.time() - settings.visibility_timeout
         ended = [a for a in attempts(redis, job_id) if a.get("final") and a["ended_at"] > window]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +53,37 @@ def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
         raise InvalidJobError(f"image={uri!r} does not exist in the store", "image") from None
 
 
+def upload_outputs(
+    store: ObjectStore, settings: Settings, spec: JobSpec, blobs: dict[str, bytes]
+) -> dict[str, dict[str, Any]]:
+    """Upload every output at once (one thread each: they are independent, and a round trip
+    to the store costs more than the work); return their records. result.json comes after."""
+    assert spec.job_id
+    keys = {kind: output_key(spec.job_id, kind, spec.output_prefix) for kind in blobs}
+
+    def put(kind: str) -> None:
+        # A storage hiccup retries this upload only; the frames are already made.
+        with_retries(
+            functools.partial(store.put_bytes, keys[kind], blobs[kind], CONTENT_TYPES[kind]),
+            f"upload of {keys[kind]}",
+            settings,
+        )
+
+    with ThreadPoolExecutor(max_workers=len(blobs), thread_name_prefix="upload") as pool:
+        for future in [pool.submit(put, kind) for kind in blobs]:
+            future.result()  # the first failure, after every upload has ended
+    return {
+        kind: {
+            "key": keys[kind],
+            "uri": store.uri(keys[kind]),
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "content_type": CONTENT_TYPES[kind],
+        }
+        for kind, blob in blobs.items()
+    }
+
+
 def run_job(
     spec: JobSpec,
     model: LoadedModel,
@@ -60,12 +92,12 @@ def run_job(
     worker_name: str,
     progress: engine.Progress | None = None,
 ) -> dict[str, Any]:
-    """Run `spec` (already checked) and return its result record, written last as result.json."""
+    """Run `spec` (already checked) and return its result record, written last as result.json.
+
+    The caller has looked for the commit marker under the job's lease (worker.delivery), so
+    this always generates.
+    """
     assert spec.job_id
-    done = existing_result(store, spec)
-    if done is not None:
-        log.info("job %s already done: returning the recorded result", spec.job_id)
-        return done
     started_at, t0 = now(), time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -99,22 +131,7 @@ def run_job(
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
-    outputs = {}
-    for kind, blob in blobs.items():
-        key = output_key(spec.job_id, kind, spec.output_prefix)
-        # A storage hiccup retries this upload only; the frames are already made.
-        with_retries(
-            functools.partial(store.put_bytes, key, blob, CONTENT_TYPES[kind]),
-            f"upload of {key}",
-            settings,
-        )
-        outputs[kind] = {
-            "key": key,
-            "uri": store.uri(key),
-            "bytes": len(blob),
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "content_type": CONTENT_TYPES[kind],
-        }
+    outputs = upload_outputs(store, settings, spec, blobs)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(

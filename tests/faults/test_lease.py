@@ -142,7 +142,7 @@ def never() -> dict[str, Any]:
 def test_a_done_job_returns_its_record_and_runs_nothing(fresh: redis_lib.Redis) -> None:
     record = {"job_id": JOB, "status": "succeeded"}
     assert deliver(fresh, job(), SETTINGS, "w@h", lambda: record, never) == record
-    assert fresh.keys(f"svdq:*{JOB}*") == []  # no lease, no attempt, no generation
+    assert fresh.keys(f"svdq:*{JOB}*") == []  # no lease left, no attempt, no generation
 
 
 def test_a_live_holder_makes_the_second_delivery_wait(fresh: redis_lib.Redis) -> None:
