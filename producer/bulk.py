@@ -29,6 +29,7 @@ from producer.doneindex import DoneIndex
 from producer.inputs import _MIME, read_local
 from producer.manifest import Row
 from producer.objects import forget_result, put_if_absent
+from producer.sentevents import BatchEventDispatcher
 from shared.celery_app import celery_priority
 from shared.constants import TASK_GENERATE, cancel_key, input_key, job_key, queue_for, result_key
 from shared.errors import InvalidJobError
@@ -347,6 +348,7 @@ class BulkSubmitter:
         settings = self.client.settings
         limits = {v: time_limits(v, settings) for v in {str(spec.variant) for spec, _ in specs}}
         with app.producer_or_acquire() as producer, producer.batch(max_size=len(specs) * 3):
+            events = BatchEventDispatcher(app, producer) if sent_event else None
             for spec, payload in specs:
                 message = amqp.create_task_message(
                     spec.job_id,
@@ -367,7 +369,12 @@ class BulkSubmitter:
                     message,
                     queue=queue_for(str(spec.variant)),
                     priority=celery_priority(spec.priority),
+                    event_dispatcher=events,
                     declare=[],  # the queue is a Redis list: nothing to declare per message
+                    # Inside a batch nothing touches the network until the flush, so a
+                    # per-message reconnect-and-retry wrapper only costs time. A failed flush
+                    # fails the chunk, which was not recorded: a re-run sends it again.
+                    retry=False,
                 )
 
     def _emit(self, p: Prepared, outcome: str, reason: str | None = None) -> None:

@@ -4,12 +4,14 @@ again from another process, and the Python API's submit_many / as_completed / ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,35 @@ def test_ctrl_c_keeps_queued_jobs_and_a_rerun_submits_the_rest(svdq_env, redis_u
 def queued_in(r: redis_lib.Redis, queue: str) -> int:
     """Messages in `queue` across its priority lists (svdq.svd, svdq.svd:1, ...)."""
     return sum(int(r.llen(k)) for k in [queue, *(f"{queue}:{p}" for p in range(1, 10))])
+
+
+def test_bulk_sends_celery_task_sent_events(client, tmp_path, redis_url):
+    """Monitors (Flower) see a bulk-submitted job from the moment it is queued."""
+    import threading
+
+    seen: list[dict] = []
+    with client.app.connection_for_read() as conn:
+        receiver = client.app.events.Receiver(conn, handlers={"task-sent": seen.append})
+
+        def listen() -> None:
+            with contextlib.suppress(TimeoutError, OSError):
+                receiver.capture(limit=3, timeout=20, wakeup=False)
+
+        # Listen first: an event published before the subscription is gone (Redis PUBLISH).
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        time.sleep(1.5)
+        images = [make_image(tmp_path / f"ev{i}.png", (96, 96), color=70 + i) for i in range(3)]
+        # svd: no test worker consumes that queue, so the jobs stay queued until removed below.
+        handles = client.submit_many(
+            [{"image": str(p), **QUICK_SPEC, "variant": "svd"} for p in images]
+        )
+        thread.join(20)
+    r = redis_lib.Redis.from_url(redis_url)
+    for key in [*r.scan_iter("svdq.svd:*"), "svdq.svd", *(job_key(h.job_id) for h in handles)]:
+        r.delete(key)
+    sent = {e["uuid"]: e for e in seen}
+    assert set(sent) == {h.job_id for h in handles}
+    for h in handles:
+        assert sent[h.job_id]["name"] == "svdq.generate"
+        assert sent[h.job_id]["queue"] == "svdq.svd"
