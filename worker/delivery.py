@@ -85,8 +85,16 @@ def dead_record(redis: Any, job_id: str) -> dict[str, Any] | None:
     return dict(json.loads(raw)) if raw else None
 
 
-def dead_letter(redis: Any, spec: JobSpec, reason: str, expires: int) -> dict[str, Any]:
-    """Put the job on the dead-letter list with its spec and every attempt's reason."""
+def dead_letter(
+    redis: Any, spec: JobSpec, reason: str, expires: int, kind: str = "deliveries"
+) -> dict[str, Any]:
+    """Put the job on the dead-letter list with its spec and every attempt's reason.
+
+    `kind` is the metric's short label: "deliveries" (too many, none finished) or
+    "transient" (a fault that kept coming back); the full reason is in the record.
+    """
+    from worker import metrics
+
     assert spec.job_id
     record = {
         "job_id": spec.job_id,
@@ -96,6 +104,7 @@ def dead_letter(redis: Any, spec: JobSpec, reason: str, expires: int) -> dict[st
         "dead_at": _now(),
     }
     redis.hset(DEAD_LETTER_KEY, spec.job_id, json.dumps(record))
+    metrics.dead_lettered(kind)
     log.error("job %s dead-lettered: %s", spec.job_id, reason)
     return record
 
@@ -198,7 +207,7 @@ def deliver(
             reason = f"transient: {exc}"
             attempt.close(reason, final=count >= settings.max_deliveries)
             if count >= settings.max_deliveries:
-                dead_letter(redis, spec, reason, settings.result_expires)
+                dead_letter(redis, spec, reason, settings.result_expires, kind="transient")
                 raise DeadLetteredError(
                     f"job {job_id} dead-lettered after {count} attempts: {reason}"
                 ) from exc

@@ -106,8 +106,12 @@ class Lease:
 
     def renew(self) -> bool:
         """Push the expiry out by a TTL; False when the lease is no longer ours."""
+        from worker import metrics
+
         ok = bool(self.redis.eval(_RENEW, 1, self.key, self.value, self.ttl))
-        if not ok:
+        if ok:
+            metrics.lease_renewed()
+        else:
             self.lost = True
         return ok
 

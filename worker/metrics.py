@@ -75,7 +75,10 @@ PEAK_VRAM = Gauge(
 BUSY = Gauge("svdq_worker_busy", "1 while a job runs on this worker")
 LEASE_RENEWALS = Counter("svdq_lease_renewals", "Job leases this worker renewed")
 DEAD_LETTERS = Counter(
-    "svdq_dead_letters", "Jobs this worker sent to the dead-letter list", ["reason"]
+    "svdq_dead_letters",
+    "Jobs this worker sent to the dead-letter list, by why: deliveries (too many, none "
+    "finished) or transient (a fault that kept coming back)",
+    ["reason"],
 )
 
 
@@ -85,7 +88,8 @@ def lease_renewed() -> None:
 
 
 def dead_lettered(reason: str) -> None:
-    """Count one job sent to the dead-letter list, with a short reason."""
+    """Count one job sent to the dead-letter list; `reason` is a short kind, never free text
+    (each distinct value is a time series)."""
     DEAD_LETTERS.labels(reason=reason).inc()
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from prometheus_client import REGISTRY
 
 from shared.constants import lease_key
 from shared.errors import (
@@ -25,6 +26,11 @@ from shared.settings import Settings
 from shared.spec import JobSpec
 from worker.delivery import LeaseBusy, RetryLater, attempts, backoff, deliver, with_retries
 from worker.lease import Lease
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's worker metrics (the delivery code counts into them)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -45,12 +51,14 @@ def test_second_delivery_is_refused_while_the_first_is_alive(r: redis_lib.Redis)
 
 
 def test_lease_is_renewed_while_held_and_only_by_its_holder(r: redis_lib.Redis) -> None:
+    renewals = metric("svdq_lease_renewals_total")
     lease = Lease.acquire(r, "L1", 1, "a@host")
     assert lease is not None
     with lease:
         time.sleep(1.6)  # past the TTL: only the renewal thread keeps it
         assert json.loads(r.get(lease_key("L1")))["worker"] == "a@host"
     assert not r.exists(lease_key("L1"))
+    assert metric("svdq_lease_renewals_total") >= renewals + 2  # every 1/3 s, for 1.6 s
     # A lease that expired and was taken over is not released by its old holder.
     stale = Lease.acquire(r, "L1", 1, "a@host")
     assert stale is not None
@@ -157,6 +165,7 @@ def test_transient_retries_then_dead_letters_with_every_reason(fresh: redis_lib.
     def flaky() -> dict[str, Any]:
         raise TransientError("S3 get_object failed: SlowDown")
 
+    dead = metric("svdq_dead_letters_total", reason="transient")
     waits = []
     for _ in range(2):
         with pytest.raises(RetryLater) as later:
@@ -173,6 +182,7 @@ def test_transient_retries_then_dead_letters_with_every_reason(fresh: redis_lib.
         deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never)
     assert int(fresh.get(f"svdq:generations:{JOB}")) == 3
     assert not fresh.exists(lease_key(JOB))
+    assert metric("svdq_dead_letters_total", reason="transient") == dead + 1
 
 
 def test_bad_input_fails_once_and_a_late_copy_runs_nothing(fresh: redis_lib.Redis) -> None:

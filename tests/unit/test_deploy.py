@@ -35,7 +35,6 @@ CPU = merge(GPU, load(REPO / "docker-compose.cpu.yml"))
 K8S = {
     p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in DEPLOY.glob("k8s/*.yaml")
 }
-PROM = load(DEPLOY / "prometheus" / "prometheus.yml")
 ALERTS = load(DEPLOY / "prometheus" / "alerts.yml")
 DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "svdq-fleet.json").read_text())
 
@@ -118,6 +117,11 @@ def test_redis_minio_flower_settings() -> None:
     init = " ".join(services["minio-init"]["command"])
     assert "mc mb --ignore-existing local/svdq" in init
     assert "admin user add" in init  # svdq's own key pair, not the root one
+    # Any failed step fails the service (workers wait for it to complete successfully) and
+    # the key pair's policy covers the svdq bucket only, not MinIO's all-bucket readwrite.
+    assert init.startswith("set -e;") and "|| true" not in init
+    assert '"Resource":["arn:aws:s3:::svdq","arn:aws:s3:::svdq/*"]' in init
+    assert "policy attach local svdq-rw" in init and "readwrite" not in init
     flower = " ".join(services["flower"]["command"])
     assert '--basic-auth="$$FLOWER_BASIC_AUTH"' in flower and "--persistent=True" in flower
     # svdq's app, not a bare --broker: kombu's ':' separator must match the workers'.
@@ -138,17 +142,32 @@ def test_every_variable_compose_needs_is_in_the_example_env() -> None:
     assert needed and needed <= example, needed - example
 
 
-def test_prometheus_scrapes_services_that_exist() -> None:
+def mounted_prometheus_config(compose: dict[str, Any]) -> Any:
+    """The Prometheus config file a compose stack mounts, parsed."""
+    [mount] = [
+        v
+        for v in compose["services"]["prometheus"]["volumes"]
+        if v.endswith(":/etc/prometheus/prometheus.yml:ro")
+    ]
+    return load(REPO / mount.split(":")[0])
+
+
+@pytest.mark.parametrize("stack", ["gpu", "cpu"])
+def test_prometheus_scrapes_exactly_the_services_that_run(stack: str) -> None:
+    compose = GPU if stack == "gpu" else CPU
+    prom = mounted_prometheus_config(compose)
     targets = {
         job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-        for job in PROM["scrape_configs"]
+        for job in prom["scrape_configs"]
     }
     assert set(targets) == {"svdq-workers", "svdq-exporter", "flower"}
+    running = {n for n, s in compose["services"].items() if not s.get("profiles")}
     hosts = {t.split(":")[0] for ts in targets.values() for t in ts}
-    assert hosts <= set(CPU["services"]), hosts - set(CPU["services"])
-    assert set(workers(CPU)) <= hosts, "a worker service Prometheus does not scrape"
+    # A target that does not run reads as a dead worker: SvdqWorkerDown would never clear.
+    assert hosts <= running, hosts - running
+    assert set(workers(compose, active_only=True)) <= hosts, "a worker nobody scrapes"
     assert all(t.endswith(":9810") for t in targets["svdq-workers"])
-    assert PROM["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
 
 def test_alert_rules_cover_what_on_call_needs() -> None:

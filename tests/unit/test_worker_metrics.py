@@ -141,9 +141,9 @@ def test_failures_count_by_reason_and_other_tasks_are_ignored(fake_cuda: dict[st
 def test_lease_and_dead_letter_hooks() -> None:
     renewals, dead = (
         sample("svdq_lease_renewals_total"),
-        sample("svdq_dead_letters_total", reason="lost 3 times"),
+        sample("svdq_dead_letters_total", reason="deliveries"),
     )
     metrics.lease_renewed()
-    metrics.dead_lettered("lost 3 times")
+    metrics.dead_lettered("deliveries")
     assert sample("svdq_lease_renewals_total") == renewals + 1
-    assert sample("svdq_dead_letters_total", reason="lost 3 times") == dead + 1
+    assert sample("svdq_dead_letters_total", reason="deliveries") == dead + 1
