@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -16,6 +20,35 @@ PRIORITY_STEPS = list(range(10))
 def celery_priority(priority: int) -> int:
     """Map svdq's 0–9 (9 runs first) onto kombu Redis' 0–9 (0 runs first)."""
     return 9 - priority
+
+
+_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "cert_required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "cert_optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+    "cert_none": ssl.CERT_NONE,
+}
+_SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def redis_tls_options(url: str) -> dict[str, Any] | None:
+    """TLS settings for a rediss:// URL (None for redis://), verifying the server by default.
+
+    Celery's result backend refuses a rediss:// URL without `ssl_cert_reqs`, and the broker
+    reads TLS settings only from `broker_use_ssl`; both get them from here. The URL's own
+    `ssl_cert_reqs` (required/optional/none) and `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`
+    query parameters are honoured, e.g. rediss://:PASSWORD@host:6380/0?ssl_ca_certs=/ca.pem
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(reqs, ssl.CERT_REQUIRED)}
+    options.update({k: query[k] for k in _SSL_FILES if k in query})
+    return options
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -63,4 +96,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    tls = redis_tls_options(settings.redis_url)
+    if tls is not None:
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     return app
