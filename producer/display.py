@@ -24,7 +24,7 @@ class ProgressPrinter:
 
     def __call__(self, status: dict[str, Any]) -> None:
         job_id = status["job_id"]
-        key = (status["state"], status.get("phase"), status.get("step"))
+        key = (status["state"], status.get("phase"), status.get("step"), status.get("waiting_for"))
         if self._last.get(job_id) == key:
             return
         self._last[job_id] = key
@@ -42,6 +42,11 @@ class ProgressPrinter:
             text += f" · {status['phase']} {status.get('step', 0)}/{status.get('steps', '?')}"
         if status.get("error"):
             text += f" · {status['error']}"
+        if status.get("waiting_for"):  # queued where nothing consumes: say so, do not hang mute
+            text += f" · {status['waiting_for']}"
+        result = status.get("result")
+        if status["state"] == "succeeded" and isinstance(result, dict) and result.get("note"):
+            text += f" · {result['note']}"  # e.g. the tiny model's "random weights" label
         if self.tty:
             end = "\n" if status["state"] in ("succeeded", "failed", "cancelled") else ""
             print(f"\r\033[K{text}", end=end, file=self.stream, flush=True)

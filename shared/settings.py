@@ -180,11 +180,28 @@ def _int(name: str, value: str) -> int:
     return number
 
 
+# Read by the worker alone (worker.profiles), listed here so `svdq --help` shows them too.
+# Unset means "what the card's profile table row says"; `svdq plan` shows the outcome.
+PROFILE_VARIABLES: dict[str, tuple[str, str]] = {
+    "SVDQ_PROFILE": ("", "start the worker's profile ladder at this row (svdq plan lists them)"),
+    "SVDQ_DTYPE": ("", "override the top profile's dtype: float16 or float32"),
+    "SVDQ_OFFLOAD": ("", "override the top profile's offload: none, model or sequential"),
+    "SVDQ_FORWARD_CHUNKING": ("", "override the top profile's UNet forward chunking: 1/0"),
+    "SVDQ_DECODE_CHUNK_SIZE": ("", "override the top profile's decode chunk: a number or 'all'"),
+    "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
+}
+
+
 def describe_variables() -> str:
     """The SVDQ_* variables with defaults, for `svdq --help`."""
-    width = max(map(len, VARIABLES))
-    lines = [
-        f"  {name:<{width}}  {meaning} [default: {default or 'unset'}]"
-        for name, (default, meaning) in VARIABLES.items()
-    ]
-    return "\n".join(lines)
+    width = max(map(len, {**VARIABLES, **PROFILE_VARIABLES}))
+
+    def rows(table: dict[str, tuple[str, str]]) -> list[str]:
+        return [
+            f"  {name:<{width}}  {meaning} [default: {default or 'unset'}]"
+            for name, (default, meaning) in table.items()
+        ]
+
+    return "\n".join(
+        [*rows(VARIABLES), "", "worker memory profile overrides:", *rows(PROFILE_VARIABLES)]
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from shared.constants import REAL_VARIANTS, queue_for
 from shared.errors import ConfigError
+from shared.settings import PROFILE_VARIABLES
 
 GB = 10**9
 GIB = 1024**3
@@ -73,13 +74,11 @@ FIELD_OVERRIDES = {
     "SVDQ_DECODE_CHUNK_SIZE": "decode_chunk_size",
     "SVDQ_COMPILE": "compile",
 }
+# The variables and their help text live in the contract (svdq --help lists them); the
+# ladder names are only known here.
 OVERRIDE_VARIABLES: dict[str, tuple[str, str]] = {
+    **PROFILE_VARIABLES,
     "SVDQ_PROFILE": ("", f"start the profile ladder at this row: {', '.join(PROFILE_NAMES)}"),
-    "SVDQ_DTYPE": ("", "override the top profile's dtype: float16 or float32"),
-    "SVDQ_OFFLOAD": ("", "override the top profile's offload: none, model or sequential"),
-    "SVDQ_FORWARD_CHUNKING": ("", "override the top profile's UNet forward chunking: 1/0"),
-    "SVDQ_DECODE_CHUNK_SIZE": ("", "override the top profile's decode chunk: a number or 'all'"),
-    "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
 }
 
 

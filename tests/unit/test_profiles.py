@@ -317,3 +317,10 @@ def test_importing_does_not_import_torch() -> None:
         elif out.strip():
             failures.append(f"{name} imported {out.strip()[:200]}")
     assert not failures, "\n".join(failures)
+
+
+def test_every_override_the_worker_reads_is_in_svdq_help() -> None:
+    from shared.settings import PROFILE_VARIABLES
+    from worker.profiles import FIELD_OVERRIDES, OVERRIDE_VARIABLES
+
+    assert set(OVERRIDE_VARIABLES) == set(PROFILE_VARIABLES) == {"SVDQ_PROFILE", *FIELD_OVERRIDES}

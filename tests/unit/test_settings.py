@@ -10,6 +10,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.settings import (
     DEFAULT_MODEL_DIR,
+    PROFILE_VARIABLES,
     VARIABLES,
     Settings,
     describe_variables,
@@ -236,9 +237,11 @@ def test_bad_log_level(value: str) -> None:
 
 def test_describe_variables_lists_every_variable_with_its_default() -> None:
     text = describe_variables()
-    lines = text.splitlines()
-    assert len(lines) == len(VARIABLES)
-    for line, (name, (default, meaning)) in zip(lines, VARIABLES.items(), strict=True):
+    lines = [line for line in text.splitlines() if line.startswith("  ")]
+    table = {**VARIABLES, **PROFILE_VARIABLES}
+    assert len(lines) == len(table)
+    assert "worker memory profile overrides:" in text
+    for line, (name, (default, meaning)) in zip(lines, table.items(), strict=True):
         assert line.split()[0] == name
         assert meaning in line
         assert line.endswith(f"[default: {default or 'unset'}]")
