@@ -36,7 +36,15 @@ STATES = {
     "REVOKED": "cancelled",
 }
 FINAL = ("succeeded", "failed", "cancelled")
-COUNTERS = ("submitted", "already_done", "already_queued", "resubmitted", "invalid", "skipped")
+COUNTERS = (
+    "submitted",
+    "already_done",
+    "already_queued",
+    "resubmitted",
+    "invalid",
+    "skipped",
+    "upload_failed",  # the input could not be stored (after the S3 client's retries)
+)
 
 
 def new_batch_id() -> str:

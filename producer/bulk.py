@@ -32,7 +32,7 @@ from producer.objects import forget_result, put_if_absent
 from producer.sentevents import BatchEventDispatcher
 from shared.celery_app import celery_priority
 from shared.constants import TASK_GENERATE, cancel_key, input_key, job_key, queue_for, result_key
-from shared.errors import InvalidJobError
+from shared.errors import InvalidJobError, SvdqError
 from shared.images import check_image
 from shared.limits import time_limits
 from shared.spec import JobSpec, finalize
@@ -70,7 +70,11 @@ class Summary:
 
     def line(self) -> str:
         """'1,998 already done, 2 resubmitted, ...' for people."""
-        names = {"already_done": "already done", "already_queued": "already queued"}
+        names = {
+            "already_done": "already done",
+            "already_queued": "already queued",
+            "upload_failed": "upload failed",
+        }
         parts = [f"{n:,} {names.get(k, k)}" for k, n in self.counts.items() if n]
         return ", ".join(parts) or "nothing to submit"
 
@@ -196,7 +200,20 @@ class BulkSubmitter:
         futures = [self.uploader.submit(self._upload, p) for p in uploads.values()]
         self._inflight = {j for j, _ in members}
         yield
-        existed = dict(zip(uploads, (f.result() for f in futures), strict=True))
+        # An input that cannot be stored fails its own rows (reported, not queued, sent again
+        # by a re-run); the rest of the chunk and of the run go on.
+        existed: dict[str, bool] = {}
+        upload_errors: dict[str, str] = {}
+        for image, future in zip(uploads, futures, strict=True):
+            try:
+                existed[image] = future.result()
+            except (SvdqError, OSError) as exc:
+                upload_errors[image] = f"upload failed: {exc}"
+        if upload_errors:
+            candidates, failed = self._drop_failed_uploads(
+                candidates, upload_errors, counts, rejects
+            )
+            members = [m for m in members if m[0] not in failed]  # not queued: not in batch
 
         def finished(pair: tuple[Prepared, str]) -> bool:
             p, kind = pair
@@ -252,6 +269,30 @@ class BulkSubmitter:
         if self.keep_ids:
             self.summary.job_ids.extend(j for j, _ in members)
         self.on_event({"event": "chunk", "batch_id": self.batch.batch_id, **self.summary.counts})
+
+    def _drop_failed_uploads(
+        self,
+        candidates: list[tuple[Prepared, str]],
+        errors: dict[str, str],
+        counts: dict[str, int],
+        rejects: list[dict[str, Any]],
+    ) -> tuple[list[tuple[Prepared, str]], set[str]]:
+        """The candidates whose input was stored, and the job ids of the others (counted and
+        reported as failed rows)."""
+        kept, failed = [], set()
+        for p, kind in candidates:
+            assert p.spec
+            reason = errors.get(p.spec.image)
+            if reason is None:
+                kept.append((p, kind))
+                continue
+            failed.add(str(p.spec.job_id))
+            counts["upload_failed"] += 1
+            rejects.append(
+                {"source": p.row.source, "status": "failed", "reason": reason, "field": "image"}
+            )
+            self._emit(p, "upload_failed", reason)
+        return kept, failed
 
     def _check_stop(self) -> None:
         if self._stop:

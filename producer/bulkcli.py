@@ -119,7 +119,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         {"event": "submitted", "batch_id": batch_id, **summary.counts},
         f"batch {batch_id}: {summary.line()} ({summary.seconds:.1f}s)",
     )
-    code = 1 if summary.counts["invalid"] else 0
+    code = 1 if summary.counts["invalid"] or summary.counts["upload_failed"] else 0
     if not args.wait:
         if not args.json:
             print(f"follow with: {follow}", file=sys.stderr)
@@ -197,8 +197,11 @@ def cmd_status_batch(args: argparse.Namespace) -> int:
         done = "complete" if info["complete"] else "INCOMPLETE (interrupted; run bulk again)"
         print(f"batch {args.batch}: {info['jobs']:,} jobs from {info['source']}, submission {done}")
         print("  " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
-        if info["invalid"] or info["skipped"]:
-            print(f"  {info['invalid']:,} invalid rows, {info['skipped']:,} skipped files")
+        if info["invalid"] or info["skipped"] or info["upload_failed"]:
+            print(
+                f"  {info['invalid']:,} invalid rows, {info['skipped']:,} skipped files, "
+                f"{info['upload_failed']:,} inputs that could not be stored"
+            )
     return 1 if any(counts.get(s) for s in ("failed", "cancelled")) else 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from producer.inputs import store_input
 from shared.celery_app import celery_priority, make_celery
 from shared.constants import TASK_GENERATE, job_key, queue_for, result_key
-from shared.errors import InvalidJobError, SvdqError
+from shared.errors import InvalidJobError, SvdqError, TransientError
 from shared.limits import time_limits
 from shared.settings import Settings
 from shared.spec import JobSpec, finalize
@@ -258,7 +258,8 @@ class Client:
         """Check, upload and queue many jobs in a few round trips; one handle per new job id.
 
         Jobs already done or queued are not queued again (their handles say `skipped`). A bad
-        spec raises InvalidJobError naming it; the good ones before it are already queued.
+        spec raises InvalidJobError naming it, an input that cannot be stored TransientError;
+        the good ones before it are already queued.
         """
         from producer.bulk import BulkSubmitter
         from producer.manifest import Row
@@ -272,6 +273,8 @@ class Client:
         def collect(event: dict[str, Any]) -> None:
             if event["event"] == "row" and event["outcome"] == "invalid":
                 raise InvalidJobError(f"{event['source']}: {event['reason']}")
+            if event["event"] == "row" and event["outcome"] == "upload_failed":
+                raise TransientError(f"{event['source']}: {event['reason']}; submit it again")
             if event["event"] == "row" and "job_id" in event:
                 outcomes.setdefault(event["job_id"], (event["outcome"], None))
 

@@ -4,7 +4,6 @@ again from another process, and the Python API's submit_many / as_completed / ba
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -233,32 +232,72 @@ def queued_in(r: redis_lib.Redis, queue: str) -> int:
 
 
 def test_bulk_sends_celery_task_sent_events(client, tmp_path, redis_url):
-    """Monitors (Flower) see a bulk-submitted job from the moment it is queued."""
-    import threading
+    """Monitors (Flower) see a bulk-submitted job from the moment it is queued: a Celery
+    task-sent event per job, as published on the broker's event channel."""
+    import base64
 
-    seen: list[dict] = []
-    with client.app.connection_for_read() as conn:
-        receiver = client.app.events.Receiver(conn, handlers={"task-sent": seen.append})
-
-        def listen() -> None:
-            with contextlib.suppress(TimeoutError, OSError):
-                receiver.capture(limit=3, timeout=20, wakeup=False)
-
-        # Listen first: an event published before the subscription is gone (Redis PUBLISH).
-        thread = threading.Thread(target=listen, daemon=True)
-        thread.start()
-        time.sleep(1.5)
-        images = [make_image(tmp_path / f"ev{i}.png", (96, 96), color=70 + i) for i in range(3)]
-        # svd: no test worker consumes that queue, so the jobs stay queued until removed below.
-        handles = client.submit_many(
-            [{"image": str(p), **QUICK_SPEC, "variant": "svd"} for p in images]
-        )
-        thread.join(20)
     r = redis_lib.Redis.from_url(redis_url)
+    listener = r.pubsub()
+    listener.psubscribe("*celeryev*")  # kombu's fanout exchange is a Redis PUBLISH channel
+    assert listener.get_message(timeout=5)["type"] == "psubscribe"  # subscribed before sending
+    images = [make_image(tmp_path / f"ev{i}.png", (96, 96), color=70 + i) for i in range(3)]
+    # svd: no test worker consumes that queue, so the jobs stay queued until removed below.
+    handles = client.submit_many(
+        [{"image": str(p), **QUICK_SPEC, "variant": "svd"} for p in images]
+    )
+    sent: dict[str, dict] = {}
+    deadline = time.monotonic() + 10
+    while len(sent) < len(handles) and time.monotonic() < deadline:
+        message = listener.get_message(timeout=1)
+        if not message or message["type"] != "pmessage":
+            continue
+        envelope = json.loads(message["data"])
+        body = envelope["body"]
+        if envelope["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        event = json.loads(body)
+        if event.get("type") == "task-sent":
+            sent[event["uuid"]] = event
+    listener.close()
     for key in [*r.scan_iter("svdq.svd:*"), "svdq.svd", *(job_key(h.job_id) for h in handles)]:
         r.delete(key)
-    sent = {e["uuid"]: e for e in seen}
     assert set(sent) == {h.job_id for h in handles}
     for h in handles:
         assert sent[h.job_id]["name"] == "svdq.generate"
         assert sent[h.job_id]["queue"] == "svdq.svd"
+
+
+def test_an_input_that_cannot_be_stored_fails_its_row_and_the_rest_go_on(tmp_path, redis_url):
+    """A real storage failure (the input's key is taken by a folder in a local store): that
+    row is reported with the reason, the other rows are queued, and the batch holds only them."""
+    import hashlib
+
+    from producer.bulk import BulkSubmitter
+    from producer.client import Client
+    from producer.manifest import iter_source
+    from shared.constants import input_key
+    from shared.settings import Settings
+    from shared.storage import open_store
+
+    folder = tmp_path / "photos"
+    paths = [make_image(folder / f"p{i}.png", (96, 96), color=120 + i) for i in range(3)]
+    settings = Settings.from_env(
+        {"SVDQ_REDIS_URL": redis_url, "SVDQ_STORE": "local", "SVDQ_LOCAL_DIR": str(tmp_path / "s")}
+    )
+    blocked = input_key(hashlib.sha256(paths[1].read_bytes()).hexdigest(), "png")
+    (tmp_path / "s" / blocked).mkdir(parents=True)
+    client = Client(settings, open_store(settings))
+    events: list[dict] = []
+    # svd: no test worker consumes that queue; the queued jobs are removed below.
+    bulk = BulkSubmitter(client, on_event=events.append)
+    summary = bulk.run(iter_source(folder, {**QUICK_SPEC, "variant": "svd"}), str(folder))
+    r = redis_lib.Redis.from_url(redis_url)
+    members = [m.decode() for m in r.lrange(batch_jobs_key(summary.batch_id), 0, -1)]
+    for key in [*r.scan_iter("svdq.svd:*"), "svdq.svd"]:
+        r.delete(key)
+    assert summary.counts["submitted"] == 2 and summary.counts["upload_failed"] == 1
+    [failed] = [e for e in events if e.get("outcome") == "upload_failed"]
+    assert failed["source"].endswith("p1.png") and "upload failed" in failed["reason"]
+    assert len(members) == 2  # `svdq wait --batch` waits only for what was queued
+    assert not list((tmp_path / "s" / blocked).parent.glob(".tmp-*"))  # nothing half-written
+    assert "1 upload failed" in summary.line()
