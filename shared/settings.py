@@ -50,6 +50,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_CALLBACK_SECRET": ("", "key for the HMAC-SHA256 signature on result callbacks"),
     "SVDQ_CALLBACK_RETRIES": ("8", "times a failed result callback is retried"),
     "SVDQ_CALLBACK_BACKOFF": ("2", "first wait in seconds before a callback retry (doubles)"),
+    "SVDQ_CALLBACK_NETWORKS": (
+        "private",
+        "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
+        " or any (also loopback); link-local (169.254.169.254) never",
+    ),
 }
 
 
@@ -85,6 +90,7 @@ class Settings:
     callback_secret: str = ""
     callback_retries: int = 8
     callback_backoff: int = 2
+    callback_networks: str = "private"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +129,9 @@ class Settings:
             callback_secret=env.get("SVDQ_CALLBACK_SECRET", ""),
             callback_retries=_int("SVDQ_CALLBACK_RETRIES", get("SVDQ_CALLBACK_RETRIES")),
             callback_backoff=_int("SVDQ_CALLBACK_BACKOFF", get("SVDQ_CALLBACK_BACKOFF")),
+            callback_networks=_choice(
+                "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
+            ),
         )
         if settings.task_time_limit >= settings.visibility_timeout:
             raise ConfigError(
@@ -179,6 +188,8 @@ def _int(name: str, value: str) -> int:
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0")
     return number
 
+
+CALLBACK_NETWORKS = ("public", "private", "any")
 
 # Read by the worker alone (worker.profiles), listed here so `svdq --help` shows them too.
 # Unset means "what the card's profile table row says"; `svdq plan` shows the outcome.

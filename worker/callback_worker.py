@@ -19,7 +19,7 @@ from shared.celery_app import make_celery
 from shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
 from shared.errors import ConfigError
 from shared.settings import Settings
-from worker.callbacks import post, should_retry
+from worker.callbacks import CallbackRefused, check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
@@ -32,8 +32,12 @@ def deliver_callback(self: Task, url: str, payload: dict[str, Any]) -> dict[str,
     """POST `payload` to `url`; retry on 5xx, 408, 425, 429 and network errors."""
     attempt = self.request.retries + 1
     try:
+        check_destination(url, settings.callback_networks)
         status = post(url, payload, settings.callback_secret, attempt, TIMEOUT)
         problem = f"HTTP {status}"
+    except CallbackRefused as exc:
+        log.error("callback for %s not sent: %s", payload.get("job_id"), exc)
+        return {"url": url, "status": 0, "attempts": attempt, "gave_up": True, "error": str(exc)}
     except OSError as exc:  # refused, reset, timed out, DNS
         status, problem = 0, f"{type(exc).__name__}: {exc}"
     if 200 <= status < 300:

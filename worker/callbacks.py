@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.exceptions import Ignore, Retry
 
@@ -28,6 +31,7 @@ from shared.constants import (
     cancel_key,
 )
 from shared.errors import SvdqError
+from shared.net import public_address
 from shared.spec import JobSpec
 
 log = logging.getLogger("svdq.callbacks")
@@ -94,8 +98,60 @@ def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
+class CallbackRefused(Exception):
+    """Raised when a callback URL points where SVDQ_CALLBACK_NETWORKS does not allow."""
+
+
+def destination_allowed(address: str, networks: str) -> bool:
+    """Whether a callback may be sent to `address` under SVDQ_CALLBACK_NETWORKS=`networks`.
+
+    Link-local (where clouds serve instance credentials: 169.254.169.254), multicast,
+    unspecified and reserved addresses never; IPv6-mapped IPv4 is judged as the IPv4.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:  # before is_reserved: ::1 sits in IPv6's reserved ::/8
+        return networks == "any"
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return False
+    if public_address(str(ip)):
+        return True
+    return networks in ("private", "any") and ip.is_private
+
+
+def check_destination(url: str, networks: str) -> None:
+    """Resolve the URL's host and refuse it if any address it gives is not allowed.
+
+    Raises CallbackRefused (never retried); a name that does not resolve raises OSError
+    (retried: DNS may come back)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for address in sorted({str(info[4][0]) for info in infos}):
+        if not destination_allowed(address, networks):
+            raise CallbackRefused(
+                f"callback_url={url[:100]!r} resolves to {address}, which "
+                f"SVDQ_CALLBACK_NETWORKS={networks} does not allow (public, private or any; "
+                "link-local never)"
+            )
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as its own status, never followed: a receiver that moved
+    must be given its new URL, and a redirect must not carry the POST somewhere else."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def post(url: str, payload: dict[str, Any], secret: str, attempt: int, timeout: float) -> int:
-    """POST the payload, signed; return the HTTP status (network errors raise OSError)."""
+    """POST the payload, signed; return the HTTP status (network errors raise OSError).
+    Redirects are not followed: a 3xx comes back as the status."""
     body = encode(payload)
     request = urllib.request.Request(
         url,
@@ -111,7 +167,7 @@ def post(url: str, payload: dict[str, Any], secret: str, attempt: int, timeout: 
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

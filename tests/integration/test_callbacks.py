@@ -70,6 +70,7 @@ def receiver() -> Iterator[Receiver]:
 def callbacks(svdq_env, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A real `svdq callbacks` consumer: 1 s first backoff so the retry comes quickly."""
     env = {**svdq_env, "SVDQ_CALLBACK_SECRET": SECRET, "SVDQ_CALLBACK_BACKOFF": "1"}
+    env["SVDQ_CALLBACK_NETWORKS"] = "any"  # the test receiver listens on loopback
     log = tmp_path_factory.mktemp("callbacks") / "callbacks.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
