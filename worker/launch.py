@@ -137,7 +137,11 @@ def format_plan(plan: DevicePlan, weights: str, missing: list[str] | None = None
         f"  weights: {weights}",
         f"  queues: {', '.join(plan.queues)}",
         *(
-            [f"  weights missing for {', '.join(missing)}: the worker skips their queues"]
+            [
+                f"  weights missing for {', '.join(missing)}: the worker skips their queues",
+                "  consumes now: "
+                + ", ".join(q for q in plan.queues if q.removeprefix("svdq.") not in missing),
+            ]
             if missing
             else []
         ),
@@ -166,6 +170,8 @@ def plan_command(args: argparse.Namespace) -> int:
                 **p.to_dict(),
                 "weights": weights_note(settings, p.default_variant),
                 "missing_weights": missing_weights(p, settings),
+                # What `svdq worker` would consume now: `queues` less those of missing weights.
+                "consumes": consumed_queues(p, settings),
             }
             for p in plans
         ]

@@ -83,6 +83,13 @@ def model_source(settings: Settings, variant: str) -> Path:
         ) from None
 
 
+def weights_variant(source: Path) -> str | None:
+    """Which weight files to load from a model folder: the fp16 ones when it has them (the
+    README's download fetches only those; a float32 profile casts them up), else the
+    full-precision files. The profile's dtype decides the precision that runs either way."""
+    return "fp16" if any(source.rglob("*.fp16.safetensors")) else None
+
+
 def load_model(
     settings: Settings, profile: Profile, lower: tuple[Profile, ...] = ()
 ) -> LoadedModel:
@@ -108,8 +115,8 @@ def load_model(
         ensure_tiny_model(source)
     dtype = torch.float16 if profile.dtype == "float16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
-    if weights != "tiny" and profile.dtype == "float16":
-        kwargs["variant"] = "fp16"  # the half-size fp16 files, not the fp32 ones
+    if weights != "tiny" and (files := weights_variant(Path(source))):
+        kwargs["variant"] = files
     _quiet_loading()
     pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), **kwargs)
     pipe.set_progress_bar_config(disable=True)

@@ -219,3 +219,23 @@ def test_launcher_with_one_gpu_that_cannot_start_fails(tmp_path, monkeypatch) ->
     args = argparse.Namespace(gpus="all", variant="svd-xt", queues=None, name=None)
     with pytest.raises(ConfigError, match=r"variant='svd-xt' needs at least 7.6 GB"):
         launcher.launch(args)
+
+
+def test_plan_json_says_which_queues_a_worker_would_consume_now(
+    tmp_path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from producer.cli import main
+
+    (tmp_path / "svd-xt").mkdir()
+    (tmp_path / "svd-xt" / "model_index.json").write_text("{}")
+    monkeypatch.setenv("SVDQ_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SVDQ_TEST_SERVE_TINY", "")
+    assert main(["plan", "--vram", "24GiB", "--json"]) == 0
+    [plan] = json.loads(capsys.readouterr().out)
+    assert plan["queues"] == ["svdq.svd", "svdq.svd-xt", "svdq.svd-xt-1-1", "svdq.auto"]
+    assert plan["missing_weights"] == ["svd", "svd-xt-1-1"]
+    assert plan["consumes"] == ["svdq.svd-xt", "svdq.auto"]
+    assert main(["plan", "--vram", "24GiB"]) == 0
+    assert "consumes now: svdq.svd-xt, svdq.auto" in capsys.readouterr().out
