@@ -24,7 +24,7 @@ def add_parsers(sub: Any) -> None:
     bulk.add_argument("--wait", action="store_true", help="wait for every job, show progress")
     bulk.add_argument("--timeout", type=float, help="seconds --wait waits (default: forever)")
     bulk.add_argument(
-        "--report", metavar="FILE", help="with --wait: one row per source, .csv or .jsonl"
+        "--report", metavar="FILE", help="needs --wait: one row per source, .csv or .jsonl"
     )
     bulk.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
     bulk.add_argument("--force", action="store_true", help="submit again even if done or queued")
@@ -77,6 +77,13 @@ def cmd_bulk(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise InvalidJobError(f"--threads={args.threads} is not allowed: 1 or more")
+    if (args.report or args.presign) and not args.wait:
+        # The report is written when the jobs have ended; without --wait it never would be.
+        raise InvalidJobError(
+            f"--report/--presign need --wait; or submit now and later run "
+            f"`svdq wait --batch BATCH --report {args.report or 'FILE'}`",
+            field="report",
+        )
     params, random_seed = spec_params(args)
     try:
         rows = iter_source(args.source, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +213,12 @@ def test_submit_needs_an_image() -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["submit", "--fps", "7"])
     assert info.value.code == 2
+
+
+def test_bulk_report_without_wait_is_refused_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bulk", str(tmp_path), "--report", "out.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "--report/--presign need --wait" in err
+    assert "svdq wait --batch BATCH --report out.csv" in err
