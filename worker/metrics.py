@@ -87,6 +87,18 @@ def lease_renewed() -> None:
     LEASE_RENEWALS.inc()
 
 
+def stepped_down(before: str, after: str) -> None:
+    """Count one out-of-memory step-down from profile `before` to `after` (worker.stepdown)."""
+    OOM_STEPDOWNS.labels(before, after).inc()
+
+
+def _peak_vram() -> None:
+    """The job's peak GPU memory, whatever its outcome (an out-of-memory failure most of all)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        PEAK_VRAM.set(torch.cuda.max_memory_allocated())
+
+
 def dead_lettered(reason: str) -> None:
     """Count one job sent to the dead-letter list; `reason` is a short kind, never free text
     (each distinct value is a time series)."""
@@ -224,11 +236,7 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         if phase in PHASES:
             PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
     FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
-    for before, after in stepdowns(result):
-        OOM_STEPDOWNS.labels(before, after).inc()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        PEAK_VRAM.set(torch.cuda.max_memory_allocated())
+    _safe(_peak_vram)
     _safe(_record, sender, "succeeded", variant, "", result.get("timings", {}).get("total"))
 
 
@@ -241,6 +249,7 @@ def _on_failure(
     variant, reason = _spec_variant(args), type(exception).__name__
     JOBS.labels("failed", variant).inc()
     FAILURES.labels(reason).inc()
+    _safe(_peak_vram)
     _safe(_record, sender, "failed", variant, reason)
 
 

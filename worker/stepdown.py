@@ -26,7 +26,7 @@ from PIL import Image
 from shared.errors import ResourceError
 from shared.settings import Settings
 from shared.spec import JobSpec
-from worker import engine, models
+from worker import engine, metrics, models
 from worker.devices import runnable_here
 
 log = logging.getLogger(__name__)
@@ -110,4 +110,5 @@ def generate(
             )
         following, rest = model.lower[0], model.lower[1:]
         log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
+        metrics.stepped_down(name, following.name)  # counted here: a job may still fail below
         models.swap(model, settings, runnable_here(following), rest)

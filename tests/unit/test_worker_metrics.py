@@ -94,6 +94,7 @@ def test_a_job_records_peak_vram_phases_frames_and_stepdowns(fake_cuda: dict[str
     metrics._on_prerun(sender=_Task(), task_id="job-1", args=[{"variant": "svd-xt"}])
     assert fake_cuda["reset"] == 1 and sample("svdq_worker_busy") == 1
     attempts = [{"profile": "xt-24g", "outcome": "oom"}, {"profile": "xt-16g", "outcome": "ok"}]
+    metrics.stepped_down("xt-24g", "xt-16g")  # what worker.stepdown does as it steps down
     metrics._on_success(sender=_Task(), result=_result(attempts=attempts))
     metrics._on_postrun(sender=_Task())
 
@@ -131,7 +132,9 @@ def test_failures_count_by_reason_and_other_tasks_are_ignored(fake_cuda: dict[st
     class ResourceError(Exception):
         pass
 
+    metrics.PEAK_VRAM.set(0)
     metrics._on_failure(sender=_Task(), exception=ResourceError(), args=[{"variant": "tiny"}])
+    assert sample("svdq_job_peak_vram_bytes") == 7 * GIB  # a failed job's peak counts too
     other = types.SimpleNamespace(name="svdq.callback")
     metrics._on_failure(sender=other, exception=ResourceError(), args=[{"variant": "tiny"}])
     assert sample("svdq_jobs_total", status="failed", variant="tiny") == failed + 2
