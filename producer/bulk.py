@@ -43,6 +43,9 @@ from shared.storage import ObjectNotFoundError
 _ADDRESSED = re.compile(r"^inputs/([0-9a-f]{64})\.(png|jpg|webp)$")
 
 Event = Callable[[dict[str, Any]], None]
+# Local inputs up to this size are held between hashing and upload (a chunk of 256 holds at
+# most 64 MiB); larger ones are read again when uploaded, and checked to be unchanged.
+KEEP_INPUT_BYTES = 256 * 1024
 
 
 @dataclass
@@ -52,8 +55,8 @@ class Prepared:
     row: Row
     spec: JobSpec | None = None
     data: bytes | None = None  # input bytes still to upload (None: already in the store)
-    # A local file is read again when it is uploaded rather than held: a chunk of 20 MB
-    # photos would otherwise sit in memory between the hashing and the upload.
+    # A large local file (over KEEP_INPUT_BYTES) is read again when it is uploaded rather
+    # than held: a chunk of 20 MB photos would otherwise sit in memory until the upload.
     local: str | None = None
     error: str | None = None
     field: str | None = None
@@ -312,8 +315,10 @@ class BulkSubmitter:
             ready = finalize(spec, sha, random_seed=self.random_seed)
         except InvalidJobError as exc:
             return Prepared(row, error=str(exc), field=exc.field)
-        if data is not None and not row.data["image"].lower().startswith("s3://"):
+        local = data is not None and not row.data["image"].lower().startswith("s3://")
+        if local and data is not None and len(data) > KEEP_INPUT_BYTES:
             return Prepared(row, spec=ready, local=row.data["image"].removeprefix("file://"))
+        # Small inputs stay in memory: no second read, and what is stored is what was hashed.
         return Prepared(row, spec=ready, data=data)
 
     def _read(self, image: str) -> tuple[str, str, bytes | None]:

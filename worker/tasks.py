@@ -3,6 +3,7 @@ and never in the parent: CUDA must not be touched before the pool forks."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -39,6 +40,10 @@ def load_for_this_process() -> Any:
 
         _loaded["model"] = load_initial(settings, worker_variant())
         _loaded["store"] = open_store(settings)
+        # The model and libraries live as long as the process: keep them out of the garbage
+        # collector's full passes, which run in the middle of generation otherwise.
+        gc.collect()
+        gc.freeze()
     return _loaded["model"]
 
 
