@@ -177,7 +177,17 @@ class BulkSubmitter:
             if job_id in seen or job_id in self._inflight:
                 # The same image with the same parameters twice: one job serves both rows.
                 counts["already_queued"] += 1
-                self._emit(p, "duplicate", f"same content and parameters as job {job_id}")
+                reason = f"same content and parameters as job {job_id}"
+                # Its own report row, pointing at the job that serves it.
+                rejects.append(
+                    {
+                        "source": p.row.source,
+                        "status": "duplicate",
+                        "reason": reason,
+                        "job_id": job_id,
+                    }
+                )
+                self._emit(p, "duplicate", reason)
                 continue
             seen.add(job_id)
             members.append((job_id, p.row.source))

@@ -16,7 +16,8 @@ COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seco
 
 
 def report_rows(batch: Any, presign: int | None = None) -> Iterator[dict[str, Any]]:
-    """Rows for every job of `batch` (producer.batch.Batch), then its rejected rows."""
+    """Rows for every job of `batch` (producer.batch.Batch), then the rows that did not become
+    jobs of their own: invalid, skipped, upload failed, and duplicates of another row."""
     store = batch.client.store
     for entry in batch.states():
         result = entry.get("result") or {}
@@ -40,7 +41,7 @@ def report_rows(batch: Any, presign: int | None = None) -> Iterator[dict[str, An
     for reject in batch.record.rejects():
         yield {
             "source": reject.get("source", ""),
-            "job_id": "",
+            "job_id": reject.get("job_id", ""),  # a duplicate row: the job that serves it
             "status": reject.get("status", "invalid"),
             "reason": reject.get("reason", ""),
             "outputs": {},

@@ -301,3 +301,26 @@ def test_an_input_that_cannot_be_stored_fails_its_row_and_the_rest_go_on(tmp_pat
     assert len(members) == 2  # `svdq wait --batch` waits only for what was queued
     assert not list((tmp_path / "s" / blocked).parent.glob(".tmp-*"))  # nothing half-written
     assert "1 upload failed" in summary.line()
+
+
+def test_a_row_repeating_another_gets_its_own_report_row(client, tmp_path, redis_url):
+    """Every source has a report row: a duplicate points at the job that serves it."""
+    from producer.bulk import BulkSubmitter
+    from producer.manifest import iter_source
+    from producer.report import report_rows
+
+    image = make_image(tmp_path / "same.png", (96, 96), color=11)
+    manifest = tmp_path / "twice.jsonl"
+    row = {"image": str(image), **QUICK_SPEC, "variant": "svd"}  # svd: nothing consumes it
+    manifest.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    summary = BulkSubmitter(client).run(iter_source(manifest), str(manifest))
+    rows = list(report_rows(client.batch(summary.batch_id)))
+    r = redis_lib.Redis.from_url(redis_url)
+    for key in [*r.scan_iter("svdq.svd:*"), "svdq.svd"]:
+        r.delete(key)
+    assert [(x["source"], x["status"]) for x in rows] == [
+        (f"{manifest}:1", "queued"),
+        (f"{manifest}:2", "duplicate"),
+    ]
+    assert rows[1]["job_id"] == rows[0]["job_id"]
+    assert rows[1]["reason"] == f"same content and parameters as job {rows[0]['job_id']}"
