@@ -63,10 +63,7 @@ def test_redis_restart_keeps_queued_jobs_and_workers_reconnect(
     fault_env, private_redis, store, rdb, workers, tmp_path
 ):
     """Jobs queued before a Redis restart survive it (AOF), and a connected worker reconnects
-    after a restart and goes on consuming. (A job *running* during the restart is terminated by
-    Celery, worker_cancel_long_running_tasks_on_connection_loss, and comes back after the
-    visibility timeout; that worker keeps its id in its revoked set, so another worker or a
-    restarted one runs it.)"""
+    after a restart and goes on consuming. (A job *running* during a restart: the next test.)"""
     client = Client(Settings.from_env({**fault_env, **QUICK}), store)
     image = make_image(tmp_path / "r.png", (160, 96))
     submit(client, image, "before-1")
@@ -78,4 +75,22 @@ def test_redis_restart_keeps_queued_jobs_and_workers_reconnect(
     submit(client, image, "after")
     states = check_end_state(client, store, rdb, {"after": 0}, 90)
     assert states["after"]["result"]["worker"].startswith("redis@")
+    assert "Connection to broker lost" in worker.text()
+
+
+def test_redis_restart_with_a_job_running_ends_with_the_job_done(
+    fault_env, private_redis, store, rdb, workers, tmp_path
+):
+    """Redis restarts (AOF on) while a job is generating: Celery cancels the running job
+    (worker_cancel_long_running_tasks_on_connection_loss), its unacknowledged message outlives
+    the restart, comes back after the visibility timeout, and the same, reconnected worker
+    runs it to the end: one result.json, at most one generation more than faults injected."""
+    client = Client(Settings.from_env({**fault_env, **QUICK}), store)
+    image = make_image(tmp_path / "m.png", (160, 96))
+    worker = workers.start("midrun", **QUICK)
+    submit(client, image, "midrun", "sleep:6")
+    wait_phase(client, "midrun", {"denoise"})
+    private_redis.restart()
+    states = check_end_state(client, store, rdb, {"midrun": 1}, 150)
+    assert states["midrun"]["state"] == "succeeded"
     assert "Connection to broker lost" in worker.text()
