@@ -17,7 +17,7 @@ from typing import Any
 
 from producer.inputs import store_input
 from shared.celery_app import celery_priority, make_celery
-from shared.constants import TASK_GENERATE, job_key, queue_for, result_key
+from shared.constants import TASK_GENERATE, cancel_key, job_key, queue_for, result_key
 from shared.errors import InvalidJobError, SvdqError, TransientError
 from shared.limits import time_limits
 from shared.settings import Settings
@@ -130,9 +130,12 @@ class Client:
 
     def _record(self, spec: JobSpec, queue: str) -> None:
         assert spec.job_id
-        redis = self.app.backend.client
         key = job_key(spec.job_id)
-        redis.hset(
+        pipe = self.app.backend.client.pipeline(transaction=False)
+        # Going out again (job ids repeat by design): an earlier run's final state and cancel
+        # flag are stale, and `wait` must not hand back that run's result for this one.
+        pipe.delete(self.app.backend.get_key_for_task(spec.job_id), cancel_key(spec.job_id))
+        pipe.hset(
             key,
             mapping={
                 "spec": json.dumps(spec.to_dict()),
@@ -140,7 +143,8 @@ class Client:
                 "submitted_at": time.time(),
             },
         )
-        redis.expire(key, self.settings.result_expires)
+        pipe.expire(key, self.settings.result_expires)
+        pipe.execute()
 
     def job_spec(self, job_id: str) -> JobSpec | None:
         """The spec a job was submitted with, while Redis still remembers it."""

@@ -61,3 +61,18 @@ def test_resubmission_is_skipped_and_status_reads_result(client, worker, tmp_pat
 
 def test_unknown_job_is_reported_as_unknown(client, worker):
     assert client.status("no-such-job")["state"] == "unknown"
+
+
+def test_a_job_sent_again_is_waited_for_afresh_not_answered_from_its_last_run(
+    client, store, worker, tmp_path
+):
+    """Job ids repeat by design. When result.json is gone (a new bucket, a cleaned store, a
+    forced redo) the job goes out again, and `wait` must wait for this run, not hand back the
+    previous run's record from Redis (whose outputs are gone with it)."""
+    image = make_image(tmp_path / "sent-again.png", color=61)
+    first = client.submit(str(image), **FAST).wait(timeout=120)
+    store._call("delete_object", Bucket=store.bucket, Key=result_key(first["job_id"]))
+    second = client.submit(str(image), **FAST).wait(timeout=120)
+    assert second["job_id"] == first["job_id"]
+    assert second["started_at"] > first["finished_at"]  # a new run, not the old record
+    assert store.exists(result_key(second["job_id"]))
