@@ -9,10 +9,11 @@ import os
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import task_revoked, worker_process_init
 
-from shared.celery_app import make_celery
-from shared.constants import STATE_PROGRESS, TASK_GENERATE
+from shared.celery_app import celery_priority, make_celery
+from shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key, job_key, queue_for
+from shared.limits import time_limits
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ObjectStore, open_store
@@ -107,3 +108,47 @@ def _delivered(task: Task, job: JobSpec, run: Any) -> dict[str, Any]:
     except (LeaseBusy, RetryLater) as exc:
         log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
         raise task.retry(countdown=exc.wait, max_retries=None) from None
+
+
+@task_revoked.connect
+def _requeue_if_terminated_by_connection_loss(
+    sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
+) -> None:
+    """Queue a job again that Celery terminated and then counted as revoked. Runs in the
+    worker's main process.
+
+    On a broker connection loss Celery terminates running jobs (worker_cancel_long_running_
+    tasks_on_connection_loss) and means to leave their messages for redelivery. If recording
+    that fails while Redis is still down, it treats the terminated job as revoked and
+    acknowledges the message once Redis is back: the job would end "cancelled" with nobody
+    having cancelled it. svdq never revokes through Celery (`svdq cancel` sets its own flag),
+    so a terminated job without that flag goes back on its queue; the lease and result.json
+    make a second copy harmless.
+    """
+    if getattr(sender, "name", "") != TASK_GENERATE or not terminated or request is None:
+        return
+    job_id, args = getattr(request, "id", None), getattr(request, "args", None)
+    if not job_id or not args or not isinstance(args[0], dict):
+        return
+    redis = app.backend.client
+    try:
+        if redis.exists(cancel_key(job_id)):
+            return  # a person cancelled it: revoked is right
+        spec = JobSpec.from_dict(args[0])
+        variant = spec.variant or settings.default_variant
+        queue = redis.hget(job_key(job_id), "queue")
+        queue = queue.decode() if isinstance(queue, bytes) else queue or queue_for(variant)
+        redis.delete(app.backend.get_key_for_task(job_id))  # not cancelled: queued again
+        soft, hard = time_limits(variant, settings)
+        app.send_task(
+            TASK_GENERATE,
+            args=[args[0]],
+            task_id=job_id,
+            queue=queue,
+            priority=celery_priority(spec.priority),
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
+        log.warning("job %s was terminated by a broker connection loss: queued again", job_id)
+    except Exception:
+        log.exception("job %s was terminated and could not be queued again", job_id)
