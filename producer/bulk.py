@@ -29,12 +29,10 @@ from producer.doneindex import DoneIndex
 from producer.inputs import _MIME, read_local
 from producer.manifest import Row
 from producer.objects import forget_result, put_if_absent
-from producer.sentevents import BatchEventDispatcher
-from shared.celery_app import celery_priority
-from shared.constants import TASK_GENERATE, cancel_key, input_key, job_key, queue_for, result_key
+from producer.publish import publish_jobs
+from shared.constants import cancel_key, input_key, job_key, queue_for, result_key
 from shared.errors import InvalidJobError, SvdqError
 from shared.images import check_image
-from shared.limits import time_limits
 from shared.spec import JobSpec, finalize
 from shared.storage import ObjectNotFoundError
 
@@ -252,7 +250,12 @@ class BulkSubmitter:
         # in between, so every queued job is in the batch and a re-run finds it.
         self._check_stop()
         payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
-        self._publish([(p.spec, payloads[id(p)]) for p, _ in sending if p.spec])
+        publish_jobs(
+            self.client.app,
+            self.client.settings,
+            [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
+            self.sent_events,
+        )
         pipe = self.redis.pipeline(transaction=False)
         backend = self.client.app.backend
         now = time.time()
@@ -325,7 +328,7 @@ class BulkSubmitter:
             ready = finalize(spec, sha, random_seed=self.random_seed)
         except InvalidJobError as exc:
             return Prepared(row, error=str(exc), field=exc.field)
-        local = data is not None and not row.data["image"].lower().startswith("s3://")
+        local = not row.data["image"].lower().startswith("s3://")
         if local and data is not None and len(data) > KEEP_INPUT_BYTES:
             return Prepared(row, spec=ready, local=row.data["image"].removeprefix("file://"))
         # Small inputs stay in memory: no second read, and what is stored is what was hashed.
@@ -386,52 +389,6 @@ class BulkSubmitter:
         if not isinstance(image, str) or not image.startswith("s3://"):
             return False
         return bool(_ADDRESSED.match(self.store.key_from_uri(image) or ""))
-
-    def _publish(self, specs: list[tuple[JobSpec, dict[str, Any]]]) -> None:
-        """All of the chunk's messages through one producer, in one Redis pipeline.
-
-        This is app.send_task without its per-message round trips: send_task subscribes to
-        each task's result channel (backend.on_task_call) and builds an AsyncResult that
-        unsubscribes again when collected; a bulk submitter never reads results that way.
-        """
-        if not specs:
-            return
-        app = self.client.app
-        amqp = app.amqp
-        sent_event = bool(
-            app.conf.task_send_sent_event if self.sent_events is None else self.sent_events
-        )
-        settings = self.client.settings
-        limits = {v: time_limits(v, settings) for v in {str(spec.variant) for spec, _ in specs}}
-        with app.producer_or_acquire() as producer, producer.batch(max_size=len(specs) * 3):
-            events = BatchEventDispatcher(app, producer) if sent_event else None
-            for spec, payload in specs:
-                message = amqp.create_task_message(
-                    spec.job_id,
-                    TASK_GENERATE,
-                    [payload],
-                    {},
-                    create_sent_event=sent_event,
-                    # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
-                    soft_time_limit=limits[str(spec.variant)][0],
-                    time_limit=limits[str(spec.variant)][1],
-                    # Celery would saferepr() the whole spec for monitors; the id says enough.
-                    argsrepr=f"[{spec.job_id}]",
-                    kwargsrepr="{}",
-                )
-                amqp.send_task_message(
-                    producer,
-                    TASK_GENERATE,
-                    message,
-                    queue=queue_for(str(spec.variant)),
-                    priority=celery_priority(spec.priority),
-                    event_dispatcher=events,
-                    declare=[],  # the queue is a Redis list: nothing to declare per message
-                    # Inside a batch nothing touches the network until the flush, so a
-                    # per-message reconnect-and-retry wrapper only costs time. A failed flush
-                    # fails the chunk, which was not recorded: a re-run sends it again.
-                    retry=False,
-                )
 
     def _emit(self, p: Prepared, outcome: str, reason: str | None = None) -> None:
         event: dict[str, Any] = {"event": "row", "source": p.row.source, "outcome": outcome}

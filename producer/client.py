@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.inputs import store_input
-from shared.celery_app import celery_priority, make_celery
-from shared.constants import TASK_GENERATE, cancel_key, job_key, queue_for, result_key
+from shared.celery_app import make_celery, send_job
+from shared.constants import cancel_key, job_key, queue_for, result_key
 from shared.errors import InvalidJobError, SvdqError, TransientError
-from shared.limits import time_limits
 from shared.settings import Settings
 from shared.spec import JobSpec, finalize
 from shared.storage import ObjectNotFoundError, ObjectStore, open_store
@@ -116,16 +115,7 @@ class Client:
         if not force and self.store.exists(result_key(ready.job_id, ready.output_prefix)):
             return JobHandle(self, ready.job_id, ready, queue, skipped=True)
         self._record(ready, queue)
-        self.app.send_task(
-            TASK_GENERATE,
-            args=[ready.to_dict()],
-            task_id=ready.job_id,
-            queue=queue,
-            priority=celery_priority(ready.priority),
-            # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
-            soft_time_limit=time_limits(ready.variant, self.settings)[0],
-            time_limit=time_limits(ready.variant, self.settings)[1],
-        )
+        send_job(self.app, ready, self.settings)
         return JobHandle(self, ready.job_id, ready, queue)
 
     def _record(self, spec: JobSpec, queue: str) -> None:

@@ -9,9 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery
 from kombu import Exchange, Queue
 
-from shared.constants import QUEUE_CALLBACKS, VARIANTS, queue_for
+from shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, VARIANTS, queue_for
 from shared.limits import time_limits
 from shared.settings import Settings
+from shared.spec import JobSpec
 
 # kombu's Redis transport serves lower numbers first; svdq's priority 9 means "run first".
 PRIORITY_STEPS = list(range(10))
@@ -100,3 +101,22 @@ def make_celery(settings: Settings) -> Celery:
     if tls is not None:
         app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     return app
+
+
+def send_job(app: Celery, spec: JobSpec, settings: Settings) -> str:
+    """Publish one ready job (variant, seed and id filled in) on its variant's queue, with its
+    priority and per-variant time limits; return the queue's name."""
+    assert spec.job_id and spec.variant
+    queue = queue_for(spec.variant)
+    # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
+    soft, hard = time_limits(spec.variant, settings)
+    app.send_task(
+        TASK_GENERATE,
+        args=[spec.to_dict()],
+        task_id=spec.job_id,
+        queue=queue,
+        priority=celery_priority(spec.priority),
+        soft_time_limit=soft,
+        time_limit=hard,
+    )
+    return queue

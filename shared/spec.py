@@ -270,10 +270,9 @@ def finalize(spec: JobSpec, input_sha256: str, *, random_seed: bool = False) -> 
         seed = secrets.randbelow(SEED_MAX + 1)
     elif seed is None:
         seed = int(identity(spec, input_sha256)[:8], 16)
-    if spec.job_id:
-        return dataclasses.replace(spec, seed=seed)
-    job_id = identity(dataclasses.replace(spec, seed=seed), input_sha256)[:24]
-    return dataclasses.replace(spec, seed=seed, job_id=job_id)
+    spec = dataclasses.replace(spec, seed=seed)
+    job_id = spec.job_id or identity(spec, input_sha256)[:24]
+    return dataclasses.replace(spec, job_id=job_id)
 
 
 @dataclass

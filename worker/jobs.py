@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,11 @@ def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
         raise InvalidJobError(f"image={uri!r} does not exist in the store", "image") from None
 
 
+# One pool for the process's life (threads start on first use, in the pool child): an MP4,
+# a GIF and a poster go up at once, without starting threads for every job.
+_UPLOADS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="upload")
+
+
 def upload_outputs(
     store: ObjectStore, settings: Settings, spec: JobSpec, blobs: dict[str, bytes]
 ) -> dict[str, dict[str, Any]]:
@@ -69,9 +74,10 @@ def upload_outputs(
             settings,
         )
 
-    with ThreadPoolExecutor(max_workers=len(blobs), thread_name_prefix="upload") as pool:
-        for future in [pool.submit(put, kind) for kind in blobs]:
-            future.result()  # the first failure, after every upload has ended
+    futures = [_UPLOADS.submit(put, kind) for kind in blobs]
+    wait(futures)  # every upload ends before result.json can follow, or the job fails
+    for future in futures:
+        future.result()  # the first failure, if any
     return {
         kind: {
             "key": keys[kind],

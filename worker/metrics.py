@@ -17,7 +17,6 @@ For the lease / dead-letter code (issue 5): call `lease_renewed()` and `dead_let
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 import threading
@@ -108,16 +107,6 @@ def dead_lettered(reason: str) -> None:
 def metrics_port(base: int, env: dict[str, str] | None = None) -> int:
     """The port this worker serves /metrics on: base + GPU index."""
     return base + gpu_index(env)
-
-
-def stepdowns(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """(from, to) profile pairs for each OOM that made the job step down, from its attempts."""
-    attempts = result.get("attempts") or []
-    pairs = []
-    for failed, retried in itertools.pairwise(attempts):
-        if failed.get("outcome") == "oom":
-            pairs.append((str(failed.get("profile")), str(retried.get("profile"))))
-    return pairs
 
 
 class _WorkerInfo(Collector):

@@ -11,9 +11,8 @@ from typing import Any
 from celery import Task
 from celery.signals import task_revoked, worker_process_init
 
-from shared.celery_app import celery_priority, make_celery
-from shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key, job_key, queue_for
-from shared.limits import time_limits
+from shared.celery_app import make_celery, send_job
+from shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ObjectStore, open_store
@@ -134,21 +133,8 @@ def _requeue_if_terminated_by_connection_loss(
     try:
         if redis.exists(cancel_key(job_id)):
             return  # a person cancelled it: revoked is right
-        spec = JobSpec.from_dict(args[0])
-        variant = spec.variant or settings.default_variant
-        queue = redis.hget(job_key(job_id), "queue")
-        queue = queue.decode() if isinstance(queue, bytes) else queue or queue_for(variant)
         redis.delete(app.backend.get_key_for_task(job_id))  # not cancelled: queued again
-        soft, hard = time_limits(variant, settings)
-        app.send_task(
-            TASK_GENERATE,
-            args=[args[0]],
-            task_id=job_id,
-            queue=queue,
-            priority=celery_priority(spec.priority),
-            soft_time_limit=soft,
-            time_limit=hard,
-        )
+        send_job(app, JobSpec.from_dict(args[0]), settings)
         log.warning("job %s was terminated by a broker connection loss: queued again", job_id)
     except Exception:
         log.exception("job %s was terminated and could not be queued again", job_id)

@@ -1,5 +1,5 @@
-"""worker.metrics decisions with no services: the port per GPU, OOM step-downs from a result's
-attempts, and what the signal handlers record. CUDA memory readings are the one thing faked
+"""worker.metrics decisions with no services: the port per GPU, and what the signal handlers
+and the step-down hook record. CUDA memory readings are the one thing faked
 (no GPU here): a stand-in `torch` module whose cuda reports a peak."""
 
 from __future__ import annotations
@@ -31,20 +31,6 @@ GIB = 1024**3
 def test_gpu_index_and_port(env: dict[str, str], index: int) -> None:
     assert metrics.gpu_index(env) == index
     assert metrics.metrics_port(9810, env) == 9810 + index
-
-
-def test_stepdowns_pair_each_oom_with_the_next_rung() -> None:
-    attempts = [
-        {"profile": "xt-24g", "outcome": "oom", "seconds": 3.0},
-        {"profile": "xt-16g", "outcome": "oom", "seconds": 2.0},
-        {"profile": "xt-10g", "outcome": "succeeded", "seconds": 40.0},
-    ]
-    assert metrics.stepdowns({"attempts": attempts}) == [
-        ("xt-24g", "xt-16g"),
-        ("xt-16g", "xt-10g"),
-    ]
-    assert metrics.stepdowns({"attempts": attempts[-1:]}) == []
-    assert metrics.stepdowns({}) == []
 
 
 class _Task:
