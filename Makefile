@@ -34,6 +34,8 @@ test-integration: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@mkdir -p build/typecheck/svdq
+	@for d in shared producer worker; do ln -sfn ../../../$$d build/typecheck/svdq/$$d; done
 	$(BIN)/mypy
 
 format: install

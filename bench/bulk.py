@@ -32,15 +32,15 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
-from producer.bulk import BulkSubmitter  # noqa: E402
-from producer.client import Client  # noqa: E402
-from producer.manifest import iter_source  # noqa: E402
-from producer.services import free_port, redis_server, s3_server  # noqa: E402
-from shared.celery_app import celery_priority  # noqa: E402
-from shared.constants import TASK_GENERATE, input_key, queue_for  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.spec import JobSpec, finalize  # noqa: E402
-from shared.storage import S3Store  # noqa: E402
+from svdq.producer.bulk import BulkSubmitter  # noqa: E402
+from svdq.producer.client import Client  # noqa: E402
+from svdq.producer.manifest import iter_source  # noqa: E402
+from svdq.producer.services import free_port, redis_server, s3_server  # noqa: E402
+from svdq.shared.celery_app import celery_priority  # noqa: E402
+from svdq.shared.constants import TASK_GENERATE, input_key, queue_for  # noqa: E402
+from svdq.shared.settings import Settings  # noqa: E402
+from svdq.shared.spec import JobSpec, finalize  # noqa: E402
+from svdq.shared.storage import S3Store  # noqa: E402
 from tests.integration.helpers import png_bytes  # noqa: E402
 
 JOB = {"variant": "tiny", "width": 128, "height": 64, "num_inference_steps": 3}

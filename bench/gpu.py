@@ -30,10 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.settings import Settings  # noqa: E402
-from shared.spec import JobSpec  # noqa: E402
-from worker.devices import device_plan, ladder_for, this_device  # noqa: E402
-from worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
+from svdq.shared.settings import Settings  # noqa: E402
+from svdq.shared.spec import JobSpec  # noqa: E402
+from svdq.worker.devices import device_plan, ladder_for, this_device  # noqa: E402
+from svdq.worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
 
 # What the seed's guide says each row is for (ARCHITECTURE.md, SVD-NOTES.md).
 SEED = {
@@ -71,8 +71,8 @@ def time_profile(
     import torch
     from PIL import Image
 
-    from worker import engine
-    from worker.models import evict, load_model
+    from svdq.worker import engine
+    from svdq.worker.models import evict, load_model
 
     cuda = profile.device == "cuda"
     if cuda:

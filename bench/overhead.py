@@ -34,12 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from producer.client import Client  # noqa: E402
-from producer.services import redis_server, s3_server  # noqa: E402
-from shared.images import fit, to_rgb  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.spec import JobSpec  # noqa: E402
-from shared.storage import S3Store  # noqa: E402
+from svdq.producer.client import Client  # noqa: E402
+from svdq.producer.services import redis_server, s3_server  # noqa: E402
+from svdq.shared.images import fit, to_rgb  # noqa: E402
+from svdq.shared.settings import Settings  # noqa: E402
+from svdq.shared.spec import JobSpec  # noqa: E402
+from svdq.shared.storage import S3Store  # noqa: E402
 from tests.integration.helpers import make_image  # noqa: E402
 
 
@@ -47,8 +47,8 @@ class BareLoop:
     """(a): the tiny pipeline loaded once (not timed); per image: call, export MP4, upload."""
 
     def __init__(self, settings: Settings, store: S3Store, job: dict) -> None:
-        from worker.models import load_model
-        from worker.profiles import choose_profile
+        from svdq.worker.models import load_model
+        from svdq.worker.profiles import choose_profile
 
         self.store, self.job = store, job
         self.model = load_model(settings, choose_profile(None, "tiny"))
@@ -57,7 +57,7 @@ class BareLoop:
     def one(self, i: int, path: Path) -> None:
         from PIL import Image
 
-        from worker import engine, export
+        from svdq.worker import engine, export
 
         spec = JobSpec.from_dict({"image": str(path), "seed": i, "job_id": f"b{i}", **self.job})
         image = fit(to_rgb(Image.open(path)), spec.width, spec.height, spec.resize)
@@ -80,7 +80,7 @@ class Svdq:
 
     def __init__(self, env: dict[str, str], settings: Settings, store: S3Store, job: dict):
         self.log = open(Path(tempfile.mkdtemp()) / "worker.log", "wb")  # noqa: SIM115
-        argv = [sys.executable, "-m", "producer.cli", "worker", "--gpus", "none"]
+        argv = [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "none"]
         argv += ["--variant", "tiny", "--name", "bench@%h"]
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO
@@ -123,7 +123,7 @@ def where_svdq_time_goes(records: list[dict]) -> dict[str, float]:
 
 
 def gif_comparison(job: dict) -> dict:
-    from worker.export_bench import bench_gif
+    from svdq.worker.export_bench import bench_gif
 
     rng = np.random.default_rng(0)
     out = {}

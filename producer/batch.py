@@ -13,15 +13,15 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from shared.constants import (
+from svdq.shared.constants import (
     batch_jobs_key,
     batch_key,
     batch_rejects_key,
     batch_sources_key,
     job_key,
 )
-from shared.errors import InvalidJobError
-from shared.fields import SAFE_ID
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.fields import SAFE_ID
 
 CHUNK = 500
 # Celery's state names -> what a person reads (the same table as producer.client).
@@ -256,7 +256,7 @@ class Batch:
 
         `on_update(counts)` is called after each pass. Raises WaitTimeoutError on timeout.
         """
-        from producer.client import WaitTimeoutError
+        from svdq.producer.client import WaitTimeoutError
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from producer.batch import COUNTERS, BatchRecord, new_batch_id, peek
-from producer.doneindex import DoneIndex
-from producer.inputs import _MIME, read_local
-from producer.manifest import Row
-from producer.objects import forget_result, put_if_absent
-from producer.publish import publish_jobs
-from shared.constants import cancel_key, input_key, job_key, queue_for, result_key
-from shared.errors import InvalidJobError, SvdqError
-from shared.images import check_image
-from shared.spec import JobSpec, finalize
-from shared.storage import ObjectNotFoundError
+from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id, peek
+from svdq.producer.doneindex import DoneIndex
+from svdq.producer.inputs import _MIME, read_local
+from svdq.producer.manifest import Row
+from svdq.producer.objects import forget_result, put_if_absent
+from svdq.producer.publish import publish_jobs
+from svdq.shared.constants import cancel_key, input_key, job_key, queue_for, result_key
+from svdq.shared.errors import InvalidJobError, SvdqError
+from svdq.shared.images import check_image
+from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.storage import ObjectNotFoundError
 
 # s3://<bucket>/inputs/<sha256>.<ext>: already content-addressed, so the name gives the hash
 # and nothing needs downloading (the worker checks the image itself before it runs).

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from producer.jobflags import add_job_flags, spec_params
+from svdq.producer.jobflags import add_job_flags, spec_params
 
 
 def add_parsers(sub: Any) -> None:
@@ -63,17 +63,17 @@ def add_batch_flags(cmd: argparse.ArgumentParser, name: str) -> None:
 
 
 def _client() -> Any:
-    from producer.client import Client
+    from svdq.producer.client import Client
 
     return Client()
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     """Submit SOURCE; with --wait follow the batch and write the report."""
-    from producer.bulk import BulkSubmitter
-    from producer.manifest import iter_source
-    from producer.progress import BulkProgress
-    from shared.errors import InvalidJobError
+    from svdq.producer.bulk import BulkSubmitter
+    from svdq.producer.manifest import iter_source
+    from svdq.producer.progress import BulkProgress
+    from svdq.shared.errors import InvalidJobError
 
     if args.threads < 1:
         raise InvalidJobError(f"--threads={args.threads} is not allowed: 1 or more")
@@ -136,8 +136,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
 
 def strict_check(rows: Any) -> list[str]:
     """Every problem `--strict` refuses: bad rows and specs that fail validation (no I/O)."""
-    from shared.errors import InvalidJobError
-    from shared.spec import JobSpec
+    from svdq.shared.errors import InvalidJobError
+    from svdq.shared.spec import JobSpec
 
     bad = []
     for row in rows:
@@ -152,8 +152,8 @@ def strict_check(rows: Any) -> list[str]:
 
 
 def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any) -> int:
-    from producer.client import WaitTimeoutError
-    from producer.report import report_rows, write_report
+    from svdq.producer.client import WaitTimeoutError
+    from svdq.producer.report import report_rows, write_report
 
     batch = client.batch(batch_id)
     try:
@@ -187,7 +187,7 @@ def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any)
 
 def cmd_wait_batch(args: argparse.Namespace) -> int:
     """`svdq wait --batch ID [--report FILE]`: pick a batch up again from any process."""
-    from producer.progress import BulkProgress
+    from svdq.producer.progress import BulkProgress
 
     client = _client()
     client.batch(args.batch).info()  # an unknown batch fails here, naming it
@@ -214,7 +214,7 @@ def cmd_status_batch(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """`svdq cancel JOB...` / `svdq cancel --batch ID`."""
-    from shared.errors import InvalidJobError
+    from svdq.shared.errors import InvalidJobError
 
     if not args.jobs and not args.batch:
         raise InvalidJobError("cancel needs JOB ids or --batch ID")
@@ -235,7 +235,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_callbacks(args: argparse.Namespace) -> int:
     """`svdq callbacks`: become the callback consumer."""
-    from worker.callback_worker import launch
+    from svdq.worker.callback_worker import launch
 
     return launch(args.concurrency, args.name)
 

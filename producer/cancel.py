@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from producer.batch import FINAL, peek
-from shared.constants import cancel_key
+from svdq.producer.batch import FINAL, peek
+from svdq.shared.constants import cancel_key
 
 REASON = "cancelled by svdq cancel"
 

@@ -8,12 +8,12 @@ import json
 import sys
 from typing import Any
 
-from producer import bulkcli
-from producer.bulkcli import add_batch_flags
-from producer.bulkcli import add_parsers as add_bulk_parsers
-from producer.jobflags import add_job_flags, spec_params
-from shared.errors import ConfigError, InvalidJobError, SvdqError
-from shared.settings import describe_variables
+from svdq.producer import bulkcli
+from svdq.producer.bulkcli import add_batch_flags
+from svdq.producer.bulkcli import add_parsers as add_bulk_parsers
+from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
+from svdq.shared.settings import describe_variables
 
 EPILOG = (
     "environment (read once at start):\n"
@@ -163,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client() -> Any:
-    from producer.client import Client
+    from svdq.producer.client import Client
 
     return Client()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from producer.display import ProgressPrinter
+    from svdq.producer.display import ProgressPrinter
 
     params, random_seed = spec_params(args)
     client = _client()
@@ -203,7 +203,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _wait(client: Any, jobs: list[str], timeout: float | None, printer: Any, as_json: bool) -> int:
-    from producer.client import JobFailedError, WaitTimeoutError
+    from svdq.producer.client import JobFailedError, WaitTimeoutError
 
     try:
         results = client.wait(jobs, timeout=timeout, on_progress=printer)
@@ -246,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from producer.display import ProgressPrinter
+    from svdq.producer.display import ProgressPrinter
 
     if args.batch:
         return bulkcli.cmd_wait_batch(args)
@@ -288,7 +288,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from shared.spec import json_schema
+    from svdq.shared.spec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -308,50 +308,50 @@ def _worker_side(module: str, attr: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return int(_worker_side("producer.run_local", "run_local")(args))
+    return int(_worker_side("svdq.producer.run_local", "run_local")(args))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    return int(_worker_side("worker.launch", "launch")(args))
+    return int(_worker_side("svdq.worker.launch", "launch")(args))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return int(_worker_side("worker.launch", "plan_command")(args))
+    return int(_worker_side("svdq.worker.launch", "plan_command")(args))
 
 
 def cmd_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shared.settings import Settings
+    from svdq.shared.settings import Settings
 
-    ensure = _worker_side("worker.tiny", "ensure_tiny_model")
+    ensure = _worker_side("svdq.worker.tiny", "ensure_tiny_model")
     target = Path(args.dir) if args.dir else Settings.from_env().model_dir / "tiny"
     print(ensure(target))
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from producer.stats import print_stats
-    from shared.settings import Settings
+    from svdq.producer.stats import print_stats
+    from svdq.shared.settings import Settings
 
     return print_stats(Settings.from_env().redis_url, args.json, args.watch)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from producer.exporter import serve
-    from shared.settings import Settings
+    from svdq.producer.exporter import serve
+    from svdq.shared.settings import Settings
 
     return serve(Settings.from_env().redis_url, args.port, once=args.once)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from producer.demo import run_demo
+    from svdq.producer.demo import run_demo
 
     return run_demo(args.output)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    from producer.dead import dead_jobs, describe, retry_dead
+    from svdq.producer.dead import dead_jobs, describe, retry_dead
 
     client = _client()
     if args.dead_command == "list":
@@ -364,7 +364,7 @@ def cmd_dead(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from producer.doctor import run_doctor
+    from svdq.producer.doctor import run_doctor
 
     return run_doctor(as_json=args.json)
 

@@ -1,6 +1,6 @@
 """The Python API: submit jobs, follow them, fetch their results.
 
-from producer import Client
+from svdq.producer import Client
 client = Client()
 handle = client.submit("photo.jpg", variant="svd-xt", motion_bucket_id=180)
 result = handle.wait(timeout=600)          # the result record (result.json)
@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.inputs import store_input
-from shared.celery_app import make_celery, send_job
-from shared.constants import cancel_key, job_key, queue_for, result_key
-from shared.errors import InvalidJobError, SvdqError, TransientError
-from shared.settings import Settings
-from shared.spec import JobSpec, finalize
-from shared.storage import ObjectNotFoundError, ObjectStore, open_store
+from svdq.producer.inputs import store_input
+from svdq.shared.celery_app import make_celery, send_job
+from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
+from svdq.shared.errors import InvalidJobError, SvdqError, TransientError
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.storage import ObjectNotFoundError, ObjectStore, open_store
 
 # Celery's state names -> what a person reads.
 _STATES = {
@@ -174,7 +174,7 @@ class Client:
         """`waiting_for` when no live worker consumes the job's queue: not stuck silently."""
         import time
 
-        from producer.stats import workers
+        from svdq.producer.stats import workers
 
         redis = self.app.backend.client
         queue = redis.hget(job_key(job_id), "queue")
@@ -255,8 +255,8 @@ class Client:
         spec raises InvalidJobError naming it, an input that cannot be stored TransientError;
         the good ones before it are already queued.
         """
-        from producer.bulk import BulkSubmitter
-        from producer.manifest import Row
+        from svdq.producer.bulk import BulkSubmitter
+        from svdq.producer.manifest import Row
 
         rows = (
             Row(f"specs[{i}]", i + 1, data={**params, **_as_dict_or_image(s)})
@@ -303,7 +303,7 @@ class Client:
         for jobs unknown here, which come out at once).
         Raises WaitTimeoutError if `timeout` seconds pass before all of them end.
         """
-        from producer.batch import FINAL, peek
+        from svdq.producer.batch import FINAL, peek
 
         pending = {h.job_id: h for h in handles}
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -337,13 +337,13 @@ class Client:
         Returns, per job: "cancelled", "cancelling" (running; its worker stops it),
         "already succeeded|failed|cancelled", or "unknown".
         """
-        from producer.cancel import cancel_jobs
+        from svdq.producer.cancel import cancel_jobs
 
         return cancel_jobs(self, list(job_ids))
 
     def batch(self, batch_id: str) -> Any:
         """A bulk submission by id: its record, counts by state, handles, wait and cancel."""
-        from producer.batch import Batch
+        from svdq.producer.batch import Batch
 
         return Batch(self, batch_id)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, lease_key
-from shared.errors import InvalidJobError
-from shared.spec import JobSpec
+from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, lease_key
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.spec import JobSpec
 
 
 def dead_jobs(redis: Any) -> list[dict[str, Any]]:

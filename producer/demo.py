@@ -19,12 +19,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from producer.client import Client
-from producer.display import ProgressPrinter
-from producer.services import redis_server, s3_server
-from shared.errors import SvdqError
-from shared.settings import Settings
-from shared.storage import S3Store
+from svdq.producer.client import Client
+from svdq.producer.display import ProgressPrinter
+from svdq.producer.services import redis_server, s3_server
+from svdq.shared.errors import SvdqError
+from svdq.shared.settings import Settings
+from svdq.shared.storage import S3Store
 
 # Small enough that three clips finish in well under a minute on two CPU cores.
 DEMO_JOB: dict[str, Any] = {
@@ -103,7 +103,7 @@ def run_demo(output_dir: str = "demo-output") -> int:
             [
                 sys.executable,
                 "-m",
-                "producer.cli",
+                "svdq.producer.cli",
                 "worker",
                 "--gpus",
                 "none",

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.constants import VARIANTS
-from shared.limits import time_limits
-from shared.settings import Settings, redact_url
+from svdq.shared.constants import VARIANTS
+from svdq.shared.limits import time_limits
+from svdq.shared.settings import Settings, redact_url
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Finding:
 
 def check_settings(settings: Settings, env: Mapping[str, str]) -> list[Finding]:
     """The checks that need no server: limits, leases, serializer, auth in the URLs."""
-    from shared.celery_app import make_celery
+    from svdq.shared.celery_app import make_celery
 
     out: list[Finding] = []
     vt = settings.visibility_timeout

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.constants import RESULT_FILE, result_dir, result_key
-from shared.spec import JobSpec
+from svdq.shared.constants import RESULT_FILE, result_dir, result_key
+from svdq.shared.spec import JobSpec
 
 LIMIT = 500_000  # ids held at most per results folder (about 40 MB); beyond it, HEAD per job
 

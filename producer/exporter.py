@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from producer.stats import snapshot
+from svdq.producer.stats import snapshot
 
 log = logging.getLogger("svdq.exporter")
 DEFAULT_PORT = 9800

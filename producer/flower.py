@@ -1,4 +1,4 @@
-"""The Celery app Flower runs with: `celery -A producer.flower flower ...`.
+"""The Celery app Flower runs with: `celery -A svdq.producer.flower flower ...`.
 
 Flower must share svdq's broker transport options. svdq sets kombu's `sep` to ':' (so the
 priority sub-queues are named `svdq.tiny:1` …), and kombu uses the same separator for its
@@ -9,7 +9,7 @@ with "not enough values to unpack" — Flower shows no workers. No torch is impo
 
 from __future__ import annotations
 
-from shared.celery_app import make_celery
-from shared.settings import Settings
+from svdq.shared.celery_app import make_celery
+from svdq.shared.settings import Settings
 
 app = make_celery(Settings.from_env())

@@ -6,12 +6,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.constants import input_key
-from shared.errors import InvalidJobError
-from shared.images import ImageInfo, check_image
-from shared.net import fetch_https
-from shared.settings import Settings
-from shared.storage import ObjectNotFoundError, ObjectStore
+from svdq.shared.constants import input_key
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.images import ImageInfo, check_image
+from svdq.shared.net import fetch_https
+from svdq.shared.settings import Settings
+from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 
 _MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 

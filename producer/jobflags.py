@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.fields import FIELDS, Field
+from svdq.shared.fields import FIELDS, Field
 
 SKIP = {"image"}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.fields import FIELD_BY_NAME
+from svdq.shared.fields import FIELD_BY_NAME
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".ndjson")

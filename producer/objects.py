@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shared.errors import TransientError
+from svdq.shared.errors import TransientError
 
 
 def put_if_absent(store: Any, key: str, data: bytes, content_type: str) -> bool:

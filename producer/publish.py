@@ -7,11 +7,11 @@ from typing import Any
 
 from celery.events.dispatcher import EventDispatcher
 
-from shared.celery_app import celery_priority
-from shared.constants import TASK_GENERATE, queue_for
-from shared.limits import time_limits
-from shared.settings import Settings
-from shared.spec import JobSpec
+from svdq.shared.celery_app import celery_priority
+from svdq.shared.constants import TASK_GENERATE, queue_for
+from svdq.shared.limits import time_limits
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
 
 
 def publish_jobs(

@@ -8,19 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from producer.inputs import read_local
-from producer.jobflags import spec_params
-from shared.errors import ConfigError, InvalidJobError
-from shared.images import check_image, fit, open_image, to_rgb
-from shared.settings import Settings
-from shared.spec import JobSpec, finalize
+from svdq.producer.inputs import read_local
+from svdq.producer.jobflags import spec_params
+from svdq.shared.errors import ConfigError, InvalidJobError
+from svdq.shared.images import check_image, fit, open_image, to_rgb
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec, finalize
 
 
 def run_local(args: argparse.Namespace) -> int:
     """Generate one clip from a local image into args.output (.mp4 or .gif)."""
-    from worker import engine, export
-    from worker.devices import local_profile
-    from worker.models import TINY_NOTE, load_model
+    from svdq.worker import engine, export
+    from svdq.worker.devices import local_profile
+    from svdq.worker.models import TINY_NOTE, load_model
 
     settings = Settings.from_env()
     out = Path(args.output)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from shared.errors import ConfigError
+from svdq.shared.errors import ConfigError
 
 
 def free_port() -> int:

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any
 
-from shared import constants
-from shared.constants import FINISHED_STREAM, VARIANTS, job_key, queue_for, worker_key
+from svdq.shared import constants
+from svdq.shared.constants import FINISHED_STREAM, VARIANTS, job_key, queue_for, worker_key
 
 WINDOWS = {"5m": 300, "60m": 3600}
 UNACKED_KEY = "unacked"  # kombu's Redis transport default
@@ -213,7 +213,7 @@ def print_stats(redis_url: str, as_json: bool, every: float | None) -> int:
     """`svdq stats`: print the snapshot once, or every `every` seconds until Ctrl-C."""
     import redis
 
-    from shared.settings import redact_url
+    from svdq.shared.settings import redact_url
 
     conn = redis.Redis.from_url(redis_url, socket_timeout=10)
     while True:

@@ -9,10 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery
 from kombu import Exchange, Queue
 
-from shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, VARIANTS, queue_for
-from shared.limits import time_limits
-from shared.settings import Settings
-from shared.spec import JobSpec
+from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, VARIANTS, queue_for
+from svdq.shared.limits import time_limits
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
 
 # kombu's Redis transport serves lower numbers first; svdq's priority 9 means "run first".
 PRIORITY_STEPS = list(range(10))

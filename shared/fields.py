@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shared.constants import VARIANTS
+from svdq.shared.constants import VARIANTS
 
 FORMATS = ("mp4", "gif")
 RESIZE_MODES = ("crop", "pad", "stretch")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from shared.errors import InvalidJobError
+from svdq.shared.errors import InvalidJobError
 
 # Pillow format name -> file extension used in inputs/<sha256>.<ext>.
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}

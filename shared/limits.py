@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from shared.settings import Settings
+from svdq.shared.settings import Settings
 
 # Share of SVDQ_TASK_TIME_LIMIT each variant may use. SVD-XT (25 frames) is the slowest real
 # model and sets the limit; SVD makes 14 frames. tiny is the test/demo model: it keeps the whole

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
-from shared.errors import InvalidJobError, TransientError
+from svdq.shared.errors import InvalidJobError, TransientError
 
 MAX_REDIRECTS = 3
 Resolver = Callable[[str, int], list[str]]

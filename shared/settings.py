@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.constants import VARIANTS
-from shared.errors import ConfigError
+from svdq.shared.constants import VARIANTS
+from svdq.shared.errors import ConfigError
 
 DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "svdq" / "models")
 

@@ -15,9 +15,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import SCHEMA_VERSION
-from shared.errors import InvalidJobError
-from shared.fields import (
+from svdq.shared import SCHEMA_VERSION
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.fields import (
     FIELD_BY_NAME,
     FIELDS,
     MAX_METADATA_BYTES,

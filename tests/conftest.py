@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from producer.services import s3_server
-from shared.settings import Settings
-from shared.storage import S3Store
+from svdq.producer.services import s3_server
+from svdq.shared.settings import Settings
+from svdq.shared.storage import S3Store
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("SVDQ_TEST_REDIS_DB", "13"))
@@ -49,7 +49,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder with the tiny pipeline saved in it (built once per session)."""
-    from worker.tiny import ensure_tiny_model
+    from svdq.worker.tiny import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     ensure_tiny_model(root / "tiny")
@@ -85,7 +85,7 @@ def store(settings: Settings) -> S3Store:
 
 @pytest.fixture(scope="session")
 def client(settings: Settings, store: S3Store):  # type: ignore[no-untyped-def]
-    from producer.client import Client
+    from svdq.producer.client import Client
 
     return Client(settings, store)
 
@@ -95,7 +95,7 @@ def run_svdq(
 ) -> subprocess.CompletedProcess[str]:
     """Run the `svdq` command as a user would, in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        [sys.executable, "-m", "svdq.producer.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -114,7 +114,7 @@ def worker(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
             [
                 sys.executable,
                 "-m",
-                "producer.cli",
+                "svdq.producer.cli",
                 "worker",
                 "--gpus",
                 "none",

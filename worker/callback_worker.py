@@ -15,11 +15,11 @@ from typing import Any
 
 from celery import Task
 
-from shared.celery_app import make_celery
-from shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
-from shared.errors import ConfigError
-from shared.settings import Settings
-from worker.callbacks import CallbackRefused, check_destination, post, should_retry
+from svdq.shared.celery_app import make_celery
+from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
+from svdq.shared.errors import ConfigError
+from svdq.shared.settings import Settings
+from svdq.worker.callbacks import CallbackRefused, check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
@@ -61,7 +61,7 @@ def consumer_argv(concurrency: int, name: str) -> list[str]:
         "-m",
         "celery",
         "-A",
-        "worker.callback_worker",
+        "svdq.worker.callback_worker",
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",

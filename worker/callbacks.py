@@ -24,15 +24,15 @@ from urllib.parse import urlsplit
 
 from celery.exceptions import Ignore, Retry
 
-from shared.constants import (
+from svdq.shared.constants import (
     CALLBACK_SIGNATURE_HEADER,
     QUEUE_CALLBACKS,
     TASK_CALLBACK,
     cancel_key,
 )
-from shared.errors import SvdqError
-from shared.net import public_address
-from shared.spec import JobSpec
+from svdq.shared.errors import SvdqError
+from svdq.shared.net import public_address
+from svdq.shared.spec import JobSpec
 
 log = logging.getLogger("svdq.callbacks")
 REVOKED = "REVOKED"

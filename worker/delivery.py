@@ -27,18 +27,18 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
-from shared.errors import (
+from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
+from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
     InvalidJobError,
     JobTimeoutError,
     TransientError,
 )
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker import faults
-from worker.lease import Lease
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import faults
+from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def dead_letter(
     `kind` is the metric's short label: "deliveries" (too many, none finished) or
     "transient" (a fault that kept coming back); the full reason is in the record.
     """
-    from worker import metrics
+    from svdq.worker import metrics
 
     assert spec.job_id
     record = {

@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.errors import ConfigError
-from worker import profiles
-from worker.gpuinfo import Device, read_devices
-from worker.profiles import Profile
+from svdq.shared.errors import ConfigError
+from svdq.worker import profiles
+from svdq.worker.gpuinfo import Device, read_devices
+from svdq.worker.profiles import Profile
 
 GPU_INDEX_VARIABLE = "SVDQ_GPU_INDEX"  # set by the launcher in each per-GPU child
 # Test-only: the worker serves every queue it consumes with the tiny pipeline on the CPU,

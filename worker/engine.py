@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.errors import InvalidJobError
-from shared.spec import JobSpec
-from worker import faults
-from worker.models import LoadedModel
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.spec import JobSpec
+from svdq.worker import faults
+from svdq.worker.models import LoadedModel
 
 # progress(phase, step, steps)
 Progress = Callable[[str, int, int], None]

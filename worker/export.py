@@ -18,7 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageSequence
 
-from shared.errors import SvdqError
+from svdq.shared.errors import SvdqError
 
 MP4_CRF = 18
 MP4_PRESET = "veryfast"

@@ -1,6 +1,6 @@
 """How much faster `encode_gif` is than Pillow's default animated-GIF save.
 
-Run as `python -m worker.export_bench` for the two reference clip sizes.
+Run as `python -m svdq.worker.export_bench` for the two reference clip sizes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from worker.export import encode_gif, gif_frame_ms
+from svdq.worker.export import encode_gif, gif_frame_ms
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:

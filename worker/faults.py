@@ -18,8 +18,8 @@ import os
 import signal
 import time
 
-from shared.errors import TransientError
-from shared.spec import JobSpec
+from svdq.shared.errors import TransientError
+from svdq.shared.spec import JobSpec
 
 FAULT_KEY = "svdq_test_fault"
 _seen: set[tuple[str, str]] = set()  # (job_id, fault) already injected in this process

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.errors import ConfigError
+from svdq.shared.errors import ConfigError
 
 FAKE_VARIABLE = "SVDQ_FAKE_GPUS"
 _UNITS = {"gib": 1024**3, "gb": 10**9, "mib": 1024**2, "mb": 10**6, "": 1}

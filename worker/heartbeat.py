@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from shared.constants import FINISHED_STREAM, WORKER_KEY_TTL, worker_key
+from svdq.shared.constants import FINISHED_STREAM, WORKER_KEY_TTL, worker_key
 
 log = logging.getLogger("svdq.metrics")
 STREAM_KEEP_SECONDS = 2 * 3600
@@ -35,14 +35,14 @@ def gpu_index(env: dict[str, str] | None = None) -> int:
 
 def loaded_model() -> Any:
     """The pipeline worker.tasks loaded in this process, or None (not yet, or the parent)."""
-    tasks = sys.modules.get("worker.tasks")
+    tasks = sys.modules.get("svdq.worker.tasks")
     return getattr(tasks, "_loaded", {}).get("model") if tasks else None
 
 
 def redis() -> Any:
     """The Redis client of the Celery result backend (one connection pool per process)."""
     if "redis" not in state:
-        from worker.tasks import app
+        from svdq.worker.tasks import app
 
         state["redis"] = app.backend.client
     return state["redis"]

@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.constants import CONTENT_TYPES, output_key, result_key
-from shared.errors import InvalidJobError
-from shared.images import check_image, fit, open_image, to_rgb
-from shared.settings import Settings
-from shared.spec import JobResult, JobSpec
-from shared.storage import ObjectNotFoundError, ObjectStore
-from worker import engine, export, stepdown
-from worker.delivery import with_retries
-from worker.models import TINY_NOTE, LoadedModel
+from svdq.shared.constants import CONTENT_TYPES, output_key, result_key
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.images import check_image, fit, open_image, to_rgb
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobResult, JobSpec
+from svdq.shared.storage import ObjectNotFoundError, ObjectStore
+from svdq.worker import engine, export, stepdown
+from svdq.worker.delivery import with_retries
+from svdq.worker.models import TINY_NOTE, LoadedModel
 
 log = logging.getLogger(__name__)
 

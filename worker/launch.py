@@ -13,16 +13,16 @@ import socket
 import subprocess
 import sys
 
-from shared.errors import ConfigError, ModelNotFoundError
-from shared.settings import Settings
-from worker.devices import (
+from svdq.shared.errors import ConfigError, ModelNotFoundError
+from svdq.shared.settings import Settings
+from svdq.worker.devices import (
     GPU_INDEX_VARIABLE,
     DevicePlan,
     device_plan,
     serve_tiny,
 )
-from worker.gpuinfo import Device, parse_capability, parse_size, read_devices
-from worker.profiles import GB, GIB, Profile
+from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices
+from svdq.worker.profiles import GB, GIB, Profile
 
 
 def worker_argv(variant: str, queues: list[str], name: str, log_level: str) -> list[str]:
@@ -32,7 +32,7 @@ def worker_argv(variant: str, queues: list[str], name: str, log_level: str) -> l
         "-m",
         "celery",
         "-A",
-        "worker.tasks",
+        "svdq.worker.tasks",
         "worker",
         "--pool=prefork",
         "--concurrency=1",
@@ -74,7 +74,7 @@ def pick_gpus(choice: str | None, devices: list[Device]) -> list[Device]:
 
 def weights_note(settings: Settings, variant: str) -> str:
     """Where the variant's weights load from, or why they cannot."""
-    from worker.models import model_source
+    from svdq.worker.models import model_source
 
     if serve_tiny():
         return (
@@ -89,7 +89,7 @@ def weights_note(settings: Settings, variant: str) -> str:
 def missing_weights(plan: DevicePlan, settings: Settings) -> list[str]:
     """Variants the device could run besides its default whose weights are not here: the
     worker leaves their queues alone rather than take jobs it would fail."""
-    from worker.models import model_source
+    from svdq.worker.models import model_source
 
     if serve_tiny():
         return []
@@ -189,12 +189,12 @@ def _prepare_model(settings: Settings, variant: str) -> None:
     """Build tiny (in a child, so this parent never runs torch) or check real weights exist."""
     if variant == "tiny" or serve_tiny():
         subprocess.run(
-            [sys.executable, "-m", "worker.tiny", str(settings.model_dir / "tiny")],
+            [sys.executable, "-m", "svdq.worker.tiny", str(settings.model_dir / "tiny")],
             check=True,
             stdout=subprocess.DEVNULL,
         )
     else:
-        from worker.models import model_source
+        from svdq.worker.models import model_source
 
         model_source(settings, variant)  # fail here, clearly, not in the pool child
 
@@ -263,7 +263,7 @@ def launch(args: argparse.Namespace) -> int:
         argv = worker_argv(plan.default_variant, queues, name, settings.log_level)
         workers.append((name, argv, _child_env(plan)))
     if gpus:
-        from worker.supervisor import Child, Supervisor
+        from svdq.worker.supervisor import Child, Supervisor
 
         children = [Child(name, argv, env) for name, argv, env in workers]
         return Supervisor(children).run()

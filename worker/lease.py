@@ -17,7 +17,7 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from shared.constants import lease_key
+from svdq.shared.constants import lease_key
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Lease:
 
     def renew(self) -> bool:
         """Push the expiry out by a TTL; False when the lease is no longer ours."""
-        from worker import metrics
+        from svdq.worker import metrics
 
         ok = bool(self.redis.eval(_RENEW, 1, self.key, self.value, self.ttl))
         if ok:

@@ -37,15 +37,15 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.constants import TASK_GENERATE, WORKER_KEY_TTL
-from worker.heartbeat import beat as _beat
-from worker.heartbeat import forget as _forget
-from worker.heartbeat import gpu_index
-from worker.heartbeat import heartbeat_forever as _heartbeat_forever
-from worker.heartbeat import loaded_model as _loaded_model
-from worker.heartbeat import record as _record
-from worker.heartbeat import state as _state
-from worker.heartbeat import worker as _worker
+from svdq.shared.constants import TASK_GENERATE, WORKER_KEY_TTL
+from svdq.worker.heartbeat import beat as _beat
+from svdq.worker.heartbeat import forget as _forget
+from svdq.worker.heartbeat import gpu_index
+from svdq.worker.heartbeat import heartbeat_forever as _heartbeat_forever
+from svdq.worker.heartbeat import loaded_model as _loaded_model
+from svdq.worker.heartbeat import record as _record
+from svdq.worker.heartbeat import state as _state
+from svdq.worker.heartbeat import worker as _worker
 
 log = logging.getLogger("svdq.metrics")
 
@@ -140,7 +140,7 @@ def _remember_worker(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _start_in_child(**_: Any) -> None:
-    from worker.tasks import settings
+    from svdq.worker.tasks import settings
 
     if not _state.get("registered"):
         REGISTRY.register(_WorkerInfo())

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ModelNotFoundError
-from shared.settings import Settings
-from worker.profiles import Profile
+from svdq.shared.errors import ModelNotFoundError
+from svdq.shared.settings import Settings
+from svdq.worker.profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_model(
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from worker.devices import serve_tiny
+    from svdq.worker.devices import serve_tiny
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if profile.device == "cuda":
@@ -110,7 +110,7 @@ def load_model(
     weights = "tiny" if serve_tiny() else variant
     source = model_source(settings, weights)
     if weights == "tiny":
-        from worker.tiny import ensure_tiny_model
+        from svdq.worker.tiny import ensure_tiny_model
 
         ensure_tiny_model(source)
     dtype = torch.float16 if profile.dtype == "float16" else torch.float32

@@ -16,9 +16,9 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.constants import REAL_VARIANTS, queue_for
-from shared.errors import ConfigError
-from shared.settings import PROFILE_VARIABLES
+from svdq.shared.constants import REAL_VARIANTS, queue_for
+from svdq.shared.errors import ConfigError
+from svdq.shared.settings import PROFILE_VARIABLES
 
 GB = 10**9
 GIB = 1024**3

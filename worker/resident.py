@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from functools import cache
 
-from shared.errors import ConfigError, InvalidJobError
-from shared.settings import Settings
-from worker import models
-from worker.devices import DevicePlan, ladder_for, local_plan, runnable_here
-from worker.profiles import Profile
+from svdq.shared.errors import ConfigError, InvalidJobError
+from svdq.shared.settings import Settings
+from svdq.worker import models
+from svdq.worker.devices import DevicePlan, ladder_for, local_plan, runnable_here
+from svdq.worker.profiles import Profile
 
 
 @cache

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.errors import ResourceError
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker import engine, metrics, models
-from worker.devices import runnable_here
+from svdq.shared.errors import ResourceError
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine, metrics, models
+from svdq.worker.devices import runnable_here
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import Any
 from celery import Task
 from celery.signals import task_revoked, worker_process_init
 
-from shared.celery_app import make_celery, send_job
-from shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key
-from shared.settings import Settings
-from shared.spec import JobSpec
-from shared.storage import ObjectStore, open_store
-from worker import metrics  # noqa: F401  (connects the metrics signal handlers first)
-from worker.callbacks import check_cancelled, run_to_end
+from svdq.shared.celery_app import make_celery, send_job
+from svdq.shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.shared.storage import ObjectStore, open_store
+from svdq.worker import metrics  # noqa: F401  (connects the metrics signal handlers first)
+from svdq.worker.callbacks import check_cancelled, run_to_end
 
 log = logging.getLogger("svdq.worker")
 
@@ -36,7 +36,7 @@ def worker_variant() -> str:
 def load_for_this_process() -> Any:
     """Load the model and open the store once per process; return the model."""
     if "model" not in _loaded:
-        from worker.resident import load_initial
+        from svdq.worker.resident import load_initial
 
         _loaded["model"] = load_initial(settings, worker_variant())
         _loaded["store"] = open_store(settings)
@@ -62,10 +62,10 @@ def _load_in_child(**_: Any) -> None:
 @app.task(name=TASK_GENERATE, bind=True)
 def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Turn one image into a clip; return the result record (also stored as result.json)."""
-    from worker.jobs import run_job
+    from svdq.worker.jobs import run_job
 
     job = JobSpec.from_dict(spec)  # checked again here: the queue is not trusted
-    from worker.resident import ensure_variant
+    from svdq.worker.resident import ensure_variant
 
     # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
     model = ensure_variant(
@@ -89,8 +89,8 @@ def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
 def _delivered(task: Task, job: JobSpec, run: Any) -> dict[str, Any]:
     """Run `run` under the job's lease and delivery counter (worker.delivery); a busy lease or a
     transient fault sends the job back to the queue after a wait."""
-    from worker.delivery import LeaseBusy, RetryLater, deliver
-    from worker.jobs import existing_result
+    from svdq.worker.delivery import LeaseBusy, RetryLater, deliver
+    from svdq.worker.jobs import existing_result
 
     store: ObjectStore = _loaded["store"]
     soft = (task.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from shared.settings import Settings
-from shared.storage.base import ObjectNotFoundError, ObjectStore
-from shared.storage.local import LocalStore
-from shared.storage.s3 import S3Store
+from svdq.shared.settings import Settings
+from svdq.shared.storage.base import ObjectNotFoundError, ObjectStore
+from svdq.shared.storage.local import LocalStore
+from svdq.shared.storage.s3 import S3Store
 
 __all__ = ["LocalStore", "ObjectNotFoundError", "ObjectStore", "S3Store", "open_store"]
 

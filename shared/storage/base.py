@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shared.errors import SvdqError
+from svdq.shared.errors import SvdqError
 
 
 class ObjectNotFoundError(SvdqError):

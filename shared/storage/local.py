@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from shared.storage.base import ObjectNotFoundError
+from svdq.shared.storage.base import ObjectNotFoundError
 
 
 class LocalStore:

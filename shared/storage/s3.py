@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import ConfigError, TransientError
-from shared.storage.base import ObjectNotFoundError
+from svdq.shared.errors import ConfigError, TransientError
+from svdq.shared.storage.base import ObjectNotFoundError
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from producer.services import free_port, redis_answers
-from shared.constants import DEAD_LETTER_KEY, RESULT_FILE, generations_key, result_dir
-from shared.settings import Settings
+from svdq.producer.services import free_port, redis_answers
+from svdq.shared.constants import DEAD_LETTER_KEY, RESULT_FILE, generations_key, result_dir
+from svdq.shared.settings import Settings
 from tests.conftest import REPO
 
 REDIS_PASSWORD = "fault-suite-redis-pw-5e1d"
@@ -125,7 +125,7 @@ def fault_env(svdq_env: dict[str, str], private_redis: PrivateRedis) -> dict[str
 
 @pytest.fixture
 def fault_client(fault_env: dict[str, str], store):  # type: ignore[no-untyped-def]
-    from producer.client import Client
+    from svdq.producer.client import Client
 
     return Client(Settings.from_env(fault_env), store)
 
@@ -182,7 +182,7 @@ class Workers:
                 [
                     sys.executable,
                     "-m",
-                    "producer.cli",
+                    "svdq.producer.cli",
                     "worker",
                     "--gpus",
                     "none",

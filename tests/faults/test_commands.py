@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from shared.constants import DEAD_LETTER_KEY, deliveries_key
+from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key
+from svdq.worker.delivery import Attempt, dead_letter
 from tests.conftest import run_svdq
 from tests.integration.helpers import FAST, make_image, queued_messages
-from worker.delivery import Attempt, dead_letter
 
 pytestmark = pytest.mark.integration
 

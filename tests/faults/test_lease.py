@@ -14,18 +14,18 @@ import pytest
 import redis as redis_lib
 from prometheus_client import REGISTRY
 
-from shared.constants import lease_key
-from shared.errors import (
+from svdq.shared.constants import lease_key
+from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
     InvalidJobError,
     TransientError,
 )
-from shared.limits import time_limits
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker.delivery import LeaseBusy, RetryLater, attempts, backoff, deliver, with_retries
-from worker.lease import Lease
+from svdq.shared.limits import time_limits
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker.delivery import LeaseBusy, RetryLater, attempts, backoff, deliver, with_retries
+from svdq.worker.lease import Lease
 
 
 def metric(name: str, **labels: str) -> float:
@@ -128,7 +128,7 @@ JOB = "deliver-1"
 
 @pytest.fixture
 def fresh(redis_url: str) -> redis_lib.Redis:
-    from shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
+    from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
 
     client = redis_lib.Redis.from_url(redis_url)
     client.delete(lease_key(JOB), deliveries_key(JOB), generations_key(JOB))

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from producer.client import Client
-from shared.constants import deliveries_key, generations_key
-from shared.settings import Settings
+from svdq.producer.client import Client
+from svdq.shared.constants import deliveries_key, generations_key
+from svdq.shared.settings import Settings
 from tests.faults.conftest import check_end_state
 from tests.faults.test_workers import submit
 from tests.integration.helpers import make_image
@@ -31,7 +31,7 @@ def test_s3_down_during_upload_retries_the_upload_not_the_generation(
 ):
     from moto.server import ThreadedMotoServer
 
-    from producer.services import free_port
+    from svdq.producer.services import free_port
 
     port = free_port()
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from producer.client import Client
-from shared.constants import TASK_GENERATE, deliveries_key, queue_for
-from shared.settings import Settings
+from svdq.producer.client import Client
+from svdq.shared.constants import TASK_GENERATE, deliveries_key, queue_for
+from svdq.shared.settings import Settings
 from tests.faults.conftest import check_end_state
 from tests.integration.helpers import FAST, make_image
 
@@ -43,7 +43,7 @@ def push_pickled(redis_url: str, marker) -> None:  # type: ignore[no-untyped-def
     """Publish a pickled svdq.generate message straight into the tiny queue."""
     from kombu import Exchange, Producer
 
-    from shared.celery_app import make_celery
+    from svdq.shared.celery_app import make_celery
 
     queue = queue_for("tiny")
     app = make_celery(Settings.from_env({"SVDQ_REDIS_URL": redis_url}))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker import engine
-from worker.models import LoadedModel, evict, load_model
-from worker.profiles import Profile
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine
+from svdq.worker.models import LoadedModel, evict, load_model
+from svdq.worker.profiles import Profile
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -98,7 +98,7 @@ def test_offload_lowers_peak_vram() -> None:
 
 
 def test_the_reader_agrees_with_cuda() -> None:
-    from worker.gpuinfo import read_devices
+    from svdq.worker.gpuinfo import read_devices
 
     devices = read_devices({})  # NVML, else nvidia-smi: never torch
     assert devices, "a CUDA host must read at least one GPU"

@@ -17,8 +17,8 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
-from producer.client import JobFailedError
-from shared.constants import batch_jobs_key, job_key, result_key
+from svdq.producer.client import JobFailedError
+from svdq.shared.constants import batch_jobs_key, job_key, result_key
 from tests.conftest import run_svdq
 from tests.integration.helpers import make_image, queued_messages
 
@@ -197,7 +197,7 @@ def test_ctrl_c_keeps_queued_jobs_and_a_rerun_submits_the_rest(svdq_env, redis_u
     folder.mkdir()
     for i in range(900):
         Image.new("RGB", (64, 64), (i % 256, i // 256, 7)).save(folder / f"{i:04d}.png")
-    args = [sys.executable, "-m", "producer.cli", "bulk", str(folder), "--variant", "svd"]
+    args = [sys.executable, "-m", "svdq.producer.cli", "bulk", str(folder), "--variant", "svd"]
     proc = subprocess.Popen(
         [*args, "--json"], env=svdq_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -272,12 +272,12 @@ def test_an_input_that_cannot_be_stored_fails_its_row_and_the_rest_go_on(tmp_pat
     row is reported with the reason, the other rows are queued, and the batch holds only them."""
     import hashlib
 
-    from producer.bulk import BulkSubmitter
-    from producer.client import Client
-    from producer.manifest import iter_source
-    from shared.constants import input_key
-    from shared.settings import Settings
-    from shared.storage import open_store
+    from svdq.producer.bulk import BulkSubmitter
+    from svdq.producer.client import Client
+    from svdq.producer.manifest import iter_source
+    from svdq.shared.constants import input_key
+    from svdq.shared.settings import Settings
+    from svdq.shared.storage import open_store
 
     folder = tmp_path / "photos"
     paths = [make_image(folder / f"p{i}.png", (96, 96), color=120 + i) for i in range(3)]
@@ -305,9 +305,9 @@ def test_an_input_that_cannot_be_stored_fails_its_row_and_the_rest_go_on(tmp_pat
 
 def test_a_row_repeating_another_gets_its_own_report_row(client, tmp_path, redis_url):
     """Every source has a report row: a duplicate points at the job that serves it."""
-    from producer.bulk import BulkSubmitter
-    from producer.manifest import iter_source
-    from producer.report import report_rows
+    from svdq.producer.bulk import BulkSubmitter
+    from svdq.producer.manifest import iter_source
+    from svdq.producer.report import report_rows
 
     image = make_image(tmp_path / "same.png", (96, 96), color=11)
     manifest = tmp_path / "twice.jsonl"

@@ -74,7 +74,7 @@ def callbacks(svdq_env, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
     log = tmp_path_factory.mktemp("callbacks") / "callbacks.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "callbacks", "--concurrency", "2"],
+            [sys.executable, "-m", "svdq.producer.cli", "callbacks", "--concurrency", "2"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shared.constants import output_key, result_key
+from svdq.shared.constants import output_key, result_key
 from tests.conftest import run_svdq
 from tests.integration.helpers import make_image
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from shared.constants import result_key
+from svdq.shared.constants import result_key
+from svdq.worker.export import gif_info, mp4_info
 from tests.integration.helpers import FAST, make_image
-from worker.export import gif_info, mp4_info
 
 pytestmark = pytest.mark.integration
 

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.client import Client
-from producer.services import free_port, redis_server
-from shared.settings import Settings
-from shared.storage import S3Store
+from svdq.producer.client import Client
+from svdq.producer.services import free_port, redis_server
+from svdq.shared.settings import Settings
+from svdq.shared.storage import S3Store
 from tests.conftest import REPO
 from tests.integration.helpers import free_port_block, make_image
 
@@ -84,12 +84,12 @@ def flower(
             "SVDQ_TEST_SERVE_TINY": "1",
         }
         port = free_port()
-        flower_argv = [sys.executable, "-m", "celery", "-A", "producer.flower"]
+        flower_argv = [sys.executable, "-m", "celery", "-A", "svdq.producer.flower"]
         flower_argv += ["flower", f"--port={port}", "--address=127.0.0.1"]
         flower_argv += [f"--basic-auth={USER}:{PASSWORD}", "--persistent=True"]
         flower_argv += [f"--db={tmp / 'flower.db'}", "--state_save_interval=1000"]
         procs = [_start(flower_argv, env, flower_log)]
-        worker_argv = [sys.executable, "-m", "producer.cli", "worker", "--gpus", "all"]
+        worker_argv = [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "all"]
         # Its own process group, so teardown reaches every worker the launcher started.
         fleet = subprocess.Popen(
             worker_argv,

@@ -58,7 +58,7 @@ def fleet(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     }
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker", "--gpus", "all"],
+            [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "all"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -128,7 +128,7 @@ def test_xt_jobs_only_on_the_big_gpu_auto_on_both(fleet, client, tmp_path) -> No
 def test_out_of_memory_steps_down_and_is_recorded(fleet, client, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from shared.constants import result_key
+    from svdq.shared.constants import result_key
 
     handle = client.submit(
         str(make_image(tmp_path / "oom.png", color=90)),
@@ -223,7 +223,7 @@ def test_second_signal_stops_children_at_once(tmp_path: Path) -> None:
 
 
 def test_backoff_doubles_while_a_worker_keeps_dying() -> None:
-    from worker.supervisor import BACKOFF_MAX, BACKOFF_START, HEALTHY_AFTER, next_backoff
+    from svdq.worker.supervisor import BACKOFF_MAX, BACKOFF_START, HEALTHY_AFTER, next_backoff
 
     waits = [BACKOFF_START]
     for _ in range(8):

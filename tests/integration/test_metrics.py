@@ -22,12 +22,12 @@ import pytest
 import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.client import Client
-from producer.exporter import registry_for
-from producer.services import free_port, redis_server
-from shared.constants import FINISHED_STREAM, worker_key
-from shared.settings import Settings
-from shared.storage import S3Store
+from svdq.producer.client import Client
+from svdq.producer.exporter import registry_for
+from svdq.producer.services import free_port, redis_server
+from svdq.shared.constants import FINISHED_STREAM, worker_key
+from svdq.shared.settings import Settings
+from svdq.shared.storage import S3Store
 from tests.conftest import REPO, run_svdq
 from tests.integration.helpers import FAST, make_image
 
@@ -127,7 +127,7 @@ def metrics_worker(fleet: dict[str, Any]) -> Iterator[int]:
     env = fleet["env"]
     log = fleet["tmp"] / "worker.log"
     with open(log, "wb") as out:
-        argv = [sys.executable, "-m", "producer.cli", "worker", "--gpus", "none"]
+        argv = [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "none"]
         argv += ["--variant", "tiny", "--name", "metrics@%h"]
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 90
@@ -151,7 +151,7 @@ def metrics_worker(fleet: dict[str, Any]) -> Iterator[int]:
 def exporter_port(fleet: dict[str, Any]) -> Iterator[int]:
     """`svdq exporter` serving HTTP on a free port."""
     port = free_port()
-    argv = [sys.executable, "-m", "producer.cli", "exporter", "--port", str(port)]
+    argv = [sys.executable, "-m", "svdq.producer.cli", "exporter", "--port", str(port)]
     proc = subprocess.Popen(argv, env=fleet["env"], cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _answers(port), 30, "the exporter to answer")
@@ -197,7 +197,7 @@ def test_priority_sub_queues_are_counted_before_any_worker(fleet: dict[str, Any]
 
 
 def test_batches_are_counted(fleet: dict[str, Any]) -> None:
-    from shared.constants import batch_jobs_key, batch_key
+    from svdq.shared.constants import batch_jobs_key, batch_key
 
     conn = redis_lib.Redis.from_url(fleet["url"])
     # Records as `svdq bulk` writes them: the batch hash and its job list beside it.
@@ -216,7 +216,7 @@ def test_batches_are_counted(fleet: dict[str, Any]) -> None:
 
 
 def test_dead_letter_size_is_counted(fleet: dict[str, Any]) -> None:
-    from shared import constants
+    from svdq.shared import constants
 
     if not hasattr(constants, "DEAD_LETTER_KEY"):
         pytest.skip("no dead-letter list in this tree yet (issue 5 adds DEAD_LETTER_KEY)")
@@ -331,7 +331,7 @@ def test_oom_step_down_is_counted_from_to_and_the_info_follows(
 
 
 def test_a_busy_worker_shows_its_job_and_step(fleet: dict[str, Any], metrics_worker: int) -> None:
-    from producer.stats import snapshot
+    from svdq.producer.stats import snapshot
 
     client: Client = fleet["client"]
     conn = redis_lib.Redis.from_url(fleet["url"])
@@ -363,7 +363,7 @@ def queried_metric_names() -> set[str]:
 
 
 def test_stats_watch_refreshes(fleet: dict[str, Any], tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "producer.cli", "stats", "--json", "--watch", "0.2"]
+    argv = [sys.executable, "-m", "svdq.producer.cli", "stats", "--json", "--watch", "0.2"]
     proc = subprocess.Popen(argv, env=fleet["env"], stdout=subprocess.PIPE, cwd=REPO, text=True)
     try:
         assert proc.stdout is not None

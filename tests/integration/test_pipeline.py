@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker import engine
-from worker.models import load_model
-from worker.profiles import choose_profile
-from worker.tiny import build_tiny_pipeline
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine
+from svdq.worker.models import load_model
+from svdq.worker.profiles import choose_profile
+from svdq.worker.tiny import build_tiny_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_progress_reports_every_step(tiny):
 
 
 def test_wrong_variant_is_refused(tiny):
-    from shared.errors import InvalidJobError
+    from svdq.shared.errors import InvalidJobError
 
     with pytest.raises(InvalidJobError, match="variant='svd-xt' cannot run here"):
         engine.plan_for(_spec(variant="svd-xt"), tiny)

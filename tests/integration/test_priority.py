@@ -11,16 +11,25 @@ import time
 
 import pytest
 
-from producer.client import Client
-from producer.services import free_port, redis_server
-from shared.constants import result_key
-from shared.settings import Settings
+from svdq.producer.client import Client
+from svdq.producer.services import free_port, redis_server
+from svdq.shared.constants import result_key
+from svdq.shared.settings import Settings
 from tests.conftest import REPO
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration
 
-WORKER = [sys.executable, "-m", "producer.cli", "worker", "--gpus", "none", "--variant", "tiny"]
+WORKER = [
+    sys.executable,
+    "-m",
+    "svdq.producer.cli",
+    "worker",
+    "--gpus",
+    "none",
+    "--variant",
+    "tiny",
+]
 QUICK = {"variant": "tiny", "num_frames": 2, "num_inference_steps": 1, "width": 64, "height": 64}
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import ResourceError
-from shared.settings import Settings
-from shared.spec import JobSpec
-from worker import engine, stepdown
-from worker.models import LoadedModel, load_model
-from worker.profiles import CPU_LEAN, CPU_PROFILE, Profile
+from svdq.shared.errors import ResourceError
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine, stepdown
+from svdq.worker.models import LoadedModel, load_model
+from svdq.worker.profiles import CPU_LEAN, CPU_PROFILE, Profile
 
 pytestmark = pytest.mark.integration
 

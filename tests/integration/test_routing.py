@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from producer.client import Client
-from shared.constants import VARIANTS, queue_for
-from shared.settings import Settings
-from shared.storage import S3Store
+from svdq.producer.client import Client
+from svdq.shared.constants import VARIANTS, queue_for
+from svdq.shared.settings import Settings
+from svdq.shared.storage import S3Store
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration

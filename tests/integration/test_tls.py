@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from producer.services import free_port
-from shared.celery_app import make_celery
-from shared.settings import Settings
+from svdq.producer.services import free_port
+from svdq.shared.celery_app import make_celery
+from svdq.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 

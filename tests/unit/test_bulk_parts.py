@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from producer.batch import check_batch_id, new_batch_id
-from producer.bulk import Summary
-from producer.progress import BulkProgress
-from producer.report import write_report
-from shared.errors import InvalidJobError
-from worker.callbacks import encode, should_retry, signature
+from svdq.producer.batch import check_batch_id, new_batch_id
+from svdq.producer.bulk import Summary
+from svdq.producer.progress import BulkProgress
+from svdq.producer.report import write_report
+from svdq.shared.errors import InvalidJobError
+from svdq.worker.callbacks import encode, should_retry, signature
 
 
 def test_signature_is_hmac_sha256_of_the_exact_body() -> None:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from worker.callbacks import CallbackRefused, check_destination, destination_allowed, post
+from svdq.worker.callbacks import CallbackRefused, check_destination, destination_allowed, post
 
 
 @pytest.mark.parametrize(

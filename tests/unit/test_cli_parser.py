@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from producer.cli import build_parser, main
-from producer.jobflags import add_job_flags, flag_name, spec_params
-from shared.errors import InvalidJobError
-from shared.fields import FIELD_BY_NAME, FIELDS
-from shared.settings import PROFILE_VARIABLES, VARIABLES
-from shared.spec import JobSpec, json_schema
+from svdq.producer.cli import build_parser, main
+from svdq.producer.jobflags import add_job_flags, flag_name, spec_params
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.fields import FIELD_BY_NAME, FIELDS
+from svdq.shared.settings import PROFILE_VARIABLES, VARIABLES
+from svdq.shared.spec import JobSpec, json_schema
 
 # field -> (flag, arguments after the flag, the value spec_params gives)
 FLAGS: dict[str, tuple[str, list[str], Any]] = {

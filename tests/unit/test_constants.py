@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared import constants
-from shared.constants import (
+from svdq.shared import constants
+from svdq.shared.constants import (
     CONTENT_TYPES,
     OUTPUT_FILES,
     REAL_VARIANTS,

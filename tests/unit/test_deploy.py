@@ -125,7 +125,7 @@ def test_redis_minio_flower_settings() -> None:
     flower = " ".join(services["flower"]["command"])
     assert '--basic-auth="$$FLOWER_BASIC_AUTH"' in flower and "--persistent=True" in flower
     # svdq's app, not a bare --broker: kombu's ':' separator must match the workers'.
-    assert flower.startswith("exec celery -A producer.flower flower")
+    assert flower.startswith("exec celery -A svdq.producer.flower flower")
     for name, s in services.items():
         if name != "minio-init":
             assert "healthcheck" in s, f"{name} has no healthcheck"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from producer.display import ProgressPrinter
+from svdq.producer.display import ProgressPrinter
 
 
 def printed(*statuses: dict) -> list[str]:

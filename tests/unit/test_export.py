@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from shared.errors import SvdqError
-from worker import export
-from worker.export import (
+from svdq.shared.errors import SvdqError
+from svdq.worker import export
+from svdq.worker.export import (
     encode_gif,
     encode_mp4,
     encode_poster,

@@ -7,9 +7,9 @@ import redis as redis_lib
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.exporter import registry_for
-from producer.services import free_port
-from producer.stats import known_queues, split_list_key
+from svdq.producer.exporter import registry_for
+from svdq.producer.services import free_port
+from svdq.producer.stats import known_queues, split_list_key
 
 
 @pytest.mark.parametrize(

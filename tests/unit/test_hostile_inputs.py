@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from producer.inputs import store_input
-from shared.errors import InvalidJobError
-from shared.images import check_image, open_image, to_rgb
-from shared.settings import Settings
-from shared.storage import LocalStore
+from svdq.producer.inputs import store_input
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.images import check_image, open_image, to_rgb
+from svdq.shared.settings import Settings
+from svdq.shared.storage import LocalStore
 
 CAP = 300_000
 
@@ -225,7 +225,7 @@ KEYS = [
 
 @pytest.mark.parametrize(("field", "value", "reason"), KEYS, ids=[f"{k[0]}={k[1]!r}" for k in KEYS])
 def test_unsafe_ids_and_prefixes_are_refused(field: str, value: str, reason: str) -> None:
-    from shared.spec import JobSpec
+    from svdq.shared.spec import JobSpec
 
     with pytest.raises(InvalidJobError) as info:
         JobSpec.from_dict({"image": "a.png", field: value})

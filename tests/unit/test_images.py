@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.errors import InvalidJobError
-from shared.images import (
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.images import (
     ALLOWED_FORMATS,
     MAX_ASPECT,
     MIN_SIDE,

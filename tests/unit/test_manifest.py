@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.bulkcli import strict_check
-from producer.manifest import csv_value, iter_source
+from svdq.producer.bulkcli import strict_check
+from svdq.producer.manifest import csv_value, iter_source
 
 
 def test_folder_is_walked_recursively_in_name_order_and_non_images_skipped(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import InvalidJobError, TransientError
-from shared.net import check_url, fetch_https, public_address
+from svdq.shared.errors import InvalidJobError, TransientError
+from svdq.shared.net import check_url, fetch_https, public_address
 
 
 @pytest.mark.parametrize(

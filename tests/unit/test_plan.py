@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from producer.cli import main
-from shared.errors import ConfigError
-from worker.devices import device_plan, ladder_for, this_device
-from worker.gpuinfo import Device, parse_capability, parse_nvidia_smi, parse_size, read_devices
-from worker.launch import pick_gpus
-from worker.profiles import GIB
+from svdq.producer.cli import main
+from svdq.shared.errors import ConfigError
+from svdq.worker.devices import device_plan, ladder_for, this_device
+from svdq.worker.gpuinfo import Device, parse_capability, parse_nvidia_smi, parse_size, read_devices
+from svdq.worker.launch import pick_gpus
+from svdq.worker.profiles import GIB
 
 SMI = """0, NVIDIA A100-SXM4-40GB, 40960, 40339, 8.0
 1, NVIDIA GeForce RTX 4090, 24564, 24080, 8.9
@@ -130,17 +130,17 @@ def test_plan_command_on_this_cpu_host(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SVDQ_FAKE_GPUS", "")
-    monkeypatch.setattr("worker.launch.read_devices", lambda: [])
+    monkeypatch.setattr("svdq.worker.launch.read_devices", lambda: [])
     assert main(["plan"]) == 0
     assert capsys.readouterr().out.startswith("CPU (no CUDA)\n  default variant: tiny")
 
 
 def test_named_worker_needs_gpu_index_with_many_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.launch import launch
+    from svdq.worker.launch import launch
 
     monkeypatch.setenv("SVDQ_FAKE_GPUS", "24GiB,6GiB")
     monkeypatch.setenv("SVDQ_TEST_SERVE_TINY", "1")
-    monkeypatch.setattr("worker.launch._prepare_model", lambda settings, variant: None)
+    monkeypatch.setattr("svdq.worker.launch._prepare_model", lambda settings, variant: None)
     args = argparse.Namespace(gpus="all", variant=None, queues=None, name="w@h")
     with pytest.raises(ConfigError, match=r"--name='w@h' is not allowed with 2 GPUs: include %g"):
         launch(args)
@@ -149,8 +149,8 @@ def test_named_worker_needs_gpu_index_with_many_gpus(monkeypatch: pytest.MonkeyP
 def test_queues_of_variants_without_weights_are_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from shared.settings import Settings
-    from worker.launch import consumed_queues, missing_weights
+    from svdq.shared.settings import Settings
+    from svdq.worker.launch import consumed_queues, missing_weights
 
     (tmp_path / "svd-xt").mkdir()
     (tmp_path / "svd-xt" / "model_index.json").write_text("{}")
@@ -180,8 +180,8 @@ def test_plan_never_imports_torch() -> None:
 
 
 def test_launcher_starts_one_worker_per_usable_gpu(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from worker import launch as launcher
-    from worker.supervisor import Supervisor
+    from svdq.worker import launch as launcher
+    from svdq.worker.supervisor import Supervisor
 
     started: list[list[object]] = []
     monkeypatch.setattr(Supervisor, "run", lambda self: started.append(self.children) or 0)
@@ -211,7 +211,7 @@ def test_launcher_starts_one_worker_per_usable_gpu(tmp_path, monkeypatch, capsys
 
 
 def test_launcher_with_one_gpu_that_cannot_start_fails(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from worker import launch as launcher
+    from svdq.worker import launch as launcher
 
     monkeypatch.setenv("SVDQ_FAKE_GPUS", "6GiB")
     monkeypatch.setenv("SVDQ_MODEL_DIR", str(tmp_path))
@@ -226,7 +226,7 @@ def test_plan_json_says_which_queues_a_worker_would_consume_now(
 ) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from producer.cli import main
+    from svdq.producer.cli import main
 
     (tmp_path / "svd-xt").mkdir()
     (tmp_path / "svd-xt" / "model_index.json").write_text("{}")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import shared
-from shared.errors import ConfigError
-from worker.profiles import (
+import svdq.shared
+from svdq.shared.errors import ConfigError
+from svdq.worker.profiles import (
     CPU_LADDER,
     CPU_PROFILE,
     GB,
@@ -270,18 +270,20 @@ def test_profiles_are_frozen() -> None:
 
 # --- the producer side never imports torch ---------------------------------------------------
 
-SHARED_MODULES = sorted(m.name for m in pkgutil.walk_packages(shared.__path__, prefix="shared."))
+SHARED_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(svdq.shared.__path__, prefix="svdq.shared.")
+)
 NO_TORCH = [
-    "shared",
+    "svdq.shared",
     *SHARED_MODULES,
-    "worker.profiles",
-    "worker.gpuinfo",
-    "worker.devices",
-    "worker.launch",
-    "worker.supervisor",
-    "producer.cli",
-    "producer.client",
-    "producer.jobflags",
+    "svdq.worker.profiles",
+    "svdq.worker.gpuinfo",
+    "svdq.worker.devices",
+    "svdq.worker.launch",
+    "svdq.worker.supervisor",
+    "svdq.producer.cli",
+    "svdq.producer.client",
+    "svdq.producer.jobflags",
 ]
 
 _CHECK = (
@@ -292,9 +294,12 @@ _CHECK = (
 
 
 def test_shared_modules_were_found() -> None:
-    assert {"shared.spec", "shared.settings", "shared.images", "shared.storage"} <= set(
-        SHARED_MODULES
-    )
+    assert {
+        "svdq.shared.spec",
+        "svdq.shared.settings",
+        "svdq.shared.images",
+        "svdq.shared.storage",
+    } <= set(SHARED_MODULES)
 
 
 def test_importing_does_not_import_torch() -> None:
@@ -320,7 +325,7 @@ def test_importing_does_not_import_torch() -> None:
 
 
 def test_every_override_the_worker_reads_is_in_svdq_help() -> None:
-    from shared.settings import PROFILE_VARIABLES
-    from worker.profiles import FIELD_OVERRIDES, OVERRIDE_VARIABLES
+    from svdq.shared.settings import PROFILE_VARIABLES
+    from svdq.worker.profiles import FIELD_OVERRIDES, OVERRIDE_VARIABLES
 
     assert set(OVERRIDE_VARIABLES) == set(PROFILE_VARIABLES) == {"SVDQ_PROFILE", *FIELD_OVERRIDES}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import (
+from svdq.shared.errors import ConfigError
+from svdq.shared.settings import (
     DEFAULT_MODEL_DIR,
     PROFILE_VARIABLES,
     VARIABLES,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from shared import SCHEMA_VERSION
-from shared.errors import InvalidJobError
-from shared.fields import (
+from svdq.shared import SCHEMA_VERSION
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.fields import (
     FIELD_BY_NAME,
     FIELDS,
     MAX_METADATA_BYTES,
@@ -24,7 +24,7 @@ from shared.fields import (
     SEED_MAX,
     Field,
 )
-from shared.spec import JobResult, JobSpec, finalize, json_schema
+from svdq.shared.spec import JobResult, JobSpec, finalize, json_schema
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.models import weights_variant
+from svdq.worker.models import weights_variant
 
 
 def touch(root: Path, *names: str) -> Path:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.constants import TASK_GENERATE
-from worker import metrics
+from svdq.shared.constants import TASK_GENERATE
+from svdq.worker import metrics
 
 GIB = 1024**3
 
