@@ -48,3 +48,11 @@ class JobTimeoutError(SvdqError):
 
 class AlreadyFailedError(SvdqError):
     """Raised when a late copy of a job's message arrives after the job failed for good."""
+
+
+class JobFailedError(SvdqError):
+    """Raised when a caller asks for a job's result and the job ended without a clip."""
+
+
+class WaitTimeoutError(SvdqError):
+    """Raised when a wait runs out of time before the jobs end; the jobs go on running."""
