@@ -12,6 +12,7 @@ from svdq.producer import bulkcli
 from svdq.producer.bulkcli import add_batch_flags
 from svdq.producer.bulkcli import add_parsers as add_bulk_parsers
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.shared import formats
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
 from svdq.shared.settings import describe_variables
 
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate one clip in this process, no queue")
     run.add_argument("image", help="input image file (PNG, JPEG, WebP)")
-    run.add_argument("-o", "--output", required=True, help="output file: .mp4 or .gif")
+    run.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help=f"output file: {formats.in_words(formats.suffixes())}",
+    )
     add_job_flags(run)
 
     submit = sub.add_parser("submit", help="queue images; prints one job id per image")
@@ -203,7 +209,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _wait(client: Any, jobs: list[str], timeout: float | None, printer: Any, as_json: bool) -> int:
-    from svdq.producer.client import JobFailedError, WaitTimeoutError
+    from svdq.shared.errors import JobFailedError, WaitTimeoutError
 
     try:
         results = client.wait(jobs, timeout=timeout, on_progress=printer)
@@ -355,7 +361,7 @@ def cmd_dead(args: argparse.Namespace) -> int:
 
     client = _client()
     if args.dead_command == "list":
-        for record in dead_jobs(client.app.backend.client):
+        for record in dead_jobs(client.jobqueue.redis):
             print(json.dumps(record) if args.json else describe(record))
         return 0
     for job in args.jobs:

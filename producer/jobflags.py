@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from svdq.shared import formats
 from svdq.shared.fields import FIELDS, Field
 
 SKIP = {"image"}
@@ -42,8 +43,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": None}
         default = f" (default: {f.default})" if f.default not in (None, ()) else ""
         if f.name == "formats":
-            default = " (repeatable; default: mp4)"
-            kwargs.update(action="append", choices=[*(f.choices or ()), "both"])
+            default = f" (repeatable; default: {', '.join(f.default)})"
+            kwargs.update(action="append", choices=[*(f.choices or ()), *formats.ALIASES])
         elif f.name == "metadata":
             kwargs.update(action="append", type=_meta, metavar="KEY=VALUE")
             default = " (repeatable)"

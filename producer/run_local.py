@@ -10,6 +10,7 @@ from pathlib import Path
 
 from svdq.producer.inputs import read_local
 from svdq.producer.jobflags import spec_params
+from svdq.shared import formats
 from svdq.shared.errors import ConfigError, InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.settings import Settings
@@ -17,16 +18,18 @@ from svdq.shared.spec import JobSpec, finalize
 
 
 def run_local(args: argparse.Namespace) -> int:
-    """Generate one clip from a local image into args.output (.mp4 or .gif)."""
+    """Generate one clip from a local image into args.output (.mp4, .gif: see shared/formats.py)."""
     from svdq.worker import engine, export
     from svdq.worker.devices import local_profile
     from svdq.worker.models import TINY_NOTE, load_model
 
     settings = Settings.from_env()
     out = Path(args.output)
-    kind = out.suffix.lower().lstrip(".")
-    if kind not in ("mp4", "gif"):
-        raise InvalidJobError(f"--output={args.output!r} is not allowed: a .mp4 or .gif file")
+    fmt = formats.by_suffix(out.suffix)
+    if fmt is None:
+        allowed = formats.in_words(formats.suffixes())
+        raise InvalidJobError(f"--output={args.output!r} is not allowed: a {allowed} file")
+    kind = fmt.name
     params, random_seed = spec_params(args)
     params.setdefault("variant", settings.default_variant)
     params["formats"] = [kind]
@@ -63,10 +66,7 @@ def run_local(args: argparse.Namespace) -> int:
     frames, _ = engine.generate(model, spec, fitted, plan, progress)
     print(file=sys.stderr)
     frames_u8 = export.to_uint8(frames)
-    if kind == "mp4":
-        blob = export.encode_mp4(frames_u8, plan.output_fps)
-    else:
-        blob = export.encode_gif(frames_u8, plan.output_fps)
+    blob = export.encode(kind, frames_u8, plan.output_fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
     print(

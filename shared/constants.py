@@ -5,6 +5,8 @@ Keep them here and only here, so a reader can see in one screen what a job leave
 
 from __future__ import annotations
 
+from svdq.shared import formats
+
 # Variants a job may ask for. `auto` means "the best real variant the worker can run".
 REAL_VARIANTS = ("svd", "svd-xt", "svd-xt-1-1")
 VARIANTS = ("auto", *REAL_VARIANTS, "tiny")
@@ -97,13 +99,8 @@ STATE_PROGRESS = "PROGRESS"
 INPUT_PREFIX = "inputs/"
 RESULT_PREFIX = "results/"
 RESULT_FILE = "result.json"
-OUTPUT_FILES = {"mp4": "clip.mp4", "gif": "clip.gif", "poster": "poster.jpg"}
-CONTENT_TYPES = {
-    "mp4": "video/mp4",
-    "gif": "image/gif",
-    "poster": "image/jpeg",
-    "json": "application/json",
-}
+RESULT_CONTENT_TYPE = "application/json"
+# The outputs' file names and content types are rows of the format table (shared/formats.py).
 
 
 def input_key(sha256: str, ext: str) -> str:
@@ -118,8 +115,8 @@ def result_dir(job_id: str, output_prefix: str | None = None) -> str:
 
 
 def output_key(job_id: str, kind: str, output_prefix: str | None = None) -> str:
-    """Key of one output (`mp4`, `gif`, `poster`) of a job."""
-    return result_dir(job_id, output_prefix) + OUTPUT_FILES[kind]
+    """Key of one output of a job: a format (`mp4`, `gif`, ...) or `poster`; KeyError else."""
+    return result_dir(job_id, output_prefix) + formats.output(kind).file_name
 
 
 def result_key(job_id: str, output_prefix: str | None = None) -> str:

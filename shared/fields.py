@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from svdq.shared import formats
 from svdq.shared.constants import VARIANTS
 
-FORMATS = ("mp4", "gif")
 RESIZE_MODES = ("crop", "pad", "stretch")
 SEED_MAX = 2**32 - 1
 MAX_SIDE = 2048
@@ -160,9 +160,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "formats",
         "array",
-        ("mp4",),
-        "outputs besides the poster: mp4, gif or both",
-        choices=FORMATS,
+        formats.DEFAULT,
+        f"outputs besides the poster: {formats.choices_help()}",
+        choices=formats.names(),
         flag="--format",
     ),
     Field("priority", "integer", 5, "queue priority, 9 runs first", minimum=0, maximum=9),

@@ -28,6 +28,8 @@ from svdq.shared.fields import (
     SEED_MAX,
     Field,
 )
+from svdq.shared.formats import DEFAULT as DEFAULT_FORMATS
+from svdq.shared.formats import expand as expand_format
 
 # Fields that do not change the clip and so stay out of the job id and derived seed.
 _NOT_IDENTITY = {"priority", "callback_url", "metadata", "job_id", "image"}
@@ -50,7 +52,7 @@ class JobSpec:
     width: int = 1024
     height: int = 576
     resize: str = "crop"
-    formats: tuple[str, ...] = ("mp4",)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     priority: int = 5
     job_id: str | None = None
     output_prefix: str | None = None
@@ -151,18 +153,19 @@ def check_field(f: Field, value: Any) -> Any:
 
 
 def _check_formats(f: Field, value: Any) -> tuple[str, ...]:
+    """A list of format names (or one name), aliases expanded, duplicates dropped, in order."""
+    allowed = ", ".join(f.choices or ())
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
         raise InvalidJobError(
-            f"formats={value!r} is not allowed: a non-empty list of mp4, gif", field="formats"
+            f"formats={value!r} is not allowed: a non-empty list of {allowed}", field="formats"
         )
     out: list[str] = []
     for item in items:
-        names = ["mp4", "gif"] if item == "both" else [item]
-        for name in names:
+        for name in expand_format(item) if isinstance(item, str) else (item,):
             if not isinstance(name, str) or name not in (f.choices or ()):
                 raise InvalidJobError(
-                    f"formats={value!r} is not allowed: {name!r} is not one of mp4, gif",
+                    f"formats={value!r} is not allowed: {name!r} is not one of {allowed}",
                     field="formats",
                 )
             if name not in out:

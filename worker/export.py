@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,23 @@ def encode_gif(frames_u8: np.ndarray, fps: float) -> bytes:
         )
     parts.append(b";")  # GIF trailer
     return b"".join(parts)
+
+
+# The encoder of every format in shared/formats.py, by name: adding a format is its row there
+# and its function here (tests/unit/test_export.py checks that the two lists agree).
+Encoder = Callable[[np.ndarray, float], bytes]
+ENCODERS: dict[str, Encoder] = {"mp4": encode_mp4, "gif": encode_gif}
+
+
+def encode(kind: str, frames_u8: np.ndarray, fps: float) -> bytes:
+    """Encode a uint8 (F, H, W, 3) clip as format `kind` (a name from shared/formats.py)."""
+    try:
+        encoder = ENCODERS[kind]
+    except KeyError:
+        raise ValueError(
+            f"format {kind!r} has no encoder in this worker: one of {', '.join(ENCODERS)}"
+        ) from None
+    return encoder(frames_u8, fps)
 
 
 def encode_poster(frame_u8: np.ndarray, quality: int = 90) -> bytes:

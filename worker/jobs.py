@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
-from svdq.shared.constants import CONTENT_TYPES, output_key, result_key
+from svdq.shared import formats
+from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.settings import Settings
@@ -69,7 +70,9 @@ def upload_outputs(
     def put(kind: str) -> None:
         # A storage hiccup retries this upload only; the frames are already made.
         with_retries(
-            functools.partial(store.put_bytes, keys[kind], blobs[kind], CONTENT_TYPES[kind]),
+            functools.partial(
+                store.put_bytes, keys[kind], blobs[kind], formats.output(kind).content_type
+            ),
             f"upload of {keys[kind]}",
             settings,
         )
@@ -84,7 +87,7 @@ def upload_outputs(
             "uri": store.uri(keys[kind]),
             "bytes": len(blob),
             "sha256": hashlib.sha256(blob).hexdigest(),
-            "content_type": CONTENT_TYPES[kind],
+            "content_type": formats.output(kind).content_type,
         }
         for kind, blob in blobs.items()
     }
@@ -129,11 +132,9 @@ def run_job(
     if progress:
         progress("encode", spec.num_inference_steps, spec.num_inference_steps)
     frames_u8 = export.to_uint8(frames)
-    blobs = {"poster": export.encode_poster(frames_u8[0])}
-    if "mp4" in spec.formats:
-        blobs["mp4"] = export.encode_mp4(frames_u8, plan.output_fps)
-    if "gif" in spec.formats:
-        blobs["gif"] = export.encode_gif(frames_u8, plan.output_fps)
+    blobs = {formats.POSTER.name: export.encode_poster(frames_u8[0])}
+    for kind in spec.formats:  # each a row of shared/formats.py, encoded by its ENCODERS entry
+        blobs[kind] = export.encode(kind, frames_u8, plan.output_fps)
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
@@ -172,7 +173,7 @@ def run_job(
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
     with_retries(
-        lambda: store.put_bytes(marker, record, CONTENT_TYPES["json"]),
+        lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
         f"upload of {marker}",
         settings,
     )

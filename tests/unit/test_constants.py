@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from svdq.shared import constants
+from svdq.shared import constants, formats
 from svdq.shared.constants import (
-    CONTENT_TYPES,
-    OUTPUT_FILES,
     REAL_VARIANTS,
+    RESULT_CONTENT_TYPE,
     VARIANTS,
     input_key,
     job_key,
@@ -59,8 +58,12 @@ def test_empty_output_prefix_means_none() -> None:
 
 
 def test_output_files_and_content_types() -> None:
-    assert OUTPUT_FILES == {"mp4": "clip.mp4", "gif": "clip.gif", "poster": "poster.jpg"}
-    assert CONTENT_TYPES == {
+    kinds = (*formats.names(), formats.POSTER.name)
+    assert kinds == ("mp4", "gif", "poster")
+    files = {kind: formats.output(kind).file_name for kind in kinds}
+    assert files == {"mp4": "clip.mp4", "gif": "clip.gif", "poster": "poster.jpg"}
+    types = {kind: formats.output(kind).content_type for kind in kinds}
+    assert {**types, "json": RESULT_CONTENT_TYPE} == {
         "mp4": "video/mp4",
         "gif": "image/gif",
         "poster": "image/jpeg",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from svdq.shared import formats
 from svdq.shared.errors import SvdqError
 from svdq.worker import export
 from svdq.worker.export import (
@@ -224,6 +225,21 @@ def test_gif_encodes_random_noise() -> None:
 def test_gif_is_reproducible() -> None:
     clip = smooth_clip()
     assert encode_gif(clip, 7) == encode_gif(clip.copy(), 7)
+
+
+# --- the format table ---------------------------------------------------------------------
+
+
+def test_every_format_has_an_encoder() -> None:
+    assert set(export.ENCODERS) == set(formats.names())
+
+
+def test_encode_dispatches_by_format_name() -> None:
+    clip = smooth_clip()
+    assert export.encode("gif", clip, 7) == encode_gif(clip, 7)
+    assert mp4_info(export.encode("mp4", clip, 7))["frames"] == FRAMES
+    with pytest.raises(ValueError, match="'mov' has no encoder"):
+        export.encode("mov", clip, 7)
 
 
 # --- poster -------------------------------------------------------------------------------
