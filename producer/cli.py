@@ -12,7 +12,7 @@ from svdq.producer import bulkcli
 from svdq.producer.bulkcli import add_batch_flags
 from svdq.producer.bulkcli import add_parsers as add_bulk_parsers
 from svdq.producer.jobflags import add_job_flags, spec_params
-from svdq.shared import formats
+from svdq.shared import formats, variants
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
 from svdq.shared.settings import describe_variables
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--variant",
         default=None,
-        help="pin the variant every worker loads first (default: tiny without a GPU, else "
-        "the best one each card carries: see svdq plan)",
+        help=f"pin the variant every worker loads first: {', '.join(variants.BY_NAME)} "
+        "(default: tiny without a GPU, else the best one each card carries: see svdq plan)",
     )
     worker.add_argument(
         "--gpus",
@@ -106,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--vram", help="plan for a card with this much memory, e.g. 12GiB or 24GB")
     plan.add_argument("--capability", help="with --vram: compute capability, e.g. 8.6")
-    plan.add_argument("--variant", default="auto", help="pin the worker's variant (default: auto)")
+    plan.add_argument(
+        "--variant",
+        default="auto",
+        help=f"pin the worker's variant: {', '.join(variants.VARIANTS)} (default: auto)",
+    )
     plan.add_argument("--json", action="store_true", help="JSON on stdout")
 
     model = sub.add_parser("model", help="model files")

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from svdq.shared.constants import VARIANTS
 from svdq.shared.limits import time_limits
 from svdq.shared.settings import Settings, redact_url
+from svdq.shared.variants import VARIANTS
 
 
 @dataclass(frozen=True)

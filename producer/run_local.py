@@ -21,7 +21,7 @@ def run_local(args: argparse.Namespace) -> int:
     """Generate one clip from a local image into args.output (.mp4, .gif: see shared/formats.py)."""
     from svdq.worker import engine, export
     from svdq.worker.devices import local_profile
-    from svdq.worker.models import TINY_NOTE, load_model
+    from svdq.worker.models import load_model
 
     settings = Settings.from_env()
     out = Path(args.output)
@@ -73,6 +73,6 @@ def run_local(args: argparse.Namespace) -> int:
         f"wrote {out} ({len(blob):,} bytes, {plan.num_frames} frames at {plan.output_fps} fps, "
         f"{time.perf_counter() - t0:.1f}s)"
     )
-    if plan.variant == "tiny":
-        print(f"note: {TINY_NOTE}", file=sys.stderr)
+    if model.info.note:
+        print(f"note: {model.info.note}", file=sys.stderr)
     return 0

@@ -22,7 +22,8 @@ import time
 from typing import Any
 
 from svdq.shared import constants
-from svdq.shared.constants import FINISHED_STREAM, VARIANTS, job_key, queue_for, worker_key
+from svdq.shared.constants import FINISHED_STREAM, job_key, queue_for, worker_key
+from svdq.shared.variants import VARIANTS
 
 WINDOWS = {"5m": 300, "60m": 3600}
 UNACKED_KEY = "unacked"  # kombu's Redis transport default

@@ -9,10 +9,11 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery
 from kombu import Exchange, Queue
 
-from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, VARIANTS, queue_for
+from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, queue_for
 from svdq.shared.limits import time_limits
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
+from svdq.shared.variants import VARIANTS
 
 # kombu's Redis transport serves lower numbers first; svdq's priority 9 means "run first".
 PRIORITY_STEPS = list(range(10))

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from svdq.shared import formats
 
-# Variants a job may ask for. `auto` means "the best real variant the worker can run".
-REAL_VARIANTS = ("svd", "svd-xt", "svd-xt-1-1")
-VARIANTS = ("auto", *REAL_VARIANTS, "tiny")
-
 # Celery task names.
 TASK_GENERATE = "svdq.generate"
 
-# One queue per variant plus svdq.auto.
+# One queue per variant (shared/variants.py's VARIANTS, svdq.auto among them).
 QUEUE_PREFIX = "svdq."
 
 

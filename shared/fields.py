@@ -7,8 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from svdq.shared import formats
-from svdq.shared.constants import VARIANTS
+from svdq.shared import formats, variants
 
 RESIZE_MODES = ("crop", "pad", "stretch")
 SEED_MAX = 2**32 - 1
@@ -60,16 +59,15 @@ FIELDS: tuple[Field, ...] = (
         "variant",
         "string",
         None,
-        "model: auto (best real model the worker can run), svd (14 frames), svd-xt (25), "
-        "svd-xt-1-1, tiny (random weights, for tests and demos)",
-        choices=VARIANTS,
+        f"model: {variants.help_text()}",
+        choices=variants.VARIANTS,
         nullable=True,
     ),
     Field(
         "num_frames",
         "integer",
         None,
-        "frames to generate (default: the variant's, 14 or 25)",
+        f"frames to generate (default: the variant's, {variants.real_frames_help()})",
         minimum=2,
         maximum=64,
         nullable=True,

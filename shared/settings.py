@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from svdq.shared.constants import VARIANTS
 from svdq.shared.errors import ConfigError
+from svdq.shared.variants import VARIANTS
 
 DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "svdq" / "models")
 

@@ -40,7 +40,13 @@ def plan_for(spec: JobSpec, model: LoadedModel) -> Plan:
             field="variant",
         )
     frames = spec.num_frames or model.info.frames
-    chunk = spec.decode_chunk_size or model.profile.decode_chunk_size or frames
+    # The job's choice, else the memory profile's, else the variant's (shared/variants.py).
+    chunk = (
+        spec.decode_chunk_size
+        or model.profile.decode_chunk_size
+        or model.info.decode_chunk_size
+        or frames
+    )
     if spec.seed is None:
         raise InvalidJobError("seed is missing: the producer fills it in", field="seed")
     return Plan(model.info.name, frames, spec.output_fps or spec.fps, min(chunk, frames), spec.seed)

@@ -20,7 +20,7 @@ from svdq.shared.spec import JobResult, JobSpec
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 from svdq.worker import engine, export, stepdown
 from svdq.worker.delivery import with_retries
-from svdq.worker.models import TINY_NOTE, LoadedModel
+from svdq.worker.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def run_job(
         motion=round(engine.motion_score(frames_u8), 5),
         started_at=started_at,
         finished_at=now(),
-        note=TINY_NOTE if plan.variant == "tiny" else "",
+        note=model.info.note,  # tiny's clips say they are noise
     ).to_dict()
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)

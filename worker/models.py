@@ -1,4 +1,8 @@
-"""Variant registry and pipeline loading: once per process, offline, safetensors only."""
+"""Pipeline loading: once per process, offline, safetensors only.
+
+What each variant is (model id, frames, ...) is the table in shared/variants.py; this module
+finds its weights on this machine and turns them into a pipeline set up as a profile says.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svdq.shared import variants
 from svdq.shared.errors import ModelNotFoundError
 from svdq.shared.settings import Settings
+from svdq.shared.variants import Variant
 from svdq.worker.profiles import Profile
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VariantInfo:
-    """One model svdq knows how to run."""
-
-    name: str
-    model_id: str
-    frames: int
-    revision: str | None = None
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 3.0
-
-
-REGISTRY: dict[str, VariantInfo] = {
-    "svd": VariantInfo("svd", "stabilityai/stable-video-diffusion-img2vid", 14),
-    "svd-xt": VariantInfo("svd-xt", "stabilityai/stable-video-diffusion-img2vid-xt", 25),
-    "svd-xt-1-1": VariantInfo(
-        "svd-xt-1-1", "stabilityai/stable-video-diffusion-img2vid-xt-1-1", 25
-    ),
-    "tiny": VariantInfo("tiny", "svdq/tiny (random weights, built locally)", 14),
-}
-
-TINY_NOTE = "made by the tiny random-weight model: noise, for testing the pipeline only"
 
 
 @dataclass
@@ -51,7 +33,7 @@ class LoadedModel:
     """
 
     pipe: Any
-    info: VariantInfo
+    info: Variant  # its row in shared/variants.py
     source: str
     profile: Profile
     load_seconds: float
@@ -64,7 +46,7 @@ def model_source(settings: Settings, variant: str) -> Path:
 
     Looks in $SVDQ_MODEL_DIR/<variant>/ first, then the Hugging Face cache. Never downloads.
     """
-    info = REGISTRY[variant]
+    info = variants.variant(variant)
     local = settings.model_dir / variant
     if variant == "tiny":
         return local
@@ -122,7 +104,7 @@ def load_model(
     pipe.set_progress_bar_config(disable=True)
     apply_profile(pipe, profile)
     seconds = time.perf_counter() - start
-    info = REGISTRY[variant]
+    info = variants.variant(variant)
     label = f"{source} (tiny weights, SVDQ_TEST_SERVE_TINY)" if weights != variant else str(source)
     model = LoadedModel(pipe, info, label, profile, seconds, lower=lower)
     if profile.compile:
@@ -154,7 +136,9 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
             height=height,
             num_frames=frames,
             num_inference_steps=steps,
-            decode_chunk_size=model.profile.decode_chunk_size or frames,
+            decode_chunk_size=model.profile.decode_chunk_size
+            or model.info.decode_chunk_size
+            or frames,
             generator=torch.Generator(device="cpu").manual_seed(0),
             output_type="np",
         )

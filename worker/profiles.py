@@ -16,9 +16,11 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from svdq.shared.constants import REAL_VARIANTS, queue_for
+from svdq.shared.constants import queue_for
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import PROFILE_VARIABLES
+from svdq.shared.variants import BY_NAME as VARIANT_ROWS
+from svdq.shared.variants import REAL_VARIANTS
 
 GB = 10**9
 GIB = 1024**3
@@ -53,10 +55,9 @@ GPU_TABLE: tuple[tuple[float, Profile], ...] = (
     (8, Profile("xt-8g", "svd-xt", "float16", "model", True, 1, False, "cuda")),
     (0, Profile("svd-low", "svd", "float16", "sequential", True, 1, False, "cuda")),
 )
-# Which variants a row's memory settings can carry. The xt rows run every real variant (svd
-# is smaller than svd-xt); below 8 GB only svd fits. tiny fits anywhere.
-XT_CLASS = ("svd-xt", "svd-xt-1-1", "svd", "tiny")
-ROW_CARRIES: dict[str, tuple[str, ...]] = {"svd-low": ("svd", "tiny")}
+# A row carries the variants whose `min_vram_gb` (shared/variants.py) is at most its floor:
+# the xt rows run every variant, below 8 GB only svd and tiny fit.
+ROW_FLOOR: dict[str, float] = {p.name: floor for floor, p in GPU_TABLE}
 
 # No CUDA: fp32 (fp16 is ~35x slower on a CPU). The step down decodes in chunks of 2 with
 # forward chunking: the same levers as on a GPU, so the step-down path runs in CPU tests too.
@@ -111,7 +112,10 @@ def carries(profile: Profile, variant: str) -> bool:
     """Whether a table row's memory settings can run `variant`."""
     if profile.device == "cpu":
         return True
-    return variant in ROW_CARRIES.get(profile.name, XT_CLASS)
+    row = VARIANT_ROWS.get(variant)
+    # An operator-changed top rung keeps its row's floor ("xt-24g*" is xt-24g's memory).
+    floor = ROW_FLOOR.get(profile.name.removesuffix("*"), 0.0)
+    return row is not None and floor >= row.min_vram_gb
 
 
 def default_variant(total_vram_bytes: int | None, allow_cpu: bool = False) -> str:

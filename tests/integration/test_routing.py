@@ -11,9 +11,10 @@ import pytest
 import redis as redis_lib
 
 from svdq.producer.client import Client
-from svdq.shared.constants import VARIANTS, queue_for
+from svdq.shared.constants import queue_for
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
+from svdq.shared.variants import VARIANTS
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,7 @@ import pytest
 
 from svdq.shared import constants, formats
 from svdq.shared.constants import (
-    REAL_VARIANTS,
     RESULT_CONTENT_TYPE,
-    VARIANTS,
     input_key,
     job_key,
     output_key,
@@ -16,6 +14,7 @@ from svdq.shared.constants import (
     result_dir,
     result_key,
 )
+from svdq.shared.variants import REAL_VARIANTS, VARIANTS
 
 
 def test_input_key_is_content_addressed() -> None:
