@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.shared.spec import JobSpec  # noqa: E402
 from svdq.worker.devices import device_plan, ladder_for, this_device  # noqa: E402
+from svdq.worker.gpuinfo import read_devices  # noqa: E402
 from svdq.worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
 
 # What the seed's guide says each row is for (ARCHITECTURE.md, SVD-NOTES.md).
@@ -54,9 +55,10 @@ def rungs_to_run(cuda: bool, variant: str, all_rungs: bool) -> tuple[str, list[P
     if not cuda:
         offload = dataclasses.replace(CPU_LADDER[0], name="cpu-offload", offload="model")
         return "CPU (no CUDA): tiny pipeline, not GPU figures", [*CPU_LADDER, offload]
-    device = this_device()
-    plan = device_plan(device, os.environ, "auto" if variant == "tiny" else variant)
-    rungs = list(ladder_for(plan, variant, os.environ)) if variant != "auto" else list(plan.ladder)
+    settings = Settings.from_env()
+    device = this_device(settings, read_devices())
+    plan = device_plan(device, settings, "auto" if variant == "tiny" else variant)
+    rungs = list(ladder_for(plan, variant, settings)) if variant != "auto" else list(plan.ladder)
     if all_rungs:  # every table row that carries the variant, also those above the card's
         wanted = rungs[0].variant
         rungs = [dataclasses.replace(p, variant=wanted) for _, p in GPU_TABLE if carries(p, wanted)]

@@ -52,7 +52,7 @@ def run_local(args: argparse.Namespace) -> int:
 
     assert spec.variant
     t0 = time.perf_counter()
-    model = load_model(settings, local_profile(spec.variant))
+    model = load_model(settings, local_profile(settings, spec.variant))
     plan = engine.plan_for(spec, model)
     print(
         f"loaded {plan.variant} ({model.profile.name}) in {time.perf_counter() - t0:.1f}s; "

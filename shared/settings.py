@@ -1,15 +1,19 @@
 """Settings from SVDQ_* environment variables, read once into a frozen object.
 
-Every variable is listed in VARIABLES with its default and meaning; `svdq --help` prints them.
-A bad value fails at start-up naming the variable.
+This module is the one reader of the environment: nothing else in svdq parses an SVDQ_*
+variable. Every variable is listed once, with its default and meaning, in VARIABLES (everyone),
+WORKER_VARIABLES (set by `svdq worker` for each worker it starts) or PROFILE_VARIABLES (the
+operator's memory-profile overrides); `svdq --help` prints all three. A bad value fails at
+start-up naming the variable.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.variants import VARIANTS
@@ -58,6 +62,67 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 
 
+# Set by `svdq worker` in the environment of each worker it starts; read by that worker alone.
+WORKER_VARIABLES: dict[str, tuple[str, str]] = {
+    "SVDQ_GPU_INDEX": (
+        "",
+        "the GPU (NVML index) a worker runs on; set by svdq worker. Unset: the first GPU",
+    ),
+    "SVDQ_WORKER_VARIANT": ("tiny", "the variant a worker loads first; set by svdq worker"),
+}
+
+# The operator's changes to the worker's memory-profile ladder. Unset means "what the card's
+# profile table row says"; `svdq plan` shows the outcome.
+PROFILE_VARIABLES: dict[str, tuple[str, str]] = {
+    "SVDQ_PROFILE": ("", "start the worker's profile ladder at this row (svdq plan lists them)"),
+    "SVDQ_DTYPE": ("", "override the top profile's dtype: float16 or float32"),
+    "SVDQ_OFFLOAD": ("", "override the top profile's offload: none, model or sequential"),
+    "SVDQ_FORWARD_CHUNKING": ("", "override the top profile's UNet forward chunking: 1/0"),
+    "SVDQ_DECODE_CHUNK_SIZE": ("", "override the top profile's decode chunk: a number or 'all'"),
+    "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
+}
+
+# Every variable's default, written once (in the tables above).
+DEFAULTS: dict[str, str] = {
+    name: default
+    for table in (VARIABLES, WORKER_VARIABLES, PROFILE_VARIABLES)
+    for name, (default, _) in table.items()
+}
+CALLBACK_NETWORKS = ("public", "private", "any")
+WORKER_VARIANTS = tuple(v for v in VARIANTS if v != "auto")  # a worker loads a real model
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process alone reads: where the launcher put it and the operator's
+    memory-profile overrides (None: not set, the profile table decides)."""
+
+    gpu_index: int | None  # None: the first GPU, or no GPU
+    worker_variant: str
+    profile: str | None  # the rung to start at; checked against the table by worker.profiles
+    dtype: str | None
+    offload: str | None
+    forward_chunking: bool | None
+    decode_chunk_size: int | Literal["all"] | None
+    compile: bool | None
+
+    def profile_changes(self) -> dict[str, object]:
+        """The top rung's fields the operator changed, as Profile values ('all' frames at
+        once is a decode chunk of None there)."""
+        chosen: dict[str, object] = {
+            "dtype": self.dtype,
+            "offload": self.offload,
+            "forward_chunking": self.forward_chunking,
+            "decode_chunk_size": self.decode_chunk_size,
+            "compile": self.compile,
+        }
+        changes: dict[str, object] = {f: v for f, v in chosen.items() if v is not None}
+        if changes.get("decode_chunk_size") == "all":
+            changes["decode_chunk_size"] = None
+        return changes
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything svdq reads from the environment, checked once."""
@@ -78,25 +143,32 @@ class Settings:
     task_time_limit: int
     result_expires: int
     log_level: str
-    metrics_port: int = 9810
-    # Delivery settings (defaults here too, so code that builds Settings by hand keeps working).
-    lease_ttl: int = 60
-    max_deliveries: int = 3
-    retry_backoff: int = 2
-    retry_backoff_max: int = 120
-    restore_interval: int = 60
-    url_timeout: int = 20
-    # Result callbacks (worker/callbacks.py); the secret is only needed by `svdq callbacks`.
-    callback_secret: str = ""
-    callback_retries: int = 8
-    callback_backoff: int = 2
-    callback_networks: str = "private"
+    metrics_port: int
+    lease_ttl: int
+    max_deliveries: int
+    retry_backoff: int
+    retry_backoff_max: int
+    restore_interval: int
+    url_timeout: int
+    callback_secret: str  # only `svdq callbacks` needs it
+    callback_retries: int
+    callback_backoff: int
+    callback_networks: str
+    worker: WorkerSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read SVDQ_* from `env` (default: os.environ); raise ConfigError on a bad value."""
+        """Read SVDQ_* from `env` (default: os.environ); raise ConfigError on a bad value.
+
+        An unset or empty variable means its default.
+        """
         env = os.environ if env is None else env
-        get = lambda name: env.get(name) or VARIABLES[name][0]  # noqa: E731
+
+        def get(name: str) -> str:
+            return env.get(name) or DEFAULTS[name]
+
+        def integer(name: str) -> int:
+            return _int(name, get(name))
 
         settings = cls(
             redis_url=_redis_url(get("SVDQ_REDIS_URL")),
@@ -109,29 +181,30 @@ class Settings:
             default_variant=_choice("SVDQ_DEFAULT_VARIANT", get("SVDQ_DEFAULT_VARIANT"), VARIANTS),
             allow_cpu=_bool("SVDQ_ALLOW_CPU", get("SVDQ_ALLOW_CPU")),
             allow_urls=_bool("SVDQ_ALLOW_URLS", get("SVDQ_ALLOW_URLS")),
-            max_input_bytes=_int("SVDQ_MAX_INPUT_BYTES", get("SVDQ_MAX_INPUT_BYTES")),
-            max_input_pixels=_int("SVDQ_MAX_INPUT_PIXELS", get("SVDQ_MAX_INPUT_PIXELS")),
-            visibility_timeout=_int("SVDQ_VISIBILITY_TIMEOUT", get("SVDQ_VISIBILITY_TIMEOUT")),
-            task_time_limit=_int("SVDQ_TASK_TIME_LIMIT", get("SVDQ_TASK_TIME_LIMIT")),
-            result_expires=_int("SVDQ_RESULT_EXPIRES", get("SVDQ_RESULT_EXPIRES")),
+            max_input_bytes=integer("SVDQ_MAX_INPUT_BYTES"),
+            max_input_pixels=integer("SVDQ_MAX_INPUT_PIXELS"),
+            visibility_timeout=integer("SVDQ_VISIBILITY_TIMEOUT"),
+            task_time_limit=integer("SVDQ_TASK_TIME_LIMIT"),
+            result_expires=integer("SVDQ_RESULT_EXPIRES"),
             log_level=_choice(
                 "SVDQ_LOG_LEVEL",
                 get("SVDQ_LOG_LEVEL").upper(),
                 ("DEBUG", "INFO", "WARNING", "ERROR"),
             ),
-            metrics_port=_int("SVDQ_METRICS_PORT", get("SVDQ_METRICS_PORT")),
-            lease_ttl=_int("SVDQ_LEASE_TTL", get("SVDQ_LEASE_TTL")),
-            max_deliveries=_int("SVDQ_MAX_DELIVERIES", get("SVDQ_MAX_DELIVERIES")),
-            retry_backoff=_int("SVDQ_RETRY_BACKOFF", get("SVDQ_RETRY_BACKOFF")),
-            retry_backoff_max=_int("SVDQ_RETRY_BACKOFF_MAX", get("SVDQ_RETRY_BACKOFF_MAX")),
-            restore_interval=_int("SVDQ_RESTORE_INTERVAL", get("SVDQ_RESTORE_INTERVAL")),
-            url_timeout=_int("SVDQ_URL_TIMEOUT", get("SVDQ_URL_TIMEOUT")),
-            callback_secret=env.get("SVDQ_CALLBACK_SECRET", ""),
-            callback_retries=_int("SVDQ_CALLBACK_RETRIES", get("SVDQ_CALLBACK_RETRIES")),
-            callback_backoff=_int("SVDQ_CALLBACK_BACKOFF", get("SVDQ_CALLBACK_BACKOFF")),
+            metrics_port=integer("SVDQ_METRICS_PORT"),
+            lease_ttl=integer("SVDQ_LEASE_TTL"),
+            max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
+            retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
+            retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),
+            restore_interval=integer("SVDQ_RESTORE_INTERVAL"),
+            url_timeout=integer("SVDQ_URL_TIMEOUT"),
+            callback_secret=get("SVDQ_CALLBACK_SECRET"),
+            callback_retries=integer("SVDQ_CALLBACK_RETRIES"),
+            callback_backoff=integer("SVDQ_CALLBACK_BACKOFF"),
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),
+            worker=_worker_settings(env),
         )
         if settings.task_time_limit >= settings.visibility_timeout:
             raise ConfigError(
@@ -140,6 +213,34 @@ class Settings:
                 "that is still running to a second worker"
             )
         return settings
+
+
+def _worker_settings(env: Mapping[str, str]) -> WorkerSettings:
+    # Blanks around a value are dropped: these are often written by hand in unit files and
+    # compose overrides, and " model" should not fail where "model" works.
+    def get(name: str) -> str | None:
+        return env.get(name, "").strip() or DEFAULTS[name] or None
+
+    def read(name: str, parse: Callable[[str, str], T]) -> T | None:
+        """The parsed value, or None when the variable is unset."""
+        raw = get(name)
+        return None if raw is None else parse(name, raw)
+
+    def one_of(*allowed: str) -> Callable[[str, str], str]:
+        return lambda name, value: _choice(name, value, allowed)
+
+    return WorkerSettings(
+        gpu_index=read("SVDQ_GPU_INDEX", _index),
+        worker_variant=_choice(
+            "SVDQ_WORKER_VARIANT", get("SVDQ_WORKER_VARIANT") or "", WORKER_VARIANTS
+        ),
+        profile=get("SVDQ_PROFILE"),
+        dtype=read("SVDQ_DTYPE", one_of("float16", "float32")),
+        offload=read("SVDQ_OFFLOAD", one_of("none", "model", "sequential")),
+        forward_chunking=read("SVDQ_FORWARD_CHUNKING", _bool),
+        decode_chunk_size=read("SVDQ_DECODE_CHUNK_SIZE", _chunk),
+        compile=read("SVDQ_COMPILE", _bool),
+    )
 
 
 def _redis_url(value: str) -> str:
@@ -189,23 +290,23 @@ def _int(name: str, value: str) -> int:
     return number
 
 
-CALLBACK_NETWORKS = ("public", "private", "any")
+def _index(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise ConfigError(f"{name}={value!r} is not allowed: a GPU index, a whole number from 0")
+    return int(value)
 
-# Read by the worker alone (worker.profiles), listed here so `svdq --help` shows them too.
-# Unset means "what the card's profile table row says"; `svdq plan` shows the outcome.
-PROFILE_VARIABLES: dict[str, tuple[str, str]] = {
-    "SVDQ_PROFILE": ("", "start the worker's profile ladder at this row (svdq plan lists them)"),
-    "SVDQ_DTYPE": ("", "override the top profile's dtype: float16 or float32"),
-    "SVDQ_OFFLOAD": ("", "override the top profile's offload: none, model or sequential"),
-    "SVDQ_FORWARD_CHUNKING": ("", "override the top profile's UNet forward chunking: 1/0"),
-    "SVDQ_DECODE_CHUNK_SIZE": ("", "override the top profile's decode chunk: a number or 'all'"),
-    "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
-}
+
+def _chunk(name: str, value: str) -> int | Literal["all"]:
+    if value == "all":
+        return "all"
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0, or 'all'")
+    return int(value)
 
 
 def describe_variables() -> str:
     """The SVDQ_* variables with defaults, for `svdq --help`."""
-    width = max(map(len, {**VARIABLES, **PROFILE_VARIABLES}))
+    width = max(map(len, DEFAULTS))
 
     def rows(table: dict[str, tuple[str, str]]) -> list[str]:
         return [
@@ -214,5 +315,13 @@ def describe_variables() -> str:
         ]
 
     return "\n".join(
-        [*rows(VARIABLES), "", "worker memory profile overrides:", *rows(PROFILE_VARIABLES)]
+        [
+            *rows(VARIABLES),
+            "",
+            "set by svdq worker for each worker it starts:",
+            *rows(WORKER_VARIABLES),
+            "",
+            "worker memory profile overrides:",
+            *rows(PROFILE_VARIABLES),
+        ]
     )

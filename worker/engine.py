@@ -12,7 +12,6 @@ from PIL import Image
 
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
-from svdq.worker import faults
 from svdq.worker.models import LoadedModel
 
 # progress(phase, step, steps)
@@ -72,7 +71,6 @@ def generate(
             progress("denoise" if i + 1 < steps else "decode", i + 1, steps)
         return kwargs
 
-    faults.before_generate(spec)
     # A CPU generator gives the same noise whatever device runs the model.
     generator = torch.Generator(device="cpu").manual_seed(plan.seed)
     with torch.inference_mode():

@@ -4,23 +4,20 @@ One small interface, `read_devices()`, returns what the profile table needs per 
 and free VRAM, name, compute capability); an empty list means "no CUDA". It never imports
 torch, so the launcher (the parent of the per-GPU workers) can call it before any fork.
 
-Test-only: `SVDQ_FAKE_GPUS="24GiB,6GiB@7.5"` makes this reader (and nothing else) report those
-devices instead of the real ones, so tests can run the launcher as if on a GPU host. Sizes take
-GiB/GB/MiB/MB suffixes; `@major.minor` sets the compute capability (default 8.0).
+Functions that act on devices take them as a parameter (`launch(args, devices=...)`,
+`this_device(settings, devices)`): tests hand them made-up readings (tests/fixtures/gpus.py),
+and `svdq plan --vram/--capability` plans for a card that is not here.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from svdq.shared.errors import ConfigError
 
-FAKE_VARIABLE = "SVDQ_FAKE_GPUS"
 _UNITS = {"gib": 1024**3, "gb": 10**9, "mib": 1024**2, "mb": 10**6, "": 1}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(gib|gb|mib|mb|)\s*$", re.IGNORECASE)
 
@@ -64,32 +61,12 @@ def parse_capability(text: str, name: str = "--capability") -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def read_devices(env: Mapping[str, str] | None = None) -> list[Device]:
+def read_devices() -> list[Device]:
     """Every GPU on this host, in driver order; [] when there is no CUDA."""
-    env = os.environ if env is None else env
-    fake = env.get(FAKE_VARIABLE, "").strip()
-    if fake:
-        return _fake(fake)
     try:
         return _from_nvml()
     except Exception:  # no library, no driver, no GPU: try the command line tool
         return _from_nvidia_smi()
-
-
-def _fake(spec: str) -> list[Device]:
-    devices = []
-    for i, item in enumerate(spec.split(",")):
-        size, _, cap = item.partition("@")
-        devices.append(
-            Device(
-                index=i,
-                name=f"fake GPU {size.strip()} (test-only, {FAKE_VARIABLE})",
-                total_bytes=parse_size(size, FAKE_VARIABLE),
-                free_bytes=parse_size(size, FAKE_VARIABLE),
-                capability=parse_capability(cap, FAKE_VARIABLE) if cap else (8, 0),
-            )
-        )
-    return devices
 
 
 def _from_nvml() -> list[Device]:

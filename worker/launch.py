@@ -15,24 +15,21 @@ import sys
 
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
-from svdq.worker.devices import (
-    GPU_INDEX_VARIABLE,
-    DevicePlan,
-    device_plan,
-    serve_tiny,
-)
+from svdq.worker.devices import DevicePlan, device_plan
 from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices
 from svdq.worker.profiles import GB, GIB, Profile
 
+APP = "svdq.worker.tasks"  # the Celery app (-A) every worker runs
 
-def worker_argv(variant: str, queues: list[str], name: str, log_level: str) -> list[str]:
+
+def worker_argv(queues: list[str], name: str, log_level: str, app: str = APP) -> list[str]:
     """The celery command line for one worker: prefork, one process, late acks, events."""
     return [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "svdq.worker.tasks",
+        app,
         "worker",
         "--pool=prefork",
         "--concurrency=1",
@@ -76,10 +73,6 @@ def weights_note(settings: Settings, variant: str) -> str:
     """Where the variant's weights load from, or why they cannot."""
     from svdq.worker.models import model_source
 
-    if serve_tiny():
-        return (
-            f"{settings.model_dir / 'tiny'} (tiny weights for every variant: SVDQ_TEST_SERVE_TINY)"
-        )
     try:
         return str(model_source(settings, variant))
     except ModelNotFoundError as exc:
@@ -91,8 +84,6 @@ def missing_weights(plan: DevicePlan, settings: Settings) -> list[str]:
     worker leaves their queues alone rather than take jobs it would fail."""
     from svdq.worker.models import model_source
 
-    if serve_tiny():
-        return []
     missing = []
     for queue in plan.queues:
         variant = queue.removeprefix("svdq.")
@@ -151,19 +142,20 @@ def format_plan(plan: DevicePlan, weights: str, missing: list[str] | None = None
     return "\n".join(lines)
 
 
-def plan_command(args: argparse.Namespace) -> int:
-    """`svdq plan`: the plan for every GPU seen here, or for `--vram [--capability]`."""
+def plan_command(args: argparse.Namespace, devices: list[Device] | None = None) -> int:
+    """`svdq plan`: the plan for every GPU here (`devices`, default: read them now), or for
+    the card `--vram [--capability]` describes."""
     settings = Settings.from_env()
     if args.vram:
         cap = parse_capability(args.capability) if args.capability else None
-        devices: list[Device | None] = [
+        targets: list[Device | None] = [
             Device(0, f"--vram {args.vram}", parse_size(args.vram), None, cap)
         ]
     else:
         if args.capability:
             raise ConfigError("--capability needs --vram (a real GPU reports its own)")
-        devices = list(read_devices()) or [None]
-    plans = [device_plan(d, os.environ, args.variant or "auto") for d in devices]
+        targets = [*(read_devices() if devices is None else devices)] or [None]
+    plans = [device_plan(d, settings, args.variant or "auto") for d in targets]
     if args.json:
         out = [
             {
@@ -187,7 +179,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
 def _prepare_model(settings: Settings, variant: str) -> None:
     """Build tiny (in a child, so this parent never runs torch) or check real weights exist."""
-    if variant == "tiny" or serve_tiny():
+    if variant == "tiny":
         subprocess.run(
             [sys.executable, "-m", "svdq.worker.tiny", str(settings.model_dir / "tiny")],
             check=True,
@@ -206,7 +198,7 @@ def _child_env(plan: DevicePlan) -> dict[str, str]:
         # NVML's index is the PCI bus order; make CUDA count the same way.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = str(plan.device.index)
-        env[GPU_INDEX_VARIABLE] = str(plan.device.index)
+        env["SVDQ_GPU_INDEX"] = str(plan.device.index)
     return env
 
 
@@ -218,7 +210,7 @@ def usable_plans(
     plans, prepared = [], set()
     for device in targets:
         try:
-            plan = device_plan(device, os.environ, variant)
+            plan = device_plan(device, settings, variant)
             if plan.default_variant not in prepared:
                 _prepare_model(settings, plan.default_variant)
                 prepared.add(plan.default_variant)
@@ -234,10 +226,11 @@ def usable_plans(
     return plans
 
 
-def launch(args: argparse.Namespace) -> int:
-    """Plan a worker per selected GPU (or one CPU worker) and run them."""
+def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: str = APP) -> int:
+    """Plan a worker per selected GPU (or one CPU worker) among `devices` (default: read them
+    now) and run them, each a Celery worker of `app`."""
     settings = Settings.from_env()
-    gpus = pick_gpus(args.gpus, read_devices())
+    gpus = pick_gpus(args.gpus, read_devices() if devices is None else devices)
     host = socket.gethostname()
     targets: list[Device | None] = [*gpus] if gpus else [None]
     plans = usable_plans(settings, targets, args.variant or "auto")
@@ -260,7 +253,7 @@ def launch(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr)
         print(f"  consuming: {', '.join(queues)}", file=sys.stderr)
         print(f"  worker name: {name}", file=sys.stderr)
-        argv = worker_argv(plan.default_variant, queues, name, settings.log_level)
+        argv = worker_argv(queues, name, settings.log_level, app)
         workers.append((name, argv, _child_env(plan)))
     if gpus:
         from svdq.worker.supervisor import Child, Supervisor

@@ -80,24 +80,20 @@ def load_model(
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from svdq.worker.devices import serve_tiny
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if profile.device == "cuda":
         # Before the first CUDA allocation: fewer out-of-memory errors from fragmentation.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     start = time.perf_counter()
     variant = profile.variant
-    # Test-only (SVDQ_TEST_SERVE_TINY=1): any variant's jobs run on the tiny weights.
-    weights = "tiny" if serve_tiny() else variant
-    source = model_source(settings, weights)
-    if weights == "tiny":
+    source = model_source(settings, variant)
+    if variant == "tiny":
         from svdq.worker.tiny import ensure_tiny_model
 
         ensure_tiny_model(source)
     dtype = torch.float16 if profile.dtype == "float16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
-    if weights != "tiny" and (files := weights_variant(Path(source))):
+    if variant != "tiny" and (files := weights_variant(Path(source))):
         kwargs["variant"] = files
     _quiet_loading()
     pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), **kwargs)
@@ -105,7 +101,7 @@ def load_model(
     apply_profile(pipe, profile)
     seconds = time.perf_counter() - start
     info = variants.variant(variant)
-    label = f"{source} (tiny weights, SVDQ_TEST_SERVE_TINY)" if weights != variant else str(source)
+    label = str(source)
     model = LoadedModel(pipe, info, label, profile, seconds, lower=lower)
     if profile.compile:
         model.warmup_seconds = warm_up(model)

@@ -1,8 +1,9 @@
 """Memory profiles: which variant and settings a device can carry, and what to fall back to.
 
 Pure and table driven: (total VRAM, compute capability, requested variant) → a ladder of
-`Profile`s, best first. Nothing here touches a GPU, imports torch or reads files, so the
-producer side (`svdq plan`) and the unit tests use it as is.
+`Profile`s, best first. Nothing here touches a GPU, imports torch, reads files or reads the
+environment (the operator's overrides arrive parsed, in `WorkerSettings`), so the producer
+side (`svdq plan`) and the unit tests use it as is.
 
 VRAM bands are compared in decimal gigabytes with a 5 % tolerance, because cards report a
 little less than the size printed on the box: an "A100 40GB" reports ~40.5e9 bytes, an RTX
@@ -13,12 +14,11 @@ little less than the size printed on the box: an "A100 40GB" reports ~40.5e9 byt
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from svdq.shared.constants import queue_for
 from svdq.shared.errors import ConfigError
-from svdq.shared.settings import PROFILE_VARIABLES
+from svdq.shared.settings import PROFILE_VARIABLES, WorkerSettings
 from svdq.shared.variants import BY_NAME as VARIANT_ROWS
 from svdq.shared.variants import REAL_VARIANTS
 
@@ -67,7 +67,7 @@ CPU_LADDER = (CPU_PROFILE, CPU_LEAN)
 
 PROFILE_NAMES = tuple(p.name for _, p in GPU_TABLE) + tuple(p.name for p in CPU_LADDER)
 
-# Field overrides, read from the environment: variable -> Profile field.
+# The operator's field overrides (parsed by shared.settings): variable -> Profile field.
 FIELD_OVERRIDES = {
     "SVDQ_DTYPE": "dtype",
     "SVDQ_OFFLOAD": "offload",
@@ -198,28 +198,10 @@ def worker_queues(total_vram_bytes: int | None, allow_cpu: bool = False) -> list
     return queues
 
 
-def read_overrides(env: Mapping[str, str]) -> dict[str, object]:
-    """The field overrides set in `env`, checked; raise ConfigError naming the variable."""
-    out: dict[str, object] = {}
-    for var, field in FIELD_OVERRIDES.items():
-        raw = env.get(var, "").strip()
-        if not raw:
-            continue
-        if field == "dtype":
-            out[field] = _choice(var, raw, ("float16", "float32"))
-        elif field == "offload":
-            out[field] = _choice(var, raw, ("none", "model", "sequential"))
-        elif field == "decode_chunk_size":
-            out[field] = None if raw == "all" else _positive(var, raw)
-        else:
-            out[field] = _flag(var, raw)
-    return out
-
-
-def apply_overrides(rungs: tuple[Profile, ...], env: Mapping[str, str]) -> tuple[Profile, ...]:
+def apply_overrides(rungs: tuple[Profile, ...], overrides: WorkerSettings) -> tuple[Profile, ...]:
     """Field overrides change the first rung only (marked `*`): the rungs below stay as the
     table says, so an out-of-memory error can still step down past an operator's choice."""
-    changes = read_overrides(env)
+    changes = overrides.profile_changes()
     if not changes or not rungs:
         return rungs
     top = dataclasses.replace(rungs[0], name=rungs[0].name + "*", **changes)  # type: ignore[arg-type]
@@ -234,41 +216,20 @@ def apply_overrides(rungs: tuple[Profile, ...], env: Mapping[str, str]) -> tuple
 def profile_ladder(
     total_vram_bytes: int | None,
     variant: str,
-    env: Mapping[str, str],
+    overrides: WorkerSettings,
     capability: tuple[int, int] | None = None,
     allow_cpu: bool = False,
 ) -> tuple[Profile, ...]:
-    """`ladder` with the environment's overrides (SVDQ_PROFILE and the field ones) applied."""
-    start = env.get("SVDQ_PROFILE", "").strip() or None
+    """`ladder` with the operator's overrides (SVDQ_PROFILE and the field ones) applied."""
+    start = overrides.profile
     if start is not None and start not in PROFILE_NAMES:
         raise ConfigError(
             f"SVDQ_PROFILE={start!r} is not allowed: one of {', '.join(PROFILE_NAMES)}"
         )
     rungs = ladder(total_vram_bytes, variant, capability, allow_cpu, start)
-    return apply_overrides(rungs, env)
+    return apply_overrides(rungs, overrides)
 
 
 def choose_profile(total_vram_bytes: int | None, variant: str) -> Profile:
     """The first rung for `variant` (None: no CUDA; tiny and CPU-allowed variants only)."""
     return ladder(total_vram_bytes, variant, allow_cpu=True)[0]
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not allowed: one of {', '.join(allowed)}")
-    return value
-
-
-def _flag(name: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={value!r} is not allowed: 1/0, true/false, yes/no or on/off")
-
-
-def _positive(name: str, value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0, or 'all'")
-    return int(value)

@@ -6,42 +6,40 @@ other than the loaded one: the old pipeline is evicted before the new one loads.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 from svdq.shared.errors import ConfigError, InvalidJobError
 from svdq.shared.settings import Settings
 from svdq.worker import models
-from svdq.worker.devices import DevicePlan, ladder_for, local_plan, runnable_here
+from svdq.worker.devices import DevicePlan, ladder_for, local_plan
 from svdq.worker.profiles import Profile
 
 
 @cache
-def process_plan(variant: str) -> DevicePlan:
+def process_plan(settings: Settings, variant: str) -> DevicePlan:
     """This process's device plan (read once: the device does not change under it)."""
-    return local_plan(variant)
+    return local_plan(settings, variant)
 
 
 def _load_rungs(settings: Settings, rungs: tuple[Profile, ...]) -> models.LoadedModel:
-    runnable = tuple(runnable_here(p) for p in rungs)
-    return models.load_model(settings, runnable[0], runnable[1:])
+    return models.load_model(settings, rungs[0], rungs[1:])
 
 
 def load_initial(settings: Settings, variant: str) -> models.LoadedModel:
     """Load the worker's default variant on the top rung of its ladder."""
-    return _load_rungs(settings, process_plan(variant).ladder)
+    return _load_rungs(settings, process_plan(settings, variant).ladder)
 
 
 def ensure_variant(
     model: models.LoadedModel, settings: Settings, worker_variant: str, job_variant: str
 ) -> models.LoadedModel:
     """`model`, switched in place to `job_variant` when another one is loaded."""
-    plan = process_plan(worker_variant)
+    plan = process_plan(settings, worker_variant)
     wanted = plan.default_variant if job_variant == "auto" else job_variant
     if wanted == model.info.name:
         return model
     try:
-        rungs = tuple(runnable_here(p) for p in ladder_for(plan, wanted, os.environ))
+        rungs = ladder_for(plan, wanted, settings)
     except ConfigError as exc:
         raise InvalidJobError(
             f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"

@@ -1,5 +1,6 @@
 """Fixtures for the fault suite: a private redis-server (AOF on, restartable), real `svdq
-worker` subprocesses with test faults enabled and short timeouts, and end-state checks.
+worker` subprocesses with short timeouts that inject the faults jobs ask for (started through
+`python -m tests.fixtures.launcher`: tests/fixtures/faults.py), and end-state checks.
 
 The suite has its own Redis so the integration tests' session worker (same machine, same
 queues) can never take a fault job, and so a Redis restart touches nobody else.
@@ -99,7 +100,6 @@ def private_redis() -> Iterator[PrivateRedis]:
 # (a tiny job can take 6 s on a busy 2-core CI box), scanned for every second; leases of 3 s;
 # retries after about 1 s. A scenario needing shorter limits sends them with its jobs.
 FAULT_VARS = {
-    "SVDQ_ENABLE_TEST_FAULTS": "1",
     "SVDQ_VISIBILITY_TIMEOUT": "30",
     "SVDQ_TASK_TIME_LIMIT": "25",
     "SVDQ_RESTORE_INTERVAL": "1",
@@ -182,7 +182,7 @@ class Workers:
                 [
                     sys.executable,
                     "-m",
-                    "svdq.producer.cli",
+                    "tests.fixtures.launcher",
                     "worker",
                     "--gpus",
                     "none",

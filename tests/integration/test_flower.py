@@ -1,6 +1,6 @@
 """Flower, as deployed, watching `svdq worker --gpus all` on a host that reads as two GPUs
-(the GPU reader's test-only SVDQ_FAKE_GPUS; the workers serve the tiny weights under the real
-variant names with the test-only SVDQ_TEST_SERVE_TINY).
+(made-up cards; the workers serve the tiny weights under the real variant names: both wired in
+from the test side by `python -m tests.fixtures.launcher`).
 
 Flower's API must refuse a caller without credentials and, with them, list both workers and
 the task with the columns on-call reads (job id, state, the spec with its variant, the worker).
@@ -30,6 +30,7 @@ from svdq.producer.services import free_port, redis_server
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
 from tests.conftest import REPO
+from tests.fixtures.gpus import FAKE_GPUS
 from tests.integration.helpers import free_port_block, make_image
 
 pytestmark = pytest.mark.integration
@@ -80,8 +81,7 @@ def flower(
             **svdq_env,
             "SVDQ_REDIS_URL": url,
             "SVDQ_METRICS_PORT": str(metrics_base),
-            "SVDQ_FAKE_GPUS": "24GiB,6GiB",
-            "SVDQ_TEST_SERVE_TINY": "1",
+            FAKE_GPUS: "24GiB,6GiB",
         }
         port = free_port()
         flower_argv = [sys.executable, "-m", "celery", "-A", "svdq.producer.flower"]
@@ -89,7 +89,7 @@ def flower(
         flower_argv += [f"--basic-auth={USER}:{PASSWORD}", "--persistent=True"]
         flower_argv += [f"--db={tmp / 'flower.db'}", "--state_save_interval=1000"]
         procs = [_start(flower_argv, env, flower_log)]
-        worker_argv = [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "all"]
+        worker_argv = [sys.executable, "-m", "tests.fixtures.launcher", "worker", "--gpus", "all"]
         # Its own process group, so teardown reaches every worker the launcher started.
         fleet = subprocess.Popen(
             worker_argv,

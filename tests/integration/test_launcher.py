@@ -1,7 +1,7 @@
-"""`svdq worker --gpus all` on a host that reads as two GPUs (24 GiB and 6 GiB, injected
-through the reader's test-only SVDQ_FAKE_GPUS), each worker serving its queues with the tiny
-pipeline (test-only SVDQ_TEST_SERVE_TINY): routing by variant, out-of-memory step-down,
-restart of a killed worker, warm shutdown."""
+"""`svdq worker --gpus all` on a host that reads as two GPUs (24 GiB and 6 GiB), each worker
+serving its queues with the tiny pipeline: routing by variant, out-of-memory step-down, restart
+of a killed worker, warm shutdown. The cards, the tiny weights and the faults are wired in from
+the test side (`python -m tests.fixtures.launcher`, tests/fixtures/)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.fixtures.gpus import FAKE_GPUS
 from tests.integration.helpers import free_port_block, make_image
 
 pytestmark = pytest.mark.integration
@@ -51,14 +52,12 @@ def fleet(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     log = tmp_path_factory.mktemp("fleet") / "launcher.log"
     env = {
         **svdq_env,
-        "SVDQ_FAKE_GPUS": "24GiB,6GiB",
-        "SVDQ_TEST_SERVE_TINY": "1",
-        "SVDQ_ENABLE_TEST_FAULTS": "1",
+        FAKE_GPUS: "24GiB,6GiB",
         "SVDQ_METRICS_PORT": str(free_port_block(2)),
     }
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "all"],
+            [sys.executable, "-m", "tests.fixtures.launcher", "worker", "--gpus", "all"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -191,7 +190,7 @@ def test_second_signal_stops_children_at_once(tmp_path: Path) -> None:
     log = tmp_path / "sup.log"
     script = (
         "import sys\n"
-        "from worker.supervisor import Child, Supervisor\n"
+        "from svdq.worker.supervisor import Child, Supervisor\n"
         f"argv = [sys.executable, '-c', {BUSY_CHILD!r}]\n"
         "kids = [Child(f'c{i}', argv, {}) for i in range(2)]\n"
         "sys.exit(Supervisor(kids, poll=0.05).run())\n"
@@ -223,10 +222,25 @@ def test_second_signal_stops_children_at_once(tmp_path: Path) -> None:
 
 
 def test_backoff_doubles_while_a_worker_keeps_dying() -> None:
-    from svdq.worker.supervisor import BACKOFF_MAX, BACKOFF_START, HEALTHY_AFTER, next_backoff
+    from svdq.worker.supervisor import BACKOFF_MAX, BACKOFF_START, HEALTHY_AFTER, Child, Supervisor
 
-    waits = [BACKOFF_START]
-    for _ in range(8):
-        waits.append(next_backoff(waits[-1], lived=2.0))
+    class Dead:  # a child process that has exited
+        returncode = 1
+
+        def poll(self) -> int:
+            return 1
+
+    now = [0.0]
+    child = Child("c", ["true"], {})
+    supervisor = Supervisor([child], clock=lambda: now[0])
+    supervisor.start = lambda c: (setattr(c, "proc", Dead()), setattr(c, "started", now[0]))  # type: ignore[method-assign]
+
+    def dies_after(lived: float) -> float:
+        supervisor.start(child)
+        now[0] += lived
+        supervisor.check()  # reaps it and sets its restart wait
+        return child.backoff
+
+    waits = [dies_after(2.0) for _ in range(9)]
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60] and BACKOFF_MAX == 60
-    assert next_backoff(32, lived=HEALTHY_AFTER) == BACKOFF_START
+    assert dies_after(HEALTHY_AFTER) == BACKOFF_START

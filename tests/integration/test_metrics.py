@@ -98,7 +98,6 @@ def fleet(
             "SVDQ_REDIS_URL": url,
             "SVDQ_METRICS_PORT": str(free_port()),
             "SVDQ_GPU_INDEX": "0",
-            "SVDQ_ENABLE_TEST_FAULTS": "1",
         }
         settings = Settings.from_env(env)
         store = S3Store(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
@@ -127,7 +126,8 @@ def metrics_worker(fleet: dict[str, Any]) -> Iterator[int]:
     env = fleet["env"]
     log = fleet["tmp"] / "worker.log"
     with open(log, "wb") as out:
-        argv = [sys.executable, "-m", "svdq.producer.cli", "worker", "--gpus", "none"]
+        # Through the fixture launcher: its worker injects the faults jobs ask for.
+        argv = [sys.executable, "-m", "tests.fixtures.launcher", "worker", "--gpus", "none"]
         argv += ["--variant", "tiny", "--name", "metrics@%h"]
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 90

@@ -15,6 +15,7 @@ from svdq.shared.spec import JobSpec
 from svdq.worker import engine, stepdown
 from svdq.worker.models import LoadedModel, load_model
 from svdq.worker.profiles import CPU_LEAN, CPU_PROFILE, Profile
+from tests.fixtures.faults import FaultyPipeline
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +74,12 @@ def test_profile_options_change_what_they_should(tiny_settings) -> None:
     assert np.abs(_run(plain, _spec(decode_chunk_size=4)) - base).max() <= 1e-5
 
 
-def test_oom_on_the_first_rung_steps_down_and_succeeds(tiny_settings, monkeypatch) -> None:
-    monkeypatch.setenv("SVDQ_ENABLE_TEST_FAULTS", "1")
+def test_oom_on_the_first_rung_steps_down_and_succeeds(tiny_settings) -> None:
     model = load_model(tiny_settings, CPU_PROFILE, (CPU_LEAN,))
     spec = _spec(job_id="oom-1", metadata={"svdq_test_fault": "oom_once"})
+    # The first rung's pipeline runs out of memory once for this job (no GPU here to fill);
+    # the step-down loads the next rung's pipeline afresh.
+    model.pipe = FaultyPipeline(model.pipe, job=spec.to_dict)
     frames, _, plan, attempts = stepdown.generate(model, tiny_settings, spec, IMAGE)
     assert [(a["profile"], a["outcome"]) for a in attempts] == [
         ("cpu", "oom"),

@@ -1,4 +1,4 @@
-"""Device readings → worker plans: `svdq plan`, GPU selection, the test-only fake readings."""
+"""Device readings → worker plans: `svdq plan`, GPU selection, made-up readings passed in."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import pytest
 
 from svdq.producer.cli import main
 from svdq.shared.errors import ConfigError
+from svdq.shared.settings import Settings
 from svdq.worker.devices import device_plan, ladder_for, this_device
-from svdq.worker.gpuinfo import Device, parse_capability, parse_nvidia_smi, parse_size, read_devices
+from svdq.worker.gpuinfo import Device, parse_capability, parse_nvidia_smi, parse_size
 from svdq.worker.launch import pick_gpus
 from svdq.worker.profiles import GIB
+from tests.fixtures.gpus import parse as fake_gpus
+
+DEFAULTS = Settings.from_env({})
 
 SMI = """0, NVIDIA A100-SXM4-40GB, 40960, 40339, 8.0
 1, NVIDIA GeForce RTX 4090, 24564, 24080, 8.9
@@ -23,7 +27,7 @@ SMI = """0, NVIDIA A100-SXM4-40GB, 40960, 40339, 8.0
 def test_nvidia_smi_rows_become_devices() -> None:
     devices = parse_nvidia_smi(SMI)
     assert devices[1] == Device(1, "NVIDIA GeForce RTX 4090", 24564 * 2**20, 24080 * 2**20, (8, 9))
-    plans = [device_plan(d, {}) for d in devices]
+    plans = [device_plan(d, DEFAULTS) for d in devices]
     assert [p.ladder[0].name for p in plans] == ["xt-40g", "xt-24g", "xt-16g"]
 
 
@@ -47,43 +51,46 @@ def test_bad_size_and_capability_name_the_flag() -> None:
         parse_capability("eight")
 
 
-def test_fake_readings_are_honoured_by_the_reader() -> None:
-    devices = read_devices({"SVDQ_FAKE_GPUS": "24GiB, 6GiB@7.5"})
+def test_fake_readings_and_the_device_a_worker_picks() -> None:
+    devices = fake_gpus("24GiB, 6GiB@7.5")
     assert [(d.index, d.total_bytes, d.capability) for d in devices] == [
         (0, 24 * GIB, (8, 0)),
         (1, 6 * GIB, (7, 5)),
     ]
-    env = {"SVDQ_FAKE_GPUS": "24GiB, 6GiB@7.5", "SVDQ_GPU_INDEX": "1"}
-    assert this_device(env) == devices[1]
+    assert this_device(Settings.from_env({"SVDQ_GPU_INDEX": "1"}), devices) == devices[1]
+    assert this_device(DEFAULTS, devices) == devices[0]
+    assert this_device(DEFAULTS, []) is None
+    with pytest.raises(ConfigError, match=r"SVDQ_GPU_INDEX=2 is not a GPU on this host: one of"):
+        this_device(Settings.from_env({"SVDQ_GPU_INDEX": "2"}), devices)
 
 
 def test_two_fake_gpus_plan_their_own_queues() -> None:
-    big, small = read_devices({"SVDQ_FAKE_GPUS": "24GiB,6GiB"})
-    assert device_plan(big, {}).queues == (
+    big, small = fake_gpus("24GiB,6GiB")
+    assert device_plan(big, DEFAULTS).queues == (
         "svdq.svd",
         "svdq.svd-xt",
         "svdq.svd-xt-1-1",
         "svdq.auto",
     )
-    assert device_plan(small, {}).queues == ("svdq.svd", "svdq.auto")
-    assert device_plan(small, {}).default_variant == "svd"
+    assert device_plan(small, DEFAULTS).queues == ("svdq.svd", "svdq.auto")
+    assert device_plan(small, DEFAULTS).default_variant == "svd"
 
 
 def test_cpu_plan_serves_tiny_only() -> None:
-    plan = device_plan(None, {})
+    plan = device_plan(None, DEFAULTS)
     assert (plan.default_variant, plan.queues) == ("tiny", ("svdq.tiny",))
     assert [p.name for p in plan.ladder] == ["cpu", "cpu-lean"]
 
 
 def test_job_variant_ladders() -> None:
-    plan = device_plan(Device(0, "x", 24 * GIB, None, (8, 9)), {})
-    assert ladder_for(plan, "auto", {}) == plan.ladder
-    assert [p.variant for p in ladder_for(plan, "svd", {})] == ["svd"] * 5
-    assert [p.name for p in ladder_for(plan, "svd", {})][-1] == "svd-low"
+    plan = device_plan(Device(0, "x", 24 * GIB, None, (8, 9)), DEFAULTS)
+    assert ladder_for(plan, "auto", DEFAULTS) == plan.ladder
+    assert [p.variant for p in ladder_for(plan, "svd", DEFAULTS)] == ["svd"] * 5
+    assert [p.name for p in ladder_for(plan, "svd", DEFAULTS)][-1] == "svd-low"
 
 
 def test_pick_gpus() -> None:
-    devices = read_devices({"SVDQ_FAKE_GPUS": "24GiB,6GiB,80GiB"})
+    devices = fake_gpus("24GiB,6GiB,80GiB")
     assert pick_gpus("all", devices) == devices
     assert pick_gpus(None, devices) == devices
     assert pick_gpus("0,2", devices) == [devices[0], devices[2]]
@@ -126,24 +133,21 @@ def test_plan_command_refuses_what_cannot_fit(capsys: pytest.CaptureFixture[str]
     )
 
 
-def test_plan_command_on_this_cpu_host(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SVDQ_FAKE_GPUS", "")
-    monkeypatch.setattr("svdq.worker.launch.read_devices", lambda: [])
-    assert main(["plan"]) == 0
+def test_plan_command_on_this_cpu_host(capsys: pytest.CaptureFixture[str]) -> None:
+    from svdq.worker.launch import plan_command
+
+    args = argparse.Namespace(vram=None, capability=None, variant="auto", json=False)
+    assert plan_command(args, devices=[]) == 0
     assert capsys.readouterr().out.startswith("CPU (no CUDA)\n  default variant: tiny")
 
 
 def test_named_worker_needs_gpu_index_with_many_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from svdq.worker.launch import launch
 
-    monkeypatch.setenv("SVDQ_FAKE_GPUS", "24GiB,6GiB")
-    monkeypatch.setenv("SVDQ_TEST_SERVE_TINY", "1")
     monkeypatch.setattr("svdq.worker.launch._prepare_model", lambda settings, variant: None)
     args = argparse.Namespace(gpus="all", variant=None, queues=None, name="w@h")
     with pytest.raises(ConfigError, match=r"--name='w@h' is not allowed with 2 GPUs: include %g"):
-        launch(args)
+        launch(args, devices=fake_gpus("24GiB,6GiB"))
 
 
 def test_queues_of_variants_without_weights_are_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -155,7 +159,7 @@ def test_queues_of_variants_without_weights_are_skipped(tmp_path) -> None:  # ty
     (tmp_path / "svd-xt").mkdir()
     (tmp_path / "svd-xt" / "model_index.json").write_text("{}")
     settings = dataclasses.replace(Settings.from_env({}), model_dir=tmp_path)
-    plan = device_plan(Device(0, "x", 24 * GIB, None, (8, 9)), {})
+    plan = device_plan(Device(0, "x", 24 * GIB, None, (8, 9)), settings)
     assert missing_weights(plan, settings) == ["svd", "svd-xt-1-1"]
     assert consumed_queues(plan, settings) == ["svdq.svd-xt", "svdq.auto"]
     (tmp_path / "svd").mkdir()
@@ -170,7 +174,7 @@ def test_plan_never_imports_torch() -> None:
     from tests.conftest import REPO
 
     code = (
-        "import sys; from producer.cli import main; main(['plan', '--vram', '12GiB']); "
+        "import sys; from svdq.producer.cli import main; main(['plan', '--vram', '12GiB']); "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(
@@ -187,15 +191,10 @@ def test_launcher_starts_one_worker_per_usable_gpu(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(Supervisor, "run", lambda self: started.append(self.children) or 0)
     (tmp_path / "svd-xt").mkdir()
     (tmp_path / "svd-xt" / "model_index.json").write_text("{}")
-    for name, value in {
-        "SVDQ_FAKE_GPUS": "24GiB,6GiB,80GiB",
-        "SVDQ_MODEL_DIR": str(tmp_path),
-        "SVDQ_TEST_SERVE_TINY": "",
-        "SVDQ_PROFILE": "",
-    }.items():
+    for name, value in {"SVDQ_MODEL_DIR": str(tmp_path), "SVDQ_PROFILE": ""}.items():
         monkeypatch.setenv(name, value)
     args = argparse.Namespace(gpus="all", variant=None, queues=None, name=None)
-    assert launcher.launch(args) == 0
+    assert launcher.launch(args, devices=fake_gpus("24GiB,6GiB,80GiB")) == 0
     (children,) = started
     host = launcher.socket.gethostname()
     assert [c.name for c in children] == [f"gpu0@{host}", f"gpu2@{host}"]
@@ -206,19 +205,18 @@ def test_launcher_starts_one_worker_per_usable_gpu(tmp_path, monkeypatch, capsys
     assert {"--pool=prefork", "--concurrency=1", "--prefetch-multiplier=1"} <= set(gpu2.argv)
     assert "--queues=svdq.svd-xt,svdq.auto" in gpu2.argv  # no weights for svd, svd-xt-1-1
     err = capsys.readouterr().err
-    assert "GPU 1 (fake GPU 6GiB (test-only, SVDQ_FAKE_GPUS)): not started: the svd weights" in err
+    fake = "fake GPU 6GiB (test-only, tests/fixtures/gpus.py)"
+    assert f"GPU 1 ({fake}): not started: the svd weights" in err
     assert "weights missing for svd, svd-xt-1-1: the worker skips their queues" in err
 
 
 def test_launcher_with_one_gpu_that_cannot_start_fails(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from svdq.worker import launch as launcher
 
-    monkeypatch.setenv("SVDQ_FAKE_GPUS", "6GiB")
     monkeypatch.setenv("SVDQ_MODEL_DIR", str(tmp_path))
-    monkeypatch.setenv("SVDQ_TEST_SERVE_TINY", "")
     args = argparse.Namespace(gpus="all", variant="svd-xt", queues=None, name=None)
     with pytest.raises(ConfigError, match=r"variant='svd-xt' needs at least 7.6 GB"):
-        launcher.launch(args)
+        launcher.launch(args, devices=fake_gpus("6GiB"))
 
 
 def test_plan_json_says_which_queues_a_worker_would_consume_now(
@@ -231,7 +229,6 @@ def test_plan_json_says_which_queues_a_worker_would_consume_now(
     (tmp_path / "svd-xt").mkdir()
     (tmp_path / "svd-xt" / "model_index.json").write_text("{}")
     monkeypatch.setenv("SVDQ_MODEL_DIR", str(tmp_path))
-    monkeypatch.setenv("SVDQ_TEST_SERVE_TINY", "")
     assert main(["plan", "--vram", "24GiB", "--json"]) == 0
     [plan] = json.loads(capsys.readouterr().out)
     assert plan["queues"] == ["svdq.svd", "svdq.svd-xt", "svdq.svd-xt-1-1", "svdq.auto"]

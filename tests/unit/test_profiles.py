@@ -13,6 +13,8 @@ import pytest
 
 import svdq.shared
 from svdq.shared.errors import ConfigError
+from svdq.shared.settings import Settings
+from svdq.worker import profiles
 from svdq.worker.profiles import (
     CPU_LADDER,
     CPU_PROFILE,
@@ -23,12 +25,16 @@ from svdq.worker.profiles import (
     choose_profile,
     gpu_profile,
     ladder,
-    profile_ladder,
     runnable_variants,
     worker_queues,
 )
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def profile_ladder(vram: int | None, variant: str, env: dict[str, str]) -> tuple[Profile, ...]:
+    """The ladder under the overrides in `env`, read the way a worker reads them."""
+    return profiles.profile_ladder(vram, variant, Settings.from_env(env).worker)
 
 
 @pytest.mark.parametrize(

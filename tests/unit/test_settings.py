@@ -12,7 +12,9 @@ from svdq.shared.settings import (
     DEFAULT_MODEL_DIR,
     PROFILE_VARIABLES,
     VARIABLES,
+    WORKER_VARIABLES,
     Settings,
+    WorkerSettings,
     describe_variables,
     redact_url,
 )
@@ -46,11 +48,33 @@ def test_defaults_from_an_empty_env() -> None:
         task_time_limit=3600,
         result_expires=604800,
         log_level="INFO",
+        metrics_port=9810,
+        lease_ttl=60,
+        max_deliveries=3,
+        retry_backoff=2,
+        retry_backoff_max=120,
+        restore_interval=60,
+        url_timeout=20,
+        callback_secret="",
+        callback_retries=8,
+        callback_backoff=2,
+        callback_networks="private",
+        worker=WorkerSettings(
+            gpu_index=None,
+            worker_variant="tiny",
+            profile=None,
+            dtype=None,
+            offload=None,
+            forward_chunking=None,
+            decode_chunk_size=None,
+            compile=None,
+        ),
     )
 
 
 def test_empty_values_mean_the_default() -> None:
-    assert Settings.from_env({name: "" for name in VARIABLES}) == Settings.from_env({})
+    everything = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES}
+    assert Settings.from_env({name: "" for name in everything}) == Settings.from_env({})
 
 
 def test_os_environ_is_not_read_when_env_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,8 +83,11 @@ def test_os_environ_is_not_read_when_env_is_given(monkeypatch: pytest.MonkeyPatc
 
 
 def test_every_variable_has_a_field() -> None:
-    fields = {f.name for f in dataclasses.fields(Settings)}
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"worker"}
     assert {name.removeprefix("SVDQ_").lower() for name in VARIABLES} == fields
+    worker_fields = {f.name for f in dataclasses.fields(WorkerSettings)}
+    worker_names = {**WORKER_VARIABLES, **PROFILE_VARIABLES}
+    assert {name.removeprefix("SVDQ_").lower() for name in worker_names} == worker_fields
 
 
 def test_values_are_read() -> None:
@@ -238,11 +265,52 @@ def test_bad_log_level(value: str) -> None:
 def test_describe_variables_lists_every_variable_with_its_default() -> None:
     text = describe_variables()
     lines = [line for line in text.splitlines() if line.startswith("  ")]
-    table = {**VARIABLES, **PROFILE_VARIABLES}
+    table = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES}
     assert len(lines) == len(table)
     assert "worker memory profile overrides:" in text
+    assert "set by svdq worker for each worker it starts:" in text
     for line, (name, (default, meaning)) in zip(lines, table.items(), strict=True):
         assert line.split()[0] == name
         assert meaning in line
         assert line.endswith(f"[default: {default or 'unset'}]")
     assert "[default: unset]" in text  # SVDQ_S3_ENDPOINT
+
+
+def test_worker_settings_are_read() -> None:
+    worker = Settings.from_env(
+        {
+            "SVDQ_GPU_INDEX": "0",
+            "SVDQ_WORKER_VARIANT": "svd-xt",
+            "SVDQ_PROFILE": " xt-16g ",
+            "SVDQ_DTYPE": "float32",
+            "SVDQ_OFFLOAD": "model",
+            "SVDQ_FORWARD_CHUNKING": "yes",
+            "SVDQ_DECODE_CHUNK_SIZE": "all",
+            "SVDQ_COMPILE": "0",
+        }
+    ).worker
+    assert (worker.gpu_index, worker.worker_variant, worker.profile) == (0, "svd-xt", "xt-16g")
+    assert worker.profile_changes() == {
+        "dtype": "float32",
+        "offload": "model",
+        "forward_chunking": True,
+        "decode_chunk_size": None,  # all frames at once
+        "compile": False,
+    }
+    assert Settings.from_env({"SVDQ_DECODE_CHUNK_SIZE": "4"}).worker.profile_changes() == {
+        "decode_chunk_size": 4
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("SVDQ_GPU_INDEX", "-1", "a GPU index, a whole number from 0"),
+        ("SVDQ_GPU_INDEX", "gpu0", "a GPU index, a whole number from 0"),
+        ("SVDQ_WORKER_VARIANT", "auto", "one of svd, svd-xt, svd-xt-1-1, tiny"),
+        ("SVDQ_DECODE_CHUNK_SIZE", "0", "a whole number above 0, or 'all'"),
+        ("SVDQ_OFFLOAD", "disk", "one of none, model, sequential"),
+    ],
+)
+def test_bad_worker_settings_name_the_variable(name: str, value: str, allowed: str) -> None:
+    assert bad({name: value}) == f"{name}={value!r} is not allowed: {allowed}"
