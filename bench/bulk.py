@@ -97,7 +97,7 @@ def enqueue_only(endpoint: str, redis_url: str, n: int, workdir: Path) -> dict[s
                     priority=celery_priority(spec.priority),
                 )
         else:
-            bulk = BulkSubmitter(client, sent_events=False if name != "bulk" else None)
+            bulk = BulkSubmitter(client.jobqueue, sent_events=False if name != "bulk" else None)
             summary = bulk.run(iter_source(manifest, JOB), str(manifest))
             assert summary.counts["submitted"] == n, summary.counts
         seconds = time.perf_counter() - start
@@ -130,7 +130,7 @@ def upload_bound(
             for path in paths:
                 client.submit(str(path), **JOB)
         else:
-            bulk = BulkSubmitter(client, threads=threads)
+            bulk = BulkSubmitter(client.jobqueue, threads=threads)
             summary = bulk.run(iter_source(folder, JOB), str(folder))
             assert summary.counts["submitted"] == m, summary.counts
         results[name] = m / (time.perf_counter() - start)

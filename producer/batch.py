@@ -1,5 +1,5 @@
 """The batch record in Redis: which jobs a bulk submission made, so `wait`, `status` and
-`cancel --batch` work from any process, and job states read many at a time (pipelined).
+`cancel --batch` work from any process.
 
 Keys (all in shared.constants): batch_key (hash of counts), batch_jobs_key (list of job
 ids), batch_sources_key (job id -> source), batch_rejects_key (rows that were not jobs).
@@ -10,32 +10,21 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from svdq.producer.cancel import cancel_jobs
+from svdq.producer.jobqueue import FINAL, JobQueue
 from svdq.shared.constants import (
     batch_jobs_key,
     batch_key,
     batch_rejects_key,
     batch_sources_key,
-    job_key,
 )
-from svdq.shared.errors import InvalidJobError
+from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.fields import SAFE_ID
 
 CHUNK = 500
-# Celery's state names -> what a person reads (the same table as producer.client).
-STATES = {
-    "PENDING": "queued",
-    "RECEIVED": "queued",
-    "STARTED": "running",
-    "PROGRESS": "running",
-    "RETRY": "retrying",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "REVOKED": "cancelled",
-}
-FINAL = ("succeeded", "failed", "cancelled")
 COUNTERS = (
     "submitted",
     "already_done",
@@ -158,43 +147,6 @@ class BatchRecord:
             pipe.expire(key, self.expires)
 
 
-def peek(app: Any, job_ids: list[str]) -> list[dict[str, Any]]:
-    """States of many jobs in one pipelined round trip: state, result or error, has_record.
-
-    A job Redis has no state for is `queued` if its submission record exists, else `unknown`
-    (the caller may then look for result.json).
-    """
-    backend = app.backend
-    pipe = backend.client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.get(backend.get_key_for_task(job_id))
-        pipe.exists(job_key(job_id))
-    replies = pipe.execute()
-    out = []
-    for i, job_id in enumerate(job_ids):
-        raw, has_record = replies[2 * i], bool(replies[2 * i + 1])
-        entry: dict[str, Any] = {"job_id": job_id, "has_record": has_record}
-        if raw is None:
-            entry["state"] = "queued" if has_record else "unknown"
-        else:
-            meta = backend.decode_result(raw)
-            entry["state"] = STATES.get(meta["status"], str(meta["status"]).lower())
-            if meta.get("date_done"):  # when a final state was stored (ISO 8601, UTC)
-                entry["ended_at"] = str(meta["date_done"])
-            result = meta.get("result")
-            if entry["state"] == "succeeded" and isinstance(result, dict):
-                entry["result"] = result
-            elif entry["state"] == "failed" and isinstance(result, dict):
-                message = result.get("exc_message")
-                if isinstance(message, list):  # Celery stores the exception's args
-                    message = " ".join(map(str, message))
-                entry["error"] = f"{result.get('exc_type', 'Error')}: {message}"
-            elif entry["state"] == "running" and isinstance(result, dict):
-                entry.update({k: result[k] for k in ("phase", "step", "steps") if k in result})
-        out.append(entry)
-    return out
-
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -202,12 +154,10 @@ def _s(value: Any) -> str:
 class Batch:
     """A bulk submission seen from any process (Client.batch)."""
 
-    def __init__(self, client: Any, batch_id: str) -> None:
-        self.client = client
+    def __init__(self, jobqueue: JobQueue, batch_id: str) -> None:
+        self.jobqueue = jobqueue
         self.batch_id = batch_id
-        self.record = BatchRecord(
-            client.app.backend.client, batch_id, client.settings.result_expires
-        )
+        self.record = BatchRecord(jobqueue.redis, batch_id, jobqueue.settings.result_expires)
 
     def info(self) -> dict[str, Any]:
         """The submission record (source, counters, complete, number of jobs)."""
@@ -219,13 +169,13 @@ class Batch:
             yield from chunk
 
     def states(self) -> Iterator[dict[str, Any]]:
-        """Each job's state (see `peek`), with `source`; result.json settles `unknown`."""
+        """Each job's state (see JobQueue.peek), with `source`; result.json settles `unknown`."""
         for chunk in self.record.job_chunks():
             for entry, source in zip(
-                peek(self.client.app, chunk), self.record.sources(chunk), strict=True
+                self.jobqueue.peek(chunk), self.record.sources(chunk), strict=True
             ):
                 if entry["state"] == "unknown":
-                    stored = self.client._stored_result(entry["job_id"])
+                    stored = self.jobqueue.stored_result(entry["job_id"])
                     if stored is not None:
                         entry.update(state="succeeded", result=stored)
                 entry["source"] = source
@@ -242,22 +192,20 @@ class Batch:
         """Cancel every job of the batch that has not ended; counts of what happened."""
         out: dict[str, int] = {}
         for chunk in self.record.job_chunks():
-            for what in self.client.cancel(chunk).values():
+            for what in cancel_jobs(self.jobqueue, chunk).values():
                 out[what] = out.get(what, 0) + 1
         return out
 
     def wait(
         self,
         timeout: float | None = None,
-        on_update: Any = None,
+        on_update: Callable[[dict[str, int]], None] | None = None,
         poll: float = 1.0,
     ) -> dict[str, int]:
         """Block until every job ends; return the final counts by state.
 
         `on_update(counts)` is called after each pass. Raises WaitTimeoutError on timeout.
         """
-        from svdq.producer.client import WaitTimeoutError
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             counts = self.counts()

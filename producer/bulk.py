@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id, peek
+from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id
 from svdq.producer.doneindex import DoneIndex
 from svdq.producer.inputs import _MIME, read_local
+from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.objects import forget_result, put_if_absent
 from svdq.producer.publish import publish_jobs
@@ -85,7 +86,7 @@ class BulkSubmitter:
 
     def __init__(
         self,
-        client: Any,
+        jobqueue: JobQueue,
         *,
         batch_id: str | None = None,
         force: bool = False,
@@ -96,8 +97,9 @@ class BulkSubmitter:
         keep_ids: bool = False,
         sent_events: bool | None = None,
     ) -> None:
-        self.client = client
-        self.store = client.store
+        self.jobqueue = jobqueue
+        self.settings = jobqueue.settings
+        self.store = jobqueue.store
         self.force = force
         self.random_seed = random_seed
         self.chunk = chunk
@@ -106,9 +108,9 @@ class BulkSubmitter:
         # Celery's task-sent event per job (monitors see a job from the moment it is queued)
         # is a second message each; None keeps the app's task_send_sent_event.
         self.sent_events = sent_events
-        self.redis = client.app.backend.client
+        self.redis = jobqueue.redis
         self.batch = BatchRecord(
-            self.redis, batch_id or new_batch_id(), client.settings.result_expires
+            self.redis, batch_id or new_batch_id(), jobqueue.settings.result_expires
         )
         self.summary = Summary(self.batch.batch_id)
         self._stop: list[int] = []  # SIGINTs received (see interrupt_flag)
@@ -155,7 +157,7 @@ class BulkSubmitter:
         rejects: list[dict[str, Any]] = []
         members: list[tuple[str, str]] = []
         ready = [p for p in prepared if p.spec is not None]
-        states = peek(self.client.app, [p.spec.job_id for p in ready if p.spec and p.spec.job_id])
+        states = self.jobqueue.peek([p.spec.job_id for p in ready if p.spec and p.spec.job_id])
         state_of = {s["job_id"]: s for s in states}
         seen: set[str] = set()
         # (row, what it is if it goes out): "submitted", "resubmitted", or "check" when Redis
@@ -251,13 +253,12 @@ class BulkSubmitter:
         self._check_stop()
         payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
         publish_jobs(
-            self.client.app,
-            self.client.settings,
+            self.jobqueue.app,
+            self.settings,
             [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
             self.sent_events,
         )
         pipe = self.redis.pipeline(transaction=False)
-        backend = self.client.app.backend
         now = time.time()
         for p, kind in sending:
             assert p.spec and p.spec.job_id
@@ -271,9 +272,9 @@ class BulkSubmitter:
                     "batch": self.batch.batch_id,
                 },
             )
-            pipe.expire(key, self.client.settings.result_expires)
+            pipe.expire(key, self.settings.result_expires)
             if kind == "resubmitted":  # starts clean: no old cancel flag, no old final state
-                pipe.delete(cancel_key(p.spec.job_id), backend.get_key_for_task(p.spec.job_id))
+                pipe.delete(cancel_key(p.spec.job_id), self.jobqueue.state_key(p.spec.job_id))
         self.batch.add_jobs(pipe, members)
         self.batch.add_rejects(pipe, rejects)
         self.batch.count(pipe, counts)
@@ -322,7 +323,7 @@ class BulkSubmitter:
             spec = JobSpec.from_dict(row.data)
             if spec.variant is None:
                 # Both values below are ours and already valid: no second full check.
-                spec = dataclasses.replace(spec, variant=self.client.settings.default_variant)
+                spec = dataclasses.replace(spec, variant=self.settings.default_variant)
             uri, sha, data = self._read(spec.image)
             spec = dataclasses.replace(spec, image=uri)
             ready = finalize(spec, sha, random_seed=self.random_seed)
@@ -335,7 +336,7 @@ class BulkSubmitter:
         return Prepared(row, spec=ready, data=data)
 
     def _read(self, image: str) -> tuple[str, str, bytes | None]:
-        settings = self.client.settings
+        settings = self.settings
         if image.lower().startswith("s3://"):
             key = self.store.key_from_uri(image)
             match = _ADDRESSED.match(key or "")
@@ -369,7 +370,7 @@ class BulkSubmitter:
         key = str(self.store.key_from_uri(p.spec.image))
         data = p.data
         if p.local is not None:
-            data = read_local(p.local, self.client.settings)
+            data = read_local(p.local, self.settings)
             if input_key(hashlib.sha256(data).hexdigest(), key.rsplit(".", 1)[-1]) != key:
                 raise InvalidJobError(
                     f"image={p.local!r} changed while it was being submitted; run again",

@@ -99,7 +99,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     client = _client()
     show = BulkProgress(as_json=args.json)
     bulk = BulkSubmitter(
-        client,
+        client.jobqueue,
         batch_id=args.batch_id,
         force=args.force,
         random_seed=random_seed,
@@ -152,8 +152,8 @@ def strict_check(rows: Any) -> list[str]:
 
 
 def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any) -> int:
-    from svdq.producer.client import WaitTimeoutError
     from svdq.producer.report import report_rows, write_report
+    from svdq.shared.errors import WaitTimeoutError
 
     batch = client.batch(batch_id)
     try:

@@ -6,20 +6,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from svdq.producer.batch import FINAL, peek
+from celery import Celery
+from celery.exceptions import TaskRevokedError
+
+from svdq.producer.jobqueue import FINAL, JobQueue
 from svdq.shared.constants import cancel_key
 
 REASON = "cancelled by svdq cancel"
 
 
-def cancel_jobs(client: Any, job_ids: list[str]) -> dict[str, str]:
+def cancel_jobs(jobqueue: JobQueue, job_ids: list[str]) -> dict[str, str]:
     """Cancel each job; return per job what happened (see Client.cancel)."""
-    app = client.app
+    app, expires = jobqueue.app, jobqueue.settings.result_expires
     out: dict[str, str] = {}
     for start in range(0, len(job_ids), 500):
         ids = job_ids[start : start + 500]
-        entries = peek(app, ids)
-        pipe = app.backend.client.pipeline(transaction=False)
+        entries = jobqueue.peek(ids)
+        pipe = jobqueue.redis.pipeline(transaction=False)
         revoke_now = []
         for entry in entries:
             job_id, state = entry["job_id"], entry["state"]
@@ -30,7 +33,7 @@ def cancel_jobs(client: Any, job_ids: list[str]) -> dict[str, str]:
                 out[job_id] = "unknown"
                 continue
             # The flag outlives the queue: a worker that takes the message later drops it.
-            pipe.set(cancel_key(job_id), 1, ex=client.settings.result_expires)
+            pipe.set(cancel_key(job_id), 1, ex=expires)
             if state == "queued":
                 revoke_now.append(job_id)
                 out[job_id] = "cancelled"
@@ -38,20 +41,14 @@ def cancel_jobs(client: Any, job_ids: list[str]) -> dict[str, str]:
                 out[job_id] = "cancelling"
         for job_id in revoke_now:
             # Readers see "cancelled" at once, before any worker reaches the message.
-            pipe.set(
-                app.backend.get_key_for_task(job_id),
-                revoked_meta(app, job_id),
-                ex=client.settings.result_expires,
-            )
+            pipe.set(jobqueue.state_key(job_id), revoked_meta(app, job_id), ex=expires)
         pipe.execute()
     return out
 
 
-def revoked_meta(app: Any, job_id: str) -> Any:
+def revoked_meta(app: Celery, job_id: str) -> Any:
     """The REVOKED state record exactly as Celery's Redis backend writes it (written here in
     the same pipeline instead of one round trip per job through backend.mark_as_revoked)."""
-    from celery.exceptions import TaskRevokedError
-
     backend = app.backend
     meta = {
         "status": "REVOKED",

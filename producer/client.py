@@ -15,34 +15,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from svdq.producer.batch import Batch
+from svdq.producer.bulk import BulkSubmitter
+from svdq.producer.cancel import cancel_jobs
 from svdq.producer.inputs import store_input
+from svdq.producer.jobqueue import FINAL, STATES, JobQueue
+from svdq.producer.manifest import Row
+from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
 from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
-from svdq.shared.errors import InvalidJobError, SvdqError, TransientError
+from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
-from svdq.shared.storage import ObjectNotFoundError, ObjectStore, open_store
+from svdq.shared.storage import ObjectStore, open_store
 
-# Celery's state names -> what a person reads.
-_STATES = {
-    "PENDING": "queued",
-    "RECEIVED": "queued",
-    "STARTED": "running",
-    "PROGRESS": "running",
-    "RETRY": "retrying",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "REVOKED": "cancelled",
-}
-FINAL = {"succeeded", "failed", "cancelled"}
-
-
-class JobFailedError(SvdqError):
-    """Raised by `result()`/`wait()` when the job ended without a clip."""
-
-
-class WaitTimeoutError(SvdqError):
-    """Raised when a wait runs out of time before the job ends; the job goes on."""
+__all__ = ["Client", "JobFailedError", "JobHandle", "WaitTimeoutError"]
 
 
 @dataclass
@@ -80,6 +67,8 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.store = store or open_store(self.settings)
         self.app = make_celery(self.settings)
+        # What every collaborator (bulk, batches, cancelling, dead letters) works through.
+        self.jobqueue = JobQueue(self.settings, self.app, self.store)
 
     def prepare(self, spec: JobSpec | dict[str, Any], *, random_seed: bool = False) -> JobSpec:
         """Check a job, upload its image, and fill in variant, seed and job id. Queues nothing."""
@@ -121,10 +110,10 @@ class Client:
     def _record(self, spec: JobSpec, queue: str) -> None:
         assert spec.job_id
         key = job_key(spec.job_id)
-        pipe = self.app.backend.client.pipeline(transaction=False)
+        pipe = self.jobqueue.redis.pipeline(transaction=False)
         # Going out again (job ids repeat by design): an earlier run's final state and cancel
         # flag are stale, and `wait` must not hand back that run's result for this one.
-        pipe.delete(self.app.backend.get_key_for_task(spec.job_id), cancel_key(spec.job_id))
+        pipe.delete(self.jobqueue.state_key(spec.job_id), cancel_key(spec.job_id))
         pipe.hset(
             key,
             mapping={
@@ -138,22 +127,13 @@ class Client:
 
     def job_spec(self, job_id: str) -> JobSpec | None:
         """The spec a job was submitted with, while Redis still remembers it."""
-        raw = self.app.backend.client.hget(job_key(job_id), "spec")
-        return JobSpec.from_dict(json.loads(raw)) if raw else None
-
-    def _stored_result(self, job_id: str) -> dict[str, Any] | None:
-        spec = self.job_spec(job_id)
-        try:
-            data = self.store.get_bytes(result_key(job_id, spec.output_prefix if spec else None))
-        except ObjectNotFoundError:
-            return None
-        return dict(json.loads(data))
+        return self.jobqueue.job_spec(job_id)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """Where a job is: state (queued, running, succeeded, failed, cancelled, unknown),
         its progress while running, the reason when failed, the result record when done."""
         res = self.app.AsyncResult(job_id)
-        state = _STATES.get(res.state, res.state.lower())
+        state = STATES.get(res.state, res.state.lower())
         out: dict[str, Any] = {"job_id": job_id, "state": state}
         info = res.info
         if state == "running" and isinstance(info, dict):
@@ -162,9 +142,9 @@ class Client:
             out["error"] = f"{type(info).__name__}: {info}"
         elif state == "succeeded" and isinstance(info, dict):
             out["result"] = info
-        if state == "queued" and not self.app.backend.client.exists(job_key(job_id)):
+        if state == "queued" and not self.jobqueue.redis.exists(job_key(job_id)):
             # Redis has no record of it (never submitted, or expired): result.json decides.
-            stored = self._stored_result(job_id)
+            stored = self.jobqueue.stored_result(job_id)
             out.update(state="succeeded", result=stored) if stored else out.update(state="unknown")
         if out["state"] == "queued":
             out.update(self._consumers_note(job_id))
@@ -172,11 +152,7 @@ class Client:
 
     def _consumers_note(self, job_id: str) -> dict[str, str]:
         """`waiting_for` when no live worker consumes the job's queue: not stuck silently."""
-        import time
-
-        from svdq.producer.stats import workers
-
-        redis = self.app.backend.client
+        redis = self.jobqueue.redis
         queue = redis.hget(job_key(job_id), "queue")
         queue = queue.decode() if isinstance(queue, bytes) else queue
         if not queue or any(queue in w["queues"] for w in workers(redis, time.time())):
@@ -255,9 +231,6 @@ class Client:
         spec raises InvalidJobError naming it, an input that cannot be stored TransientError;
         the good ones before it are already queued.
         """
-        from svdq.producer.bulk import BulkSubmitter
-        from svdq.producer.manifest import Row
-
         rows = (
             Row(f"specs[{i}]", i + 1, data={**params, **_as_dict_or_image(s)})
             for i, s in enumerate(specs)
@@ -273,7 +246,7 @@ class Client:
                 outcomes.setdefault(event["job_id"], (event["outcome"], None))
 
         bulk = BulkSubmitter(
-            self,
+            self.jobqueue,
             batch_id=batch_id,
             force=force,
             random_seed=random_seed,
@@ -303,17 +276,15 @@ class Client:
         for jobs unknown here, which come out at once).
         Raises WaitTimeoutError if `timeout` seconds pass before all of them end.
         """
-        from svdq.producer.batch import FINAL, peek
-
         pending = {h.job_id: h for h in handles}
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             ids = list(pending)
             ended: list[tuple[str, str]] = []
             for start in range(0, len(ids), 500):
-                for entry in peek(self.app, ids[start : start + 500]):
-                    state = entry["state"]
-                    if state == "unknown" and self._stored_result(entry["job_id"]) is not None:
+                for entry in self.jobqueue.peek(ids[start : start + 500]):
+                    state, job_id = entry["state"], entry["job_id"]
+                    if state == "unknown" and self.jobqueue.stored_result(job_id) is not None:
                         state = "succeeded"  # Redis forgot it; result.json says it is done
                     # unknown: never submitted here, or forgotten everywhere; it will not end,
                     # so it comes out now and its result() says so.
@@ -337,15 +308,11 @@ class Client:
         Returns, per job: "cancelled", "cancelling" (running; its worker stops it),
         "already succeeded|failed|cancelled", or "unknown".
         """
-        from svdq.producer.cancel import cancel_jobs
+        return cancel_jobs(self.jobqueue, list(job_ids))
 
-        return cancel_jobs(self, list(job_ids))
-
-    def batch(self, batch_id: str) -> Any:
+    def batch(self, batch_id: str) -> Batch:
         """A bulk submission by id: its record, counts by state, handles, wait and cancel."""
-        from svdq.producer.batch import Batch
-
-        return Batch(self, batch_id)
+        return Batch(self.jobqueue, batch_id)
 
 
 def _as_dict_or_image(spec: JobSpec | dict[str, Any] | str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from svdq.producer.client import Client, JobHandle
 from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, lease_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
@@ -21,10 +22,10 @@ def dead_jobs(redis: Any) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r.get("dead_at") or 0, r.get("job_id", "")))
 
 
-def retry_dead(client: Any, job_id: str) -> Any:
+def retry_dead(client: Client, job_id: str) -> JobHandle:
     """Take `job_id` off the dead-letter list and queue it again with a fresh delivery count;
     return its JobHandle. Raises InvalidJobError when the job is not dead-lettered."""
-    redis = client.app.backend.client
+    redis = client.jobqueue.redis
     raw = redis.hget(DEAD_LETTER_KEY, job_id)
     if raw is None:
         raise InvalidJobError(

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from svdq.producer.batch import Batch
+
 COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds")
 
 
-def report_rows(batch: Any, presign: int | None = None) -> Iterator[dict[str, Any]]:
-    """Rows for every job of `batch` (producer.batch.Batch), then the rows that did not become
-    jobs of their own: invalid, skipped, upload failed, and duplicates of another row."""
-    store = batch.client.store
+def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, Any]]:
+    """Rows for every job of `batch`, then the rows that did not become jobs of their own:
+    invalid, skipped, upload failed, and duplicates of another row."""
+    store = batch.jobqueue.store
     for entry in batch.states():
         result = entry.get("result") or {}
         outputs = {k: o["uri"] for k, o in result.get("outputs", {}).items()}

@@ -289,7 +289,7 @@ def test_an_input_that_cannot_be_stored_fails_its_row_and_the_rest_go_on(tmp_pat
     client = Client(settings, open_store(settings))
     events: list[dict] = []
     # svd: no test worker consumes that queue; the queued jobs are removed below.
-    bulk = BulkSubmitter(client, on_event=events.append)
+    bulk = BulkSubmitter(client.jobqueue, on_event=events.append)
     summary = bulk.run(iter_source(folder, {**QUICK_SPEC, "variant": "svd"}), str(folder))
     r = redis_lib.Redis.from_url(redis_url)
     members = [m.decode() for m in r.lrange(batch_jobs_key(summary.batch_id), 0, -1)]
@@ -313,7 +313,7 @@ def test_a_row_repeating_another_gets_its_own_report_row(client, tmp_path, redis
     manifest = tmp_path / "twice.jsonl"
     row = {"image": str(image), **QUICK_SPEC, "variant": "svd"}  # svd: nothing consumes it
     manifest.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
-    summary = BulkSubmitter(client).run(iter_source(manifest), str(manifest))
+    summary = BulkSubmitter(client.jobqueue).run(iter_source(manifest), str(manifest))
     rows = list(report_rows(client.batch(summary.batch_id)))
     r = redis_lib.Redis.from_url(redis_url)
     for key in [*r.scan_iter("svdq.svd:*"), "svdq.svd"]:

@@ -1,0 +1,105 @@
+"""The producer's one handle on svdq's services: settings, the Celery app, its Redis and the
+object store, plus the few reads every producer module shares (many job states in one round
+trip, a job's submission record, its result.json).
+
+`Client` makes one and composes the rest around it; `BulkSubmitter`, `Batch`, `cancel_jobs`
+and the dead-letter commands take it as their collaborator (the way arq passes `ArqRedis`
+around), so none of them needs the `Client` that uses them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from svdq.shared.constants import job_key, result_key
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.shared.storage import ObjectNotFoundError, ObjectStore
+
+# Celery's state names -> what a person reads.
+STATES = {
+    "PENDING": "queued",
+    "RECEIVED": "queued",
+    "STARTED": "running",
+    "PROGRESS": "running",
+    "RETRY": "retrying",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "REVOKED": "cancelled",
+}
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    """Settings, the Celery app (broker and result backend: one Redis) and the object store."""
+
+    settings: Settings
+    app: Celery
+    store: ObjectStore
+
+    @property
+    def redis(self) -> Any:
+        """The Redis connection Celery's result backend holds (svdq's own keys live there too)."""
+        return self.app.backend.client
+
+    def state_key(self, job_id: str) -> bytes:
+        """The Redis key where Celery keeps the job's state and result."""
+        return bytes(self.app.backend.get_key_for_task(job_id))
+
+    def job_spec(self, job_id: str) -> JobSpec | None:
+        """The spec a job was submitted with, while Redis still remembers it."""
+        raw = self.redis.hget(job_key(job_id), "spec")
+        return JobSpec.from_dict(json.loads(raw)) if raw else None
+
+    def stored_result(self, job_id: str) -> dict[str, Any] | None:
+        """The job's result.json, or None when it has none (not done, or never run here)."""
+        spec = self.job_spec(job_id)
+        try:
+            data = self.store.get_bytes(result_key(job_id, spec.output_prefix if spec else None))
+        except ObjectNotFoundError:
+            return None
+        return dict(json.loads(data))
+
+    def peek(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """States of many jobs in one pipelined round trip: state, result or error, has_record.
+
+        A job Redis has no state for is `queued` if its submission record exists, else
+        `unknown` (the caller may then look for result.json).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.get(self.state_key(job_id))
+            pipe.exists(job_key(job_id))
+        replies = pipe.execute()
+        return [
+            _entry(self.app.backend, job_id, replies[2 * i], bool(replies[2 * i + 1]))
+            for i, job_id in enumerate(job_ids)
+        ]
+
+
+def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> dict[str, Any]:
+    """One job's peek entry from its stored Celery state (None: Celery has stored none)."""
+    entry: dict[str, Any] = {"job_id": job_id, "has_record": has_record}
+    if raw is None:
+        entry["state"] = "queued" if has_record else "unknown"
+        return entry
+    meta = backend.decode_result(raw)
+    entry["state"] = STATES.get(meta["status"], str(meta["status"]).lower())
+    if meta.get("date_done"):  # when a final state was stored (ISO 8601, UTC)
+        entry["ended_at"] = str(meta["date_done"])
+    result = meta.get("result")
+    if entry["state"] == "succeeded" and isinstance(result, dict):
+        entry["result"] = result
+    elif entry["state"] == "failed" and isinstance(result, dict):
+        message = result.get("exc_message")
+        if isinstance(message, list):  # Celery stores the exception's args
+            message = " ".join(map(str, message))
+        entry["error"] = f"{result.get('exc_type', 'Error')}: {message}"
+    elif entry["state"] == "running" and isinstance(result, dict):
+        entry.update({k: result[k] for k in ("phase", "step", "steps") if k in result})
+    return entry
