@@ -123,7 +123,7 @@ def where_svdq_time_goes(records: list[dict]) -> dict[str, float]:
 
 
 def gif_comparison(job: dict) -> dict:
-    from svdq.worker.export_bench import bench_gif
+    from bench.export import bench_gif
 
     rng = np.random.default_rng(0)
     out = {}

@@ -34,6 +34,11 @@ class ModelNotFoundError(ConfigError):
     """Raised when a variant's weights are not on this machine (svdq never downloads them)."""
 
 
+class EncodeError(SvdqError):
+    """Raised when a clip cannot be encoded (ffmpeg failed; its message is included): the job
+    fails, not retried, since the same frames would fail the same way."""
+
+
 class WorkerFatalError(SvdqError):
     """Raised when the process cannot go on (CUDA context broken): exit so it is replaced."""
 

@@ -1,25 +1,25 @@
-"""Turning a generated clip into the files a job delivers: MP4 (H.264), animated GIF, JPEG poster,
-plus `mp4_info` and `gif_info`, which read those files back to check them."""
+"""Turning a generated clip into the files a job delivers: MP4 (H.264), animated GIF, JPEG poster.
+
+`ENCODERS` maps every format in shared/formats.py to its encoder. The MP4 encoder runs the
+ffmpeg binary that imageio-ffmpeg ships as a subprocess of its own, fed raw frames on stdin,
+so its exit status and error output are ours to read.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
 import subprocess
 import tempfile
-import threading
-import warnings
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
-from PIL import GifImagePlugin, Image, ImageSequence
+from PIL import GifImagePlugin, Image
 
-from svdq.shared.errors import SvdqError
+from svdq.shared.errors import EncodeError
 
 MP4_CRF = 18
 MP4_PRESET = "veryfast"
@@ -32,10 +32,6 @@ GIF_PALETTE_SAMPLES = 8192
 _GIF_KMEANS = 32
 # Palette index kept free for "unchanged since the previous frame" in GIF delta frames.
 _GIF_TRANSPARENT = 255
-
-# FFREPORT is read from the environment when ffmpeg starts; the lock keeps two encodes in
-# this process from handing each other their log file.
-_FFREPORT_LOCK = threading.Lock()
 
 
 def _check_shape(frames: np.ndarray) -> None:
@@ -88,31 +84,43 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _ffreport_value(log: Path) -> str:
-    # FFREPORT is a key=value list: ':' and quotes would end the value, '%' starts a template.
-    path = str(log).replace("%", "%%")
-    for ch in "\\':":
-        path = path.replace(ch, "\\" + ch)
-    return f"file={path}:level=16"  # 16 = AV_LOG_ERROR
-
-
-def _read_report_errors(log: Path) -> str:
-    """Error lines ffmpeg wrote to its report, without the command-line preamble."""
-    try:
-        text = log.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    lines = text.splitlines()
-    if lines and lines[0].startswith("Command line:"):
-        lines = lines[2:]  # "Command line:" and the command itself
-    return "\n".join(line for line in lines if line.strip())
+def _mp4_command(width: int, height: int, fps: float, out: Path) -> list[str]:
+    """ffmpeg reading raw RGB frames on stdin and writing H.264/yuv420p MP4 to `out`."""
+    # A rational rate, so 29.97 or 7.5 are passed exactly rather than rounded.
+    rate = str(Fraction(fps).limit_denominator())
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",  # only errors on stderr: anything there means the encode failed
+        "-y",
+        "-f",
+        "rawvideo",
+        "-vcodec",
+        "rawvideo",
+        "-s",
+        f"{width}x{height}",
+        "-pix_fmt",
+        "rgb24",
+        "-r",
+        rate,
+        "-i",
+        "-",
+        "-an",
+        "-vcodec",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        *_X264_PARAMS,
+        str(out),
+    ]
 
 
 def encode_mp4(frames_u8: np.ndarray, fps: float) -> bytes:
     """Encode a uint8 (F, H, W, 3) clip as H.264/yuv420p MP4 with exactly F frames at `fps`.
 
     Width and height must be even (yuv420p halves chroma in both directions); nothing is
-    resized or padded. Raises ValueError for bad input and SvdqError, with ffmpeg's error
+    resized or padded. Raises ValueError for bad input and EncodeError, with ffmpeg's error
     output, if ffmpeg fails.
     """
     frames = _check_video(frames_u8)
@@ -126,57 +134,23 @@ def encode_mp4(frames_u8: np.ndarray, fps: float) -> bytes:
     with tempfile.TemporaryDirectory(prefix="svdq-mp4-") as tmp:
         # A real file, not a pipe: +faststart rewrites the file to put the index first.
         out = Path(tmp) / "video.mp4"
-        log = Path(tmp) / "ffmpeg.log"
-        process: subprocess.Popen[bytes] | None = None
-        writer = imageio_ffmpeg.write_frames(
-            str(out),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=None,  # we pass -crf ourselves
-            macro_block_size=1,  # sizes are already valid; never let imageio rescale
-            ffmpeg_log_level="quiet",  # nothing on the console; errors go to the report
-            output_params=list(_X264_PARAMS),
+        process = subprocess.Popen(
+            _mp4_command(width, height, fps, out),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        try:
-            # write_frames inherits our stderr and never checks ffmpeg's exit status, so
-            # ffmpeg is told (via FFREPORT, read once at start) to log errors to a file.
-            with _FFREPORT_LOCK:
-                previous = os.environ.pop("FFREPORT", None)
-                os.environ["FFREPORT"] = _ffreport_value(log)
-                try:
-                    writer.send(None)  # starts ffmpeg
-                    # write_frames leaves ffmpeg's stdin open when ffmpeg exits early (it only
-                    # closes it for a live process); keep a handle so we can close it ourselves.
-                    process = writer.gi_frame.f_locals.get("p") if writer.gi_frame else None
-                finally:
-                    os.environ.pop("FFREPORT")
-                    if previous is not None:
-                        os.environ["FFREPORT"] = previous
-            for frame in frames:
-                writer.send(frame)
-        except OSError as exc:  # the pipe broke: ffmpeg died early (and has exited by now)
-            raise SvdqError(
-                f"ffmpeg failed while encoding MP4: {_read_report_errors(log) or exc}"
-            ) from exc
-        finally:
-            writer.close()  # waits for ffmpeg to finish writing the file
-            _close_stdin(process)
-        errors = _read_report_errors(log)
-        if errors or not out.is_file() or out.stat().st_size == 0:
-            raise SvdqError(f"ffmpeg failed to encode MP4:\n{errors or 'no output written'}")
+        # communicate() feeds stdin while draining stderr, so neither pipe can fill up and
+        # stall the other; a broken pipe (ffmpeg died early) ends the feeding, and the exit
+        # status and stderr say why.
+        _, stderr = process.communicate(frames.tobytes())
+        errors = stderr.decode(errors="replace").strip()
+        if process.returncode or errors or not out.is_file() or out.stat().st_size == 0:
+            raise EncodeError(
+                f"ffmpeg failed to encode MP4 (exit status {process.returncode}):\n"
+                f"{errors or 'no output written'}"
+            )
         return out.read_bytes()
-
-
-def _close_stdin(process: subprocess.Popen[bytes] | None) -> None:
-    """Close ffmpeg's stdin pipe if write_frames left it open (ffmpeg died early)."""
-    if process is None or process.stdin is None or process.stdin.closed:
-        return
-    # A broken pipe's buffered bytes cannot be flushed; the pipe is closed all the same.
-    with contextlib.suppress(OSError):
-        process.stdin.close()
 
 
 def gif_frame_ms(fps: float) -> int:
@@ -231,7 +205,7 @@ def encode_gif(frames_u8: np.ndarray, fps: float) -> bytes:
     indexed = stacked.quantize(palette=mapping, dither=Image.Dither.NONE)
     indices = np.asarray(indexed).reshape(count, height, width)
     if indices.max() >= _GIF_TRANSPARENT:
-        raise SvdqError("GIF palette mapping used the reserved transparent index")
+        raise EncodeError("GIF palette mapping used the reserved transparent index")
     full_palette = palette + bytes(768 - len(palette))
 
     first = _indexed(indices[0], full_palette)
@@ -288,46 +262,3 @@ def encode_poster(frame_u8: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame_u8)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def mp4_info(data: bytes) -> dict[str, Any]:
-    """Decode an MP4 and report {"frames", "width", "height", "fps", "codec", "pix_fmt"}.
-
-    "frames" counts the frames actually decoded, not what the container claims.
-    """
-    with tempfile.TemporaryDirectory(prefix="svdq-mp4-") as tmp, warnings.catch_warnings():
-        # read_frames leaves ffmpeg's stdin/stdout pipes open when ffmpeg has already exited
-        # at the end of the stream; they are closed when collected, with a ResourceWarning.
-        warnings.simplefilter("ignore", ResourceWarning)
-        path = Path(tmp) / "video.mp4"
-        path.write_bytes(data)
-        # Gray is enough to count frames (a third of the bytes through the pipe); passthrough
-        # stops ffmpeg from duplicating or dropping frames to fit a frame rate.
-        reader = imageio_ffmpeg.read_frames(
-            str(path), pix_fmt="gray", bpp=1, output_params=["-fps_mode", "passthrough"]
-        )
-        try:
-            meta = next(reader)
-            frames = sum(1 for _ in reader)
-        finally:
-            reader.close()
-            del reader  # collect the pipes while the warning is still ignored
-    width, height = meta["size"]
-    pix_fmt = str(meta.get("pix_fmt", "")).split("(")[0]
-    return {"frames": frames, "width": width, "height": height, "fps": meta["fps"],
-            "codec": meta["codec"], "pix_fmt": pix_fmt}  # fmt: skip
-
-
-def gif_info(data: bytes) -> dict[str, Any]:
-    """Read a GIF and report {"frames", "width", "height", "loop", "duration_ms", "total_ms"}.
-
-    "duration_ms" is the first frame's delay; "total_ms" sums all frames' delays.
-    "loop" is None when the GIF plays once (no looping extension).
-    """
-    with Image.open(io.BytesIO(data)) as image:
-        if not isinstance(image, GifImagePlugin.GifImageFile):
-            raise ValueError(f"not a GIF: {image.format}")
-        frames, (width, height), loop = image.n_frames, image.size, image.info.get("loop")
-        durations = [int(frame.info.get("duration", 0)) for frame in ImageSequence.Iterator(image)]
-    return {"frames": frames, "width": width, "height": height, "loop": loop,
-            "duration_ms": durations[0], "total_ms": sum(durations)}  # fmt: skip

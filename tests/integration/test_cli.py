@@ -10,9 +10,9 @@ import pytest
 import redis as redis_lib
 
 from svdq.shared.constants import job_key
-from svdq.worker.export import gif_info, mp4_info
 from tests.conftest import TEST_REDIS_DB, run_svdq
 from tests.integration.helpers import make_image, queued_messages
+from tests.media import gif_info, mp4_info
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from svdq.shared.constants import result_key
-from svdq.worker.export import gif_info, mp4_info
 from tests.integration.helpers import FAST, make_image
+from tests.media import gif_info, mp4_info
 
 pytestmark = pytest.mark.integration
 

@@ -12,17 +12,16 @@ import pytest
 from PIL import Image, ImageSequence
 
 from svdq.shared import formats
-from svdq.shared.errors import SvdqError
+from svdq.shared.errors import EncodeError, SvdqError
 from svdq.worker import export
 from svdq.worker.export import (
     encode_gif,
     encode_mp4,
     encode_poster,
     gif_frame_ms,
-    gif_info,
-    mp4_info,
     to_uint8,
 )
+from tests.media import gif_info, mp4_info
 
 FRAMES, HEIGHT, WIDTH = 14, 64, 64
 
@@ -60,7 +59,7 @@ def decode_mp4_rgb(data: bytes, tmp_path: os.PathLike[str]) -> np.ndarray:
     with open(path, "wb") as out:
         out.write(data)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # see export.mp4_info
+        warnings.simplefilter("ignore", ResourceWarning)  # see tests/media.py mp4_info
         reader = imageio_ffmpeg.read_frames(path)
         meta = next(reader)
         width, height = meta["size"]
@@ -166,8 +165,9 @@ def test_mp4_rejects_bad_input() -> None:
 
 def test_mp4_ffmpeg_failure_carries_its_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export, "_X264_PARAMS", ["-preset", "no-such-preset"])
-    with pytest.raises(SvdqError, match="no-such-preset"):
+    with pytest.raises(EncodeError, match="no-such-preset") as caught:
         encode_mp4(smooth_clip(), 7)
+    assert isinstance(caught.value, SvdqError)  # caught wherever svdq's errors are
     assert "FFREPORT" not in os.environ
 
 

@@ -1,19 +1,33 @@
-"""How much faster `encode_gif` is than Pillow's default animated-GIF save.
+"""How much faster `encode_gif` is than Pillow's default animated-GIF save, and what an MP4
+of the same clip costs.
 
-Run as `python -m svdq.worker.export_bench` for the two reference clip sizes.
+Best of `--repeats` for each encoder on a synthetic clip (a moving colour gradient with mild
+noise: smooth like real output, not trivially flat) at the two reference sizes. Prints a table
+and writes bench/results/export.json. Target: GIF ratio >= 5x.
+
+    python bench/export.py [--repeats 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from svdq.worker.export import encode_gif, gif_frame_ms
+from svdq.worker.export import encode_gif, encode_mp4, gif_frame_ms
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = ((25, 576, 1024, 7), (14, 256, 256, 7))  # frames, height, width, fps
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -74,12 +88,37 @@ def smooth_clip(frames: int, height: int, width: int, seed: int = 0) -> np.ndarr
 
 
 def main() -> None:
-    for frames, height, width, fps in ((25, 576, 1024, 7), (14, 256, 256, 7)):
-        result = bench_gif(smooth_clip(frames, height, width), fps)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = {}
+    print(f"{'clip':<14}{'gif ours':>10}{'pillow':>10}{'ratio':>8}{'mp4':>10}")
+    for frames, height, width, fps in SIZES:
+        clip = smooth_clip(frames, height, width)
+        row = bench_gif(clip, fps, args.repeats)
+        row["mp4_s"] = _best_of(lambda clip=clip, fps=fps: encode_mp4(clip, fps), args.repeats)
+        name = f"{frames}x{width}x{height}"
+        rows[name] = row
         print(
-            f"{frames}x{width}x{height}: ours {result['ours_s']:.3f}s, "
-            f"pillow default {result['pillow_default_s']:.3f}s, ratio {result['ratio']:.1f}x"
+            f"{name:<14}{row['ours_s']:>10.3f}{row['pillow_default_s']:>10.3f}"
+            f"{row['ratio']:>7.1f}x{row['mp4_s']:>10.3f}   target: ratio >= 5x"
         )
+    report = {
+        "clips": rows,
+        "repeats": args.repeats,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = REPO / "bench" / "results" / "export.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
