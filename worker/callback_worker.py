@@ -1,5 +1,5 @@
 """`svdq callbacks`: the consumer of queue svdq.callbacks. It POSTs each ended job's result
-JSON to the job's callback_url, signed, retrying with exponential backoff.
+JSON to the job's callback_url, signed, retrying with exponential backoff (shared/retry.py).
 
 No torch and no GPU: run it anywhere that reaches Redis and the receivers, e.g.
 `svdq callbacks --concurrency 16`. It needs SVDQ_CALLBACK_SECRET (receivers check the
@@ -17,9 +17,10 @@ from celery import Task
 
 from svdq.shared.celery_app import make_celery
 from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
-from svdq.shared.errors import ConfigError
+from svdq.shared.errors import CallbackRefused, ConfigError
+from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
-from svdq.worker.callbacks import CallbackRefused, check_destination, post, should_retry
+from svdq.worker.callbacks import check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
@@ -49,7 +50,8 @@ def deliver_callback(self: Task, url: str, payload: dict[str, Any]) -> dict[str,
     if self.request.retries >= settings.callback_retries:
         log.error("callback for %s failed %d times: %s", payload.get("job_id"), attempt, problem)
         return {"url": url, "status": status, "attempts": attempt, "gave_up": True}
-    wait = settings.callback_backoff * 2**self.request.retries
+    # Doubling from SVDQ_CALLBACK_BACKOFF, no jitter: one receiver, one queue of its own.
+    wait = compute_backoff(attempt, settings.callback_backoff, jitter=False)
     log.warning("callback for %s: %s; retry in %ss", payload.get("job_id"), problem, wait)
     raise self.retry(countdown=wait)
 

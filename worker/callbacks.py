@@ -1,8 +1,9 @@
-"""When a job ends: honour cancellation, and hand the result to the callback queue.
+"""Result callbacks: the GPU worker queues one, `svdq callbacks` POSTs it.
 
-The GPU worker never talks to a callback receiver itself: it publishes one small message to
-queue svdq.callbacks and moves on; `svdq callbacks` (worker/callback_worker.py) does the
-POST, signs it and retries with backoff, so a slow receiver never holds a GPU.
+The GPU worker never talks to a callback receiver itself: when a job with a callback_url ends
+it publishes one small message to queue svdq.callbacks (`dispatch`) and moves on; `svdq
+callbacks` (worker/callback_worker.py) checks the destination, signs the body, POSTs it and
+retries with backoff, so a slow receiver never holds a GPU.
 
 No torch here: the callback consumer imports this module too.
 """
@@ -18,62 +19,26 @@ import socket
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery.exceptions import Ignore, Retry
-
-from svdq.shared.constants import (
-    CALLBACK_SIGNATURE_HEADER,
-    QUEUE_CALLBACKS,
-    TASK_CALLBACK,
-    cancel_key,
-)
-from svdq.shared.errors import SvdqError
+from svdq.shared.constants import CALLBACK_SIGNATURE_HEADER, QUEUE_CALLBACKS, TASK_CALLBACK
+from svdq.shared.errors import CallbackRefused
 from svdq.shared.net import public_address
 from svdq.shared.spec import JobSpec
 
 log = logging.getLogger("svdq.callbacks")
-REVOKED = "REVOKED"
 
 
-class JobCancelledError(SvdqError):
-    """Raised inside a job when it was cancelled: stop now, upload nothing."""
+def cancelled_payload(job: JobSpec) -> dict[str, Any]:
+    """What a cancelled job's callback says."""
+    return {"job_id": job.job_id, "status": "cancelled", "spec": job.to_dict()}
 
 
-def check_cancelled(redis: Any, job_id: str | None) -> None:
-    """Raise JobCancelledError if `svdq cancel` flagged this job (one GET)."""
-    if job_id and redis.exists(cancel_key(job_id)):
-        raise JobCancelledError(f"job {job_id} was cancelled")
-
-
-def run_to_end(task: Any, app: Any, job: JobSpec, run: Callable[[], dict[str, Any]]) -> Any:
-    """Run the job unless it was cancelled; when it ends, queue its callback (if it has one).
-
-    A cancelled job is marked REVOKED (svdq reads "cancelled") and Celery is told to leave
-    that state alone. A retry is not an end: no callback for it.
-    """
-    redis = app.backend.client
-    try:
-        check_cancelled(redis, job.job_id)  # a queued job cancelled before it started
-        result = run()
-    except JobCancelledError as exc:
-        task.update_state(
-            state=REVOKED, meta={"exc_type": "JobCancelledError", "exc_message": str(exc)}
-        )
-        log.info("%s: stopped, nothing uploaded", exc)
-        dispatch(app, job, {"job_id": job.job_id, "status": "cancelled", "spec": job.to_dict()})
-        raise Ignore() from None
-    except (Retry, Ignore):
-        raise
-    except Exception as exc:
-        error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-        payload = {"job_id": job.job_id, "status": "failed", "spec": job.to_dict(), "error": error}
-        dispatch(app, job, payload)
-        raise
-    dispatch(app, job, result)
-    return result
+def failed_payload(job: JobSpec, exc: BaseException) -> dict[str, Any]:
+    """What a failed job's callback says: the error's type and (bounded) message."""
+    error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+    return {"job_id": job.job_id, "status": "failed", "spec": job.to_dict(), "error": error}
 
 
 def dispatch(app: Any, job: JobSpec, payload: dict[str, Any]) -> None:
@@ -96,10 +61,6 @@ def signature(secret: str, body: bytes) -> str:
 def encode(payload: dict[str, Any]) -> bytes:
     """The exact bytes POSTed (and signed)."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-class CallbackRefused(Exception):
-    """Raised when a callback URL points where SVDQ_CALLBACK_NETWORKS does not allow."""
 
 
 def destination_allowed(address: str, networks: str) -> bool:
@@ -134,7 +95,8 @@ def check_destination(url: str, networks: str) -> None:
             raise CallbackRefused(
                 f"callback_url={url[:100]!r} resolves to {address}, which "
                 f"SVDQ_CALLBACK_NETWORKS={networks} does not allow (public, private or any; "
-                "link-local never)"
+                "link-local never)",
+                field="callback_url",
             )
 
 

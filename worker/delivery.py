@@ -1,4 +1,5 @@
-"""At least once in, effects exactly once out: what one delivery of a job does around the run.
+"""At least once in, effects exactly once out: what one delivery of a job does around the run
+(steps 3 and 4 of the job's lifecycle, worker/lifecycle.py, which hands in the run).
 
 Order, for every delivery Celery hands us:
 1. dead-lettered already → refuse, never run (`svdq dead retry` brings it back);
@@ -17,10 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
@@ -33,11 +33,13 @@ from svdq.shared.errors import (
     DeadLetteredError,
     InvalidJobError,
     JobTimeoutError,
+    LeaseBusy,
+    RetryLater,
     TransientError,
 )
+from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import faults
 from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -47,27 +49,12 @@ LOST = "worker lost during this attempt (process killed or crashed)"
 BROKER_LOST = (RedisConnectionError, RedisTimeoutError, OperationalError)
 
 
-class LeaseBusy(Exception):
-    """Raised when another live delivery holds the job's lease; carries the wait in seconds."""
+class Counts(Protocol):
+    """What a delivery reports as it goes (worker.metrics.WorkerMetrics is one)."""
 
-    def __init__(self, job_id: str, wait: float) -> None:
-        super().__init__(f"job {job_id} is running in another delivery; back in {wait:.0f}s")
-        self.wait = wait
+    def lease_renewed(self) -> None: ...
 
-
-class RetryLater(Exception):
-    """Raised when a transient fault ended this attempt and another is due in `wait` seconds."""
-
-    def __init__(self, reason: str, wait: float) -> None:
-        super().__init__(reason)
-        self.wait = wait
-
-
-def backoff(attempt: int, base: float, cap: float, rnd: random.Random | None = None) -> float:
-    """Seconds to wait before retry `attempt` (1-based): base·2^(n-1), capped, then jittered
-    into [half, all] of that so retries of many jobs spread out instead of arriving together."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return ceiling * (0.5 + 0.5 * (rnd or random).random())
+    def dead_lettered(self, kind: str) -> None: ...
 
 
 def _now() -> float:
@@ -85,16 +72,8 @@ def dead_record(redis: Any, job_id: str) -> dict[str, Any] | None:
     return dict(json.loads(raw)) if raw else None
 
 
-def dead_letter(
-    redis: Any, spec: JobSpec, reason: str, expires: int, kind: str = "deliveries"
-) -> dict[str, Any]:
-    """Put the job on the dead-letter list with its spec and every attempt's reason.
-
-    `kind` is the metric's short label: "deliveries" (too many, none finished) or
-    "transient" (a fault that kept coming back); the full reason is in the record.
-    """
-    from svdq.worker import metrics
-
+def dead_letter(redis: Any, spec: JobSpec, reason: str, expires: int) -> dict[str, Any]:
+    """Put the job on the dead-letter list with its spec and every attempt's reason."""
     assert spec.job_id
     record = {
         "job_id": spec.job_id,
@@ -104,14 +83,8 @@ def dead_letter(
         "dead_at": _now(),
     }
     redis.hset(DEAD_LETTER_KEY, spec.job_id, json.dumps(record))
-    metrics.dead_lettered(kind)
     log.error("job %s dead-lettered: %s", spec.job_id, reason)
     return record
-
-
-def forget_deliveries(redis: Any, job_id: str) -> None:
-    """Start a job's delivery count afresh (after a person retries it)."""
-    redis.delete(deliveries_key(job_id), generations_key(job_id))
 
 
 class Attempt:
@@ -146,18 +119,22 @@ def deliver(
     done: Callable[[], dict[str, Any] | None],
     run: Callable[[], dict[str, Any]],
     soft_limit: float | None = None,
+    *,
+    counts: Counts,
 ) -> dict[str, Any]:
     """Run one delivery of `spec` under the rules above; return the result record.
 
-    Raises DeadLetteredError, InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater
-    (the caller schedules the job again), or whatever else `run` raised (final).
+    `done()` is the commit-marker check (the recorded result or None), `run()` the work;
+    `counts` hears of lease renewals and dead-letters. Raises DeadLetteredError,
+    InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater (the caller schedules the
+    job again), or whatever else `run` raised (final).
     """
     job_id = spec.job_id
     assert job_id
     dead = dead_record(redis, job_id)
     if dead is not None:
         raise DeadLetteredError(f"job {job_id} is dead-lettered: {dead['reason']}")
-    lease = Lease.acquire(redis, job_id, settings.lease_ttl, worker)
+    lease = Lease.acquire(redis, job_id, settings.lease_ttl, worker, counts.lease_renewed)
     if lease is None:
         raise LeaseBusy(job_id, settings.lease_ttl)
     with lease:
@@ -187,8 +164,8 @@ def deliver(
             )
             attempt.close("not run: too many deliveries")
             dead_letter(redis, spec, reason, settings.result_expires)
+            counts.dead_lettered("deliveries")
             raise DeadLetteredError(f"job {job_id} dead-lettered after {reason}")
-        faults.set_delivery(count)
         redis.incr(generations_key(job_id))
         redis.expire(generations_key(job_id), settings.result_expires)
         try:
@@ -207,11 +184,12 @@ def deliver(
             reason = f"transient: {exc}"
             attempt.close(reason, final=count >= settings.max_deliveries)
             if count >= settings.max_deliveries:
-                dead_letter(redis, spec, reason, settings.result_expires, kind="transient")
+                dead_letter(redis, spec, reason, settings.result_expires)
+                counts.dead_lettered("transient")
                 raise DeadLetteredError(
                     f"job {job_id} dead-lettered after {count} attempts: {reason}"
                 ) from exc
-            wait = backoff(count, settings.retry_backoff, settings.retry_backoff_max)
+            wait = compute_backoff(count, settings.retry_backoff, settings.retry_backoff_max)
             raise RetryLater(reason, wait) from exc
         except (SystemExit, KeyboardInterrupt):
             # The process is being stopped (terminated by Celery, shut down): not the job's
@@ -230,26 +208,3 @@ def deliver(
             raise
         attempt.close("succeeded")
         return result
-
-
-def with_retries(
-    action: Callable[[], Any],
-    what: str,
-    settings: Settings,
-    tries: int = 5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Any:
-    """Run `action`, retrying a TransientError up to `tries` times in all with backoff and
-    jitter. Used for uploads, so a storage hiccup redoes the upload and never the generation."""
-    for attempt in range(1, tries + 1):
-        try:
-            return action()
-        except TransientError as exc:
-            if attempt == tries:
-                raise TransientError(f"{what} failed {tries} times; last: {exc}") from exc
-            wait = backoff(attempt, settings.retry_backoff, settings.retry_backoff_max)
-            log.warning(
-                "%s failed (%s); try %d of %d in %.1fs", what, exc, attempt + 1, tries, wait
-            )
-            sleep(wait)
-    raise AssertionError("not reached")

@@ -7,94 +7,90 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from svdq.shared.constants import FINISHED_STREAM, WORKER_KEY_TTL, worker_key
+from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
 STREAM_KEEP_SECONDS = 2 * 3600
 
-# Filled in the parent at worker_init, inherited by the forked child.
-worker: dict[str, Any] = {"hostname": socket.gethostname(), "queues": []}
-state: dict[str, Any] = {}
 
+class Presence:
+    """One worker's heartbeat hash and its entries on the finished-jobs stream.
 
-def gpu_index(env: dict[str, str] | None = None) -> int:
-    """This worker's GPU index: SVDQ_GPU_INDEX (set by the launcher), else CUDA_VISIBLE_DEVICES
-    when it names a single numbered GPU, else 0 (a CPU worker or a UUID-pinned GPU)."""
-    env = dict(os.environ) if env is None else env
-    for name in ("SVDQ_GPU_INDEX", "CUDA_VISIBLE_DEVICES"):
-        value = env.get(name, "").strip()
-        if value.isdigit():
-            return int(value)
-    return 0
+    `model()` gives the loaded pipeline (or None: not yet, or the parent), read at every beat
+    so a step-down or a variant switch shows at once.
+    """
 
+    def __init__(
+        self, redis: Any, identity: Identity, model: Callable[[], Any] = lambda: None
+    ) -> None:
+        self.redis, self.identity, self.model = redis, identity, model
+        self.metrics_port: int | None = None  # set once /metrics is served
+        self._stopping = threading.Event()
 
-def loaded_model() -> Any:
-    """The pipeline worker.tasks loaded in this process, or None (not yet, or the parent)."""
-    tasks = sys.modules.get("svdq.worker.tasks")
-    return getattr(tasks, "_loaded", {}).get("model") if tasks else None
+    def beat(self, fields: dict[str, Any] | None = None) -> None:
+        """Refresh this worker's heartbeat hash (and set `fields` on it)."""
+        model = self.model()
+        entry = {
+            "hostname": self.identity.hostname,
+            "pid": os.getpid(),
+            "gpu": self.identity.gpu_index,
+            "queues": ",".join(self.identity.queues),
+            "metrics_port": self.metrics_port or "",
+            "variant": model.info.name if model else "",
+            "profile": model.profile.name if model else "",
+            "device": model.profile.device if model else "",
+            "beat_at": time.time(),
+            **(fields or {}),
+        }
+        key = worker_key(self.identity.hostname)
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping={k: str(v) for k, v in entry.items()})
+        pipe.expire(key, WORKER_KEY_TTL)
+        pipe.execute()
 
+    def start(self, every: float = WORKER_KEY_TTL / 3) -> threading.Thread:
+        """Beat every `every` seconds from a daemon thread until `forget()`."""
+        thread = threading.Thread(target=self._forever, args=(every,), name="heartbeat")
+        thread.daemon = True
+        thread.start()
+        return thread
 
-def redis() -> Any:
-    """The Redis client of the Celery result backend (one connection pool per process)."""
-    if "redis" not in state:
-        from svdq.worker.tasks import app
+    def _forever(self, every: float) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away for a moment: the next beat tries again
+                log.warning("worker heartbeat failed: %s", exc)
+            self._stopping.wait(every)
 
-        state["redis"] = app.backend.client
-    return state["redis"]
+    def finished(
+        self,
+        job_id: str,
+        status: str,
+        variant: str,
+        reason: str = "",
+        seconds: float | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """One entry on the finished-jobs stream; entries older than 2 h are trimmed away."""
+        entry = {
+            "job_id": job_id,
+            "status": status,
+            "variant": variant,
+            "reason": reason,
+            "worker": worker or self.identity.hostname,
+            "seconds": "" if seconds is None else str(seconds),
+        }
+        min_id = f"{int((time.time() - STREAM_KEEP_SECONDS) * 1000)}-0"
+        self.redis.xadd(FINISHED_STREAM, entry, minid=min_id, approximate=True)
 
-
-def beat(fields: dict[str, Any] | None = None) -> None:
-    """Refresh this worker's heartbeat hash (and set `fields` on it)."""
-    model = loaded_model()
-    entry = {
-        "hostname": worker["hostname"],
-        "pid": os.getpid(),
-        "gpu": gpu_index(),
-        "queues": ",".join(worker["queues"]),
-        "metrics_port": state.get("port", ""),
-        "variant": model.info.name if model else "",
-        "profile": model.profile.name if model else "",
-        "device": model.profile.device if model else "",
-        "beat_at": time.time(),
-        **(fields or {}),
-    }
-    key = worker_key(worker["hostname"])
-    pipe = redis().pipeline()
-    pipe.hset(key, mapping={k: str(v) for k, v in entry.items()})
-    pipe.expire(key, WORKER_KEY_TTL)
-    pipe.execute()
-
-
-def heartbeat_forever(every: float) -> None:
-    """Beat every `every` seconds until `forget()`; run in a daemon thread of the child."""
-    while not state.get("stopping"):
-        try:
-            beat()
-        except Exception as exc:  # Redis away for a moment: the next beat tries again
-            log.warning("worker heartbeat failed: %s", exc)
-        time.sleep(every)
-
-
-def record(task: Any, status: str, variant: str, reason: str, seconds: float | None = None) -> None:
-    """One entry on the finished-jobs stream; entries older than 2 h are trimmed away."""
-    entry = {
-        "job_id": task.request.id or "",
-        "status": status,
-        "variant": variant,
-        "reason": reason,
-        "worker": task.request.hostname or worker["hostname"],
-        "seconds": "" if seconds is None else str(seconds),
-    }
-    min_id = f"{int((time.time() - STREAM_KEEP_SECONDS) * 1000)}-0"
-    redis().xadd(FINISHED_STREAM, entry, minid=min_id, approximate=True)
-
-
-def forget() -> None:
-    """Remove this worker's heartbeat hash and stop refreshing it (a clean stop)."""
-    state["stopping"] = True
-    redis().delete(worker_key(worker["hostname"]))
+    def forget(self) -> None:
+        """Remove this worker's heartbeat hash and stop refreshing it (a clean stop)."""
+        self._stopping.set()
+        self.redis.delete(worker_key(self.identity.hostname))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
@@ -15,11 +16,11 @@ from svdq.shared import formats
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
+from svdq.shared.retry import with_retries
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobResult, JobSpec
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 from svdq.worker import engine, export, stepdown
-from svdq.worker.delivery import with_retries
 from svdq.worker.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def run_job(
     settings: Settings,
     worker_name: str,
     progress: engine.Progress | None = None,
+    on_step_down: Callable[[str, str], None] = lambda before, after: None,
 ) -> dict[str, Any]:
     """Run `spec` (already checked) and return its result record, written last as result.json.
 
@@ -126,7 +128,9 @@ def run_job(
     if progress:
         progress("denoise", 0, spec.num_inference_steps)
     # Out of memory: steps down the profile ladder and retries; `model` ends on the rung used.
-    frames, gen_timings, plan, attempts = stepdown.generate(model, settings, spec, fitted, progress)
+    frames, gen_timings, plan, attempts = stepdown.generate(
+        model, settings, spec, fitted, progress, on_step_down
+    )
     timings.update({k: round(v, 4) for k, v in gen_timings.items()})
     t = time.perf_counter()
     if progress:

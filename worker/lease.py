@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -69,16 +70,31 @@ def holder_is_dead(raw: bytes | str | None, host: str | None = None) -> bool:
 class Lease:
     """The right to run one job now. Use `Lease.acquire`, then `with lease:` to keep it renewed."""
 
-    def __init__(self, redis: Any, job_id: str, ttl: int, value: str) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        job_id: str,
+        ttl: int,
+        value: str,
+        on_renew: Callable[[], None] = lambda: None,
+    ) -> None:
         self.redis, self.job_id, self.ttl, self.value = redis, job_id, ttl, value
         self.key = lease_key(job_id)
+        self.on_renew = on_renew  # told of every renewal (the worker counts them)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.lost = False
 
     @classmethod
-    def acquire(cls, redis: Any, job_id: str, ttl: int, worker: str) -> Lease | None:
-        """Take the job's lease, or return None while another live delivery holds it."""
+    def acquire(
+        cls,
+        redis: Any,
+        job_id: str,
+        ttl: int,
+        worker: str,
+        on_renew: Callable[[], None] = lambda: None,
+    ) -> Lease | None:
+        """Take the job's lease, or return None while another live delivery holds it.
+        `on_renew` is called after every renewal."""
         value = json.dumps(
             {
                 "token": uuid.uuid4().hex,
@@ -89,7 +105,7 @@ class Lease:
         )
         key = lease_key(job_id)
         if redis.set(key, value, nx=True, ex=ttl):
-            return cls(redis, job_id, ttl, value)
+            return cls(redis, job_id, ttl, value, on_renew)
         current = redis.get(key)
         if (
             current is not None
@@ -97,22 +113,14 @@ class Lease:
             and redis.eval(_SWAP, 1, key, current, value, ttl)
         ):
             log.warning("job %s: took over the lease of a dead process: %s", job_id, current)
-            return cls(redis, job_id, ttl, value)
+            return cls(redis, job_id, ttl, value, on_renew)
         return None
-
-    def holder(self) -> dict[str, Any]:
-        """Who holds this lease (worker, host, pid)."""
-        return {k: v for k, v in json.loads(self.value).items() if k != "token"}
 
     def renew(self) -> bool:
         """Push the expiry out by a TTL; False when the lease is no longer ours."""
-        from svdq.worker import metrics
-
         ok = bool(self.redis.eval(_RENEW, 1, self.key, self.value, self.ttl))
         if ok:
-            metrics.lease_renewed()
-        else:
-            self.lost = True
+            self.on_renew()
         return ok
 
     def release(self) -> None:

@@ -1,51 +1,32 @@
-"""Prometheus metrics for one worker, driven by Celery signals (worker.heartbeat keeps its
-Redis presence for `svdq stats`).
+"""Prometheus metrics for one worker: the series, and `WorkerMetrics`, which the job's
+lifecycle (worker/lifecycle.py) tells what happened. Nothing here listens to Celery.
 
 Where the metrics live: in the prefork pool *child*, which is where jobs run and the model
-is loaded (concurrency is 1, so one child per worker). `worker_process_init` starts the HTTP
-server there on SVDQ_METRICS_PORT + the GPU index. We chose this over prometheus_client's
-multiprocess mode because the child is the only process that sees the job, its result record
-and its CUDA memory; multiprocess mode would add a shared directory, file cleanup and no Info
-metric for nothing, with one child per worker. The cost: counters restart at 0 when the child
-is replaced (a crash, a lost worker), which Prometheus' rate()/increase() treat as a counter
-reset. Failures only the parent sees (a killed child, a hard time limit) still reach
-`svdq stats` and the exporter through the Redis stream FINISHED_STREAM, which both processes
-write to.
-
-For the lease / dead-letter code (issue 5): call `lease_renewed()` and `dead_lettered(reason)`.
+is loaded (concurrency is 1, so one child per worker). The runtime (worker/runtime.py) starts
+the HTTP server there on SVDQ_METRICS_PORT + the GPU index. We chose this over
+prometheus_client's multiprocess mode because the child is the only process that sees the job,
+its result record and its CUDA memory; multiprocess mode would add a shared directory, file
+cleanup and no Info metric for nothing, with one child per worker. The cost: counters restart
+at 0 when the child is replaced (a crash, a lost worker), which Prometheus' rate()/increase()
+treat as a counter reset. Failures only the parent sees (a killed child, a hard time limit)
+still reach `svdq stats` and the exporter through the Redis stream FINISHED_STREAM
+(worker/heartbeat.py), which both processes write to.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
-from celery.signals import (
-    task_failure,
-    task_postrun,
-    task_prerun,
-    task_retry,
-    task_success,
-    worker_init,
-    worker_process_init,
-    worker_process_shutdown,
-)
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from svdq.shared.constants import TASK_GENERATE, WORKER_KEY_TTL
-from svdq.worker.heartbeat import beat as _beat
-from svdq.worker.heartbeat import forget as _forget
-from svdq.worker.heartbeat import gpu_index
-from svdq.worker.heartbeat import heartbeat_forever as _heartbeat_forever
-from svdq.worker.heartbeat import loaded_model as _loaded_model
-from svdq.worker.heartbeat import record as _record
-from svdq.worker.heartbeat import state as _state
-from svdq.worker.heartbeat import worker as _worker
+from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
 
@@ -81,44 +62,37 @@ DEAD_LETTERS = Counter(
 )
 
 
-def lease_renewed() -> None:
-    """Count one lease renewal (called by the delivery code)."""
-    LEASE_RENEWALS.inc()
+def metrics_port(base: int, gpu: int) -> int:
+    """The port the worker for GPU `gpu` serves /metrics on: base + GPU index."""
+    return base + gpu
 
 
-def stepped_down(before: str, after: str) -> None:
-    """Count one out-of-memory step-down from profile `before` to `after` (worker.stepdown)."""
-    OOM_STEPDOWNS.labels(before, after).inc()
-
-
-def _peak_vram() -> None:
-    """The job's peak GPU memory, whatever its outcome (an out-of-memory failure most of all)."""
+def _cuda() -> Any:
+    """torch.cuda if torch is loaded and CUDA is there; metrics never import torch."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        PEAK_VRAM.set(torch.cuda.max_memory_allocated())
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
 
 
-def dead_lettered(reason: str) -> None:
-    """Count one job sent to the dead-letter list; `reason` is a short kind, never free text
-    (each distinct value is a time series)."""
-    DEAD_LETTERS.labels(reason=reason).inc()
-
-
-def metrics_port(base: int, env: dict[str, str] | None = None) -> int:
-    """The port this worker serves /metrics on: base + GPU index."""
-    return base + gpu_index(env)
+def _parse_time(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
 
 
 class _WorkerInfo(Collector):
     """Read at scrape time, so a profile change after an OOM step-down shows at once."""
 
-    def collect(self) -> Any:
+    def __init__(self, identity: Identity, model: Callable[[], Any]) -> None:
+        self.identity, self.model = identity, model
+
+    def collect(self) -> Iterator[Metric]:
         info = InfoMetricFamily("svdq_worker", "The loaded model on this worker")
-        model = _loaded_model()
+        model = self.model()
         labels = {
-            "worker": _worker["hostname"],
-            "gpu": str(gpu_index()),
-            "queues": ",".join(_worker["queues"]),
+            "worker": self.identity.hostname,
+            "gpu": str(self.identity.gpu_index),
+            "queues": ",".join(self.identity.queues),
             "variant": model.info.name if model else "",
             "profile": model.profile.name if model else "",
             "device": model.profile.device if model else "",
@@ -130,137 +104,99 @@ class _WorkerInfo(Collector):
         yield loaded
 
 
-@worker_init.connect
-def _remember_worker(sender: Any = None, **_: Any) -> None:
-    # Parent process, after the queues are chosen and before the pool forks.
-    if sender is not None:
-        _worker["hostname"] = sender.hostname
-        _worker["queues"] = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+class WorkerMetrics:
+    """What one worker process counts. One per process; the series are process-wide."""
 
+    def __init__(self) -> None:
+        self.started = 0.0  # when the running job started (time.time())
+        self._load_seen: tuple[Any, ...] | None = None
+        self._info: _WorkerInfo | None = None
 
-@worker_process_init.connect
-def _start_in_child(**_: Any) -> None:
-    from svdq.worker.tasks import settings
-
-    if not _state.get("registered"):
-        REGISTRY.register(_WorkerInfo())
-        _state["registered"] = True
-    port = metrics_port(settings.metrics_port)
-    try:
-        start_http_server(port)
-        _state["port"] = port
+    def serve(self, port: int, identity: Identity, model: Callable[[], Any]) -> bool:
+        """Serve /metrics on `port`, with the Info metric read from `model()` at scrape time;
+        False when the port is taken (the jobs run anyway, without metrics)."""
+        if self._info is None:
+            self._info = _WorkerInfo(identity, model)
+            REGISTRY.register(self._info)
+        try:
+            start_http_server(port)
+        except OSError as exc:
+            log.warning("no metrics: cannot listen on port %d (SVDQ_METRICS_PORT): %s", port, exc)
+            return False
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
-    except OSError as exc:
-        # Another process holds the port: run the jobs anyway, without metrics.
-        log.warning("no metrics: cannot listen on port %d (SVDQ_METRICS_PORT): %s", port, exc)
-    threading.Thread(target=_heartbeat_forever, args=(WORKER_KEY_TTL / 3,), daemon=True).start()
+        return True
 
+    def job_started(self) -> float:
+        """A job starts: busy, and the GPU's peak memory counts from here. Returns the time."""
+        self.started = time.time()
+        BUSY.set(1)
+        cuda = _cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+        return self.started
 
-@worker_process_shutdown.connect
-def _forget_worker(**_: Any) -> None:
-    # A worker that stops cleanly leaves `svdq stats` at once, not when its heartbeat expires.
-    _safe(_forget)
+    def model_loaded(self, model: Any) -> None:
+        """Count each pipeline load once: the first, and any swap (OOM step-down, variant
+        switch), which reloads into the same object with a new profile and load time."""
+        if model is None or model.pipe is None:
+            return
+        seen = (id(model), model.info.name, model.profile.name, model.load_seconds)
+        if self._load_seen != seen:
+            self._load_seen = seen
+            PHASE_SECONDS.labels("load", model.info.name, model.profile.name).observe(
+                model.load_seconds
+            )
 
+    def succeeded(self, result: dict[str, Any]) -> str:
+        """Count a job that returned `result`: "skipped" when result.json was already there
+        (it finished before this job started), else "succeeded" with its phases and frames."""
+        variant = str(result.get("variant", "unknown"))
+        finished = _parse_time(result.get("finished_at"))
+        if finished is not None and finished < self.started:
+            JOBS.labels("skipped", variant).inc()
+            return "skipped"
+        profile = str((result.get("profile") or {}).get("name", ""))
+        JOBS.labels("succeeded", variant).inc()
+        for phase, seconds in (result.get("timings") or {}).items():
+            if phase in PHASES:
+                PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
+        FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
+        self._peak_vram()
+        return "succeeded"
 
-def _ours(sender: Any) -> bool:
-    return getattr(sender, "name", None) == TASK_GENERATE
+    def failed(self, variant: str, exc: BaseException) -> str:
+        """Count a job that failed with `exc`; return the reason it is counted under (the
+        exception's class name: a short label, one time series each)."""
+        reason = type(exc).__name__
+        JOBS.labels("failed", variant).inc()
+        FAILURES.labels(reason).inc()
+        self._peak_vram()
+        return reason
 
+    def retried(self, variant: str) -> None:
+        """Count a job sent back to its queue for later (not an end)."""
+        JOBS.labels("retried", variant).inc()
 
-def _spec_variant(args: Any) -> str:
-    try:
-        return str(args[0].get("variant") or "auto")
-    except (IndexError, AttributeError, TypeError):
-        return "unknown"
-
-
-@task_prerun.connect
-def _on_prerun(sender: Any = None, task_id: str = "", args: Any = None, **_: Any) -> None:
-    if not _ours(sender):
-        return
-    _state["started"] = time.time()
-    BUSY.set(1)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    _safe(_beat, {"job_id": task_id, "job_started_at": _state["started"]})
-    _observe_load()
-
-
-def _observe_load() -> None:
-    """Count each pipeline load once: the first, and any swap (OOM step-down, variant switch),
-    which reloads into the same object with a new profile and load time."""
-    model = _loaded_model()
-    if model is None or model.pipe is None:
-        return
-    seen = (id(model), model.info.name, model.profile.name, model.load_seconds)
-    if _state.get("load_seen") != seen:
-        _state["load_seen"] = seen
-        PHASE_SECONDS.labels("load", model.info.name, model.profile.name).observe(
-            model.load_seconds
-        )
-
-
-@task_postrun.connect
-def _on_postrun(sender: Any = None, **_: Any) -> None:
-    if _ours(sender):
+    def job_ended(self) -> None:
+        """The job is over, whatever its outcome."""
         BUSY.set(0)
-        _observe_load()
-        _safe(_beat, {"job_id": "", "job_started_at": ""})
 
+    def lease_renewed(self) -> None:
+        """Count one lease renewal (worker.lease)."""
+        LEASE_RENEWALS.inc()
 
-@task_success.connect
-def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if not _ours(sender) or not isinstance(result, dict):
-        return
-    variant = str(result.get("variant", "unknown"))
-    profile = str((result.get("profile") or {}).get("name", ""))
-    finished = _parse_time(result.get("finished_at"))
-    if finished is not None and finished < _state.get("started", 0):
-        # result.json was already there: the job did no work now.
-        JOBS.labels("skipped", variant).inc()
-        _safe(_record, sender, "skipped", variant, "")
-        return
-    JOBS.labels("succeeded", variant).inc()
-    for phase, seconds in (result.get("timings") or {}).items():
-        if phase in PHASES:
-            PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
-    FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
-    _safe(_peak_vram)
-    _safe(_record, sender, "succeeded", variant, "", result.get("timings", {}).get("total"))
+    def stepped_down(self, before: str, after: str) -> None:
+        """Count one out-of-memory step-down from profile `before` to `after`."""
+        OOM_STEPDOWNS.labels(before, after).inc()
 
+    def dead_lettered(self, kind: str) -> None:
+        """Count one job sent to the dead-letter list; `kind` is a short label, never free
+        text (each distinct value is a time series)."""
+        DEAD_LETTERS.labels(reason=kind).inc()
 
-@task_failure.connect
-def _on_failure(
-    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
-) -> None:
-    if not _ours(sender):
-        return
-    variant, reason = _spec_variant(args), type(exception).__name__
-    JOBS.labels("failed", variant).inc()
-    FAILURES.labels(reason).inc()
-    _safe(_peak_vram)
-    _safe(_record, sender, "failed", variant, reason)
-
-
-@task_retry.connect
-def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    # sender is the task here too; a retry is not an end, so it stays out of the stream.
-    if _ours(sender):
-        JOBS.labels("retried", _spec_variant(getattr(request, "args", None))).inc()
-
-
-def _safe(fn: Any, *args: Any) -> None:
-    # Bookkeeping must never fail a job that succeeded.
-    try:
-        fn(*args)
-    except Exception as exc:
-        log.warning("metrics bookkeeping failed: %s", exc)
-
-
-def _parse_time(value: Any) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
+    @staticmethod
+    def _peak_vram() -> None:
+        """The job's peak GPU memory, whatever its outcome (an out-of-memory one most of all)."""
+        cuda = _cuda()
+        if cuda is not None:
+            PEAK_VRAM.set(cuda.max_memory_allocated())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,7 @@ from PIL import Image
 from svdq.shared.errors import ResourceError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import engine, metrics, models
-from svdq.worker.devices import runnable_here
+from svdq.worker import engine, models
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,13 @@ def generate(
     spec: JobSpec,
     image: Image.Image,
     progress: engine.Progress | None = None,
+    on_step_down: Callable[[str, str], None] = lambda before, after: None,
 ) -> tuple[np.ndarray, dict[str, float], engine.Plan, list[dict[str, Any]]]:
     """`engine.generate`, stepping down the model's ladder on out-of-memory errors.
 
     Returns frames, phase timings, the plan that ran and the attempts. `model` is changed in
-    place to the rung that succeeded.
+    place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
+    (the worker counts them), told as it happens: a job may still fail on a lower rung.
     """
     import torch
 
@@ -110,5 +112,5 @@ def generate(
             )
         following, rest = model.lower[0], model.lower[1:]
         log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
-        metrics.stepped_down(name, following.name)  # counted here: a job may still fail below
-        models.swap(model, settings, runnable_here(following), rest)
+        on_step_down(name, following.name)
+        models.swap(model, settings, following, rest)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
+from svdq.shared.retry import compute_backoff
+
 log = logging.getLogger("svdq.supervisor")
 
 BACKOFF_START = 1.0
@@ -36,17 +38,16 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restarts: int = 0
+    quick_deaths: int = 0  # deaths in a row, each after less than HEALTHY_AFTER seconds
     backoff: float = BACKOFF_START
     restart_at: float | None = None
     history: list[int] = field(default_factory=list)  # exit codes seen
 
 
-def next_backoff(current: float, lived: float) -> float:
-    """Seconds before the next restart: doubles on each quick death, resets after a
-    healthy run, never above BACKOFF_MAX."""
-    if lived >= HEALTHY_AFTER:
-        return BACKOFF_START
-    return min(current * 2, BACKOFF_MAX)
+def restart_wait(quick_deaths: int) -> float:
+    """Seconds before restarting a child that died `quick_deaths` times in a row without a
+    healthy run: BACKOFF_START, doubling with each, never above BACKOFF_MAX."""
+    return compute_backoff(quick_deaths, BACKOFF_START, BACKOFF_MAX, jitter=False)
 
 
 class Supervisor:
@@ -90,10 +91,9 @@ class Supervisor:
                 code = child.proc.returncode
                 child.history.append(code)
                 lived = now - child.started
-                # First death: the shortest wait; after that double while it keeps dying.
-                child.backoff = (
-                    next_backoff(child.backoff, lived) if child.restarts else BACKOFF_START
-                )
+                # A healthy run starts the count again: its death gets the shortest wait.
+                child.quick_deaths = 1 if lived >= HEALTHY_AFTER else child.quick_deaths + 1
+                child.backoff = restart_wait(child.quick_deaths)
                 child.proc = None
                 if not self.stopping:
                     child.restart_at = now + child.backoff

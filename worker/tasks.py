@@ -1,140 +1,109 @@
-"""The Celery task. The model loads in each pool child (worker_process_init), never per job,
-and never in the parent: CUDA must not be touched before the pool forks."""
+"""The Celery entry point of a GPU worker (`celery -A svdq.worker.tasks`): the app, its one
+task, and thin adapters from Celery's signals to the runtime (worker/runtime.py) and the job's
+lifecycle (worker/lifecycle.py). No job logic lives here.
+
+The model loads in each pool child (worker_process_init), never per job, and never in the
+parent: CUDA must not be touched before the pool forks.
+"""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
+import signal
 from typing import Any
 
 from celery import Task
-from celery.signals import task_revoked, worker_process_init
+from celery.signals import (
+    task_failure,
+    task_revoked,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
-from svdq.shared.celery_app import make_celery, send_job
-from svdq.shared.constants import STATE_PROGRESS, TASK_GENERATE, cancel_key
+from svdq.shared.celery_app import make_celery
+from svdq.shared.constants import TASK_GENERATE
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec
-from svdq.shared.storage import ObjectStore, open_store
-from svdq.worker import metrics  # noqa: F401  (connects the metrics signal handlers first)
-from svdq.worker.callbacks import check_cancelled, run_to_end
+from svdq.worker import lifecycle
+from svdq.worker.heartbeat import Presence
+from svdq.worker.identity import Identity
+from svdq.worker.runtime import Runtime
 
 log = logging.getLogger("svdq.worker")
 
 settings = Settings.from_env()
 app = make_celery(settings)
 
-# Per-process state, filled in the pool child.
-_loaded: dict[str, Any] = {}
+
+class _Process:
+    """This process's part: the parent fills `identity` and `presence` at worker_init (the
+    pool child inherits them); the child builds `runtime` at worker_process_init."""
+
+    identity: Identity | None = None
+    presence: Presence | None = None  # the parent's, for the ends only it sees
+    runtime: Runtime | None = None
 
 
-def worker_variant() -> str:
-    """The variant this worker process runs (set by the launcher)."""
-    return os.environ.get("SVDQ_WORKER_VARIANT", "tiny")
+_here = _Process()
 
 
-def load_for_this_process() -> Any:
-    """Load the model and open the store once per process; return the model."""
-    if "model" not in _loaded:
-        from svdq.worker.resident import load_initial
-
-        _loaded["model"] = load_initial(settings, worker_variant())
-        _loaded["store"] = open_store(settings)
-        # The model and libraries live as long as the process: keep them out of the garbage
-        # collector's full passes, which run in the middle of generation otherwise.
-        gc.collect()
-        gc.freeze()
-    return _loaded["model"]
+@worker_init.connect
+def _learn_identity(sender: Any = None, **_: Any) -> None:
+    """Parent process, after the queues are chosen and before the pool forks."""
+    queues = [q.name for q in sender.app.amqp.queues.consume_from.values()] if sender else []
+    _here.identity = Identity.of(settings, getattr(sender, "hostname", None), queues)
+    _here.presence = Presence(app.backend.client, _here.identity)
 
 
 @worker_process_init.connect
-def _load_in_child(**_: Any) -> None:
+def _start_runtime(**_: Any) -> None:
+    """Pool child: open the store, serve metrics, start the heartbeat, load the model."""
+    identity = _here.identity or Identity.of(settings)
     try:
-        load_for_this_process()
+        _here.runtime = Runtime.start(settings, app, identity)
     except Exception:
         # A child that cannot load its model must not take jobs: stop the whole worker,
         # loudly, so the supervisor (or the person) sees why.
-        log.exception("could not load the %s model; stopping this worker", worker_variant())
-        os.kill(os.getppid(), 15)
+        log.exception("could not load the %s model; stopping this worker", identity.variant)
+        os.kill(os.getppid(), signal.SIGTERM)
         raise
+
+
+@worker_process_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    if _here.runtime is not None:
+        _here.runtime.stop()
 
 
 @app.task(name=TASK_GENERATE, bind=True)
 def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Turn one image into a clip; return the result record (also stored as result.json)."""
-    from svdq.worker.jobs import run_job
-
-    job = JobSpec.from_dict(spec)  # checked again here: the queue is not trusted
-    from svdq.worker.resident import ensure_variant
-
-    # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
-    model = ensure_variant(
-        load_for_this_process(), settings, worker_variant(), job.variant or "auto"
-    )
-    store: ObjectStore = _loaded["store"]
-
-    def progress(phase: str, step: int, steps: int) -> None:
-        # `svdq cancel` stops a running job here: at its next denoising step, before upload.
-        check_cancelled(app.backend.client, job.job_id)
-        self.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
-
-    worker = self.request.hostname or "worker"
-
-    def run() -> dict[str, Any]:
-        return run_job(job, model, store, settings, worker, progress)
-
-    return run_to_end(self, app, job, lambda: _delivered(self, job, run))
+    if _here.runtime is None:
+        raise RuntimeError("this worker process has no runtime: its model did not load")
+    return lifecycle.process(_here.runtime, self, spec)
 
 
-def _delivered(task: Task, job: JobSpec, run: Any) -> dict[str, Any]:
-    """Run `run` under the job's lease and delivery counter (worker.delivery); a busy lease or a
-    transient fault sends the job back to the queue after a wait."""
-    from svdq.worker.delivery import LeaseBusy, RetryLater, deliver
-    from svdq.worker.jobs import existing_result
-
-    store: ObjectStore = _loaded["store"]
-    soft = (task.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
-    try:
-        return deliver(
-            app.backend.client,
-            job,
-            settings,
-            task.request.hostname or "worker",
-            lambda: existing_result(store, job),
-            run,
-            soft_limit=soft,
-        )
-    except (LeaseBusy, RetryLater) as exc:
-        log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
-        raise task.retry(countdown=exc.wait, max_retries=None) from None
+@task_failure.connect
+def _failure_seen_by_parent(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
+    """A killed child or a hard time limit: only the parent sees these ends. (In the pool
+    child, the lifecycle has recorded every end itself.)"""
+    if _here.runtime is not None or getattr(sender, "name", None) != TASK_GENERATE:
+        return
+    if _here.presence is not None:
+        lifecycle.parent_saw_failure(_here.presence, task_id or "", exception, args)
 
 
 @task_revoked.connect
-def _requeue_if_terminated_by_connection_loss(
+def _requeue_if_terminated(
     sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
 ) -> None:
-    """Queue a job again that Celery terminated and then counted as revoked. Runs in the
-    worker's main process.
-
-    On a broker connection loss Celery terminates running jobs (worker_cancel_long_running_
-    tasks_on_connection_loss) and means to leave their messages for redelivery. If recording
-    that fails while Redis is still down, it treats the terminated job as revoked and
-    acknowledges the message once Redis is back: the job would end "cancelled" with nobody
-    having cancelled it. svdq never revokes through Celery (`svdq cancel` sets its own flag),
-    so a terminated job without that flag goes back on its queue; the lease and result.json
-    make a second copy harmless.
-    """
-    if getattr(sender, "name", "") != TASK_GENERATE or not terminated or request is None:
-        return
-    job_id, args = getattr(request, "id", None), getattr(request, "args", None)
-    if not job_id or not args or not isinstance(args[0], dict):
-        return
-    redis = app.backend.client
-    try:
-        if redis.exists(cancel_key(job_id)):
-            return  # a person cancelled it: revoked is right
-        redis.delete(app.backend.get_key_for_task(job_id))  # not cancelled: queued again
-        send_job(app, JobSpec.from_dict(args[0]), settings)
-        log.warning("job %s was terminated by a broker connection loss: queued again", job_id)
-    except Exception:
-        log.exception("job %s was terminated and could not be queued again", job_id)
+    """A job Celery terminated on a broker connection loss goes back on its queue."""
+    if getattr(sender, "name", "") == TASK_GENERATE and terminated and request is not None:
+        lifecycle.requeue_if_terminated(app, settings, request)

@@ -19,13 +19,20 @@ from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
     InvalidJobError,
+    LeaseBusy,
+    RetryLater,
     TransientError,
 )
 from svdq.shared.limits import time_limits
+from svdq.shared.retry import compute_backoff, with_retries
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker.delivery import LeaseBusy, RetryLater, attempts, backoff, deliver, with_retries
+from svdq.worker.delivery import attempts, deliver
 from svdq.worker.lease import Lease
+from svdq.worker.metrics import WorkerMetrics
+
+# The worker's counters, handed to the lease and the delivery code as the worker does.
+COUNTS = WorkerMetrics()
 
 
 def metric(name: str, **labels: str) -> float:
@@ -52,7 +59,7 @@ def test_second_delivery_is_refused_while_the_first_is_alive(r: redis_lib.Redis)
 
 def test_lease_is_renewed_while_held_and_only_by_its_holder(r: redis_lib.Redis) -> None:
     renewals = metric("svdq_lease_renewals_total")
-    lease = Lease.acquire(r, "L1", 1, "a@host")
+    lease = Lease.acquire(r, "L1", 1, "a@host", COUNTS.lease_renewed)
     assert lease is not None
     with lease:
         time.sleep(1.6)  # past the TTL: only the renewal thread keeps it
@@ -76,7 +83,7 @@ def test_a_dead_process_lease_on_this_host_is_taken_over_at_once(r: redis_lib.Re
     holder = {"token": "x", "worker": "old@h", "host": socket.gethostname(), "pid": gone.pid}
     r.set(lease_key("L1"), json.dumps(holder), ex=60)
     taken = Lease.acquire(r, "L1", 5, "new@h")
-    assert taken is not None and taken.holder()["pid"] == os.getpid()
+    assert taken is not None and json.loads(taken.value)["pid"] == os.getpid()
     # A holder on another host is left to its TTL.
     r.set(lease_key("L1"), json.dumps({**holder, "host": "elsewhere"}), ex=60)
     assert Lease.acquire(r, "L1", 5, "new@h") is None
@@ -84,7 +91,7 @@ def test_a_dead_process_lease_on_this_host_is_taken_over_at_once(r: redis_lib.Re
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
     rnd = random.Random(7)
-    waits = [backoff(n, 2, 30, rnd) for n in range(1, 8)]
+    waits = [compute_backoff(n, 2, 30, rnd=rnd) for n in range(1, 8)]
     for n, wait in enumerate(waits, start=1):
         ceiling = min(30, 2 * 2 ** (n - 1))
         assert ceiling / 2 <= wait <= ceiling
@@ -149,7 +156,7 @@ def never() -> dict[str, Any]:
 
 def test_a_done_job_returns_its_record_and_runs_nothing(fresh: redis_lib.Redis) -> None:
     record = {"job_id": JOB, "status": "succeeded"}
-    assert deliver(fresh, job(), SETTINGS, "w@h", lambda: record, never) == record
+    assert deliver(fresh, job(), SETTINGS, "w@h", lambda: record, never, counts=COUNTS) == record
     assert fresh.keys(f"svdq:*{JOB}*") == []  # no lease left, no attempt, no generation
 
 
@@ -157,7 +164,7 @@ def test_a_live_holder_makes_the_second_delivery_wait(fresh: redis_lib.Redis) ->
     holder = {"token": "t", "worker": "a@h", "host": socket.gethostname(), "pid": os.getppid()}
     fresh.set(lease_key(JOB), json.dumps(holder), ex=30)
     with pytest.raises(LeaseBusy):
-        deliver(fresh, job(), SETTINGS, "b@h", lambda: None, never)
+        deliver(fresh, job(), SETTINGS, "b@h", lambda: None, never, counts=COUNTS)
     assert attempts(fresh, JOB) == []  # a wait is not a delivery
 
 
@@ -169,17 +176,17 @@ def test_transient_retries_then_dead_letters_with_every_reason(fresh: redis_lib.
     waits = []
     for _ in range(2):
         with pytest.raises(RetryLater) as later:
-            deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky)
+            deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky, counts=COUNTS)
         waits.append(later.value.wait)
     assert 0.5 <= waits[0] <= 1 and 1 <= waits[1] <= 2
     with pytest.raises(DeadLetteredError, match="after 3 attempts"):
-        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky)
+        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky, counts=COUNTS)
     record = json.loads(fresh.hget("svdq:dead", JOB))
     assert [a["reason"] for a in record["attempts"]] == [
         "transient: S3 get_object failed: SlowDown"
     ] * 3
     with pytest.raises(DeadLetteredError, match="is dead-lettered"):
-        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never)
+        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never, counts=COUNTS)
     assert int(fresh.get(f"svdq:generations:{JOB}")) == 3
     assert not fresh.exists(lease_key(JOB))
     assert metric("svdq_dead_letters_total", reason="transient") == dead + 1
@@ -190,7 +197,7 @@ def test_bad_input_fails_once_and_a_late_copy_runs_nothing(fresh: redis_lib.Redi
         raise InvalidJobError("image='s3://b/inputs/x.png' does not exist", field="image")
 
     with pytest.raises(InvalidJobError):
-        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, bad)
+        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, bad, counts=COUNTS)
     with pytest.raises(AlreadyFailedError, match="already failed: invalid: image="):
-        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never)
+        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never, counts=COUNTS)
     assert [a["final"] for a in attempts(fresh, JOB)] == [True]

@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import pytest
 
-from svdq.worker.callbacks import CallbackRefused, check_destination, destination_allowed, post
+from svdq.shared.errors import CallbackRefused
+from svdq.worker.callbacks import check_destination, destination_allowed, post
 
 
 @pytest.mark.parametrize(

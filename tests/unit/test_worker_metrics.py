@@ -1,6 +1,6 @@
-"""worker.metrics decisions with no services: the port per GPU, and what the signal handlers
-and the step-down hook record. CUDA memory readings are the one thing faked
-(no GPU here): a stand-in `torch` module whose cuda reports a peak."""
+"""worker.metrics decisions with no services: the port per GPU, and what a job's start and end
+and the step-down hook record. CUDA memory readings are the one thing faked (no GPU here): a
+stand-in `torch` module whose cuda reports a peak."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from celery.exceptions import TimeLimitExceeded
 from prometheus_client import REGISTRY
 
 from svdq.shared.constants import TASK_GENERATE
+from svdq.shared.settings import Settings
 from svdq.worker import metrics
+from svdq.worker.identity import Identity
 
 GIB = 1024**3
 
@@ -29,8 +32,9 @@ GIB = 1024**3
     ],
 )
 def test_gpu_index_and_port(env: dict[str, str], index: int) -> None:
-    assert metrics.gpu_index(env) == index
-    assert metrics.metrics_port(9810, env) == 9810 + index
+    gpu = Identity.of(Settings.from_env(env), "w@h", (), env).gpu_index
+    assert gpu == index
+    assert metrics.metrics_port(9810, gpu) == 9810 + index
 
 
 class _Task:
@@ -40,7 +44,7 @@ class _Task:
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """A `torch` whose CUDA is there and peaked at 7 GiB; Redis bookkeeping switched off."""
+    """A `torch` whose CUDA is there and peaked at 7 GiB (metrics do no Redis bookkeeping)."""
     calls = {"reset": 0}
     cuda = types.SimpleNamespace(
         is_available=lambda: True,
@@ -48,8 +52,6 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         max_memory_allocated=lambda: 7 * GIB,
     )
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
-    monkeypatch.setattr(metrics, "_beat", lambda *a: None)
-    monkeypatch.setattr(metrics, "_record", lambda *a: None)
     return calls
 
 
@@ -77,12 +79,13 @@ def test_a_job_records_peak_vram_phases_frames_and_stepdowns(fake_cuda: dict[str
             "svdq_job_phase_seconds_sum", phase="denoise", variant="svd-xt", profile="xt-16g"
         ),
     }
-    metrics._on_prerun(sender=_Task(), task_id="job-1", args=[{"variant": "svd-xt"}])
+    counted = metrics.WorkerMetrics()
+    counted.job_started()
     assert fake_cuda["reset"] == 1 and sample("svdq_worker_busy") == 1
     attempts = [{"profile": "xt-24g", "outcome": "oom"}, {"profile": "xt-16g", "outcome": "ok"}]
-    metrics.stepped_down("xt-24g", "xt-16g")  # what worker.stepdown does as it steps down
-    metrics._on_success(sender=_Task(), result=_result(attempts=attempts))
-    metrics._on_postrun(sender=_Task())
+    counted.stepped_down("xt-24g", "xt-16g")  # what worker.stepdown does as it steps down
+    assert counted.succeeded(_result(attempts=attempts)) == "succeeded"
+    counted.job_ended()
 
     assert sample("svdq_job_peak_vram_bytes") == 7 * GIB
     assert sample("svdq_worker_busy") == 0
@@ -103,28 +106,55 @@ def test_a_result_finished_before_the_task_started_counts_as_skipped(
 ) -> None:
     skipped = sample("svdq_jobs_total", status="skipped", variant="svd-xt")
     ok = sample("svdq_jobs_total", status="succeeded", variant="svd-xt")
-    metrics._on_prerun(sender=_Task(), task_id="job-1", args=[{}])
+    counted = metrics.WorkerMetrics()
+    counted.job_started()
     old = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    metrics._on_success(sender=_Task(), result=_result(finished_at=old))
+    assert counted.succeeded(_result(finished_at=old)) == "skipped"
     assert sample("svdq_jobs_total", status="skipped", variant="svd-xt") == skipped + 1
     assert sample("svdq_jobs_total", status="succeeded", variant="svd-xt") == ok
 
 
-def test_failures_count_by_reason_and_other_tasks_are_ignored(fake_cuda: dict[str, int]) -> None:
+def test_failures_count_by_reason(fake_cuda: dict[str, int]) -> None:
     failed = sample("svdq_jobs_total", status="failed", variant="tiny")
     reason = sample("svdq_job_failures_total", reason="ResourceError")
-    metrics._on_failure(sender=_Task(), exception=RuntimeError(), args=[{"variant": "tiny"}])
+    counted = metrics.WorkerMetrics()
+    assert counted.failed("tiny", RuntimeError()) == "RuntimeError"
 
     class ResourceError(Exception):
         pass
 
     metrics.PEAK_VRAM.set(0)
-    metrics._on_failure(sender=_Task(), exception=ResourceError(), args=[{"variant": "tiny"}])
+    assert counted.failed("tiny", ResourceError()) == "ResourceError"
     assert sample("svdq_job_peak_vram_bytes") == 7 * GIB  # a failed job's peak counts too
-    other = types.SimpleNamespace(name="svdq.callback")
-    metrics._on_failure(sender=other, exception=ResourceError(), args=[{"variant": "tiny"}])
     assert sample("svdq_jobs_total", status="failed", variant="tiny") == failed + 2
     assert sample("svdq_job_failures_total", reason="ResourceError") == reason + 1
+
+
+def test_the_parent_records_the_failures_only_it_sees_of_its_own_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hard time limit reaches the finished-jobs stream from the parent; another task's
+    failure, or one in a pool child (the lifecycle recorded it there), is left alone."""
+    from svdq.worker import tasks
+
+    recorded: list[tuple[Any, ...]] = []
+    presence = types.SimpleNamespace(finished=lambda *entry: recorded.append(entry))
+    monkeypatch.setattr(tasks._here, "presence", presence)
+    monkeypatch.setattr(tasks._here, "runtime", None)  # the parent has no runtime
+    other = types.SimpleNamespace(name="svdq.callback")
+    tasks._failure_seen_by_parent(
+        sender=other, task_id="cb-1", exception=ValueError(), args=["http://x", {}]
+    )
+    limit = TimeLimitExceeded(25)
+    tasks._failure_seen_by_parent(
+        sender=_Task(), task_id="job-1", exception=limit, args=[{"variant": "tiny"}]
+    )
+    assert recorded == [("job-1", "failed", "tiny", "TimeLimitExceeded")]
+    monkeypatch.setattr(tasks._here, "runtime", object())  # a pool child
+    tasks._failure_seen_by_parent(
+        sender=_Task(), task_id="job-2", exception=limit, args=[{"variant": "tiny"}]
+    )
+    assert len(recorded) == 1
 
 
 def test_lease_and_dead_letter_hooks() -> None:
@@ -132,7 +162,8 @@ def test_lease_and_dead_letter_hooks() -> None:
         sample("svdq_lease_renewals_total"),
         sample("svdq_dead_letters_total", reason="deliveries"),
     )
-    metrics.lease_renewed()
-    metrics.dead_lettered("deliveries")
+    counted = metrics.WorkerMetrics()
+    counted.lease_renewed()
+    counted.dead_lettered("deliveries")
     assert sample("svdq_lease_renewals_total") == renewals + 1
     assert sample("svdq_dead_letters_total", reason="deliveries") == dead + 1

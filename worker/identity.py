@@ -1,0 +1,53 @@
+"""Who a worker process is: its name, the queues it consumes, its GPU and its variant.
+
+The parent learns all of it before the pool forks (Celery's `worker_init` gives the name and
+queues; the launcher's SVDQ_GPU_INDEX and SVDQ_WORKER_VARIANT, read into the settings, give the
+GPU and the variant), so the pool child inherits it. The metrics labels, the heartbeat hash and
+the metrics port all read it from here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from svdq.shared.settings import Settings
+
+
+def gpu_index(configured: int | None, cuda_visible_devices: str = "") -> int:
+    """This worker's GPU index: SVDQ_GPU_INDEX (`configured`, set by the launcher), else
+    CUDA_VISIBLE_DEVICES when it names a single numbered GPU (a worker started by hand), else 0
+    (a CPU worker or a UUID-pinned GPU)."""
+    if configured is not None:
+        return configured
+    value = cuda_visible_devices.strip()
+    return int(value) if value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One worker as `svdq stats`, Prometheus and the logs name it."""
+
+    hostname: str
+    queues: tuple[str, ...]
+    gpu_index: int
+    variant: str  # the variant the launcher planned for this worker (loaded first)
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        hostname: str | None = None,
+        queues: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Identity:
+        """The identity from Celery's name and queues and the launcher's settings."""
+        env = os.environ if env is None else env
+        return cls(
+            hostname=hostname or socket.gethostname(),
+            queues=tuple(sorted(queues)),
+            gpu_index=gpu_index(settings.worker.gpu_index, env.get("CUDA_VISIBLE_DEVICES", "")),
+            variant=settings.worker.worker_variant,
+        )

@@ -1,0 +1,220 @@
+"""The life of one job in a worker, in order, in one place.
+
+Celery hands the pool child a message; `process` takes it through these steps:
+
+ 1. check       the message is parsed and checked again: the queue is not trusted;
+ 2. cancelled?  `svdq cancel` flagged it before it started → it ends REVOKED, nothing runs
+                (worker/cancellation.py);
+ 3. lease and delivery record (worker/delivery.py): a dead-lettered job is refused; a lease
+                held by another live delivery sends this one back to the queue for later;
+                every delivery is counted in Redis, one too many dead-letters the job;
+ 4. commit marker  result.json is already there → its record is returned, the GPU untouched;
+ 5. generate with step-down: the job's variant is loaded if another one is (worker/resident.py),
+                out of memory steps down a rung (worker/stepdown.py); cancellation is looked
+                at on every denoising step;
+ 6. encode      the clip in every format asked for, and the poster (worker/jobs.py);
+ 7. upload      the outputs; a failed upload is retried alone, never the generation;
+ 8. marker      result.json, written last;
+ 9. callback    queued for `svdq callbacks` when the job has a callback_url, for a failed or
+                cancelled job too (worker/callbacks.py); a retry is not an end and has none;
+10. metrics     Prometheus, an entry on the finished-jobs stream, the heartbeat set idle.
+
+Celery then stores the returned record as the job's state and acknowledges the message.
+
+Why this order: Celery on Redis delivers a job at least once; the order makes its effects
+happen once.
+- The message is acknowledged only after `process` returns (acks_late), so a process killed
+  at any step leaves the job to be delivered again, and nothing is lost.
+- result.json goes last, after every output is up: its presence means the job is whole, so
+  step 4 can trust it, and a copy delivered after step 8 does nothing a second time.
+- Step 4 looks under the lease taken in step 3, so no other delivery can be between its
+  uploads and its result.json while this one looks.
+- Deliveries are counted in Redis (step 3), not by Celery's retry count, which a killed
+  process never raises: a job that kills its worker every time is dead-lettered, not looped.
+- The callback follows the marker, so a receiver never hears of a result it cannot read yet;
+  the metrics come last, so each job counts once, with the outcome it really had.
+
+Some ends only the parent process sees (a killed child, a hard time limit, a job Celery
+terminated on a broker connection loss): worker/tasks.py's signal adapters hand those to
+`parent_saw_failure` and `requeue_if_terminated`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from svdq.shared.celery_app import send_job
+from svdq.shared.constants import STATE_PROGRESS, cancel_key
+from svdq.shared.errors import JobCancelledError, RetryLater
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import callbacks, cancellation, delivery, jobs, resident
+from svdq.worker.heartbeat import Presence
+from svdq.worker.runtime import Runtime
+
+log = logging.getLogger("svdq.worker")
+
+
+def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
+    """Take one delivery of one job through every step above; return its result record."""
+    job_id, variant = task.request.id or "", _variant_label(raw)
+    _begin(rt, job_id)
+    try:
+        job = JobSpec.from_dict(raw)  # 1. checked again
+        result = _run(rt, task, job)  # 2.–9.
+    except Retry:
+        _safe(rt.metrics.retried, variant)  # 10. (back on the queue: not an end)
+        raise
+    except (Ignore, Reject):
+        raise  # cancelled (recorded as such), or Redis went away mid-job (redelivered)
+    except Exception as exc:
+        _failed(rt, job_id, task.request.hostname, variant, exc)  # 10.
+        raise
+    else:
+        _succeeded(rt, job_id, task.request.hostname, result)  # 10.
+    finally:
+        _end(rt)
+    return result
+
+
+def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
+    """Steps 2 to 9; every end but a retry gets its callback."""
+    worker = task.request.hostname or "worker"
+    try:
+        cancellation.check(rt.redis, job.job_id)  # 2. cancelled while queued
+        result = delivery.deliver(  # 3. lease and delivery record
+            rt.redis,
+            job,
+            rt.settings,
+            worker,
+            done=lambda: jobs.existing_result(rt.store, job),  # 4. commit marker
+            run=lambda: _generate(rt, task, job, worker),  # 5.–8.
+            soft_limit=_soft_limit(rt, task),
+            counts=rt.metrics,
+        )
+    except JobCancelledError as exc:
+        cancellation.record(task, exc)
+        callbacks.dispatch(rt.app, job, callbacks.cancelled_payload(job))  # 9.
+        raise Ignore() from None
+    except RetryLater as exc:  # a busy lease or a transient fault: back to the queue
+        log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
+        raise task.retry(countdown=exc.wait, max_retries=None) from None
+    except Reject:
+        raise
+    except Exception as exc:
+        callbacks.dispatch(rt.app, job, callbacks.failed_payload(job, exc))  # 9.
+        raise
+    callbacks.dispatch(rt.app, job, result)  # 9.
+    return result
+
+
+def _generate(rt: Runtime, task: Task, job: JobSpec, worker: str) -> dict[str, Any]:
+    """Steps 5 to 8, under the lease: the job's variant, then worker.jobs.run_job (generate
+    with step-down, encode, upload, result.json last)."""
+    # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
+    model = resident.ensure_variant(
+        rt.loaded(), rt.settings, rt.identity.variant, job.variant or "auto"
+    )
+
+    def progress(phase: str, step: int, steps: int) -> None:
+        # `svdq cancel` stops a running job here: at its next denoising step, before upload.
+        cancellation.check(rt.redis, job.job_id)
+        task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
+
+    return jobs.run_job(
+        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down
+    )
+
+
+def _soft_limit(rt: Runtime, task: Task) -> float | None:
+    """The job's soft time limit in seconds (named in a time-out's reason)."""
+    limit = (task.request.timelimit or (None, None))[1]
+    return limit or rt.app.conf.task_soft_time_limit
+
+
+def _variant_label(raw: Any) -> str:
+    """The variant the message asks for, as a metric label (before the spec is checked)."""
+    try:
+        return str(raw.get("variant") or "auto")
+    except AttributeError:
+        return "unknown"
+
+
+# --- step 10 and the heartbeat around the job ----------------------------------------------
+
+
+def _begin(rt: Runtime, job_id: str) -> None:
+    _safe(rt.metrics.job_started)  # busy; the GPU's peak memory counts from here
+    _safe(rt.presence.beat, {"job_id": job_id, "job_started_at": rt.metrics.started})
+    _safe(rt.metrics.model_loaded, rt.model)
+
+
+def _succeeded(rt: Runtime, job_id: str, worker: str | None, result: dict[str, Any]) -> None:
+    # "skipped" when result.json was there already (the job did no work now).
+    status = _safe(rt.metrics.succeeded, result) or "succeeded"
+    variant = str(result.get("variant", "unknown"))
+    seconds = (result.get("timings") or {}).get("total") if status == "succeeded" else None
+    _safe(rt.presence.finished, job_id, status, variant, "", seconds, worker)
+
+
+def _failed(rt: Runtime, job_id: str, worker: str | None, variant: str, exc: BaseException) -> None:
+    reason = _safe(rt.metrics.failed, variant, exc) or type(exc).__name__
+    _safe(rt.presence.finished, job_id, "failed", variant, reason, None, worker)
+
+
+def _end(rt: Runtime) -> None:
+    _safe(rt.metrics.job_ended)
+    _safe(rt.metrics.model_loaded, rt.model)  # a step-down or a variant switch loaded one
+    _safe(rt.presence.beat, {"job_id": "", "job_started_at": ""})
+
+
+def _safe(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, or None when it fails: bookkeeping must never fail a job that succeeded."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        log.warning("metrics bookkeeping failed: %s", exc)
+        return None
+
+
+# --- ends only the parent process sees ------------------------------------------------------
+
+
+def parent_saw_failure(
+    presence: Presence, job_id: str, exception: BaseException | None, args: Any
+) -> None:
+    """Record a failure Celery's parent process found (a killed child, a hard time limit) on
+    the finished-jobs stream: the child could not."""
+    raw = args[0] if isinstance(args, list | tuple) and args else None
+    reason = type(exception).__name__
+    _safe(presence.finished, job_id, "failed", _variant_label(raw), reason)
+
+
+def requeue_if_terminated(app: Celery, settings: Settings, request: Any) -> None:
+    """Queue a job again that Celery terminated and then counted as revoked (parent process).
+
+    On a broker connection loss Celery terminates running jobs (worker_cancel_long_running_
+    tasks_on_connection_loss) and means to leave their messages for redelivery. If recording
+    that fails while Redis is still down, it treats the terminated job as revoked and
+    acknowledges the message once Redis is back: the job would end "cancelled" with nobody
+    having cancelled it. svdq never revokes through Celery (`svdq cancel` sets its own flag),
+    so a terminated job without that flag goes back on its queue; the lease and result.json
+    make a second copy harmless.
+    """
+    job_id, args = getattr(request, "id", None), getattr(request, "args", None)
+    if not job_id or not args or not isinstance(args[0], dict):
+        return
+    redis = app.backend.client
+    try:
+        if redis.exists(cancel_key(job_id)):
+            return  # a person cancelled it: revoked is right
+        redis.delete(app.backend.get_key_for_task(job_id))  # not cancelled: queued again
+        send_job(app, JobSpec.from_dict(args[0]), settings)
+        log.warning("job %s was terminated by a broker connection loss: queued again", job_id)
+    except Exception:
+        log.exception("job %s was terminated and could not be queued again", job_id)

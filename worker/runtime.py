@@ -1,0 +1,84 @@
+"""Everything one worker process works with, made once and handed to every step of a job.
+
+A pool child builds its `Runtime` in Celery's `worker_process_init` (worker/tasks.py), after
+the fork and before it reports ready: the settings, the Celery app, the Redis client of the
+result backend, the object store, the metrics, the worker's presence in Redis and the loaded
+model. Nothing in the worker reaches back into the task module for any of them; the job's
+lifecycle (worker/lifecycle.py) receives the runtime and passes on what each step needs.
+
+The parent process never builds one: CUDA must not be touched before the pool forks. What
+the parent knows (the worker's name, queues, GPU and variant: `Identity`) it learns at
+`worker_init`, and the child inherits it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from svdq.shared.constants import WORKER_KEY_TTL
+from svdq.shared.settings import Settings
+from svdq.shared.storage import ObjectStore, open_store
+from svdq.worker.heartbeat import Presence
+from svdq.worker.identity import Identity
+from svdq.worker.metrics import WorkerMetrics, metrics_port
+from svdq.worker.models import LoadedModel
+from svdq.worker.resident import load_initial
+
+log = logging.getLogger("svdq.worker")
+
+
+class Runtime:
+    """One pool child's settings, connections, counters and model."""
+
+    def __init__(
+        self, settings: Settings, app: Celery, identity: Identity, store: ObjectStore
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.identity = identity
+        self.redis: Any = app.backend.client  # one connection pool per process
+        self.store = store
+        self.model: LoadedModel | None = None  # loaded by `start`; swapped in place after
+        self.metrics = WorkerMetrics()
+        # Read at every beat and scrape, so a step-down or a variant switch shows at once.
+        self.presence = Presence(self.redis, identity, lambda: self.model)
+
+    @classmethod
+    def start(
+        cls,
+        settings: Settings,
+        app: Celery,
+        identity: Identity,
+        load: Callable[[Settings, str], LoadedModel] = load_initial,
+    ) -> Runtime:
+        """Open the store, serve /metrics, start the heartbeat, then load the model (so
+        `svdq stats` shows a worker that is still loading). Raises whatever loading raised."""
+        runtime = cls(settings, app, identity, open_store(settings))
+        port = metrics_port(settings.metrics_port, identity.gpu_index)
+        if runtime.metrics.serve(port, identity, lambda: runtime.model):
+            runtime.presence.metrics_port = port
+        runtime.presence.start(WORKER_KEY_TTL / 3)
+        runtime.model = load(settings, identity.variant)
+        # The model and libraries live as long as the process: keep them out of the garbage
+        # collector's full passes, which run in the middle of generation otherwise.
+        gc.collect()
+        gc.freeze()
+        return runtime
+
+    def loaded(self) -> LoadedModel:
+        """The model; a child whose model did not load never takes a job."""
+        if self.model is None:
+            raise RuntimeError("no model loaded in this worker process")
+        return self.model
+
+    def stop(self) -> None:
+        """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""
+        try:
+            self.presence.forget()
+        except Exception as exc:
+            log.warning("could not remove this worker's heartbeat: %s", exc)
