@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from svdq.producer.cancel import cancel_jobs
-from svdq.producer.jobqueue import FINAL, JobQueue
+from svdq.producer.jobqueue import JobQueue
 from svdq.shared.constants import (
     batch_jobs_key,
     batch_key,
@@ -23,6 +23,7 @@ from svdq.shared.constants import (
 )
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.fields import SAFE_ID
+from svdq.shared.states import JobState
 
 CHUNK = 500
 COUNTERS = (
@@ -174,10 +175,10 @@ class Batch:
             for entry, source in zip(
                 self.jobqueue.peek(chunk), self.record.sources(chunk), strict=True
             ):
-                if entry["state"] == "unknown":
+                if entry["state"] is JobState.UNKNOWN:
                     stored = self.jobqueue.stored_result(entry["job_id"])
                     if stored is not None:
-                        entry.update(state="succeeded", result=stored)
+                        entry.update(state=JobState.SUCCEEDED, result=stored)
                 entry["source"] = source
                 yield entry
 
@@ -211,8 +212,8 @@ class Batch:
             counts = self.counts()
             if on_update:
                 on_update(counts)
-            # "unknown": Redis and the store both forgot it; there is nothing to wait for.
-            open_jobs = sum(n for s, n in counts.items() if s not in (*FINAL, "unknown"))
+            # UNKNOWN is not open: Redis and the store both forgot it; nothing to wait for.
+            open_jobs = sum(n for s, n in counts.items() if JobState(s).is_open)
             if not open_jobs:
                 return counts
             if deadline is not None and time.monotonic() > deadline:

@@ -35,6 +35,7 @@ from svdq.shared.constants import cancel_key, input_key, job_key, queue_for, res
 from svdq.shared.errors import InvalidJobError, SvdqError
 from svdq.shared.images import check_image
 from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectNotFoundError
 
 # s3://<bucket>/inputs/<sha256>.<ext>: already content-addressed, so the name gives the hash
@@ -194,11 +195,11 @@ class BulkSubmitter:
             if self.keep_ids:
                 self.specs[job_id] = p.spec
             state = state_of[job_id]["state"]
-            if state == "unknown":
+            if state is JobState.UNKNOWN:
                 candidates.append((p, "submitted" if self.force else "check"))
-            elif self.force or state in ("failed", "cancelled"):
+            elif self.force or state in (JobState.FAILED, JobState.CANCELLED):
                 candidates.append((p, "resubmitted"))
-            elif state == "succeeded":
+            elif state is JobState.SUCCEEDED:
                 counts["already_done"] += 1
                 self._emit(p, "already_done")
             else:  # queued, running, retrying

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.shared.states import JobState
 
 
 def add_parsers(sub: Any) -> None:
@@ -182,7 +183,8 @@ def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any)
         {"event": "done", "batch_id": batch_id, **counts},
         f"batch {batch_id}: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())),
     )
-    return 1 if any(counts.get(s) for s in ("failed", "cancelled", "unknown")) else 0
+    ended_badly = (JobState.FAILED, JobState.CANCELLED, JobState.UNKNOWN)
+    return 1 if any(counts.get(s) for s in ended_badly) else 0
 
 
 def cmd_wait_batch(args: argparse.Namespace) -> int:
@@ -209,7 +211,7 @@ def cmd_status_batch(args: argparse.Namespace) -> int:
                 f"  {info['invalid']:,} invalid rows, {info['skipped']:,} skipped files, "
                 f"{info['upload_failed']:,} inputs that could not be stored"
             )
-    return 1 if any(counts.get(s) for s in ("failed", "cancelled")) else 0
+    return 1 if any(counts.get(s) for s in (JobState.FAILED, JobState.CANCELLED)) else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 
-from svdq.producer.jobqueue import FINAL, JobQueue
+from svdq.producer.jobqueue import JobQueue
 from svdq.shared.constants import cancel_key
+from svdq.shared.states import JobState
 
 REASON = "cancelled by svdq cancel"
 
@@ -26,15 +27,15 @@ def cancel_jobs(jobqueue: JobQueue, job_ids: list[str]) -> dict[str, str]:
         revoke_now = []
         for entry in entries:
             job_id, state = entry["job_id"], entry["state"]
-            if state in FINAL:
+            if state.is_final:
                 out[job_id] = f"already {state}"
                 continue
-            if state == "unknown":
+            if state is JobState.UNKNOWN:
                 out[job_id] = "unknown"
                 continue
             # The flag outlives the queue: a worker that takes the message later drops it.
             pipe.set(cancel_key(job_id), 1, ex=expires)
-            if state == "queued":
+            if state is JobState.QUEUED:
                 revoke_now.append(job_id)
                 out[job_id] = "cancelled"
             else:

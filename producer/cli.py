@@ -15,6 +15,7 @@ from svdq.producer.jobflags import add_job_flags, spec_params
 from svdq.shared import formats, variants
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
 from svdq.shared.settings import describe_variables
+from svdq.shared.states import JobState
 
 EPILOG = (
     "environment (read once at start):\n"
@@ -237,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     client, code = _client(), 0
     for job in args.jobs:
         st = client.status(job)
-        if st["state"] in ("failed", "cancelled", "unknown"):
+        if st["state"] in (JobState.FAILED, JobState.CANCELLED, JobState.UNKNOWN):
             code = 1
         if args.json:
             print(json.dumps(st))

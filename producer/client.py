@@ -19,7 +19,7 @@ from svdq.producer.batch import Batch
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.inputs import store_input
-from svdq.producer.jobqueue import FINAL, STATES, JobQueue
+from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
@@ -27,6 +27,7 @@ from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore, open_store
 
 __all__ = ["Client", "JobFailedError", "JobHandle", "WaitTimeoutError"]
@@ -133,20 +134,23 @@ class Client:
         """Where a job is: state (queued, running, succeeded, failed, cancelled, unknown),
         its progress while running, the reason when failed, the result record when done."""
         res = self.app.AsyncResult(job_id)
-        state = STATES.get(res.state, res.state.lower())
+        state = JobState.from_celery(res.state)
         out: dict[str, Any] = {"job_id": job_id, "state": state}
         info = res.info
-        if state == "running" and isinstance(info, dict):
+        if state is JobState.RUNNING and isinstance(info, dict):
             out.update({k: info[k] for k in ("phase", "step", "steps") if k in info})
-        elif state == "failed":
+        elif state is JobState.FAILED:
             out["error"] = f"{type(info).__name__}: {info}"
-        elif state == "succeeded" and isinstance(info, dict):
+        elif state is JobState.SUCCEEDED and isinstance(info, dict):
             out["result"] = info
-        if state == "queued" and not self.jobqueue.redis.exists(job_key(job_id)):
+        if state is JobState.QUEUED and not self.jobqueue.redis.exists(job_key(job_id)):
             # Redis has no record of it (never submitted, or expired): result.json decides.
             stored = self.jobqueue.stored_result(job_id)
-            out.update(state="succeeded", result=stored) if stored else out.update(state="unknown")
-        if out["state"] == "queued":
+            if stored:
+                out.update(state=JobState.SUCCEEDED, result=stored)
+            else:
+                out.update(state=JobState.UNKNOWN)
+        if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
         return out
 
@@ -182,10 +186,11 @@ class Client:
                 st = self.status(job_id)
                 if on_progress:
                     on_progress(st)
-                if st["state"] == "succeeded":
+                state = JobState(st["state"])
+                if state is JobState.SUCCEEDED:
                     done[job_id] = st["result"]
                     pending.remove(job_id)
-                elif st["state"] in FINAL or st["state"] == "unknown":
+                elif not state.is_open:  # failed, cancelled, or unknown: it will not succeed
                     raise JobFailedError(f"job {job_id} {st['state']}: {st.get('error', '')}")
             if pending:
                 if deadline is not None and time.monotonic() > deadline:
@@ -199,7 +204,7 @@ class Client:
     def result(self, job_id: str) -> dict[str, Any]:
         """The job's result record; raises JobFailedError if it has not succeeded."""
         st = self.status(job_id)
-        if st["state"] != "succeeded":
+        if st["state"] is not JobState.SUCCEEDED:
             raise JobFailedError(f"job {job_id} is {st['state']} {st.get('error', '')}".strip())
         return dict(st["result"])
 
@@ -284,11 +289,11 @@ class Client:
             for start in range(0, len(ids), 500):
                 for entry in self.jobqueue.peek(ids[start : start + 500]):
                     state, job_id = entry["state"], entry["job_id"]
-                    if state == "unknown" and self.jobqueue.stored_result(job_id) is not None:
-                        state = "succeeded"  # Redis forgot it; result.json says it is done
+                    if state is JobState.UNKNOWN and self.jobqueue.stored_result(job_id):
+                        state = JobState.SUCCEEDED  # Redis forgot it; result.json says done
                     # unknown: never submitted here, or forgotten everywhere; it will not end,
                     # so it comes out now and its result() says so.
-                    if state in FINAL or state == "unknown":
+                    if not state.is_open:
                         ended.append((entry.get("ended_at") or "", entry["job_id"]))
             # Several may have ended since the last look: hand them out in the order they
             # ended, not the order they were asked about (no end time: first).

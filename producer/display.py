@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any, TextIO
 
+from svdq.shared.states import JobState
+
 
 class ProgressPrinter:
     """Prints a job's state whenever it changes; `--json` prints one JSON object per change."""
@@ -45,10 +47,11 @@ class ProgressPrinter:
         if status.get("waiting_for"):  # queued where nothing consumes: say so, do not hang mute
             text += f" · {status['waiting_for']}"
         result = status.get("result")
-        if status["state"] == "succeeded" and isinstance(result, dict) and result.get("note"):
+        state = JobState(status["state"])
+        if state is JobState.SUCCEEDED and isinstance(result, dict) and result.get("note"):
             text += f" · {result['note']}"  # e.g. the tiny model's "random weights" label
         if self.tty:
-            end = "\n" if status["state"] in ("succeeded", "failed", "cancelled") else ""
+            end = "\n" if state.is_final else ""
             print(f"\r\033[K{text}", end=end, file=self.stream, flush=True)
         else:
             print(text, file=self.stream, flush=True)

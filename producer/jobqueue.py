@@ -18,20 +18,8 @@ from celery import Celery
 from svdq.shared.constants import job_key, result_key
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
+from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
-
-# Celery's state names -> what a person reads.
-STATES = {
-    "PENDING": "queued",
-    "RECEIVED": "queued",
-    "STARTED": "running",
-    "PROGRESS": "running",
-    "RETRY": "retrying",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "REVOKED": "cancelled",
-}
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -66,10 +54,11 @@ class JobQueue:
         return dict(json.loads(data))
 
     def peek(self, job_ids: list[str]) -> list[dict[str, Any]]:
-        """States of many jobs in one pipelined round trip: state, result or error, has_record.
+        """States of many jobs in one pipelined round trip: state (a JobState), result or error,
+        has_record.
 
-        A job Redis has no state for is `queued` if its submission record exists, else
-        `unknown` (the caller may then look for result.json).
+        A job Redis has no state for is QUEUED if its submission record exists, else UNKNOWN
+        (the caller may then look for result.json).
         """
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
@@ -86,20 +75,20 @@ def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> di
     """One job's peek entry from its stored Celery state (None: Celery has stored none)."""
     entry: dict[str, Any] = {"job_id": job_id, "has_record": has_record}
     if raw is None:
-        entry["state"] = "queued" if has_record else "unknown"
+        entry["state"] = JobState.QUEUED if has_record else JobState.UNKNOWN
         return entry
     meta = backend.decode_result(raw)
-    entry["state"] = STATES.get(meta["status"], str(meta["status"]).lower())
+    state = entry["state"] = JobState.from_celery(str(meta["status"]))
     if meta.get("date_done"):  # when a final state was stored (ISO 8601, UTC)
         entry["ended_at"] = str(meta["date_done"])
     result = meta.get("result")
-    if entry["state"] == "succeeded" and isinstance(result, dict):
+    if state is JobState.SUCCEEDED and isinstance(result, dict):
         entry["result"] = result
-    elif entry["state"] == "failed" and isinstance(result, dict):
+    elif state is JobState.FAILED and isinstance(result, dict):
         message = result.get("exc_message")
         if isinstance(message, list):  # Celery stores the exception's args
             message = " ".join(map(str, message))
         entry["error"] = f"{result.get('exc_type', 'Error')}: {message}"
-    elif entry["state"] == "running" and isinstance(result, dict):
+    elif state is JobState.RUNNING and isinstance(result, dict):
         entry.update({k: result[k] for k in ("phase", "step", "steps") if k in result})
     return entry

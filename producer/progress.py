@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from svdq.shared.states import JobState
+
 
 class BulkProgress:
     """Shows `bulk` events: rows as they are submitted, then batch counts while waiting."""
@@ -47,7 +49,7 @@ class BulkProgress:
             self._json({"event": "counts", **counts})
             return
         total = sum(counts.values())
-        finished = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "unknown"))
+        finished = sum(n for s, n in counts.items() if not JobState(s).is_open)
         self._bar("done", finished, total, _counts(counts))
 
     def finish(self) -> None:

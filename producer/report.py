@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from svdq.producer.batch import Batch
+from svdq.shared.states import JobState
 
 COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds")
 
@@ -33,7 +34,7 @@ def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, 
             "presigned": {},
             "seconds": result.get("timings", {}).get("total"),
         }
-        if entry["state"] == "cancelled":
+        if entry["state"] is JobState.CANCELLED:
             row["reason"] = "cancelled"
         if presign and result:
             row["presigned"] = {
