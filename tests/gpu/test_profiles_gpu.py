@@ -55,7 +55,7 @@ def _spec() -> JobSpec:
 def _run(model: LoadedModel) -> np.ndarray:
     spec = _spec()
     image = Image.new("RGB", (spec.width, spec.height), (10, 200, 90))
-    frames, _ = engine.generate(model, spec, image, engine.plan_for(spec, model))
+    frames, _ = engine.generate(model, spec, image, engine.params_for(spec, model))
     return frames
 
 
@@ -100,7 +100,7 @@ def test_offload_lowers_peak_vram() -> None:
 def test_the_reader_agrees_with_cuda() -> None:
     from svdq.worker.gpuinfo import read_devices
 
-    devices = read_devices({})  # NVML, else nvidia-smi: never torch
+    devices = read_devices()  # NVML, else nvidia-smi: never torch
     assert devices, "a CUDA host must read at least one GPU"
     props = torch.cuda.get_device_properties(0)
     if len(devices) == 1:
