@@ -86,7 +86,7 @@ def time_profile(
         row["warmup_s"] = round(model.warmup_seconds, 2)
         spec = JobSpec.from_dict({"image": "bench.png", "seed": 1, "job_id": "bench", **job})
         image = Image.new("RGB", (spec.width, spec.height), (120, 90, 60))
-        plan = engine.plan_for(spec, model)
+        plan = engine.params_for(spec, model)
         engine.generate(model, spec, image, plan)  # first call: not timed
         start = time.perf_counter()
         for _ in range(clips):

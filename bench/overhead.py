@@ -62,7 +62,7 @@ class BareLoop:
         spec = JobSpec.from_dict({"image": str(path), "seed": i, "job_id": f"b{i}", **self.job})
         image = fit(to_rgb(Image.open(path)), spec.width, spec.height, spec.resize)
         frames, timings = engine.generate(
-            self.model, spec, image, engine.plan_for(spec, self.model)
+            self.model, spec, image, engine.params_for(spec, self.model)
         )
         self.generate_s += timings["denoise"] + timings["decode"]
         blob = export.encode_mp4(export.to_uint8(frames), spec.fps)

@@ -53,7 +53,7 @@ def run_local(args: argparse.Namespace) -> int:
     assert spec.variant
     t0 = time.perf_counter()
     model = load_model(settings, local_profile(settings, spec.variant))
-    plan = engine.plan_for(spec, model)
+    plan = engine.params_for(spec, model)
     print(
         f"loaded {plan.variant} ({model.profile.name}) in {time.perf_counter() - t0:.1f}s; "
         f"generating {plan.num_frames} frames {spec.width}×{spec.height}, seed {plan.seed}",

@@ -32,9 +32,7 @@ CELERY_META = "celery-task-meta-"
 
 def known_queues() -> list[str]:
     """Every queue svdq publishes to, reported even when empty."""
-    names = [queue_for(v) for v in VARIANTS]
-    callbacks = getattr(constants, "QUEUE_CALLBACKS", None)
-    return [*names, callbacks] if callbacks else names
+    return [*(queue_for(v) for v in VARIANTS), constants.QUEUE_CALLBACKS]
 
 
 def split_list_key(key: str) -> tuple[str, int]:
@@ -162,7 +160,6 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
             "oldest_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
             "workers": sum(queue in w["queues"] for w in alive),
         }
-    dead_key = getattr(constants, "DEAD_LETTER_KEY", None)
     throughput, reasons = finished(redis, now)
     return {
         "time": now,
@@ -170,7 +167,7 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
         "workers": alive,
         "throughput": throughput,
         "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-        "dead_letter": int(redis.hlen(dead_key)) if dead_key else 0,
+        "dead_letter": int(redis.hlen(constants.DEAD_LETTER_KEY)),
         "batches": batches(redis),
     }
 

@@ -19,8 +19,9 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
-class Plan:
-    """The concrete values one generation uses, after defaults are resolved."""
+class RunParams:
+    """The concrete values one run of the pipeline uses, after the job's defaults are resolved
+    against the loaded model (not to be confused with a worker's DevicePlan or `svdq plan`)."""
 
     variant: str
     num_frames: int
@@ -29,7 +30,7 @@ class Plan:
     seed: int
 
 
-def plan_for(spec: JobSpec, model: LoadedModel) -> Plan:
+def params_for(spec: JobSpec, model: LoadedModel) -> RunParams:
     """Resolve the job's defaults against the loaded model and profile."""
     variant = spec.variant or "auto"
     if variant not in ("auto", model.info.name):
@@ -48,14 +49,15 @@ def plan_for(spec: JobSpec, model: LoadedModel) -> Plan:
     )
     if spec.seed is None:
         raise InvalidJobError("seed is missing: the producer fills it in", field="seed")
-    return Plan(model.info.name, frames, spec.output_fps or spec.fps, min(chunk, frames), spec.seed)
+    fps = spec.output_fps or spec.fps
+    return RunParams(model.info.name, frames, fps, min(chunk, frames), spec.seed)
 
 
 def generate(
     model: LoadedModel,
     spec: JobSpec,
     image: Image.Image,
-    plan: Plan,
+    params: RunParams,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Run the pipeline; return float frames (F, H, W, 3) in [0, 1] and seconds per phase."""
@@ -72,20 +74,20 @@ def generate(
         return kwargs
 
     # A CPU generator gives the same noise whatever device runs the model.
-    generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+    generator = torch.Generator(device="cpu").manual_seed(params.seed)
     with torch.inference_mode():
         out = model.pipe(
             image,
             height=spec.height,
             width=spec.width,
-            num_frames=plan.num_frames,
+            num_frames=params.num_frames,
             num_inference_steps=steps,
             min_guidance_scale=model.info.min_guidance_scale,
             max_guidance_scale=model.info.max_guidance_scale,
             fps=spec.fps,
             motion_bucket_id=spec.motion_bucket_id,
             noise_aug_strength=spec.noise_aug_strength,
-            decode_chunk_size=plan.decode_chunk_size,
+            decode_chunk_size=params.decode_chunk_size,
             generator=generator,
             output_type="np",
             callback_on_step_end=on_step_end,

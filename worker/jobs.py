@@ -117,7 +117,7 @@ def run_job(
         timings[name] = round(moment - since, 4)
         return moment
 
-    plan = engine.plan_for(spec, model)
+    params = engine.params_for(spec, model)
     data = fetch_input(store, settings, spec.image)
     t = phase("fetch", t0)
     limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
@@ -128,7 +128,7 @@ def run_job(
     if progress:
         progress("denoise", 0, spec.num_inference_steps)
     # Out of memory: steps down the profile ladder and retries; `model` ends on the rung used.
-    frames, gen_timings, plan, attempts = stepdown.generate(
+    frames, gen_timings, params, attempts = stepdown.generate(
         model, settings, spec, fitted, progress, on_step_down
     )
     timings.update({k: round(v, 4) for k, v in gen_timings.items()})
@@ -138,7 +138,7 @@ def run_job(
     frames_u8 = export.to_uint8(frames)
     blobs = {formats.POSTER.name: export.encode_poster(frames_u8[0])}
     for kind in spec.formats:  # each a row of shared/formats.py, encoded by its ENCODERS entry
-        blobs[kind] = export.encode(kind, frames_u8, plan.output_fps)
+        blobs[kind] = export.encode(kind, frames_u8, params.output_fps)
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
@@ -149,15 +149,15 @@ def run_job(
         job_id=spec.job_id,
         status="succeeded",
         spec=spec.to_dict(),
-        variant=plan.variant,
+        variant=params.variant,
         model=f"{model.info.model_id} @ {model.source}",
-        seed=plan.seed,
+        seed=params.seed,
         num_frames=int(frames_u8.shape[0]),
         width=int(frames_u8.shape[2]),
         height=int(frames_u8.shape[1]),
-        output_fps=plan.output_fps,
-        decode_chunk_size=plan.decode_chunk_size,
-        profile={**model.profile.to_dict(), "decode_chunk_size": plan.decode_chunk_size},
+        output_fps=params.output_fps,
+        decode_chunk_size=params.decode_chunk_size,
+        profile={**model.profile.to_dict(), "decode_chunk_size": params.decode_chunk_size},
         attempts=attempts,
         worker=worker_name,
         input={

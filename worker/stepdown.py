@@ -66,10 +66,10 @@ def generate(
     image: Image.Image,
     progress: engine.Progress | None = None,
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
-) -> tuple[np.ndarray, dict[str, float], engine.Plan, list[dict[str, Any]]]:
+) -> tuple[np.ndarray, dict[str, float], engine.RunParams, list[dict[str, Any]]]:
     """`engine.generate`, stepping down the model's ladder on out-of-memory errors.
 
-    Returns frames, phase timings, the plan that ran and the attempts. `model` is changed in
+    Returns frames, phase timings, the parameters that ran and the attempts. `model` is changed in
     place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
     (the worker counts them), told as it happens: a job may still fail on a lower rung.
     """
@@ -77,11 +77,11 @@ def generate(
 
     attempts: list[dict[str, Any]] = []
     while True:
-        plan = engine.plan_for(spec, model)
+        params = engine.params_for(spec, model)
         start = time.perf_counter()
         out_of_memory = False
         try:
-            frames, timings = engine.generate(model, spec, image, plan, progress)
+            frames, timings = engine.generate(model, spec, image, params, progress)
         except torch.cuda.OutOfMemoryError as exc:
             out_of_memory = True
             log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
@@ -94,7 +94,7 @@ def generate(
         if not out_of_memory:
             attempts.append({"profile": name, "outcome": "succeeded", "seconds": seconds})
             _state["exhausted_in_a_row"] = 0
-            return frames, timings, plan, attempts
+            return frames, timings, params, attempts
         attempts.append({"profile": name, "outcome": "oom", "seconds": seconds})
         models.free_memory()  # the exception and its frames are gone by now
         if not model.lower:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from svdq.producer.client import Client
 from svdq.producer.exporter import registry_for
 from svdq.producer.services import free_port, redis_server
-from svdq.shared.constants import FINISHED_STREAM, worker_key
+from svdq.shared.constants import DEAD_LETTER_KEY, FINISHED_STREAM, worker_key
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
 from tests.conftest import REPO, run_svdq
@@ -216,11 +216,7 @@ def test_batches_are_counted(fleet: dict[str, Any]) -> None:
 
 
 def test_dead_letter_size_is_counted(fleet: dict[str, Any]) -> None:
-    from svdq.shared import constants
-
-    if not hasattr(constants, "DEAD_LETTER_KEY"):
-        pytest.skip("no dead-letter list in this tree yet (issue 5 adds DEAD_LETTER_KEY)")
-    key = constants.DEAD_LETTER_KEY
+    key = DEAD_LETTER_KEY
     conn = redis_lib.Redis.from_url(fleet["url"])
     conn.hset(key, mapping={"dead-1": "{}", "dead-2": "{}"})  # hash job id -> record
     try:

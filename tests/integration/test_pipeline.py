@@ -39,7 +39,7 @@ def _spec(**kw) -> JobSpec:  # type: ignore[no-untyped-def]
 
 def _run(model, spec):  # type: ignore[no-untyped-def]
     image = Image.new("RGB", (spec.width, spec.height), (120, 60, 200))
-    frames, _ = engine.generate(model, spec, image, engine.plan_for(spec, model))
+    frames, _ = engine.generate(model, spec, image, engine.params_for(spec, model))
     return frames
 
 
@@ -72,7 +72,7 @@ def test_progress_reports_every_step(tiny):
         tiny,
         spec,
         image,
-        engine.plan_for(spec, tiny),
+        engine.params_for(spec, tiny),
         lambda phase, step, steps: seen.append((phase, step, steps)),
     )
     assert [s[1] for s in seen] == [1, 2, 3, 4] and seen[-1][2] == 4
@@ -82,4 +82,4 @@ def test_wrong_variant_is_refused(tiny):
     from svdq.shared.errors import InvalidJobError
 
     with pytest.raises(InvalidJobError, match="variant='svd-xt' cannot run here"):
-        engine.plan_for(_spec(variant="svd-xt"), tiny)
+        engine.params_for(_spec(variant="svd-xt"), tiny)

@@ -43,7 +43,7 @@ IMAGE = Image.new("RGB", (64, 64), (200, 80, 30))
 
 
 def _run(model: LoadedModel, spec: JobSpec) -> np.ndarray:
-    frames, _ = engine.generate(model, spec, IMAGE, engine.plan_for(spec, model))
+    frames, _ = engine.generate(model, spec, IMAGE, engine.params_for(spec, model))
     return frames
 
 

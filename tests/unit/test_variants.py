@@ -86,7 +86,7 @@ def test_a_jobs_default_frames_and_decode_chunk_come_from_the_table(name: str) -
     row = BY_NAME[name]
     cpu = profiles.CPU_PROFILE  # decode_chunk_size None: the profile leaves it to the variant
     model = models.LoadedModel(None, row, "here", cpu, 0.0)
-    plan = engine.plan_for(JobSpec(image="x.png", variant=name, seed=1), model)
+    plan = engine.params_for(JobSpec(image="x.png", variant=name, seed=1), model)
     assert plan.num_frames == row.frames
     assert plan.decode_chunk_size == (row.decode_chunk_size or row.frames)
     assert plan.variant == name
