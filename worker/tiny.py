@@ -121,7 +121,7 @@ def ensure_tiny_model(directory: Path) -> Path:
     return directory
 
 
-if __name__ == "__main__":  # python -m svdq.worker.tiny DIR: used to build it outside a worker parent
+if __name__ == "__main__":  # python -m svdq.worker.tiny DIR: builds it outside a worker parent
     import sys
 
     print(ensure_tiny_model(Path(sys.argv[1])))
