@@ -23,6 +23,7 @@ from svdq.shared.constants import (
 )
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.fields import SAFE_ID
+from svdq.shared.poll import poll as poll_until
 from svdq.shared.states import JobState
 
 CHUNK = 500
@@ -207,8 +208,8 @@ class Batch:
 
         `on_update(counts)` is called after each pass. Raises WaitTimeoutError on timeout.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        open_jobs = 0
+        for _ in poll_until(poll, timeout):
             counts = self.counts()
             if on_update:
                 on_update(counts)
@@ -216,9 +217,7 @@ class Batch:
             open_jobs = sum(n for s, n in counts.items() if JobState(s).is_open)
             if not open_jobs:
                 return counts
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeoutError(
-                    f"batch {self.batch_id}: {open_jobs} job(s) not finished after {timeout}s; "
-                    f"follow them with `svdq wait --batch {self.batch_id}`"
-                )
-            time.sleep(poll)
+        raise WaitTimeoutError(
+            f"batch {self.batch_id}: {open_jobs} job(s) not finished after {timeout}s; "
+            f"follow them with `svdq wait --batch {self.batch_id}`"
+        )

@@ -25,6 +25,7 @@ from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
 from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
+from svdq.shared.poll import poll as poll_until
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
@@ -180,8 +181,7 @@ class Client:
         """
         pending = list(dict.fromkeys(job_ids))
         done: dict[str, dict[str, Any]] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while pending:
+        for _ in poll_until(poll, timeout):
             for job_id in list(pending):
                 st = self.status(job_id)
                 if on_progress:
@@ -192,14 +192,12 @@ class Client:
                     pending.remove(job_id)
                 elif not state.is_open:  # failed, cancelled, or unknown: it will not succeed
                     raise JobFailedError(f"job {job_id} {st['state']}: {st.get('error', '')}")
-            if pending:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeoutError(
-                        f"{len(pending)} job(s) still running after {timeout}s: "
-                        f"{', '.join(pending[:5])}; follow them with `svdq wait`"
-                    )
-                time.sleep(poll)
-        return done
+            if not pending:
+                return done
+        raise WaitTimeoutError(
+            f"{len(pending)} job(s) still running after {timeout}s: "
+            f"{', '.join(pending[:5])}; follow them with `svdq wait`"
+        )
 
     def result(self, job_id: str) -> dict[str, Any]:
         """The job's result record; raises JobFailedError if it has not succeeded."""
@@ -282,8 +280,7 @@ class Client:
         Raises WaitTimeoutError if `timeout` seconds pass before all of them end.
         """
         pending = {h.job_id: h for h in handles}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while pending:
+        for _ in poll_until(poll, timeout):
             ids = list(pending)
             ended: list[tuple[str, str]] = []
             for start in range(0, len(ids), 500):
@@ -299,13 +296,11 @@ class Client:
             # ended, not the order they were asked about (no end time: first).
             for _, job_id in sorted(ended):
                 yield pending.pop(job_id)
-            if pending:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeoutError(
-                        f"{len(pending)} job(s) not finished after {timeout}s: "
-                        f"{', '.join(list(pending)[:5])}"
-                    )
-                time.sleep(poll)
+            if not pending:
+                return
+        raise WaitTimeoutError(
+            f"{len(pending)} job(s) not finished after {timeout}s: {', '.join(list(pending)[:5])}"
+        )
 
     def cancel(self, job_ids: Iterable[str]) -> dict[str, str]:
         """Cancel jobs: a queued one never runs, a running one stops at its next step.
