@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import re
 import signal
 import threading
 import time
@@ -26,21 +25,20 @@ from typing import Any
 
 from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id
 from svdq.producer.doneindex import DoneIndex
-from svdq.producer.inputs import _MIME, read_local
+from svdq.producer.inputs import resolve_input
 from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.objects import forget_result, put_if_absent
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import cancel_key, input_key, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, SvdqError
-from svdq.shared.images import check_image
+from svdq.shared.inputs import addressed_sha256, content_type, read_local
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
-from svdq.shared.storage import ObjectNotFoundError
 
-# s3://<bucket>/inputs/<sha256>.<ext>: already content-addressed, so the name gives the hash
-# and nothing needs downloading (the worker checks the image itself before it runs).
-_ADDRESSED = re.compile(r"^inputs/([0-9a-f]{64})\.(png|jpg|webp)$")
+# Rows naming s3://<bucket>/inputs/<sha256>.<ext> are not downloaded at all: the name gives
+# the hash (shared.inputs.addressed_sha256), and the worker checks the image before it runs.
+_NO_URLS = "https:// inputs are not enabled in bulk; download the images and submit the folder"
 
 Event = Callable[[dict[str, Any]], None]
 # Local inputs up to this size are held between hashing and upload (a chunk of 256 holds at
@@ -337,33 +335,13 @@ class BulkSubmitter:
         return Prepared(row, spec=ready, data=data)
 
     def _read(self, image: str) -> tuple[str, str, bytes | None]:
-        settings = self.settings
+        """(stored URI, sha256, bytes to upload or None when the input is already stored)."""
         if image.lower().startswith("s3://"):
-            key = self.store.key_from_uri(image)
-            match = _ADDRESSED.match(key or "")
-            if match:
-                return image, match.group(1), None
-            if key is None:
-                raise InvalidJobError(
-                    f"image={image!r} is outside the configured bucket ({self.store.uri('')})",
-                    field="image",
-                )
-            try:
-                data = self.store.get_bytes(key)
-            except ObjectNotFoundError:
-                raise InvalidJobError(f"image={image!r} does not exist", field="image") from None
-        elif image.lower().startswith("https://"):
-            raise InvalidJobError(
-                f"image={image[:80]!r}: https:// inputs are not enabled in bulk; download the "
-                "images and submit the folder",
-                field="image",
-            )
-        else:
-            data = read_local(image.removeprefix("file://"), settings)
-        limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
-        info = check_image(data, source=f"image={image!r}", **limits)
-        sha = hashlib.sha256(data).hexdigest()
-        return self.store.uri(input_key(sha, info.ext)), sha, data
+            sha = addressed_sha256(self.store.key_from_uri(image))
+            if sha:
+                return image, sha, None
+        found = resolve_input(image, self.store, self.settings, url_refusal=_NO_URLS)
+        return self.store.uri(found.key), found.sha256, found.data
 
     def _upload(self, p: Prepared) -> bool:
         """Put the input if it is not there; return whether it was there already."""
@@ -379,7 +357,7 @@ class BulkSubmitter:
                 )
         if data is None:
             return True
-        existed = put_if_absent(self.store, key, data, _MIME[key.rsplit(".", 1)[-1]])
+        existed = put_if_absent(self.store, key, data, content_type(key))
         p.data = None  # free the bytes as soon as they are stored
         return existed
 
@@ -390,7 +368,7 @@ class BulkSubmitter:
         image = (row.data or {}).get("image")
         if not isinstance(image, str) or not image.startswith("s3://"):
             return False
-        return bool(_ADDRESSED.match(self.store.key_from_uri(image) or ""))
+        return addressed_sha256(self.store.key_from_uri(image)) is not None
 
     def _emit(self, p: Prepared, outcome: str, reason: str | None = None) -> None:
         event: dict[str, Any] = {"event": "row", "source": p.row.source, "outcome": outcome}

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from svdq.producer.inputs import read_local
 from svdq.producer.jobflags import spec_params
 from svdq.shared import formats
 from svdq.shared.errors import ConfigError, InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
+from svdq.shared.inputs import read_local
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 

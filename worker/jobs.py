@@ -14,8 +14,8 @@ from typing import Any
 
 from svdq.shared import formats
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
-from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
+from svdq.shared.inputs import read_stored
 from svdq.shared.retry import with_retries
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobResult, JobSpec
@@ -42,17 +42,8 @@ def existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
 
 def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
     """The input image's bytes, from this worker's store only."""
-    key = store.key_from_uri(uri)
-    if key is None:
-        raise InvalidJobError(
-            f"image={uri!r} is not in this worker's store ({store.uri('')}); submit through "
-            "svdq so the image is uploaded first",
-            field="image",
-        )
-    try:
-        return store.get_bytes(key)
-    except ObjectNotFoundError:
-        raise InvalidJobError(f"image={uri!r} does not exist in the store", "image") from None
+    outside = f"this worker's store ({store.uri('')}); submit through svdq so it is uploaded first"
+    return read_stored(store, uri, outside)
 
 
 # One pool for the process's life (threads start on first use, in the pool child): an MP4,
