@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import signal
 import threading
 import time
@@ -30,7 +29,7 @@ from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.objects import forget_result, put_if_absent
 from svdq.producer.publish import publish_jobs
-from svdq.shared.constants import cancel_key, input_key, job_key, queue_for, result_key
+from svdq.shared.constants import input_key, result_key
 from svdq.shared.errors import InvalidJobError, SvdqError
 from svdq.shared.inputs import addressed_sha256, content_type, read_local
 from svdq.shared.spec import JobSpec, finalize
@@ -260,20 +259,16 @@ class BulkSubmitter:
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for p, kind in sending:
-            assert p.spec and p.spec.job_id
-            key = job_key(p.spec.job_id)
-            pipe.hset(
-                key,
-                mapping={
-                    "spec": json.dumps(payloads[id(p)]),
-                    "queue": queue_for(str(p.spec.variant)),
-                    "submitted_at": now,
-                    "batch": self.batch.batch_id,
-                },
+            assert p.spec
+            self.jobqueue.record_job(
+                pipe,
+                p.spec,
+                # Only a resubmitted job has an old cancel flag and final state to forget.
+                rerun=kind == "resubmitted",
+                batch_id=self.batch.batch_id,
+                payload=payloads[id(p)],
+                now=now,
             )
-            pipe.expire(key, self.settings.result_expires)
-            if kind == "resubmitted":  # starts clean: no old cancel flag, no old final state
-                pipe.delete(cancel_key(p.spec.job_id), self.jobqueue.state_key(p.spec.job_id))
         self.batch.add_jobs(pipe, members)
         self.batch.add_rejects(pipe, rejects)
         self.batch.count(pipe, counts)

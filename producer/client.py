@@ -9,7 +9,6 @@ urls = client.presign(handle.job_id, 3600)  # {"mp4": "https://...", ...}
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
-from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
+from svdq.shared.constants import job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.settings import Settings
@@ -105,27 +104,11 @@ class Client:
         queue = queue_for(ready.variant)
         if not force and self.store.exists(result_key(ready.job_id, ready.output_prefix)):
             return JobHandle(self, ready.job_id, ready, queue, skipped=True)
-        self._record(ready, queue)
+        pipe = self.jobqueue.redis.pipeline(transaction=False)
+        self.jobqueue.record_job(pipe, ready)
+        pipe.execute()
         send_job(self.app, ready, self.settings)
         return JobHandle(self, ready.job_id, ready, queue)
-
-    def _record(self, spec: JobSpec, queue: str) -> None:
-        assert spec.job_id
-        key = job_key(spec.job_id)
-        pipe = self.jobqueue.redis.pipeline(transaction=False)
-        # Going out again (job ids repeat by design): an earlier run's final state and cancel
-        # flag are stale, and `wait` must not hand back that run's result for this one.
-        pipe.delete(self.jobqueue.state_key(spec.job_id), cancel_key(spec.job_id))
-        pipe.hset(
-            key,
-            mapping={
-                "spec": json.dumps(spec.to_dict()),
-                "queue": queue,
-                "submitted_at": time.time(),
-            },
-        )
-        pipe.expire(key, self.settings.result_expires)
-        pipe.execute()
 
     def job_spec(self, job_id: str) -> JobSpec | None:
         """The spec a job was submitted with, while Redis still remembers it."""

@@ -10,12 +10,13 @@ around), so none of them needs the `Client` that uses them.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
-from svdq.shared.constants import job_key, result_key
+from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
@@ -38,6 +39,37 @@ class JobQueue:
     def state_key(self, job_id: str) -> bytes:
         """The Redis key where Celery keeps the job's state and result."""
         return bytes(self.app.backend.get_key_for_task(job_id))
+
+    def record_job(
+        self,
+        pipe: Any,
+        spec: JobSpec,
+        *,
+        rerun: bool = True,
+        batch_id: str | None = None,
+        payload: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Queue (on `pipe`) the job's submission record: svdq:job:<id> with its spec, queue,
+        submission time and batch, kept as long as Celery keeps results.
+
+        `rerun`: the job may have run before (job ids repeat by design), so an earlier run's
+        final state and cancel flag are stale and go too; `wait` must not hand back that run's
+        result for this one. `payload` is spec.to_dict() when the caller has it already.
+        """
+        assert spec.job_id and spec.variant
+        record: dict[str, Any] = {
+            "spec": json.dumps(spec.to_dict() if payload is None else payload),
+            "queue": queue_for(spec.variant),
+            "submitted_at": time.time() if now is None else now,
+        }
+        if batch_id is not None:
+            record["batch"] = batch_id
+        key = job_key(spec.job_id)
+        pipe.hset(key, mapping=record)
+        pipe.expire(key, self.settings.result_expires)
+        if rerun:
+            pipe.delete(self.state_key(spec.job_id), cancel_key(spec.job_id))
 
     def job_spec(self, job_id: str) -> JobSpec | None:
         """The spec a job was submitted with, while Redis still remembers it."""
