@@ -27,7 +27,6 @@ from svdq.producer.doneindex import DoneIndex
 from svdq.producer.inputs import resolve_input
 from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
-from svdq.producer.objects import forget_result, put_if_absent
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import input_key, result_key
 from svdq.shared.errors import InvalidJobError, SvdqError
@@ -245,7 +244,7 @@ class BulkSubmitter:
             keys = [
                 result_key(str(p.spec.job_id), p.spec.output_prefix) for p, _ in sending if p.spec
             ]
-            list(self.pool.map(lambda key: forget_result(self.store, key), keys))
+            list(self.pool.map(self.store.delete, keys))
         # Ctrl-C takes effect here, before the chunk is sent, or after it is recorded: never
         # in between, so every queued job is in the batch and a re-run finds it.
         self._check_stop()
@@ -352,7 +351,7 @@ class BulkSubmitter:
                 )
         if data is None:
             return True
-        existed = put_if_absent(self.store, key, data, content_type(key))
+        existed = self.store.put_if_absent(key, data, content_type(key))
         p.data = None  # free the bytes as soon as they are stored
         return existed
 

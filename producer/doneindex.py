@@ -8,10 +8,9 @@ from that set. A folder too large to hold (over LIMIT results) falls back to one
 
 from __future__ import annotations
 
-from typing import Any
-
 from svdq.shared.constants import RESULT_FILE, result_dir, result_key
 from svdq.shared.spec import JobSpec
+from svdq.shared.storage import ObjectStore
 
 LIMIT = 500_000  # ids held at most per results folder (about 40 MB); beyond it, HEAD per job
 
@@ -19,7 +18,7 @@ LIMIT = 500_000  # ids held at most per results folder (about 40 MB); beyond it,
 class DoneIndex:
     """Answers "does this job's result.json exist?" from one listing per results folder."""
 
-    def __init__(self, store: Any, limit: int = LIMIT) -> None:
+    def __init__(self, store: ObjectStore, limit: int = LIMIT) -> None:
         self.store = store
         self.limit = limit
         self._folders: dict[str, set[str] | None] = {}  # None: too big or not listable
@@ -36,17 +35,11 @@ class DoneIndex:
         return spec.job_id in ids
 
     def _list(self, root: str) -> set[str] | None:
-        client = getattr(self.store, "client", None)
-        bucket = getattr(self.store, "bucket", None)
-        if client is None or bucket is None:
-            return None  # the local store: a stat per job is cheap there
         ids: set[str] = set()
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root)
-        for page in pages:
-            for obj in page.get("Contents", ()):
-                job_id, _, name = obj["Key"][len(root) :].partition("/")
-                if name == RESULT_FILE:
-                    ids.add(job_id)
-            if len(ids) > self.limit:
-                return None
+        for key in self.store.list_prefix(root):
+            job_id, _, name = key[len(root) :].partition("/")
+            if name == RESULT_FILE:
+                ids.add(job_id)
+                if len(ids) > self.limit:
+                    return None
         return ids

@@ -1,14 +1,32 @@
-"""The object store interface every backend implements."""
+"""The object store interface every backend implements (s3.py, local.py), and what it answers
+with. Callers use only this: nothing outside shared/storage reaches for a backend's client,
+bucket or folder."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from svdq.shared.errors import SvdqError
 
+# User metadata svdq writes beside every object: the sha256 of its bytes, hex.
+SHA256_METADATA = "sha256"
+
 
 class ObjectNotFoundError(SvdqError):
     """Raised when a key the caller asked for is not in the store."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows about one object without reading it."""
+
+    key: str
+    size: int
+    # Hex sha256 of the bytes; None for an object svdq did not write (it records one on every
+    # write it makes).
+    sha256: str | None
 
 
 class ObjectStore(Protocol):
@@ -17,11 +35,24 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write `data` under `key`, replacing what was there."""
 
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        """Write `data` under `key` unless something is there; return whether it was there.
+        One request where the backend allows (S3: a conditional PUT, If-None-Match: *)."""
+
     def get_bytes(self, key: str) -> bytes:
         """Read `key`; raise ObjectNotFoundError if it is absent."""
 
     def exists(self, key: str) -> bool:
         """Whether `key` is present."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and sha256 of `key` without reading it; None if it is absent."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; an absent key is no error."""
+
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        """Every key that starts with `prefix`, in key order, fetched as the caller goes."""
 
     def uri(self, key: str) -> str:
         """A URI naming `key` for people and records (s3://bucket/key, file:///path)."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from svdq.shared.storage.base import ObjectNotFoundError
+from svdq.shared.storage.base import ObjectInfo, ObjectNotFoundError
+
+_TMP = ".tmp-"  # a write in progress: never an object
 
 
 class LocalStore:
@@ -25,16 +29,42 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = self._write_temp(path, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # no half-written leftovers beside the objects
             raise
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            # A hard link never replaces what is there: the file system's If-None-Match.
+            os.link(tmp, path)
+        except FileExistsError:
+            if path.is_file():
+                return True
+            raise  # something else (a folder) holds the name: the object cannot be stored
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return False
+
+    def _write_temp(self, path: Path, data: bytes) -> str:
+        """`data` in a temporary file beside `path` (same file system, so a rename or link
+        puts it in place atomically); removed again if the write fails."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -44,6 +74,33 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            with path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                # Computed on demand: a local read is cheap, and nothing is kept beside the file.
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return ObjectInfo(key, size, digest)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else self.root
+        if not start.is_dir():
+            return
+        keys = [
+            key
+            for path in start.rglob("*")
+            if path.is_file() and not path.name.startswith(_TMP)
+            if (key := path.relative_to(self.root).as_posix()).startswith(prefix)
+        ]
+        yield from sorted(keys)  # key order, as S3 lists them
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Any
 
-from svdq.shared.errors import ConfigError, TransientError
-from svdq.shared.storage.base import ObjectNotFoundError
+from svdq.shared.errors import ConfigError, SvdqError, TransientError
+from svdq.shared.storage.base import SHA256_METADATA, ObjectInfo, ObjectNotFoundError
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_REFUSED = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+# A conditional PUT (If-None-Match: *) found the key taken, or another conditional write to
+# it under way: either way the object is (about to be) there.
+_TAKEN = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+# Servers without conditional writes: fall back to HEAD, then PUT.
+_NO_CONDITIONAL = {"NotImplemented", "501"}
 
 
 class S3Store:
@@ -36,18 +44,57 @@ class S3Store:
         )
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self._call("put_object", Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self._call("put_object", **self._put_args(key, data, content_type))
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        args = self._put_args(key, data, content_type)
+        try:
+            # If-None-Match: * makes S3 refuse to overwrite: upload and existence check in one.
+            self.client.put_object(**args, IfNoneMatch="*")
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _TAKEN:
+                return True
+            if code not in _NO_CONDITIONAL:
+                raise self._error("put_object", exc, args) from exc
+        except BotoCoreError as exc:
+            raise self._error("put_object", exc, args) from exc
+        else:
+            return False
+        if self.exists(key):
+            return True
+        self.put_bytes(key, data, content_type)
+        return False
 
     def get_bytes(self, key: str) -> bytes:
         response = self._call("get_object", Bucket=self.bucket, Key=key)
         return bytes(response["Body"].read())
 
     def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def head(self, key: str) -> ObjectInfo | None:
         try:
-            self._call("head_object", Bucket=self.bucket, Key=key)
+            response = self._call("head_object", Bucket=self.bucket, Key=key)
         except ObjectNotFoundError:
-            return False
-        return True
+            return None
+        sha = response.get("Metadata", {}).get(SHA256_METADATA)
+        return ObjectInfo(key, int(response["ContentLength"]), sha)
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Bucket=self.bucket, Key=key)  # absent keys are no error
+
+    def list_prefix(self, prefix: str) -> Iterator[str]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call("list_objects_v2", **args)  # up to 1 000 keys a request
+            for obj in page.get("Contents", ()):
+                yield str(obj["Key"])
+            if not page.get("IsTruncated"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -70,28 +117,45 @@ class S3Store:
         except ObjectNotFoundError:
             self._call("create_bucket", Bucket=self.bucket)
 
+    def _put_args(self, key: str, data: bytes, content_type: str) -> dict[str, Any]:
+        # The sha256 goes along as metadata, so `head` can answer it without a read.
+        metadata = {SHA256_METADATA: hashlib.sha256(data).hexdigest()}
+        return {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type,
+            "Metadata": metadata,
+        }
+
     def _call(self, op: str, **kwargs: Any) -> Any:
+        """One boto3 call, its failures mapped onto svdq's errors (see `_error`)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, op)(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _MISSING or (code == "NoSuchBucket" and op == "head_bucket"):
-                raise ObjectNotFoundError(f"{kwargs.get('Key', self.bucket)} not found") from exc
-            if code in (
-                "NoSuchBucket",
-                "AccessDenied",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-            ):
-                raise ConfigError(
-                    f"S3 refused {op} on bucket {self.bucket!r} at "
-                    f"{self.endpoint_url or 'AWS'}: {code}. Check SVDQ_S3_BUCKET, "
-                    "SVDQ_S3_ENDPOINT and the AWS_* credentials"
-                ) from exc
-            raise TransientError(f"S3 {op} failed: {code or exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(
-                f"S3 {op} failed reaching {self.endpoint_url or 'AWS'}: {exc}"
-            ) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(op, exc, kwargs) from exc
+
+    def _error(self, op: str, exc: Exception, kwargs: dict[str, Any]) -> SvdqError:
+        """A missing key or bucket: ObjectNotFoundError; a refusal that settings can fix
+        (bucket, credentials): ConfigError; anything else may pass: TransientError."""
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return TransientError(f"S3 {op} failed reaching {self.endpoint_url or 'AWS'}: {exc}")
+        code = _code(exc)
+        if code in _MISSING or (code == "NoSuchBucket" and op == "head_bucket"):
+            return ObjectNotFoundError(f"{kwargs.get('Key', self.bucket)} not found")
+        if code in _REFUSED:
+            return ConfigError(
+                f"S3 refused {op} on bucket {self.bucket!r} at "
+                f"{self.endpoint_url or 'AWS'}: {code}. Check SVDQ_S3_BUCKET, "
+                "SVDQ_S3_ENDPOINT and the AWS_* credentials"
+            )
+        return TransientError(f"S3 {op} failed: {code or exc}")
+
+
+def _code(exc: Any) -> str:
+    """The error code S3 answered with ('NoSuchKey', '412', ...)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -71,7 +71,7 @@ def test_a_job_sent_again_is_waited_for_afresh_not_answered_from_its_last_run(
     previous run's record from Redis (whose outputs are gone with it)."""
     image = make_image(tmp_path / "sent-again.png", color=61)
     first = client.submit(str(image), **FAST).wait(timeout=120)
-    store._call("delete_object", Bucket=store.bucket, Key=result_key(first["job_id"]))
+    store.delete(result_key(first["job_id"]))
     second = client.submit(str(image), **FAST).wait(timeout=120)
     assert second["job_id"] == first["job_id"]
     assert second["started_at"] > first["finished_at"]  # a new run, not the old record
