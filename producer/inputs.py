@@ -81,11 +81,8 @@ def resolve_input(
 def store_input(image: str, store: ObjectStore, settings: Settings) -> StoredInput:
     """Check the image and make sure it is in the store under inputs/<sha256>.<ext>."""
     found = resolve_input(image, store, settings, None if settings.allow_urls else URLS_OFF)
-    uploaded = False
-    if not store.exists(found.key):
-        store.put_bytes(found.key, found.data, content_type(found.key))
-        uploaded = True
-    return StoredInput(store.uri(found.key), found.sha256, found.info, uploaded)
+    existed = store.put_if_absent(found.key, found.data, content_type(found.key))
+    return StoredInput(store.uri(found.key), found.sha256, found.info, uploaded=not existed)
 
 
 def _bucket(settings: Settings) -> str:
