@@ -319,7 +319,9 @@ def _worker_side(module: str, attr: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return int(_worker_side("svdq.producer.run_local", "run_local")(args))
+    run_local = _worker_side("svdq.worker.run_local", "run_local")
+    params, random_seed = spec_params(args)
+    return int(run_local(args.image, args.output, params, random_seed))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -1,53 +1,56 @@
-"""`svdq run`: the whole workflow in this process, no queue (load, fit, generate, export)."""
+"""`svdq run`: the whole workflow in this process, no queue (load, fit, generate, export).
+
+Worker code (it loads the model and runs it here), reached from the `svdq` command only
+through producer.cli's lazy import of the worker parts, with the job flags already parsed.
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from svdq.producer.jobflags import spec_params
 from svdq.shared import formats
 from svdq.shared.errors import ConfigError, InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.inputs import read_local
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
+from svdq.worker import engine, export
+from svdq.worker.devices import local_profile
+from svdq.worker.models import load_model
 
 
-def run_local(args: argparse.Namespace) -> int:
-    """Generate one clip from a local image into args.output (.mp4, .gif: see shared/formats.py)."""
-    from svdq.worker import engine, export
-    from svdq.worker.devices import local_profile
-    from svdq.worker.models import load_model
-
+def run_local(image: str, output: str, params: dict[str, Any], random_seed: bool = False) -> int:
+    """Generate one clip from the local file `image` into `output` (.mp4, .gif: see
+    shared/formats.py); `params` are JobSpec fields from the job flags."""
     settings = Settings.from_env()
-    out = Path(args.output)
+    out = Path(output)
     fmt = formats.by_suffix(out.suffix)
     if fmt is None:
         allowed = formats.in_words(formats.suffixes())
-        raise InvalidJobError(f"--output={args.output!r} is not allowed: a {allowed} file")
+        raise InvalidJobError(f"--output={output!r} is not allowed: a {allowed} file")
     kind = fmt.name
-    params, random_seed = spec_params(args)
+    params = dict(params)
     params.setdefault("variant", settings.default_variant)
     params["formats"] = [kind]
-    spec = JobSpec.from_dict({"image": args.image, **params})
+    spec = JobSpec.from_dict({"image": image, **params})
     if spec.variant == "auto":
         raise ConfigError(
             "--variant auto needs a real model on a GPU host; name one (--variant svd-xt) "
             "or use --variant tiny to try the pipeline with random weights"
         )
-    data = read_local(args.image, settings)
+    data = read_local(image, settings)
     limits: dict[str, int] = {
         "max_bytes": settings.max_input_bytes,
         "max_pixels": settings.max_input_pixels,
     }
-    check_image(data, source=args.image, **limits)
+    check_image(data, source=image, **limits)
     spec = finalize(spec, hashlib.sha256(data).hexdigest(), random_seed=random_seed)
     fitted = fit(
-        to_rgb(open_image(data, source=args.image, **limits)), spec.width, spec.height, spec.resize
+        to_rgb(open_image(data, source=image, **limits)), spec.width, spec.height, spec.resize
     )
 
     assert spec.variant
