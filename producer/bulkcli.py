@@ -1,19 +1,28 @@
-"""The many-jobs commands: `svdq bulk`, `svdq cancel`, `svdq callbacks`, and the `--batch`
-forms of `wait` and `status`. producer.cli wires these in; they live here to keep it short."""
+"""The bulk commands: `svdq bulk` (submit a folder or a manifest, optionally wait and write
+the report) and the `--batch` forms of `wait` and `status`, which pick a batch up again from
+any process."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
+from svdq.producer.bulk import BulkSubmitter
+from svdq.producer.client import Client
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.manifest import Row, iter_source
+from svdq.producer.progress import BulkProgress, say
+from svdq.producer.report import report_rows, write_report
+from svdq.shared.errors import InvalidJobError, WaitTimeoutError
+from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
 
 
-def add_parsers(sub: Any) -> None:
-    """Add bulk, cancel and callbacks to the `svdq` command tree."""
+def add_bulk(sub: Any) -> None:
+    """`svdq bulk SOURCE [job flags] [--wait] [--report FILE]`."""
     bulk = sub.add_parser(
         "bulk",
         help="submit a folder of images or a .csv/.jsonl manifest",
@@ -44,15 +53,7 @@ def add_parsers(sub: Any) -> None:
         "job from when a worker receives it",
     )
     add_job_flags(bulk)
-
-    cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never run, running ones stop")
-    cancel.add_argument("jobs", nargs="*", metavar="JOB")
-    cancel.add_argument("--batch", help="cancel every unfinished job of this batch")
-    cancel.add_argument("--json", action="store_true", help="JSON lines on stdout")
-
-    cb = sub.add_parser("callbacks", help="deliver result callbacks (queue svdq.callbacks, no GPU)")
-    cb.add_argument("--concurrency", type=int, default=8, help="parallel POSTs (default: 8)")
-    cb.add_argument("--name", default="callbacks@%h", help="worker name")
+    bulk.set_defaults(handler=cmd_bulk)
 
 
 def add_batch_flags(cmd: argparse.ArgumentParser, name: str) -> None:
@@ -63,19 +64,8 @@ def add_batch_flags(cmd: argparse.ArgumentParser, name: str) -> None:
         cmd.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
 
 
-def _client() -> Any:
-    from svdq.producer.client import Client
-
-    return Client()
-
-
 def cmd_bulk(args: argparse.Namespace) -> int:
     """Submit SOURCE; with --wait follow the batch and write the report."""
-    from svdq.producer.bulk import BulkSubmitter
-    from svdq.producer.manifest import iter_source
-    from svdq.producer.progress import BulkProgress
-    from svdq.shared.errors import InvalidJobError
-
     if args.threads < 1:
         raise InvalidJobError(f"--threads={args.threads} is not allowed: 1 or more")
     if (args.report or args.presign) and not args.wait:
@@ -97,7 +87,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
                 print(f"svdq: error: {line}", file=sys.stderr)
             print(f"svdq: {len(bad)} bad row(s), --strict: nothing queued", file=sys.stderr)
             return 2
-    client = _client()
+    client = Client()
     show = BulkProgress(as_json=args.json)
     bulk = BulkSubmitter(
         client.jobqueue,
@@ -122,7 +112,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         )
         return 130
     show.finish()
-    _say(
+    say(
         args.json,
         {"event": "submitted", "batch_id": batch_id, **summary.counts},
         f"batch {batch_id}: {summary.line()} ({summary.seconds:.1f}s)",
@@ -135,11 +125,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     return max(code, _wait_batch(client, batch_id, args, show))
 
 
-def strict_check(rows: Any) -> list[str]:
+def strict_check(rows: Iterable[Row]) -> list[str]:
     """Every problem `--strict` refuses: bad rows and specs that fail validation (no I/O)."""
-    from svdq.shared.errors import InvalidJobError
-    from svdq.shared.spec import JobSpec
-
     bad = []
     for row in rows:
         if row.error:
@@ -152,10 +139,7 @@ def strict_check(rows: Any) -> list[str]:
     return bad
 
 
-def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any) -> int:
-    from svdq.producer.report import report_rows, write_report
-    from svdq.shared.errors import WaitTimeoutError
-
+def _wait_batch(client: Client, batch_id: str, args: argparse.Namespace, show: BulkProgress) -> int:
     batch = client.batch(batch_id)
     try:
         counts = batch.wait(timeout=args.timeout, on_update=show.counts)
@@ -173,12 +157,12 @@ def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any)
     show.finish()
     if args.report:
         written = write_report(args.report, report_rows(batch, args.presign))
-        _say(
+        say(
             args.json,
             {"event": "report", "path": args.report, **written},
             f"report {args.report}: " + ", ".join(f"{n} {s}" for s, n in written.items()),
         )
-    _say(
+    say(
         args.json,
         {"event": "done", "batch_id": batch_id, **counts},
         f"batch {batch_id}: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())),
@@ -189,16 +173,14 @@ def _wait_batch(client: Any, batch_id: str, args: argparse.Namespace, show: Any)
 
 def cmd_wait_batch(args: argparse.Namespace) -> int:
     """`svdq wait --batch ID [--report FILE]`: pick a batch up again from any process."""
-    from svdq.producer.progress import BulkProgress
-
-    client = _client()
+    client = Client()
     client.batch(args.batch).info()  # an unknown batch fails here, naming it
     return _wait_batch(client, args.batch, args, BulkProgress(as_json=args.json))
 
 
 def cmd_status_batch(args: argparse.Namespace) -> int:
     """`svdq status --batch ID`: the submission record and how many jobs are in each state."""
-    batch = _client().batch(args.batch)
+    batch = Client().batch(args.batch)
     info, counts = batch.info(), batch.counts()
     if args.json:
         print(json.dumps({**info, "states": counts}))
@@ -212,38 +194,3 @@ def cmd_status_batch(args: argparse.Namespace) -> int:
                 f"{info['upload_failed']:,} inputs that could not be stored"
             )
     return 1 if any(counts.get(s) for s in (JobState.FAILED, JobState.CANCELLED)) else 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    """`svdq cancel JOB...` / `svdq cancel --batch ID`."""
-    from svdq.shared.errors import InvalidJobError
-
-    if not args.jobs and not args.batch:
-        raise InvalidJobError("cancel needs JOB ids or --batch ID")
-    client = _client()
-    if args.batch:
-        counts = client.batch(args.batch).cancel()
-        _say(
-            args.json,
-            {"event": "cancel", "batch_id": args.batch, **counts},
-            f"batch {args.batch}: "
-            + (", ".join(f"{n:,} {w}" for w, n in counts.items()) or "no jobs"),
-        )
-    outcome = client.cancel(args.jobs) if args.jobs else {}
-    for job_id, what in outcome.items():
-        _say(args.json, {"event": "cancel", "job_id": job_id, "outcome": what}, f"{job_id}: {what}")
-    return 1 if "unknown" in outcome.values() else 0
-
-
-def cmd_callbacks(args: argparse.Namespace) -> int:
-    """`svdq callbacks`: become the callback consumer."""
-    from svdq.worker.callback_worker import launch
-
-    return launch(args.concurrency, args.name)
-
-
-def _say(as_json: bool, event: dict[str, Any], text: str) -> None:
-    if as_json:
-        print(json.dumps(event), flush=True)
-    else:
-        print(text, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from svdq.producer.client import Client
-from svdq.producer.display import ProgressPrinter
+from svdq.producer.progress import JobProgress
 from svdq.producer.services import redis_server, s3_server
 from svdq.shared.errors import SvdqError
 from svdq.shared.settings import Settings
@@ -130,7 +130,7 @@ def run_demo(output_dir: str = "demo-output") -> int:
             handles[handle.job_id] = name
             print(f"queued  {name} {w}×{h} -> job {handle.job_id}", file=sys.stderr)
 
-        printer = ProgressPrinter(labels=handles)
+        printer = JobProgress(labels=handles)
 
         def on_progress(status: dict[str, object]) -> None:
             if worker.poll() is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 
-from svdq.producer.display import ProgressPrinter
+from svdq.producer.progress import JobProgress
 
 
 def printed(*statuses: dict) -> list[str]:
     out = io.StringIO()
-    show = ProgressPrinter(stream=out, labels={"j1": "photo.jpg"})
+    show = JobProgress(stream=out, labels={"j1": "photo.jpg"})
     for status in statuses:
         show(status)
     return out.getvalue().splitlines()
