@@ -11,8 +11,6 @@ pipeline, and write the job and batch records in another.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import signal
 import threading
 import time
@@ -23,39 +21,16 @@ from itertools import islice
 from typing import Any
 
 from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id
+from svdq.producer.bulkrows import Prepared, RowPreparer, sort_rows
 from svdq.producer.doneindex import DoneIndex
-from svdq.producer.inputs import resolve_input
 from svdq.producer.jobqueue import JobQueue
 from svdq.producer.manifest import Row
 from svdq.producer.publish import publish_jobs
-from svdq.shared.constants import input_key, result_key
-from svdq.shared.errors import InvalidJobError, SvdqError
-from svdq.shared.inputs import addressed_sha256, content_type, read_local
-from svdq.shared.spec import JobSpec, finalize
-from svdq.shared.states import JobState
-
-# Rows naming s3://<bucket>/inputs/<sha256>.<ext> are not downloaded at all: the name gives
-# the hash (shared.inputs.addressed_sha256), and the worker checks the image before it runs.
-_NO_URLS = "https:// inputs are not enabled in bulk; download the images and submit the folder"
+from svdq.shared.constants import result_key
+from svdq.shared.errors import SvdqError
+from svdq.shared.spec import JobSpec
 
 Event = Callable[[dict[str, Any]], None]
-# Local inputs up to this size are held between hashing and upload (a chunk of 256 holds at
-# most 64 MiB); larger ones are read again when uploaded, and checked to be unchanged.
-KEEP_INPUT_BYTES = 256 * 1024
-
-
-@dataclass
-class Prepared:
-    """A row after the local step: a finalized spec plus what uploading it needs."""
-
-    row: Row
-    spec: JobSpec | None = None
-    data: bytes | None = None  # input bytes still to upload (None: already in the store)
-    # A large local file (over KEEP_INPUT_BYTES) is read again when it is uploaded rather
-    # than held: a chunk of 20 MB photos would otherwise sit in memory until the upload.
-    local: str | None = None
-    error: str | None = None
-    field: str | None = None
 
 
 @dataclass
@@ -98,7 +73,7 @@ class BulkSubmitter:
         self.settings = jobqueue.settings
         self.store = jobqueue.store
         self.force = force
-        self.random_seed = random_seed
+        self.rows = RowPreparer(self.settings, self.store, random_seed)
         self.chunk = chunk
         self.on_event = on_event or (lambda _e: None)
         self.keep_ids = keep_ids
@@ -147,67 +122,33 @@ class BulkSubmitter:
         the second waits for them, then sends and records the chunk."""
         # Rows that need I/O (a local file to read, an object to fetch) go to the threads;
         # already content-addressed s3:// rows are pure CPU and cheaper done right here.
-        slow = [r for r in rows if not self._addressed(r)]
-        done_slow = dict(zip(map(id, slow), self.pool.map(self._prepare, slow), strict=True))
-        prepared = [done_slow[id(r)] if id(r) in done_slow else self._prepare(r) for r in rows]
-        counts = dict.fromkeys(COUNTERS, 0)
-        rejects: list[dict[str, Any]] = []
-        members: list[tuple[str, str]] = []
-        ready = [p for p in prepared if p.spec is not None]
-        states = self.jobqueue.peek([p.spec.job_id for p in ready if p.spec and p.spec.job_id])
-        state_of = {s["job_id"]: s for s in states}
-        seen: set[str] = set()
-        # (row, what it is if it goes out): "submitted", "resubmitted", or "check" when Redis
-        # knows nothing and result.json decides (it can only exist if the input did).
-        candidates: list[tuple[Prepared, str]] = []
-        for p in prepared:
-            if p.spec is None:
-                kind = "skipped" if p.row.skipped else "invalid"
-                counts[kind] += 1
-                reject = {"source": p.row.source, "status": kind, "reason": p.error}
-                if p.field:
-                    reject["field"] = p.field
-                rejects.append(reject)
-                self._emit(p, kind, p.error)
-                continue
-            job_id = str(p.spec.job_id)
-            if job_id in seen or job_id in self._inflight:
-                # The same image with the same parameters twice: one job serves both rows.
-                counts["already_queued"] += 1
-                reason = f"same content and parameters as job {job_id}"
-                # Its own report row, pointing at the job that serves it.
-                rejects.append(
-                    {
-                        "source": p.row.source,
-                        "status": "duplicate",
-                        "reason": reason,
-                        "job_id": job_id,
-                    }
-                )
-                self._emit(p, "duplicate", reason)
-                continue
-            seen.add(job_id)
-            members.append((job_id, p.row.source))
-            if self.keep_ids:
-                self.specs[job_id] = p.spec
-            state = state_of[job_id]["state"]
-            if state is JobState.UNKNOWN:
-                candidates.append((p, "submitted" if self.force else "check"))
-            elif self.force or state in (JobState.FAILED, JobState.CANCELLED):
-                candidates.append((p, "resubmitted"))
-            elif state is JobState.SUCCEEDED:
-                counts["already_done"] += 1
-                self._emit(p, "already_done")
-            else:  # queued, running, retrying
-                counts["already_queued"] += 1
-                self._emit(p, "already_queued")
+        slow = [r for r in rows if not self.rows.addressed(r)]
+        done_slow = dict(zip(map(id, slow), self.pool.map(self.rows.prepare, slow), strict=True))
+        prepared = [done_slow[id(r)] if id(r) in done_slow else self.rows.prepare(r) for r in rows]
+        ready = [p.spec.job_id for p in prepared if p.spec and p.spec.job_id]
+        states = {s["job_id"]: s["state"] for s in self.jobqueue.peek(ready)}
+        chunk = sort_rows(
+            prepared, states, self._inflight, self.force, dict.fromkeys(COUNTERS, 0), self._emit
+        )
+        counts, rejects, members, candidates = (
+            chunk.counts,
+            chunk.rejects,
+            chunk.members,
+            chunk.candidates,
+        )
+        if self.keep_ids:
+            first: dict[str, JobSpec] = {}
+            for p in prepared:
+                if p.spec and p.spec.job_id:
+                    first.setdefault(p.spec.job_id, p.spec)
+            self.specs.update((job_id, first[job_id]) for job_id, _ in members)
         # Each distinct input once (many rows may share an image), then result.json only for
         # jobs Redis does not know whose input was already there before this upload.
         uploads: dict[str, Prepared] = {}
         for p, _ in candidates:
             assert p.spec
             uploads.setdefault(p.spec.image, p)
-        futures = [self.uploader.submit(self._upload, p) for p in uploads.values()]
+        futures = [self.uploader.submit(self.rows.upload, p) for p in uploads.values()]
         self._inflight = {j for j, _ in members}
         yield
         # An input that cannot be stored fails its own rows (reported, not queued, sent again
@@ -228,7 +169,7 @@ class BulkSubmitter:
         def finished(pair: tuple[Prepared, str]) -> bool:
             p, kind = pair
             assert p.spec
-            return kind == "check" and existed[p.spec.image] and self._done_in_store(p.spec)
+            return kind == "check" and existed[p.spec.image] and self.done_index.done(p.spec)
 
         done = list(self.pool.map(finished, candidates))
         sending: list[tuple[Prepared, str]] = []
@@ -307,62 +248,6 @@ class BulkSubmitter:
     def _check_stop(self) -> None:
         if self._stop:
             raise KeyboardInterrupt
-
-    def _prepare(self, row: Row) -> Prepared:
-        """The local step: check the row, read and hash its image, fill in the job id."""
-        if row.data is None:
-            return Prepared(row, error=row.error or row.skipped, field=row.field)
-        try:
-            spec = JobSpec.from_dict(row.data)
-            if spec.variant is None:
-                # Both values below are ours and already valid: no second full check.
-                spec = dataclasses.replace(spec, variant=self.settings.default_variant)
-            uri, sha, data = self._read(spec.image)
-            spec = dataclasses.replace(spec, image=uri)
-            ready = finalize(spec, sha, random_seed=self.random_seed)
-        except InvalidJobError as exc:
-            return Prepared(row, error=str(exc), field=exc.field)
-        local = not row.data["image"].lower().startswith("s3://")
-        if local and data is not None and len(data) > KEEP_INPUT_BYTES:
-            return Prepared(row, spec=ready, local=row.data["image"].removeprefix("file://"))
-        # Small inputs stay in memory: no second read, and what is stored is what was hashed.
-        return Prepared(row, spec=ready, data=data)
-
-    def _read(self, image: str) -> tuple[str, str, bytes | None]:
-        """(stored URI, sha256, bytes to upload or None when the input is already stored)."""
-        if image.lower().startswith("s3://"):
-            sha = addressed_sha256(self.store.key_from_uri(image))
-            if sha:
-                return image, sha, None
-        found = resolve_input(image, self.store, self.settings, url_refusal=_NO_URLS)
-        return self.store.uri(found.key), found.sha256, found.data
-
-    def _upload(self, p: Prepared) -> bool:
-        """Put the input if it is not there; return whether it was there already."""
-        assert p.spec
-        key = str(self.store.key_from_uri(p.spec.image))
-        data = p.data
-        if p.local is not None:
-            data = read_local(p.local, self.settings)
-            if input_key(hashlib.sha256(data).hexdigest(), key.rsplit(".", 1)[-1]) != key:
-                raise InvalidJobError(
-                    f"image={p.local!r} changed while it was being submitted; run again",
-                    field="image",
-                )
-        if data is None:
-            return True
-        existed = self.store.put_if_absent(key, data, content_type(key))
-        p.data = None  # free the bytes as soon as they are stored
-        return existed
-
-    def _done_in_store(self, spec: JobSpec) -> bool:
-        return self.done_index.done(spec)
-
-    def _addressed(self, row: Row) -> bool:
-        image = (row.data or {}).get("image")
-        if not isinstance(image, str) or not image.startswith("s3://"):
-            return False
-        return addressed_sha256(self.store.key_from_uri(image)) is not None
 
     def _emit(self, p: Prepared, outcome: str, reason: str | None = None) -> None:
         event: dict[str, Any] = {"event": "row", "source": p.row.source, "outcome": outcome}

@@ -101,3 +101,62 @@ def test_batch_ids_and_summary_line() -> None:
     s = Summary("b1")
     s.counts.update(already_done=1998, resubmitted=2)
     assert s.line() == "1,998 already done, 2 resubmitted"
+
+
+def test_rows_are_sorted_by_what_redis_knows_of_their_jobs() -> None:
+    from svdq.producer.batch import COUNTERS
+    from svdq.producer.bulkrows import Prepared, sort_rows
+    from svdq.producer.manifest import Row
+    from svdq.shared.spec import JobSpec
+    from svdq.shared.states import JobState
+
+    def row(n: int, job_id: str | None) -> Prepared:
+        r = Row(f"m.jsonl:{n}", n, data={"image": "x.png"} if job_id else None, error="bad")
+        spec = JobSpec.from_dict({"image": "x.png", "job_id": job_id}) if job_id else None
+        return Prepared(r, spec=spec, error=None if job_id else "bad", field="image")
+
+    rows = [row(1, None), row(2, "new"), row(3, "new"), row(4, "busy"), row(5, "done")]
+    rows += [row(6, "running"), row(7, "failed")]
+    states = {
+        "new": JobState.UNKNOWN,
+        "busy": JobState.QUEUED,
+        "done": JobState.SUCCEEDED,
+        "running": JobState.RUNNING,
+        "failed": JobState.FAILED,
+    }
+    events: list[tuple[int, str]] = []
+    out = sort_rows(
+        rows,
+        states,
+        {"busy"},
+        False,
+        dict.fromkeys(COUNTERS, 0),
+        lambda p, outcome, _reason: events.append((p.row.line, outcome)),
+    )
+    assert events == [
+        (1, "invalid"),
+        (3, "duplicate"),
+        (4, "duplicate"),
+        (5, "already_done"),
+        (6, "already_queued"),
+    ]
+    assert [(p.row.line, kind) for p, kind in out.candidates] == [(2, "check"), (7, "resubmitted")]
+    assert out.members == [
+        ("new", "m.jsonl:2"),
+        ("done", "m.jsonl:5"),
+        ("running", "m.jsonl:6"),
+        ("failed", "m.jsonl:7"),
+    ]
+    assert {k: n for k, n in out.counts.items() if n} == {
+        "invalid": 1,
+        "already_queued": 3,
+        "already_done": 1,
+    }
+    assert out.rejects[1] == {
+        "source": "m.jsonl:3",
+        "status": "duplicate",
+        "reason": "same content and parameters as job new",
+        "job_id": "new",
+    }
+    forced = sort_rows(rows, states, set(), True, dict.fromkeys(COUNTERS, 0), lambda *_: None)
+    assert [kind for _, kind in forced.candidates] == ["submitted"] + ["resubmitted"] * 4
