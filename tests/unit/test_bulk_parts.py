@@ -1,5 +1,5 @@
 """The small decisions of bulk work, with no services: callback signing and retry rules,
-progress output off a terminal and as JSON, report files, batch ids."""
+progress output off a terminal and as JSON, report files, batch ids, sorting a chunk's rows."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from svdq.producer.batch import check_batch_id, new_batch_id
+from svdq.producer.batch import COUNTERS, check_batch_id, new_batch_id
 from svdq.producer.bulk import Summary
+from svdq.producer.bulkrows import Prepared, sort_rows
+from svdq.producer.manifest import Row
 from svdq.producer.progress import BulkProgress
 from svdq.producer.report import write_report
 from svdq.shared.errors import InvalidJobError
+from svdq.shared.spec import JobSpec
+from svdq.shared.states import JobState
 from svdq.worker.callbacks import encode, should_retry, signature
 
 
@@ -104,12 +108,6 @@ def test_batch_ids_and_summary_line() -> None:
 
 
 def test_rows_are_sorted_by_what_redis_knows_of_their_jobs() -> None:
-    from svdq.producer.batch import COUNTERS
-    from svdq.producer.bulkrows import Prepared, sort_rows
-    from svdq.producer.manifest import Row
-    from svdq.shared.spec import JobSpec
-    from svdq.shared.states import JobState
-
     def row(n: int, job_id: str | None) -> Prepared:
         r = Row(f"m.jsonl:{n}", n, data={"image": "x.png"} if job_id else None, error="bad")
         spec = JobSpec.from_dict({"image": "x.png", "job_id": job_id}) if job_id else None
