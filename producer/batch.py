@@ -171,15 +171,11 @@ class Batch:
             yield from chunk
 
     def states(self) -> Iterator[dict[str, Any]]:
-        """Each job's state (see JobQueue.peek), with `source`; result.json settles `unknown`."""
+        """Each job's state (see JobQueue.states: result.json settles UNKNOWN), with `source`."""
         for chunk in self.record.job_chunks():
             for entry, source in zip(
-                self.jobqueue.peek(chunk), self.record.sources(chunk), strict=True
+                self.jobqueue.states(chunk), self.record.sources(chunk), strict=True
             ):
-                if entry["state"] is JobState.UNKNOWN:
-                    stored = self.jobqueue.stored_result(entry["job_id"])
-                    if stored is not None:
-                        entry.update(state=JobState.SUCCEEDED, result=stored)
                 entry["source"] = source
                 yield entry
 

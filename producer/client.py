@@ -267,13 +267,10 @@ class Client:
             ids = list(pending)
             ended: list[tuple[str, str]] = []
             for start in range(0, len(ids), 500):
-                for entry in self.jobqueue.peek(ids[start : start + 500]):
-                    state, job_id = entry["state"], entry["job_id"]
-                    if state is JobState.UNKNOWN and self.jobqueue.stored_result(job_id):
-                        state = JobState.SUCCEEDED  # Redis forgot it; result.json says done
+                for entry in self.jobqueue.states(ids[start : start + 500]):
                     # unknown: never submitted here, or forgotten everywhere; it will not end,
                     # so it comes out now and its result() says so.
-                    if not state.is_open:
+                    if not entry["state"].is_open:
                         ended.append((entry.get("ended_at") or "", entry["job_id"]))
             # Several may have ended since the last look: hand them out in the order they
             # ended, not the order they were asked about (no end time: first).

@@ -102,6 +102,17 @@ class JobQueue:
             for i, job_id in enumerate(job_ids)
         ]
 
+    def states(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """`peek`, with result.json settling what Redis forgot: an UNKNOWN job whose
+        result.json exists is SUCCEEDED, with that result."""
+        entries = self.peek(job_ids)
+        for entry in entries:
+            if entry["state"] is JobState.UNKNOWN:
+                stored = self.stored_result(entry["job_id"])
+                if stored is not None:
+                    entry.update(state=JobState.SUCCEEDED, result=stored)
+        return entries
+
 
 def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> dict[str, Any]:
     """One job's peek entry from its stored Celery state (None: Celery has stored none)."""
