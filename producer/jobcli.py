@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +37,25 @@ def add_submit(sub: Any) -> None:
 
 def add_status(sub: Any) -> None:
     """`svdq status JOB... | --batch ID`."""
-    status = sub.add_parser("status", help="where jobs are now")
-    status.add_argument("jobs", nargs="*", metavar="JOB")
-    status.add_argument("--json", action="store_true", help="JSON lines on stdout")
-    bulkcli.add_batch_flags(status, "status")
-    status.set_defaults(handler=cmd_status)
+    _add_jobs_command(sub, "status", "where jobs are now", cmd_status)
 
 
 def add_wait(sub: Any) -> None:
     """`svdq wait JOB... | --batch ID [--report FILE]`."""
-    wait = sub.add_parser("wait", help="wait until jobs end")
-    wait.add_argument("jobs", nargs="*", metavar="JOB")
-    wait.add_argument("--json", action="store_true", help="JSON lines on stdout")
-    bulkcli.add_batch_flags(wait, "wait")
+    wait = _add_jobs_command(sub, "wait", "wait until jobs end", cmd_wait)
     wait.add_argument("--timeout", type=float, help="seconds to wait (default: forever)")
-    wait.set_defaults(handler=cmd_wait)
+
+
+def _add_jobs_command(
+    sub: Any, name: str, text: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """A command over JOB ids or a whole --batch (status, wait)."""
+    cmd: argparse.ArgumentParser = sub.add_parser(name, help=text)
+    cmd.add_argument("jobs", nargs="*", metavar="JOB")
+    cmd.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    bulkcli.add_batch_flags(cmd, name)
+    cmd.set_defaults(handler=handler)
+    return cmd
 
 
 def add_results(sub: Any) -> None:
