@@ -113,10 +113,6 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Issue 12 in progress: the producer and worker cycles are being taken apart.
-_OPEN = pytest.mark.xfail(strict=True, reason="import cycle still open (issue 12)")
-
-
 @pytest.mark.parametrize(
     "package",
     [
