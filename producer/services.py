@@ -12,10 +12,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from svdq.shared.errors import ConfigError
+from svdq.shared.poll import poll
 
 
 def free_port() -> int:
@@ -102,9 +102,8 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
-def _wait_until(check, seconds: float, message: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise ConfigError(message)
-        time.sleep(0.05)
+def _wait_until(check: Callable[[], bool], seconds: float, message: str) -> None:
+    for _ in poll(step=0.05, timeout=seconds):
+        if check():
+            return
+    raise ConfigError(message)

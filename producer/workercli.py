@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,19 @@ def add_callbacks(sub: Any) -> None:
     cb.set_defaults(handler=cmd_callbacks)
 
 
-def _worker_side(module: str, attr: str) -> Any:
-    """Import a worker-side command, or say how to install it."""
+# What the `worker` extra adds that generating a clip needs. svdq.worker itself ships in every
+# install and imports torch only inside functions, so importing it proves nothing: look first.
+PIPELINE_PACKAGES = ("torch", "diffusers", "transformers", "imageio_ffmpeg")
+
+
+def _worker_side(module: str, attr: str, needs: tuple[str, ...] = PIPELINE_PACKAGES) -> Any:
+    """Import a worker-side command, or say how to install what it needs."""
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"this command needs the worker parts ({', '.join(missing)} not installed): "
+            "pip install 'svdq[worker]'"
+        )
     try:
         return getattr(importlib.import_module(module), attr)
     except ImportError as exc:
@@ -117,7 +129,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The profile ladder and queues a worker would use (worker.launch)."""
-    return int(_worker_side("svdq.worker.launch", "plan_command")(args))
+    return int(_worker_side("svdq.worker.launch", "plan_command", needs=())(args))
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -130,4 +142,5 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_callbacks(args: argparse.Namespace) -> int:
     """Become the callback consumer (worker.callback_worker): POSTs, no GPU, no torch."""
-    return int(_worker_side("svdq.worker.callback_worker", "launch")(args.concurrency, args.name))
+    launch = _worker_side("svdq.worker.callback_worker", "launch", needs=())
+    return int(launch(args.concurrency, args.name))

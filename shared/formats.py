@@ -10,8 +10,9 @@ Adding a format (say `webm`) changes exactly two places:
 2. its encoder: a function in worker/export.py and its entry in `worker.export.ENCODERS`
    (numpy and ffmpeg stay on the worker side; this module imports nothing).
 
-Everything else follows from the row. Consumers call `names()` and `output()` rather than
-copying the table at import, so a row added here (or by a test) reaches all of them.
+Everything else follows from the row. A row must be written here, in the source: some consumers
+read the table once at import (the JSON Schema's field choices in shared/fields.py), so a row
+appended at run time would not reach them.
 """
 
 from __future__ import annotations
