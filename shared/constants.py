@@ -5,6 +5,8 @@ Keep them here and only here, so a reader can see in one screen what a job leave
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from svdq.shared import formats
 
 # Celery task names.
@@ -23,34 +25,35 @@ def queue_for(variant: str) -> str:
 KEY_PREFIX = "svdq:"
 
 
-def job_key(job_id: str) -> str:
-    """Hash with the job's submission record (spec, queue, batch, submitted_at)."""
-    return f"{KEY_PREFIX}job:{job_id}"
+@dataclass(frozen=True)
+class RedisKey:
+    """One kind of Redis key: `job_key(job_id)` is the key for that job. `what` says what the
+    key holds, so this file reads as the table of everything svdq leaves in Redis."""
+
+    pattern: str  # after KEY_PREFIX; "{}" is the job id, batch id or worker name
+    what: str
+
+    def __call__(self, name: str) -> str:
+        return KEY_PREFIX + self.pattern.format(name)
 
 
-def batch_key(batch_id: str) -> str:
-    """Hash with a bulk submission's record (source, created_at, counts as submitted)."""
-    return f"{KEY_PREFIX}batch:{batch_id}"
-
-
-def batch_jobs_key(batch_id: str) -> str:
-    """List of the batch's job ids, in submission order."""
-    return f"{KEY_PREFIX}batch:{batch_id}:jobs"
-
-
-def batch_sources_key(batch_id: str) -> str:
-    """Hash job id -> the source (path, manifest line) it came from, for reports."""
-    return f"{KEY_PREFIX}batch:{batch_id}:sources"
-
-
-def batch_rejects_key(batch_id: str) -> str:
-    """List of JSON rows the batch could not submit (bad rows, non-images), for reports."""
-    return f"{KEY_PREFIX}batch:{batch_id}:rejects"
-
-
-def cancel_key(job_id: str) -> str:
-    """Set when a job is cancelled; the worker checks it before and during the job."""
-    return f"{KEY_PREFIX}cancel:{job_id}"
+job_key = RedisKey(
+    "job:{}", "Hash with the job's submission record (spec, queue, batch, submitted_at)."
+)
+batch_key = RedisKey(
+    "batch:{}", "Hash with a bulk submission's record (source, created_at, counts as submitted)."
+)
+batch_jobs_key = RedisKey("batch:{}:jobs", "List of the batch's job ids, in submission order.")
+batch_sources_key = RedisKey(
+    "batch:{}:sources", "Hash job id -> the source (path, manifest line) it came from, for reports."
+)
+batch_rejects_key = RedisKey(
+    "batch:{}:rejects",
+    "List of JSON rows the batch could not submit (bad rows, non-images), for reports.",
+)
+cancel_key = RedisKey(
+    "cancel:{}", "Set when a job is cancelled; the worker checks it before and during the job."
+)
 
 
 # Result callbacks go out from their own queue, so a slow receiver never holds a GPU worker.
@@ -61,30 +64,27 @@ CALLBACK_SIGNATURE_HEADER = "X-Svdq-Signature"
 # Delivery bookkeeping (worker/delivery.py): at least once in, effects exactly once out.
 DEAD_LETTER_KEY = f"{KEY_PREFIX}dead"  # hash job id -> JSON {spec, attempts, reason, dead_at}
 
-
-def lease_key(job_id: str) -> str:
-    """String held (SET NX, TTL renewed) by the one delivery running the job right now."""
-    return f"{KEY_PREFIX}lease:{job_id}"
-
-
-def deliveries_key(job_id: str) -> str:
-    """List of the job's delivery attempts, JSON {n, worker, pid, started_at, reason}."""
-    return f"{KEY_PREFIX}deliveries:{job_id}"
-
-
-def generations_key(job_id: str) -> str:
-    """Counter of full generations started for the job (a retry or a lost worker adds one)."""
-    return f"{KEY_PREFIX}generations:{job_id}"
+lease_key = RedisKey(
+    "lease:{}", "String held (SET NX, TTL renewed) by the one delivery running the job right now."
+)
+deliveries_key = RedisKey(
+    "deliveries:{}",
+    "List of the job's delivery attempts, JSON {n, worker, pid, started_at, reason}.",
+)
+generations_key = RedisKey(
+    "generations:{}",
+    "Counter of full generations started for the job (a retry or a lost worker adds one).",
+)
 
 
 # Operations (worker/metrics.py writes, `svdq stats` and `svdq exporter` read).
 WORKER_KEY_TTL = 30  # seconds a worker's heartbeat hash outlives its last beat
 FINISHED_STREAM = f"{KEY_PREFIX}finished"  # stream: one entry per finished job, trimmed to 2 h
 
-
-def worker_key(hostname: str) -> str:
-    """Hash a live worker refreshes: variant, profile, gpu, queues, current job, metrics port."""
-    return f"{KEY_PREFIX}worker:{hostname}"
+worker_key = RedisKey(
+    "worker:{}",
+    "Hash a live worker refreshes: variant, profile, gpu, queues, current job, metrics port.",
+)
 
 
 # Task states beyond Celery's own.

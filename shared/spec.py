@@ -193,57 +193,51 @@ def _check_metadata(value: Any) -> dict[str, Any]:
     return value
 
 
+def _refused(field: str, value: str, allowed: str, shown: int = 80) -> InvalidJobError:
+    """The error for a string field's value: the field, the value (cut to `shown` characters,
+    so a hostile megabyte never reaches a log) and what is allowed."""
+    return InvalidJobError(f"{field}={value[:shown]!r} is not allowed: {allowed}", field=field)
+
+
 def _check_image(value: str) -> str:
     if not value or len(value) > MAX_URL_LEN or "\x00" in value:
-        raise InvalidJobError(
-            f"image={value[:80]!r} is not allowed: a local path, s3://bucket/key or https:// "
-            f"URL of at most {MAX_URL_LEN} characters",
-            field="image",
+        raise _refused(
+            "image",
+            value,
+            f"a local path, s3://bucket/key or https:// URL of at most {MAX_URL_LEN} characters",
         )
     lowered = value.lower()
     if "://" in value and not lowered.startswith(("s3://", "https://", "file://")):
-        raise InvalidJobError(
-            f"image={value[:80]!r} is not allowed: only local paths, s3:// and https:// URLs",
-            field="image",
-        )
+        raise _refused("image", value, "only local paths, s3:// and https:// URLs")
     bucket, _, key = value[5:].partition("/")
     if lowered.startswith("s3://") and not (bucket and key):
-        raise InvalidJobError(f"image={value!r} is not allowed: s3://bucket/key", field="image")
+        raise _refused("image", value, "s3://bucket/key", shown=MAX_URL_LEN)
     return value
 
 
 def _check_job_id(value: str) -> str:
     if not SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` allows a final "\n"
-        raise InvalidJobError(
-            f"job_id={value[:140]!r} is not allowed: 1–128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, no '..'",
-            field="job_id",
-        )
+        allowed = "1–128 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'"
+        raise _refused("job_id", value, allowed, shown=140)
     return value
 
 
 def _check_prefix(value: str) -> str:
-    segments = value.split("/")
-    if (
-        len(value) > MAX_PREFIX_LEN
-        or not SAFE_PREFIX.fullmatch(value)
-        or any(s in (".", "..") for s in segments)
-    ):
-        raise InvalidJobError(
-            f"output_prefix={value[:220]!r} is not allowed: up to {MAX_PREFIX_LEN} characters of "
-            "letters, digits, '.', '_', '-' in '/'-separated parts, no leading '/', no '..'",
-            field="output_prefix",
+    parts = value.split("/")
+    too_long = len(value) > MAX_PREFIX_LEN
+    if too_long or not SAFE_PREFIX.fullmatch(value) or any(p in (".", "..") for p in parts):
+        allowed = (
+            f"up to {MAX_PREFIX_LEN} characters of letters, digits, '.', '_', '-' in "
+            "'/'-separated parts, no leading '/', no '..'"
         )
+        raise _refused("output_prefix", value, allowed, shown=220)
     return value
 
 
 def _check_callback(value: str) -> str:
     if len(value) > MAX_URL_LEN or not value.lower().startswith(("https://", "http://")):
-        raise InvalidJobError(
-            f"callback_url={value[:80]!r} is not allowed: an http(s):// URL of at most "
-            f"{MAX_URL_LEN} characters",
-            field="callback_url",
-        )
+        allowed = f"an http(s):// URL of at most {MAX_URL_LEN} characters"
+        raise _refused("callback_url", value, allowed)
     return value
 
 
