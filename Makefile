@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this machine's disk. GPU hosts: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 # or TORCH_SPEC= to keep whatever torch is installed.
 TORCH_SPEC ?= torch==2.13.0
+# What `make gpu-check` installs when the venv's torch turns out to be a CPU build.
+GPU_TORCH_SPEC ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration lint format bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -44,6 +46,11 @@ format: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# GPU acceptance (bench/gpu_check.py): CUDA torch if needed, pytest -m gpu, bench/gpu.py per
+# variant with weights, bench/results/gpu-<card>.json. On a host without a GPU: "no CUDA here".
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --torch-spec "$(GPU_TORCH_SPEC)"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
