@@ -150,16 +150,61 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def settle() -> None:
+    """Collect, then freeze what is left (the libraries and the loaded pipeline) out of the
+    garbage collector's full passes, which would otherwise run in the middle of generation.
+    `evict` unfreezes first: a frozen object is never collected, however unreachable."""
+    gc.collect()
+    gc.freeze()
+
+
 def evict(model: LoadedModel) -> None:
-    """Drop the pipeline (the object stays, empty) and free its memory."""
-    model.pipe = None
+    """Drop the pipeline (the object stays, empty) and free its memory, all of it.
+
+    Three things would keep an evicted pipeline alive for the process's life:
+    - accelerate's offload hooks make every hooked module refer to itself
+      (accelerate/hooks.py `add_hook_to_module`: `module.forward = functools.update_wrapper(
+      functools.partial(new_forward, module), old_forward)`): a cycle only the collector frees;
+    - `settle` froze that cycle, and `gc.freeze()` moves objects to a permanent generation
+      that no collection looks at until `gc.unfreeze()`;
+    - a compiled UNet's graphs (and, on CUDA, its CUDA-graph memory pool) live in dynamo's
+      process-wide caches; `torch._dynamo.reset()` clears them ("Reset cudagraph trees").
+    So: every hook off (recursively, `remove_hook_from_module(recurse=True)`, which also puts
+    `_old_forward` back), unfreeze, drop compiled state, collect, empty the CUDA cache.
+    """
+    pipe, model.pipe = model.pipe, None
+    compiled = False
+    if pipe is not None:
+        compiled = _unhook(pipe)
+        pipe = None
+    gc.unfreeze()
+    if compiled:
+        import torch
+
+        torch.compiler.reset()
     free_memory()
+
+
+def _unhook(pipe: Any) -> bool:
+    """Take every accelerate hook off every model of `pipe`; say whether one was compiled."""
+    import torch
+    from accelerate.hooks import remove_hook_from_module
+
+    compiled = False
+    for component in dict(getattr(pipe, "components", {})).values():
+        if isinstance(component, torch.nn.Module):
+            remove_hook_from_module(component, recurse=True)
+            compiled = compiled or hasattr(component, "_orig_mod")  # torch.compile's wrapper
+    if hasattr(pipe, "_all_hooks"):
+        pipe._all_hooks = []  # diffusers' list of offload hooks, each holding its model
+    return compiled
 
 
 def swap(
     model: LoadedModel, settings: Settings, profile: Profile, lower: tuple[Profile, ...]
 ) -> LoadedModel:
-    """Evict the loaded pipeline first, then load `profile` into the same object."""
+    """Evict the loaded pipeline first, then load `profile` into the same object (and freeze
+    it again when the process had frozen the one before)."""
     log.warning(
         "switching from %s/%s to %s/%s",
         model.info.name,
@@ -167,10 +212,14 @@ def swap(
         profile.variant,
         profile.name,
     )
+    frozen = gc.get_freeze_count() > 0
     evict(model)
     fresh = load_model(settings, profile, lower)
     for f in dataclasses.fields(LoadedModel):
         setattr(model, f.name, getattr(fresh, f.name))
+    del fresh
+    if frozen:
+        settle()
     return model
 
 
