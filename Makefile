@@ -14,8 +14,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# The torch stamp's name carries a hash of TORCH_SPEC, so `make install TORCH_SPEC=...cu128` over
+# a venv built with another spec installs torch again. --force-reinstall --no-deps: pip takes
+# 2.13.0+cpu as meeting torch==2.13.0 and would keep it; the second call adds the new build's
+# dependencies (the nvidia-* wheels of a CUDA build).
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha1sum | cut -c1-12)
+
+$(TORCH_STAMP): | $(BIN)/python
+	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q --force-reinstall --no-deps $(TORCH_SPEC))
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q $(TORCH_SPEC))
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(TORCH_STAMP)
 	$(BIN)/pip install -q -e '.[worker,dev]'
 	touch $@
 

@@ -11,10 +11,13 @@ and `svdq plan --vram/--capability` plans for a card that is not here.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from svdq.shared.errors import ConfigError
 
@@ -127,3 +130,27 @@ def parse_nvidia_smi(text: str) -> list[Device]:
             )
         )
     return devices
+
+
+def torch_build() -> tuple[str, str | None] | None:
+    """(version, CUDA version or None for a CPU build) of the installed torch, read from its
+    `torch/version.py` (`__version__ = '2.13.0+cpu'`, `cuda: Optional[str] = None`) without
+    importing torch: the launcher must not. None when torch is not installed."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    values: dict[str, object] = {}
+    for node in ast.parse(path.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            values[target.id] = value.value
+    cuda = values.get("cuda")
+    return str(values.get("__version__", "?")), str(cuda) if cuda else None
+
+
+def torch_cuda_build() -> str | None:
+    """The CUDA version the installed torch was built for; None for a CPU build or no torch."""
+    build = torch_build()
+    return build[1] if build else None

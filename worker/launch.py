@@ -16,10 +16,11 @@ import sys
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
 from svdq.worker.devices import DevicePlan, device_plan
-from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices
+from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices, torch_build
 from svdq.worker.profiles import GB, GIB, Profile
 
 APP = "svdq.worker.tasks"  # the Celery app (-A) every worker runs
+CUDA_WHEELS = "https://download.pytorch.org/whl/cu128"  # CUDA 12.8: drivers 570 and newer
 
 
 def worker_argv(queues: list[str], name: str, log_level: str, app: str = APP) -> list[str]:
@@ -226,11 +227,30 @@ def usable_plans(
     return plans
 
 
+def refuse_cpu_torch(gpu: Device) -> None:
+    """A GPU next to a CPU build of torch would run every job on the CPU: stop, with the fix.
+    (pip takes 2.13.0+cpu as meeting torch==2.13.0, so a venv made on a CPU host keeps it.)"""
+    build = torch_build()
+    if build is not None and build[1] is not None:
+        return
+    version = build[0].split("+")[0] if build else "2.13.0"
+    have = f"torch {build[0]} here is a CPU build" if build else "torch is not installed here"
+    raise ConfigError(
+        f"GPU {gpu.index} ({gpu.name}) found, but {have}: the worker would not use the GPU. "
+        f"Install a CUDA build (pick the CUDA version your driver supports, `nvidia-smi`):\n"
+        f"  {sys.executable} -m pip install --force-reinstall torch=={version} --index-url "
+        f'{CUDA_WHEELS}\nor, in a checkout: make install TORCH_SPEC="torch=={version} '
+        f'--index-url {CUDA_WHEELS}". Or run a CPU worker: svdq worker --gpus none'
+    )
+
+
 def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: str = APP) -> int:
     """Plan a worker per selected GPU (or one CPU worker) among `devices` (default: read them
     now) and run them, each a Celery worker of `app`."""
     settings = Settings.from_env()
     gpus = pick_gpus(args.gpus, read_devices() if devices is None else devices)
+    if gpus:
+        refuse_cpu_torch(gpus[0])
     host = socket.gethostname()
     targets: list[Device | None] = [*gpus] if gpus else [None]
     plans = usable_plans(settings, targets, args.variant or "auto")
