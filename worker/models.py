@@ -20,6 +20,7 @@ from svdq.shared.errors import ModelNotFoundError
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
 from svdq.worker.profiles import Profile
+from svdq.worker.quiet import silence_library_notices
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def model_source(settings: Settings, variant: str) -> Path:
     except Exception:
         raise ModelNotFoundError(
             f"the {variant} weights are not on this machine: looked in {local} and the "
-            f"Hugging Face cache. Fetch them once with\n  huggingface-cli download "
-            f"{info.model_id} --include '*.json' '*.fp16.safetensors' --local-dir {local}\n"
+            f"Hugging Face cache. Fetch them once with\n  hf download {info.model_id} "
+            f"--include '*.json' --include '*.fp16.safetensors' --local-dir {local}\n"
             "(svdq never downloads weights itself)"
         ) from None
 
@@ -232,6 +233,7 @@ def _quiet_loading() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    silence_library_notices()  # diffusers' "kept in float32: []" on every fp16 VAE cast
 
 
 def apply_profile(pipe: Any, profile: Profile) -> None:
