@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from svdq.shared import variants
-from svdq.shared.errors import ModelNotFoundError
+from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
 from svdq.worker.profiles import Profile
@@ -201,11 +201,53 @@ def _unhook(pipe: Any) -> bool:
     return compiled
 
 
-def swap(
-    model: LoadedModel, settings: Settings, profile: Profile, lower: tuple[Profile, ...]
+def load_first(
+    settings: Settings, rungs: tuple[Profile, ...], tried: list[dict[str, Any]] | None = None
 ) -> LoadedModel:
-    """Evict the loaded pipeline first, then load `profile` into the same object (and freeze
-    it again when the process had frozen the one before)."""
+    """Load the first of `rungs` that loads, with the rest below it as its ladder.
+
+    A rung whose load raises (out of memory in `.to()` or in the compile warm-up, unreadable
+    files) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
+    "error"}` and the next one is tried. Raises WorkerFatalError, naming every rung and why it
+    failed, when none loads: a process without a pipeline must never take a job.
+    """
+    tried = [] if tried is None else tried
+    failed: list[str] = []
+    for i, rung in enumerate(rungs):
+        start = time.perf_counter()
+        error = ""
+        try:
+            return load_model(settings, rung, rungs[i + 1 :])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        # Outside the except block: the traceback and its frames' tensors are gone.
+        log.error("could not load profile %s: %s", rung.name, error)
+        seconds = round(time.perf_counter() - start, 4)
+        tried.append(
+            {"profile": rung.name, "outcome": "load_failed", "seconds": seconds, "error": error}
+        )
+        failed.append(f"{rung.name} ({error})")
+        free_memory()
+    raise WorkerFatalError(
+        "no pipeline could be loaded in this worker process: "
+        + ("; ".join(failed) or "no profile to load")
+    )
+
+
+def swap(
+    model: LoadedModel,
+    settings: Settings,
+    profile: Profile,
+    lower: tuple[Profile, ...],
+    tried: list[dict[str, Any]] | None = None,
+) -> LoadedModel:
+    """Evict the loaded pipeline first, then load `profile` into the same object, or the
+    first rung of `lower` that loads when it does not (`load_first`); freeze it again when
+    the process had frozen the one before.
+
+    Raises WorkerFatalError when no rung loads: `model` is then empty (`pipe` None), and the
+    caller must end the process rather than take another job.
+    """
     log.warning(
         "switching from %s/%s to %s/%s",
         model.info.name,
@@ -215,7 +257,7 @@ def swap(
     )
     frozen = gc.get_freeze_count() > 0
     evict(model)
-    fresh = load_model(settings, profile, lower)
+    fresh = load_first(settings, (profile, *lower), tried)
     for f in dataclasses.fields(LoadedModel):
         setattr(model, f.name, getattr(fresh, f.name))
     del fresh

@@ -70,7 +70,7 @@ class Runtime:
 
     def loaded(self) -> LoadedModel:
         """The model; a child whose model did not load never takes a job."""
-        if self.model is None:
+        if self.model is None or self.model.pipe is None:
             raise RuntimeError("no model loaded in this worker process")
         return self.model
 

@@ -4,7 +4,10 @@ On `torch.cuda.OutOfMemoryError` the attempt's memory is freed *outside* the `ex
 (inside it, the traceback still holds the failed frames and their tensors), the pipeline is
 reloaded with the next rung's profile, and the job runs again — down to the last rung, after
 which the job fails with ResourceError. Every rung tried is recorded as
-`{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`.
+`{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`; a rung whose pipeline does
+not load is recorded as `"load_failed"` (with its `"error"`) and the one below it is tried.
+When no rung below loads, the process has no pipeline: it exits (the job goes back to the
+queue) and never takes another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
 the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from svdq.shared.errors import ResourceError
+from svdq.shared.errors import ResourceError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.worker import engine, models
@@ -45,13 +48,14 @@ def poisoned(exc: BaseException) -> bool:
     return any(marker in str(exc) for marker in POISONED)
 
 
-def exit_poisoned(spec: JobSpec, exc: BaseException) -> None:
+def exit_poisoned(job_id: str | None, exc: BaseException) -> None:
     """Leave the process at once: with acks_late and reject_on_worker_lost the job goes back
-    to the queue, and Celery replaces this pool child (the model loads on a fresh context)."""
+    to the queue, and Celery replaces this pool child (the model loads on a fresh context).
+    Also the end of a process whose pipeline could not be loaded again (WorkerFatalError)."""
     log.critical(
         "job %s: this process cannot go on (%s); exiting (WorkerFatalError) so a fresh one "
         "replaces it",
-        spec.job_id,
+        job_id,
         exc,
     )
     for handler in logging.getLogger().handlers:
@@ -87,7 +91,7 @@ def generate(
             log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
         except RuntimeError as exc:
             if poisoned(exc):
-                exit_poisoned(spec, exc)
+                exit_poisoned(spec.job_id, exc)
             raise
         seconds = round(time.perf_counter() - start, 4)
         name = model.profile.name
@@ -102,7 +106,7 @@ def generate(
             if _state["exhausted_in_a_row"] >= REPEATED_OOM_EXIT:
                 _state["exhausted_in_a_row"] = 0
                 exit_poisoned(
-                    spec, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
+                    spec.job_id, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
                 )
             tried = ", ".join(a["profile"] for a in attempts)
             raise ResourceError(
@@ -113,4 +117,11 @@ def generate(
         following, rest = model.lower[0], model.lower[1:]
         log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
         on_step_down(name, following.name)
-        models.swap(model, settings, following, rest)
+        lost: WorkerFatalError | None = None
+        try:  # a rung that does not load is in `attempts`, and the next one is tried
+            models.swap(model, settings, following, rest, attempts)
+        except WorkerFatalError as exc:
+            lost = exc
+        if lost is not None:  # no pipeline left: never take another job; this one is requeued
+            exit_poisoned(spec.job_id, lost)
+            raise lost  # not reached: exit_poisoned ends the process
