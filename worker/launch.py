@@ -109,6 +109,7 @@ def _describe(profile: Profile) -> str:
         f"{profile.name:<9} {profile.variant:<10} {profile.dtype:<8} offload {profile.offload:<10}"
         f" chunking {'yes' if profile.forward_chunking else 'no ':<3}  decode {chunk!s:<3}"
         f" compile {'yes' if profile.compile else 'no'}"
+        + (" (unavailable here)" if profile.compile_unavailable else "")
     )
 
 
@@ -135,6 +136,11 @@ def format_plan(plan: DevicePlan, weights: str, missing: list[str] | None = None
                 + ", ".join(q for q in plan.queues if q.removeprefix("svdq.") not in missing),
             ]
             if missing
+            else []
+        ),
+        *(
+            [f"  compile unavailable: {plan.compile_unavailable}; those rungs run eagerly"]
+            if any(p.compile_unavailable for p in plan.ladder)
             else []
         ),
         "  profile ladder (an out-of-memory error steps one rung down):",

@@ -40,10 +40,15 @@ class Profile:
     decode_chunk_size: int | None  # None: all frames at once
     compile: bool
     device: str  # cuda | cpu
+    # Why a rung the table compiles runs eagerly here (worker/toolchain.py); None: as the table.
+    compile_unavailable: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form recorded in result.json."""
-        return dataclasses.asdict(self)
+        """The JSON form recorded in result.json (compile_unavailable only when set)."""
+        out = dataclasses.asdict(self)
+        if out["compile_unavailable"] is None:
+            del out["compile_unavailable"]
+        return out
 
 
 # (floor in decimal GB, profile) from the top down: the seed's measurements.
@@ -229,6 +234,14 @@ def _refuse_compile_with_offload(top: Profile, changes: dict[str, object]) -> No
         "CUDA graphs cannot run while offload hooks move its weights; you set "
         f"{' and '.join(said)}{table}. Use SVDQ_COMPILE=0 to offload, or SVDQ_OFFLOAD=none "
         "to compile"
+    )
+
+
+def without_compile(rungs: tuple[Profile, ...], reason: str) -> tuple[Profile, ...]:
+    """The rungs with compile turned off where it was on, each saying why."""
+    return tuple(
+        dataclasses.replace(p, compile=False, compile_unavailable=reason) if p.compile else p
+        for p in rungs
     )
 
 
