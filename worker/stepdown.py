@@ -1,13 +1,13 @@
 """Out-of-memory step-down: retry a job one profile rung lower, inside the same task.
 
-On `torch.cuda.OutOfMemoryError` the attempt's memory is freed *outside* the `except` block
-(inside it, the traceback still holds the failed frames and their tensors), the pipeline is
-reloaded with the next rung's profile, and the job runs again — down to the last rung, after
-which the job fails with ResourceError. Every rung tried is recorded as
-`{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`; a rung whose pipeline does
-not load is recorded as `"load_failed"` (with its `"error"`) and the one below it is tried.
-When no rung below loads, the process has no pipeline: it exits (the job goes back to the
-queue) and never takes another job.
+On an out-of-memory error (any of the forms worker/oom.py knows) the attempt's memory is
+freed *outside* the `except` block (inside it, the traceback still holds the failed frames and
+their tensors), the pipeline is reloaded with the next rung's profile, and the job runs
+again — down to the last rung, after which the job fails with ResourceError. Every rung
+tried is recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`;
+a rung whose pipeline does not load is recorded as `"load_failed"` (with its `"error"`) and
+the one below it is tried. When no rung below loads, the process has no pipeline: it exits
+(the job goes back to the queue) and never takes another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
 the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
@@ -30,22 +30,15 @@ from PIL import Image
 from svdq.shared.errors import ResourceError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import engine, models
+from svdq.worker import engine, models, oom
 
 log = logging.getLogger(__name__)
 
-# Errors after which this process's CUDA context is unusable: every later call fails too.
-POISONED = ("CUDA error", "cuDNN error", "illegal memory access", "device-side assert")
 EXIT_POISONED = 70  # the pool child's exit status; Celery starts a fresh child, fresh context
 # Jobs in a row that ran out of memory on every rung: by then the process itself is the likely
 # culprit (fragmented or leaked memory), so the next one ends it and the job is retried fresh.
 REPEATED_OOM_EXIT = 3
 _state = {"exhausted_in_a_row": 0}
-
-
-def poisoned(exc: BaseException) -> bool:
-    """Whether `exc` leaves the CUDA context broken (not merely out of memory)."""
-    return any(marker in str(exc) for marker in POISONED)
 
 
 def exit_poisoned(job_id: str | None, exc: BaseException) -> None:
@@ -77,7 +70,6 @@ def generate(
     place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
     (the worker counts them), told as it happens: a job may still fail on a lower rung.
     """
-    import torch
 
     attempts: list[dict[str, Any]] = []
     while True:
@@ -86,13 +78,13 @@ def generate(
         out_of_memory = False
         try:
             frames, timings = engine.generate(model, spec, image, params, progress)
-        except torch.cuda.OutOfMemoryError as exc:
+        except RuntimeError as exc:  # every out-of-memory form is one (worker/oom.py)
+            if not oom.out_of_memory(exc):
+                if oom.poisoned(exc):
+                    exit_poisoned(spec.job_id, exc)
+                raise
             out_of_memory = True
             log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
-        except RuntimeError as exc:
-            if poisoned(exc):
-                exit_poisoned(spec.job_id, exc)
-            raise
         seconds = round(time.perf_counter() - start, 4)
         name = model.profile.name
         if not out_of_memory:
