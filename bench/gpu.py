@@ -41,7 +41,7 @@ from bench.gpumem import NvmlPeak, budget_gb, verdict  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.shared.spec import JobSpec  # noqa: E402
 from svdq.worker.devices import device_plan, this_device  # noqa: E402
-from svdq.worker.gpuinfo import Device, read_devices  # noqa: E402
+from svdq.worker.gpuinfo import Device, read_devices, use_pci_bus_order  # noqa: E402
 from svdq.worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
 
 NO_CUDA = "no CUDA here"
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="JSON path (default bench/results/gpu-<device>.json)")
     args = parser.parse_args(argv)
 
+    use_pci_bus_order(os.environ)  # before torch first asks CUDA: NVML's numbering
     import torch
 
     cuda = torch.cuda.is_available()

@@ -8,13 +8,14 @@ launcher starts workers from it, and each worker child builds the same plan for 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import Settings
 from svdq.worker import profiles
-from svdq.worker.gpuinfo import Device, read_devices
+from svdq.worker.gpuinfo import Device, read_devices, visible
 from svdq.worker.profiles import Profile
 from svdq.worker.toolchain import compile_unavailable
 
@@ -90,20 +91,22 @@ def ladder_for(plan: DevicePlan, variant: str, settings: Settings) -> tuple[Prof
     return rungs
 
 
-def this_device(settings: Settings, devices: list[Device]) -> Device | None:
-    """The device among `devices` this process is meant to use: the launcher's
-    SVDQ_GPU_INDEX, else the first GPU, else None (no CUDA)."""
-    if not devices:
-        return None
+def this_device(
+    settings: Settings, devices: list[Device], env: Mapping[str, str] | None = None
+) -> Device | None:
+    """The device among `devices` this process is meant to use: the launcher's SVDQ_GPU_INDEX,
+    else the first one a preset CUDA_VISIBLE_DEVICES (Slurm, a container runtime) leaves
+    visible in `env` (default: this process's environment), else None (no CUDA)."""
     wanted = settings.worker.gpu_index
     if wanted is None:
-        return devices[0]
+        seen = visible(devices, (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES"))
+        return seen[0] if seen else None
     for device in devices:
         if device.index == wanted:
             return device
     raise ConfigError(
         f"SVDQ_GPU_INDEX={wanted} is not a GPU on this host: one of "
-        f"{', '.join(str(d.index) for d in devices)}"
+        f"{', '.join(str(d.index) for d in devices) or 'none'}"
     )
 
 

@@ -16,7 +16,15 @@ import sys
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
 from svdq.worker.devices import DevicePlan, device_plan
-from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices, torch_build
+from svdq.worker.gpuinfo import (
+    Device,
+    parse_capability,
+    parse_size,
+    read_devices,
+    torch_build,
+    use_pci_bus_order,
+    visible,
+)
 from svdq.worker.profiles import GB, GIB, Profile
 
 APP = "svdq.worker.tasks"  # the Celery app (-A) every worker runs
@@ -201,10 +209,10 @@ def _prepare_model(settings: Settings, variant: str) -> None:
 def _child_env(plan: DevicePlan) -> dict[str, str]:
     env = {**os.environ, "SVDQ_WORKER_VARIANT": plan.default_variant}
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_pci_bus_order(env)  # NVML's index is the PCI bus order; make CUDA count the same way
     if plan.device is not None:
-        # NVML's index is the PCI bus order; make CUDA count the same way.
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = str(plan.device.index)
+        # Its UUID when known (a MIG instance has no index), narrowing any preset list.
+        env["CUDA_VISIBLE_DEVICES"] = plan.device.cuda_visible()
         env["SVDQ_GPU_INDEX"] = str(plan.device.index)
     return env
 
@@ -254,7 +262,14 @@ def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: s
     """Plan a worker per selected GPU (or one CPU worker) among `devices` (default: read them
     now) and run them, each a Celery worker of `app`."""
     settings = Settings.from_env()
-    gpus = pick_gpus(args.gpus, read_devices() if devices is None else devices)
+    preset = os.environ.get("CUDA_VISIBLE_DEVICES")
+    found = read_devices() if devices is None else devices
+    gpus = pick_gpus(args.gpus, visible(found, preset))
+    if preset is not None and found:
+        shown = ", ".join(str(d.index) for d in gpus) or "none"
+        print(
+            f"CUDA_VISIBLE_DEVICES={preset!r} was set: GPUs {shown} of this host", file=sys.stderr
+        )
     if gpus:
         refuse_cpu_torch(gpus[0])
     host = socket.gethostname()

@@ -19,6 +19,7 @@ from svdq.shared import variants
 from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
+from svdq.worker.gpuinfo import use_pci_bus_order
 from svdq.worker.profiles import Profile
 from svdq.worker.quiet import silence_library_notices
 
@@ -85,6 +86,7 @@ def load_model(
     if profile.device == "cuda":
         # Before the first CUDA allocation: fewer out-of-memory errors from fragmentation.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        use_pci_bus_order(os.environ)  # CUDA numbers the GPUs as NVML does
     start = time.perf_counter()
     variant = profile.variant
     source = model_source(settings, variant)
