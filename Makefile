@@ -5,15 +5,28 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this machine's disk. GPU hosts: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 # or TORCH_SPEC= to keep whatever torch is installed.
 TORCH_SPEC ?= torch==2.13.0
+# What `make gpu-check` installs when the venv's torch turns out to be a CPU build.
+GPU_TORCH_SPEC ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration lint format bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# The torch stamp's name carries a hash of TORCH_SPEC, so `make install TORCH_SPEC=...cu128` over
+# a venv built with another spec installs torch again. --force-reinstall --no-deps: pip takes
+# 2.13.0+cpu as meeting torch==2.13.0 and would keep it; the second call adds the new build's
+# dependencies (the nvidia-* wheels of a CUDA build).
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha1sum | cut -c1-12)
+
+$(TORCH_STAMP): | $(BIN)/python
+	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q --force-reinstall --no-deps $(TORCH_SPEC))
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q $(TORCH_SPEC))
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(TORCH_STAMP)
 	$(BIN)/pip install -q -e '.[worker,dev]'
 	touch $@
 
@@ -44,6 +57,11 @@ format: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# GPU acceptance (bench/gpu_check.py): CUDA torch if needed, pytest -m gpu, bench/gpu.py per
+# variant with weights, bench/results/gpu-<card>.json. On a host without a GPU: "no CUDA here".
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --torch-spec "$(GPU_TORCH_SPEC)"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

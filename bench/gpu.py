@@ -1,15 +1,21 @@
-"""Time per clip and peak memory for every memory profile this machine can run.
+"""Time per clip and the VRAM a card really needs, for every memory profile it can run.
 
-On a GPU: every rung of the card's profile ladder for the variant (default: what `auto` means
-on the card; `--variant tiny` needs no weights), each loaded fresh, one warm-up clip, then
-`--clips` timed clips; peak VRAM from torch.cuda.max_memory_allocated. On a CPU (no CUDA) it
-says so and runs the tiny pipeline with each profile a CPU can run — the numbers then show
-what the profile levers cost, not what a GPU does.
+On a GPU: every rung of the card's profile ladder for the variant (default `auto`, resolved
+to the card's default variant exactly as a worker resolves it; `--variant tiny` needs no
+weights), each loaded fresh, one warm-up clip, then `--clips` timed clips. Per rung it reports
+peak *reserved* memory (torch's caching allocator: tensors + cache + fragmentation) and the
+peak memory NVML sees used on the card (that also counts the CUDA context and anything else on
+it), and judges that figure against the README's profile table. A rung that compiles is also
+timed eagerly, for the compile speed-up after warm-up. Everything a rung held is freed before
+the next rung's peak counters are reset, an out-of-memory rung included.
+
+On a host without CUDA it says "no CUDA here" and exits 0; `--cpu` times the tiny pipeline on
+the CPU profiles instead (what the profile levers cost, not what a GPU does).
 
     python bench/gpu.py [--variant auto|svd|svd-xt|svd-xt-1-1|tiny] [--clips 2]
-                        [--size 1024x576] [--steps 25] [--frames N] [--all-rungs]
+                        [--size 1024x576] [--steps 25] [--frames N] [--all-rungs] [--cpu]
 
-Prints a table next to the seed's figures and writes bench/results/gpu-<device>.json.
+Prints a table and writes bench/results/gpu-<device>.json (or --output).
 """
 
 from __future__ import annotations
@@ -28,95 +34,175 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
+from bench.gpumem import NvmlPeak, budget_gb, verdict  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.shared.spec import JobSpec  # noqa: E402
-from svdq.worker.devices import device_plan, ladder_for, this_device  # noqa: E402
-from svdq.worker.gpuinfo import read_devices  # noqa: E402
+from svdq.worker.devices import device_plan, this_device  # noqa: E402
+from svdq.worker.gpuinfo import Device, read_devices, use_pci_bus_order  # noqa: E402
 from svdq.worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
 
-# What the seed's guide says each row is for (ARCHITECTURE.md, SVD-NOTES.md).
-SEED = {
-    "xt-40g": "≥ 40 GB; compile: 20–25 % faster after the first call",
-    "xt-24g": "24–40 GB; no offload",
-    "xt-16g": "16–24 GB; model offload ~40 % less VRAM, moderate slowdown",
-    "xt-10g": "10–16 GB; + forward chunking ~15 % less, decode 2 ~20 % less",
-    "xt-8g": "8–10 GB; all levers: under 8 GB, 2–3× slower overall",
-    "svd-low": "< 8 GB; svd fp16 with offloading ~6 GB",
-    "cpu": "no CUDA: tiny only, fp32",
-    "cpu-lean": "no CUDA: tiny, forward chunking, decode 2",
-    "cpu-offload": "no CUDA: tiny with model offload on device=cpu (hooks only)",
-}
+NO_CUDA = "no CUDA here"
 
 
-def rungs_to_run(cuda: bool, variant: str, all_rungs: bool) -> tuple[str, list[Profile]]:
-    """The device description and the profiles to time on it."""
-    if not cuda:
-        offload = dataclasses.replace(CPU_LADDER[0], name="cpu-offload", offload="model")
-        return "CPU (no CUDA): tiny pipeline, not GPU figures", [*CPU_LADDER, offload]
-    settings = Settings.from_env()
-    device = this_device(settings, read_devices())
-    plan = device_plan(device, settings, "auto" if variant == "tiny" else variant)
-    rungs = list(ladder_for(plan, variant, settings)) if variant != "auto" else list(plan.ladder)
-    if all_rungs:  # every table row that carries the variant, also those above the card's
-        wanted = rungs[0].variant
-        rungs = [dataclasses.replace(p, variant=wanted) for _, p in GPU_TABLE if carries(p, wanted)]
-    name = device.name if device else "GPU"
-    return f"{name} ({device.total_bytes / 1e9:.1f} GB)" if device else name, rungs
+def gpu_rungs(
+    device: Device | None, settings: Settings, variant: str, all_rungs: bool = False
+) -> tuple[str, list[Profile]]:
+    """The variant `variant` means on `device` (auto: the card's default, as the worker's
+    `device_plan` resolves it, never the literal 'auto') and the rungs to time, each set to
+    that variant. `all_rungs`: every table row that carries it, also those above the card's."""
+    plan = device_plan(device, settings, variant)
+    wanted = plan.default_variant
+    rungs = list(plan.ladder)
+    if all_rungs:
+        rungs = [p for _, p in GPU_TABLE if carries(p, wanted)]
+    return wanted, [dataclasses.replace(p, variant=wanted) for p in rungs]
+
+
+def cpu_rungs() -> list[Profile]:
+    """`--cpu`: the CPU ladder plus model offload on device=cpu (hooks only)."""
+    offload = dataclasses.replace(CPU_LADDER[0], name="cpu-offload", offload="model")
+    return [*CPU_LADDER, offload]
+
+
+def _describe_error(exc: BaseException) -> str:
+    import torch
+
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {text}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def time_profile(
-    settings: Settings, profile: Profile, job: dict[str, Any], clips: int
+    settings: Settings, profile: Profile, job: dict[str, Any], clips: int, nvml_index: int | None
 ) -> dict[str, Any]:
-    """Load with `profile`, one warm-up clip, then `clips` timed ones."""
+    """Load with `profile`, one untimed clip, then `clips` timed ones; free it all after."""
     import torch
     from PIL import Image
 
-    from svdq.worker import engine
-    from svdq.worker.models import evict, load_model
+    from svdq.worker import engine, models
 
     cuda = profile.device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     row: dict[str, Any] = {"profile": profile.to_dict()}
+    sampler = NvmlPeak(nvml_index if cuda else None)
+    if cuda:  # the previous rung was freed (below) before these counters start again
+        torch.cuda.reset_peak_memory_stats()
+        row["reserved_before_gb"] = round(torch.cuda.memory_reserved() / 1e9, 2)
+    model = None
+    sampler.start()
     try:
-        model = load_model(settings, profile)
+        model = models.load_model(settings, profile)
         row["load_s"] = round(model.load_seconds, 2)
         row["warmup_s"] = round(model.warmup_seconds, 2)
         spec = JobSpec.from_dict({"image": "bench.png", "seed": 1, "job_id": "bench", **job})
         image = Image.new("RGB", (spec.width, spec.height), (120, 90, 60))
-        plan = engine.params_for(spec, model)
-        engine.generate(model, spec, image, plan)  # first call: not timed
+        params = engine.params_for(spec, model)
+        engine.generate(model, spec, image, params)  # first call: not timed
         start = time.perf_counter()
         for _ in range(clips):
-            engine.generate(model, spec, image, plan)
+            engine.generate(model, spec, image, params)
         row["s_per_clip"] = round((time.perf_counter() - start) / clips, 3)
-        row["decode_chunk_size"] = plan.decode_chunk_size
-        row["num_frames"] = plan.num_frames
-        evict(model)
-    except torch.cuda.OutOfMemoryError as exc:
-        row["error"] = f"out of memory: {str(exc)[:120]}"
+        row["decode_chunk_size"] = params.decode_chunk_size
+        row["num_frames"] = params.num_frames
+    except Exception as exc:  # an OOM or a failed compile ends this rung, not the benchmark
+        row["error"] = _describe_error(exc)
+    # Outside the except block: the traceback (and the tensors its frames hold) is gone now.
+    nvml = sampler.stop()
     if cuda:
-        row["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        row["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
+        row["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    if nvml is not None:
+        row["nvml_before_gb"], row["nvml_peak_used_gb"] = (round(v / 1e9, 2) for v in nvml)
+    if model is not None:
+        models.evict(model)
+    del model
+    models.free_memory()
+    if cuda:
+        row["reserved_after_gb"] = round(torch.cuda.memory_reserved() / 1e9, 2)
+    row["budget_gb"] = budget_gb(profile)
+    row["verdict"] = verdict(row)
     return row
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def with_eager_twins(rungs: list[Profile]) -> list[Profile]:
+    """Each compiling rung followed by the same rung eager, for the compile speed-up."""
+    out: list[Profile] = []
+    for p in rungs:
+        out.append(p)
+        if p.compile:
+            out.append(dataclasses.replace(p, name=f"{p.name} eager", compile=False))
+    return out
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """compile_speedup on a compiled row: eager s/clip over compiled s/clip (same rung)."""
+    by_name = {r["profile"]["name"]: r for r in rows}
+    for row in rows:
+        eager = by_name.get(f"{row['profile']['name']} eager")
+        if eager and "s_per_clip" in row and "s_per_clip" in eager:
+            row["compile_speedup"] = round(eager["s_per_clip"] / row["s_per_clip"], 2)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as people read them."""
+
+    def num(row: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        return format(row[key], fmt) if row.get(key) is not None else "-"
+
+    lines = [
+        f"{'profile':<16}{'s/clip':>8}{'compile×':>9}{'reserved GB':>12}{'NVML GB':>9}"
+        f"{'budget GB':>10}  verdict"
+    ]
+    for row in rows:
+        took = num(row, "s_per_clip") if "error" not in row else "ERROR"
+        lines.append(
+            f"{row['profile']['name']:<16}{took:>8}{num(row, 'compile_speedup'):>9}"
+            f"{num(row, 'peak_reserved_gb'):>12}{num(row, 'nvml_peak_used_gb'):>9}"
+            f"{num(row, 'budget_gb', '.1f'):>10}  {row['verdict']}"
+            + (f" ({row['error']})" if "error" in row else "")
+        )
+    return "\n".join(lines)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a card name."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "gpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--variant", default="auto")
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--size", help="WxH (default 1024x576 on a GPU, 128x64 on a CPU)")
     parser.add_argument("--steps", type=int, help="default 25 on a GPU, 3 on a CPU")
     parser.add_argument("--frames", type=int, help="default: the variant's")
     parser.add_argument("--all-rungs", action="store_true", help="also the rows above the card's")
+    parser.add_argument("--cpu", action="store_true", help="no CUDA: time the CPU profiles")
     parser.add_argument("--output", help="JSON path (default bench/results/gpu-<device>.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    use_pci_bus_order(os.environ)  # before torch first asks CUDA: NVML's numbering
     import torch
 
     cuda = torch.cuda.is_available()
-    variant = args.variant if cuda else "tiny"
+    if not cuda and not args.cpu:
+        print(f"{NO_CUDA}: torch {torch.__version__} sees no CUDA device; nothing to measure")
+        print("(GPU host: make gpu-check; to time the CPU profiles: python bench/gpu.py --cpu)")
+        return 0
+    settings = Settings.from_env()
+    if cuda:
+        device = this_device(settings, read_devices())
+        variant, rungs = gpu_rungs(device, settings, args.variant, args.all_rungs)
+        rungs = with_eager_twins(rungs)
+        label = f"{device.name} ({device.total_bytes / 1e9:.1f} GB)" if device else "GPU"
+        nvml_index = device.index if device else None
+    else:
+        print(f"{NO_CUDA}: timing the tiny pipeline on the CPU with each CPU profile")
+        variant, rungs, device = "tiny", cpu_rungs(), None
+        label, nvml_index = "CPU (no CUDA): tiny pipeline, not GPU figures", None
     width, height = (int(v) for v in (args.size or ("1024x576" if cuda else "128x64")).split("x"))
     job: dict[str, Any] = {
         "variant": variant,
@@ -126,40 +212,25 @@ def main() -> int:
     }
     if args.frames:
         job["num_frames"] = args.frames
-    device, rungs = rungs_to_run(cuda, variant, args.all_rungs)
-    if not cuda:
-        print("no CUDA here: timing the tiny pipeline on the CPU with each CPU profile")
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         if variant == "tiny":
             env.setdefault("SVDQ_MODEL_DIR", str(Path(tmp) / "models"))
         settings = Settings.from_env(env)
-        rows = []
-        for profile in rungs:
-            row = time_profile(
-                settings, dataclasses.replace(profile, variant=variant), job, args.clips
-            )
-            rows.append(row)
+        rows = [time_profile(settings, p, job, args.clips, nvml_index) for p in rungs]
+    add_speedups(rows)
 
-    print(f"\n{device}; {job}")
-    print(
-        f"{'profile':<12}{'s/clip':>9}{'peak GB':>9}{'load s':>8}{'warm-up s':>10}  seed's figures"
+    print(f"\n{label}; {job}")
+    print(table(rows))
+    out = Path(
+        args.output or REPO / "bench" / "results" / f"gpu-{slug(label) if cuda else 'cpu'}.json"
     )
-    for row in rows:
-        name = row["profile"]["name"]
-        took = f"{row['s_per_clip']:.2f}" if "s_per_clip" in row else "OOM"
-        peak = f"{row['peak_vram_gb']:.2f}" if "peak_vram_gb" in row else "-"
-        print(
-            f"{name:<12}{took:>9}{peak:>9}{row.get('load_s', 0):>8.1f}"
-            f"{row.get('warmup_s', 0):>10.1f}  {SEED.get(name, '')}"
-        )
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")[:40] if cuda else "cpu"
-    out = Path(args.output or REPO / "bench" / "results" / f"gpu-{slug}.json")
     report = {
         "benchmark": "gpu",
-        "device": device,
+        "device": label,
         "cuda": cuda,
         "torch": torch.__version__,
+        "variant": variant,
         "job": job,
         "clips": args.clips,
         "rows": rows,

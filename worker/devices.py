@@ -7,13 +7,19 @@ launcher starts workers from it, and each worker child builds the same plan for 
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import Settings
 from svdq.worker import profiles
-from svdq.worker.gpuinfo import Device, read_devices
+from svdq.worker.gpuinfo import Device, read_devices, visible
 from svdq.worker.profiles import Profile
+from svdq.worker.toolchain import compile_unavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,19 +30,32 @@ class DevicePlan:
     default_variant: str  # what `auto` resolves to (tiny only on a CPU worker)
     ladder: tuple[Profile, ...]  # for the default variant, best first
     queues: tuple[str, ...]
+    # Why torch.compile cannot run on this machine (no C compiler, no Python.h); None: it can.
+    compile_unavailable: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON form for `svdq plan --json`."""
-        return {
+        out: dict[str, object] = {
             "device": self.device.to_dict() if self.device else None,
             "default_variant": self.default_variant,
             "ladder": [p.to_dict() for p in self.ladder],
             "queues": list(self.queues),
         }
+        if self.compile_unavailable:
+            out["compile_unavailable"] = self.compile_unavailable
+        return out
 
 
-def device_plan(device: Device | None, settings: Settings, variant: str = "auto") -> DevicePlan:
-    """The plan for a worker on `device`; `variant` other than auto pins its default."""
+def device_plan(
+    device: Device | None,
+    settings: Settings,
+    variant: str = "auto",
+    toolchain: Callable[[], str | None] = compile_unavailable,
+) -> DevicePlan:
+    """The plan for a worker on `device`; `variant` other than auto pins its default.
+
+    On a GPU, `toolchain()` says whether torch.compile can build kernels on this machine; when
+    it cannot, the rungs that compile run eagerly and carry the reason."""
     allow_cpu = settings.allow_cpu
     total = device.total_bytes if device else None
     capability = device.capability if device else None
@@ -49,7 +68,10 @@ def device_plan(device: Device | None, settings: Settings, variant: str = "auto"
     queues = profiles.worker_queues(total, allow_cpu)
     if variant == "tiny" and device is not None:
         queues = ["svdq.tiny"]  # a GPU pinned to tiny (smoke tests): tiny jobs only
-    return DevicePlan(device, variant, rungs, tuple(queues))
+    blocker = toolchain() if device is not None else None
+    if blocker:
+        rungs = profiles.without_compile(rungs, blocker)
+    return DevicePlan(device, variant, rungs, tuple(queues), blocker)
 
 
 def ladder_for(plan: DevicePlan, variant: str, settings: Settings) -> tuple[Profile, ...]:
@@ -57,35 +79,46 @@ def ladder_for(plan: DevicePlan, variant: str, settings: Settings) -> tuple[Prof
     if variant in ("auto", plan.default_variant):
         return plan.ladder
     dev = plan.device
-    return profiles.profile_ladder(
+    rungs = profiles.profile_ladder(
         dev.total_bytes if dev else None,
         variant,
         settings.worker,
         dev.capability if dev else None,
         settings.allow_cpu,
     )
+    if plan.compile_unavailable:
+        rungs = profiles.without_compile(rungs, plan.compile_unavailable)
+    return rungs
 
 
-def this_device(settings: Settings, devices: list[Device]) -> Device | None:
-    """The device among `devices` this process is meant to use: the launcher's
-    SVDQ_GPU_INDEX, else the first GPU, else None (no CUDA)."""
-    if not devices:
-        return None
+def this_device(
+    settings: Settings, devices: list[Device], env: Mapping[str, str] | None = None
+) -> Device | None:
+    """The device among `devices` this process is meant to use: the launcher's SVDQ_GPU_INDEX,
+    else the first one a preset CUDA_VISIBLE_DEVICES (Slurm, a container runtime) leaves
+    visible in `env` (default: this process's environment), else None (no CUDA)."""
     wanted = settings.worker.gpu_index
     if wanted is None:
-        return devices[0]
+        seen = visible(devices, (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES"))
+        return seen[0] if seen else None
     for device in devices:
         if device.index == wanted:
             return device
     raise ConfigError(
         f"SVDQ_GPU_INDEX={wanted} is not a GPU on this host: one of "
-        f"{', '.join(str(d.index) for d in devices)}"
+        f"{', '.join(str(d.index) for d in devices) or 'none'}"
     )
 
 
 def local_plan(settings: Settings, variant: str) -> DevicePlan:
     """The plan for this process's device (read now, through NVML or nvidia-smi)."""
-    return device_plan(this_device(settings, read_devices()), settings, variant)
+    plan = device_plan(this_device(settings, read_devices()), settings, variant)
+    if any(p.compile_unavailable for p in plan.ladder):
+        log.warning(
+            "torch.compile is unavailable here (%s): the rungs that would compile run eagerly",
+            plan.compile_unavailable,
+        )
+    return plan
 
 
 def local_profile(settings: Settings, variant: str) -> Profile:

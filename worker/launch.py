@@ -16,10 +16,19 @@ import sys
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
 from svdq.worker.devices import DevicePlan, device_plan
-from svdq.worker.gpuinfo import Device, parse_capability, parse_size, read_devices
+from svdq.worker.gpuinfo import (
+    Device,
+    parse_capability,
+    parse_size,
+    read_devices,
+    torch_build,
+    use_pci_bus_order,
+    visible,
+)
 from svdq.worker.profiles import GB, GIB, Profile
 
 APP = "svdq.worker.tasks"  # the Celery app (-A) every worker runs
+CUDA_WHEELS = "https://download.pytorch.org/whl/cu128"  # CUDA 12.8: drivers 570 and newer
 
 
 def worker_argv(queues: list[str], name: str, log_level: str, app: str = APP) -> list[str]:
@@ -108,6 +117,7 @@ def _describe(profile: Profile) -> str:
         f"{profile.name:<9} {profile.variant:<10} {profile.dtype:<8} offload {profile.offload:<10}"
         f" chunking {'yes' if profile.forward_chunking else 'no ':<3}  decode {chunk!s:<3}"
         f" compile {'yes' if profile.compile else 'no'}"
+        + (" (unavailable here)" if profile.compile_unavailable else "")
     )
 
 
@@ -134,6 +144,11 @@ def format_plan(plan: DevicePlan, weights: str, missing: list[str] | None = None
                 + ", ".join(q for q in plan.queues if q.removeprefix("svdq.") not in missing),
             ]
             if missing
+            else []
+        ),
+        *(
+            [f"  compile unavailable: {plan.compile_unavailable}; those rungs run eagerly"]
+            if any(p.compile_unavailable for p in plan.ladder)
             else []
         ),
         "  profile ladder (an out-of-memory error steps one rung down):",
@@ -194,10 +209,10 @@ def _prepare_model(settings: Settings, variant: str) -> None:
 def _child_env(plan: DevicePlan) -> dict[str, str]:
     env = {**os.environ, "SVDQ_WORKER_VARIANT": plan.default_variant}
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_pci_bus_order(env)  # NVML's index is the PCI bus order; make CUDA count the same way
     if plan.device is not None:
-        # NVML's index is the PCI bus order; make CUDA count the same way.
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = str(plan.device.index)
+        # Its UUID when known (a MIG instance has no index), narrowing any preset list.
+        env["CUDA_VISIBLE_DEVICES"] = plan.device.cuda_visible()
         env["SVDQ_GPU_INDEX"] = str(plan.device.index)
     return env
 
@@ -226,11 +241,37 @@ def usable_plans(
     return plans
 
 
+def refuse_cpu_torch(gpu: Device) -> None:
+    """A GPU next to a CPU build of torch would run every job on the CPU: stop, with the fix.
+    (pip takes 2.13.0+cpu as meeting torch==2.13.0, so a venv made on a CPU host keeps it.)"""
+    build = torch_build()
+    if build is not None and build[1] is not None:
+        return
+    version = build[0].split("+")[0] if build else "2.13.0"
+    have = f"torch {build[0]} here is a CPU build" if build else "torch is not installed here"
+    raise ConfigError(
+        f"GPU {gpu.index} ({gpu.name}) found, but {have}: the worker would not use the GPU. "
+        f"Install a CUDA build (pick the CUDA version your driver supports, `nvidia-smi`):\n"
+        f"  {sys.executable} -m pip install --force-reinstall torch=={version} --index-url "
+        f'{CUDA_WHEELS}\nor, in a checkout: make install TORCH_SPEC="torch=={version} '
+        f'--index-url {CUDA_WHEELS}". Or run a CPU worker: svdq worker --gpus none'
+    )
+
+
 def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: str = APP) -> int:
     """Plan a worker per selected GPU (or one CPU worker) among `devices` (default: read them
     now) and run them, each a Celery worker of `app`."""
     settings = Settings.from_env()
-    gpus = pick_gpus(args.gpus, read_devices() if devices is None else devices)
+    preset = os.environ.get("CUDA_VISIBLE_DEVICES")
+    found = read_devices() if devices is None else devices
+    gpus = pick_gpus(args.gpus, visible(found, preset))
+    if preset is not None and found:
+        shown = ", ".join(str(d.index) for d in gpus) or "none"
+        print(
+            f"CUDA_VISIBLE_DEVICES={preset!r} was set: GPUs {shown} of this host", file=sys.stderr
+        )
+    if gpus:
+        refuse_cpu_torch(gpus[0])
     host = socket.gethostname()
     targets: list[Device | None] = [*gpus] if gpus else [None]
     plans = usable_plans(settings, targets, args.variant or "auto")

@@ -119,7 +119,7 @@ def _generate(rt: Runtime, task: Task, job: JobSpec, worker: str) -> dict[str, A
     with step-down, encode, upload, result.json last)."""
     # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
     model = resident.ensure_variant(
-        rt.loaded(), rt.settings, rt.identity.variant, job.variant or "auto"
+        rt.loaded(), rt.settings, rt.identity.variant, job.variant or "auto", job.job_id
     )
 
     def progress(phase: str, step: int, steps: int) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from svdq.shared import variants
-from svdq.shared.errors import ModelNotFoundError
+from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
+from svdq.worker.gpuinfo import use_pci_bus_order
 from svdq.worker.profiles import Profile
+from svdq.worker.quiet import silence_library_notices
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ def model_source(settings: Settings, variant: str) -> Path:
     except Exception:
         raise ModelNotFoundError(
             f"the {variant} weights are not on this machine: looked in {local} and the "
-            f"Hugging Face cache. Fetch them once with\n  huggingface-cli download "
-            f"{info.model_id} --include '*.json' '*.fp16.safetensors' --local-dir {local}\n"
+            f"Hugging Face cache. Fetch them once with\n  hf download {info.model_id} "
+            f"--include '*.json' --include '*.fp16.safetensors' --local-dir {local}\n"
             "(svdq never downloads weights itself)"
         ) from None
 
@@ -84,6 +86,7 @@ def load_model(
     if profile.device == "cuda":
         # Before the first CUDA allocation: fewer out-of-memory errors from fragmentation.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        use_pci_bus_order(os.environ)  # CUDA numbers the GPUs as NVML does
     start = time.perf_counter()
     variant = profile.variant
     source = model_source(settings, variant)
@@ -150,16 +153,103 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def settle() -> None:
+    """Collect, then freeze what is left (the libraries and the loaded pipeline) out of the
+    garbage collector's full passes, which would otherwise run in the middle of generation.
+    `evict` unfreezes first: a frozen object is never collected, however unreachable."""
+    gc.collect()
+    gc.freeze()
+
+
 def evict(model: LoadedModel) -> None:
-    """Drop the pipeline (the object stays, empty) and free its memory."""
-    model.pipe = None
+    """Drop the pipeline (the object stays, empty) and free its memory, all of it.
+
+    Three things would keep an evicted pipeline alive for the process's life:
+    - accelerate's offload hooks make every hooked module refer to itself
+      (accelerate/hooks.py `add_hook_to_module`: `module.forward = functools.update_wrapper(
+      functools.partial(new_forward, module), old_forward)`): a cycle only the collector frees;
+    - `settle` froze that cycle, and `gc.freeze()` moves objects to a permanent generation
+      that no collection looks at until `gc.unfreeze()`;
+    - a compiled UNet's graphs (and, on CUDA, its CUDA-graph memory pool) live in dynamo's
+      process-wide caches; `torch._dynamo.reset()` clears them ("Reset cudagraph trees").
+    So: every hook off (recursively, `remove_hook_from_module(recurse=True)`, which also puts
+    `_old_forward` back), unfreeze, drop compiled state, collect, empty the CUDA cache.
+    """
+    pipe, model.pipe = model.pipe, None
+    compiled = False
+    if pipe is not None:
+        compiled = _unhook(pipe)
+        pipe = None
+    gc.unfreeze()
+    if compiled:
+        import torch
+
+        torch.compiler.reset()
     free_memory()
 
 
-def swap(
-    model: LoadedModel, settings: Settings, profile: Profile, lower: tuple[Profile, ...]
+def _unhook(pipe: Any) -> bool:
+    """Take every accelerate hook off every model of `pipe`; say whether one was compiled."""
+    import torch
+    from accelerate.hooks import remove_hook_from_module
+
+    compiled = False
+    for component in dict(getattr(pipe, "components", {})).values():
+        if isinstance(component, torch.nn.Module):
+            remove_hook_from_module(component, recurse=True)
+            compiled = compiled or hasattr(component, "_orig_mod")  # torch.compile's wrapper
+    if hasattr(pipe, "_all_hooks"):
+        pipe._all_hooks = []  # diffusers' list of offload hooks, each holding its model
+    return compiled
+
+
+def load_first(
+    settings: Settings, rungs: tuple[Profile, ...], tried: list[dict[str, Any]] | None = None
 ) -> LoadedModel:
-    """Evict the loaded pipeline first, then load `profile` into the same object."""
+    """Load the first of `rungs` that loads, with the rest below it as its ladder.
+
+    A rung whose load raises (out of memory in `.to()` or in the compile warm-up, unreadable
+    files) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
+    "error"}` and the next one is tried. Raises WorkerFatalError, naming every rung and why it
+    failed, when none loads: a process without a pipeline must never take a job.
+    """
+    tried = [] if tried is None else tried
+    failed: list[str] = []
+    for i, rung in enumerate(rungs):
+        start = time.perf_counter()
+        error = ""
+        try:
+            return load_model(settings, rung, rungs[i + 1 :])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        # Outside the except block: the traceback and its frames' tensors are gone.
+        log.error("could not load profile %s: %s", rung.name, error)
+        seconds = round(time.perf_counter() - start, 4)
+        tried.append(
+            {"profile": rung.name, "outcome": "load_failed", "seconds": seconds, "error": error}
+        )
+        failed.append(f"{rung.name} ({error})")
+        free_memory()
+    raise WorkerFatalError(
+        "no pipeline could be loaded in this worker process: "
+        + ("; ".join(failed) or "no profile to load")
+    )
+
+
+def swap(
+    model: LoadedModel,
+    settings: Settings,
+    profile: Profile,
+    lower: tuple[Profile, ...],
+    tried: list[dict[str, Any]] | None = None,
+) -> LoadedModel:
+    """Evict the loaded pipeline first, then load `profile` into the same object, or the
+    first rung of `lower` that loads when it does not (`load_first`); freeze it again when
+    the process had frozen the one before.
+
+    Raises WorkerFatalError when no rung loads: `model` is then empty (`pipe` None), and the
+    caller must end the process rather than take another job.
+    """
     log.warning(
         "switching from %s/%s to %s/%s",
         model.info.name,
@@ -167,10 +257,14 @@ def swap(
         profile.variant,
         profile.name,
     )
+    frozen = gc.get_freeze_count() > 0
     evict(model)
-    fresh = load_model(settings, profile, lower)
+    fresh = load_first(settings, (profile, *lower), tried)
     for f in dataclasses.fields(LoadedModel):
         setattr(model, f.name, getattr(fresh, f.name))
+    del fresh
+    if frozen:
+        settle()
     return model
 
 
@@ -183,6 +277,7 @@ def _quiet_loading() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    silence_library_notices()  # diffusers' "kept in float32: []" on every fp16 VAE cast
 
 
 def apply_profile(pipe: Any, profile: Profile) -> None:

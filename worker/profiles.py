@@ -40,10 +40,15 @@ class Profile:
     decode_chunk_size: int | None  # None: all frames at once
     compile: bool
     device: str  # cuda | cpu
+    # Why a rung the table compiles runs eagerly here (worker/toolchain.py); None: as the table.
+    compile_unavailable: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form recorded in result.json."""
-        return dataclasses.asdict(self)
+        """The JSON form recorded in result.json (compile_unavailable only when set)."""
+        out = dataclasses.asdict(self)
+        if out["compile_unavailable"] is None:
+            del out["compile_unavailable"]
+        return out
 
 
 # (floor in decimal GB, profile) from the top down: the seed's measurements.
@@ -210,7 +215,34 @@ def apply_overrides(rungs: tuple[Profile, ...], overrides: WorkerSettings) -> tu
             "SVDQ_OFFLOAD='sequential' is not allowed without a GPU: sequential offload needs "
             "an accelerator to stream weights to; use none or model"
         )
+    if top.compile and top.offload != "none":
+        _refuse_compile_with_offload(top, changes)
     return (top, *rungs[1:])
+
+
+def _refuse_compile_with_offload(top: Profile, changes: dict[str, object]) -> None:
+    """torch.compile's reduce-overhead mode records CUDA graphs with fixed weight addresses,
+    while offload hooks move the weights on and off the card at every call: never both."""
+    said = [
+        f"{var}=1" if changes[field] is True else f"{var}={changes[field]!r}"
+        for var, field in (("SVDQ_COMPILE", "compile"), ("SVDQ_OFFLOAD", "offload"))
+        if field in changes
+    ]
+    table = "" if len(said) == 2 else f" (profile {top.name.removesuffix('*')} gives the other)"
+    raise ConfigError(
+        f"SVDQ_COMPILE=1 with SVDQ_OFFLOAD={top.offload!r} is not allowed: a compiled UNet's "
+        "CUDA graphs cannot run while offload hooks move its weights; you set "
+        f"{' and '.join(said)}{table}. Use SVDQ_COMPILE=0 to offload, or SVDQ_OFFLOAD=none "
+        "to compile"
+    )
+
+
+def without_compile(rungs: tuple[Profile, ...], reason: str) -> tuple[Profile, ...]:
+    """The rungs with compile turned off where it was on, each saying why."""
+    return tuple(
+        dataclasses.replace(p, compile=False, compile_unavailable=reason) if p.compile else p
+        for p in rungs
+    )
 
 
 def profile_ladder(

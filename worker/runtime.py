@@ -13,7 +13,6 @@ the parent knows (the worker's name, queues, GPU and variant: `Identity`) it lea
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from svdq.shared.storage import ObjectStore, open_store
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.metrics import WorkerMetrics, metrics_port
-from svdq.worker.models import LoadedModel
+from svdq.worker.models import LoadedModel, settle
 from svdq.worker.resident import load_initial
 
 log = logging.getLogger("svdq.worker")
@@ -64,15 +63,14 @@ class Runtime:
             runtime.presence.metrics_port = port
         runtime.presence.start(WORKER_KEY_TTL / 3)
         runtime.model = load(settings, identity.variant)
-        # The model and libraries live as long as the process: keep them out of the garbage
-        # collector's full passes, which run in the middle of generation otherwise.
-        gc.collect()
-        gc.freeze()
+        # The model and libraries live as long as the process (until a swap evicts the model):
+        # keep them out of the garbage collector's full passes.
+        settle()
         return runtime
 
     def loaded(self) -> LoadedModel:
         """The model; a child whose model did not load never takes a job."""
-        if self.model is None:
+        if self.model is None or self.model.pipe is None:
             raise RuntimeError("no model loaded in this worker process")
         return self.model
 

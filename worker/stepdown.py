@@ -1,10 +1,13 @@
 """Out-of-memory step-down: retry a job one profile rung lower, inside the same task.
 
-On `torch.cuda.OutOfMemoryError` the attempt's memory is freed *outside* the `except` block
-(inside it, the traceback still holds the failed frames and their tensors), the pipeline is
-reloaded with the next rung's profile, and the job runs again — down to the last rung, after
-which the job fails with ResourceError. Every rung tried is recorded as
-`{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`.
+On an out-of-memory error (any of the forms worker/oom.py knows) the attempt's memory is
+freed *outside* the `except` block (inside it, the traceback still holds the failed frames and
+their tensors), the pipeline is reloaded with the next rung's profile, and the job runs
+again — down to the last rung, after which the job fails with ResourceError. Every rung
+tried is recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`;
+a rung whose pipeline does not load is recorded as `"load_failed"` (with its `"error"`) and
+the one below it is tried. When no rung below loads, the process has no pipeline: it exits
+(the job goes back to the queue) and never takes another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
 the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
@@ -24,15 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from svdq.shared.errors import ResourceError
+from svdq.shared.errors import ResourceError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import engine, models
+from svdq.worker import engine, models, oom
 
 log = logging.getLogger(__name__)
 
-# Errors after which this process's CUDA context is unusable: every later call fails too.
-POISONED = ("CUDA error", "cuDNN error", "illegal memory access", "device-side assert")
 EXIT_POISONED = 70  # the pool child's exit status; Celery starts a fresh child, fresh context
 # Jobs in a row that ran out of memory on every rung: by then the process itself is the likely
 # culprit (fragmented or leaked memory), so the next one ends it and the job is retried fresh.
@@ -40,18 +41,14 @@ REPEATED_OOM_EXIT = 3
 _state = {"exhausted_in_a_row": 0}
 
 
-def poisoned(exc: BaseException) -> bool:
-    """Whether `exc` leaves the CUDA context broken (not merely out of memory)."""
-    return any(marker in str(exc) for marker in POISONED)
-
-
-def exit_poisoned(spec: JobSpec, exc: BaseException) -> None:
+def exit_poisoned(job_id: str | None, exc: BaseException) -> None:
     """Leave the process at once: with acks_late and reject_on_worker_lost the job goes back
-    to the queue, and Celery replaces this pool child (the model loads on a fresh context)."""
+    to the queue, and Celery replaces this pool child (the model loads on a fresh context).
+    Also the end of a process whose pipeline could not be loaded again (WorkerFatalError)."""
     log.critical(
         "job %s: this process cannot go on (%s); exiting (WorkerFatalError) so a fresh one "
         "replaces it",
-        spec.job_id,
+        job_id,
         exc,
     )
     for handler in logging.getLogger().handlers:
@@ -73,7 +70,6 @@ def generate(
     place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
     (the worker counts them), told as it happens: a job may still fail on a lower rung.
     """
-    import torch
 
     attempts: list[dict[str, Any]] = []
     while True:
@@ -82,13 +78,13 @@ def generate(
         out_of_memory = False
         try:
             frames, timings = engine.generate(model, spec, image, params, progress)
-        except torch.cuda.OutOfMemoryError as exc:
+        except RuntimeError as exc:  # every out-of-memory form is one (worker/oom.py)
+            if not oom.out_of_memory(exc):
+                if oom.poisoned(exc):
+                    exit_poisoned(spec.job_id, exc)
+                raise
             out_of_memory = True
             log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
-        except RuntimeError as exc:
-            if poisoned(exc):
-                exit_poisoned(spec, exc)
-            raise
         seconds = round(time.perf_counter() - start, 4)
         name = model.profile.name
         if not out_of_memory:
@@ -102,7 +98,7 @@ def generate(
             if _state["exhausted_in_a_row"] >= REPEATED_OOM_EXIT:
                 _state["exhausted_in_a_row"] = 0
                 exit_poisoned(
-                    spec, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
+                    spec.job_id, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
                 )
             tried = ", ".join(a["profile"] for a in attempts)
             raise ResourceError(
@@ -113,4 +109,11 @@ def generate(
         following, rest = model.lower[0], model.lower[1:]
         log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
         on_step_down(name, following.name)
-        models.swap(model, settings, following, rest)
+        lost: WorkerFatalError | None = None
+        try:  # a rung that does not load is in `attempts`, and the next one is tried
+            models.swap(model, settings, following, rest, attempts)
+        except WorkerFatalError as exc:
+            lost = exc
+        if lost is not None:  # no pipeline left: never take another job; this one is requeued
+            exit_poisoned(spec.job_id, lost)
+            raise lost  # not reached: exit_poisoned ends the process

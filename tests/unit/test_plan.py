@@ -18,6 +18,15 @@ from tests.fixtures.gpus import parse as fake_gpus
 
 DEFAULTS = Settings.from_env({})
 
+
+@pytest.fixture(autouse=True)
+def _cuda_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The made-up cards stand on a CUDA build of torch (the launcher refuses a CPU build)."""
+    from tests.fixtures.gpus import cuda_torch_build
+
+    monkeypatch.setattr("svdq.worker.launch.torch_build", cuda_torch_build)
+
+
 SMI = """0, NVIDIA A100-SXM4-40GB, 40960, 40339, 8.0
 1, NVIDIA GeForce RTX 4090, 24564, 24080, 8.9
 2, Tesla T4, 15360, 14930, 7.5
