@@ -5,7 +5,8 @@ Order, for every delivery Celery hands us:
 1. dead-lettered already → refuse, never run (`svdq dead retry` brings it back);
 2. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
    it: come back later without counting a delivery;
-3. result.json exists → return the recorded result, no GPU touched (the commit marker);
+3. result.json exists → return the recorded result, no GPU touched (the commit marker); the
+   store failing to answer is a transient fault of this delivery (step 5's rule), not an end;
 4. count the delivery in Redis (Celery's retry count never sees a killed process); an attempt
    left open by an earlier delivery was lost with its process and gets that reason; past
    `SVDQ_MAX_DELIVERIES` the job goes to the dead-letter list with every attempt;
@@ -35,6 +36,7 @@ from svdq.shared.errors import (
     JobTimeoutError,
     LeaseBusy,
     RetryLater,
+    SvdqError,
     TransientError,
 )
 from svdq.shared.retry import compute_backoff
@@ -140,7 +142,13 @@ def deliver(
     with lease:
         # Looked for under the lease, so no other delivery can be writing it right now. One
         # look, not two: each costs a round trip to the store on every job.
-        recorded = done()
+        marker_fault: TransientError | None = None
+        try:
+            recorded = done()
+        except TransientError as exc:
+            # The store could not say whether the job is done: not the job's fault, and not an
+            # answer either. Recorded as a delivery and retried like any transient fault.
+            marker_fault, recorded = exc, None
         if recorded is not None:
             log.info("job %s already done: returning the recorded result", job_id)
             return recorded
@@ -166,6 +174,10 @@ def deliver(
             dead_letter(redis, spec, reason, settings.result_expires)
             counts.dead_lettered("deliveries")
             raise DeadLetteredError(f"job {job_id} dead-lettered after {reason}")
+        if marker_fault is not None:
+            raise _transient(
+                redis, spec, settings, attempt, count, marker_fault, counts
+            ) from marker_fault
         redis.incr(generations_key(job_id))
         redis.expire(generations_key(job_id), settings.result_expires)
         try:
@@ -181,16 +193,7 @@ def deliver(
             attempt.close(f"invalid: {exc}", final=True)
             raise
         except TransientError as exc:
-            reason = f"transient: {exc}"
-            attempt.close(reason, final=count >= settings.max_deliveries)
-            if count >= settings.max_deliveries:
-                dead_letter(redis, spec, reason, settings.result_expires)
-                counts.dead_lettered("transient")
-                raise DeadLetteredError(
-                    f"job {job_id} dead-lettered after {count} attempts: {reason}"
-                ) from exc
-            wait = compute_backoff(count, settings.retry_backoff, settings.retry_backoff_max)
-            raise RetryLater(reason, wait) from exc
+            raise _transient(redis, spec, settings, attempt, count, exc, counts) from exc
         except (SystemExit, KeyboardInterrupt):
             # The process is being stopped (terminated by Celery, shut down): not the job's
             # fault. The attempt stays open; the next delivery records it as lost.
@@ -208,3 +211,27 @@ def deliver(
             raise
         attempt.close("succeeded")
         return result
+
+
+def _transient(
+    redis: Any,
+    spec: JobSpec,
+    settings: Settings,
+    attempt: Attempt,
+    count: int,
+    exc: TransientError,
+    counts: Counts,
+) -> SvdqError:
+    """Close `attempt` after a transient fault (in the run, or while looking for result.json)
+    and say what comes next: RetryLater after a backoff, or DeadLetteredError."""
+    reason = f"transient: {exc}"
+    last = count >= settings.max_deliveries
+    attempt.close(reason, final=last)
+    if last:
+        dead_letter(redis, spec, reason, settings.result_expires)
+        counts.dead_lettered("transient")
+        return DeadLetteredError(
+            f"job {spec.job_id} dead-lettered after {count} attempts: {reason}"
+        )
+    wait = compute_backoff(count, settings.retry_backoff, settings.retry_backoff_max)
+    return RetryLater(reason, wait)

@@ -1,0 +1,82 @@
+"""The adversary's storage scenarios, through a real worker, the suite's Redis and a moto S3
+server the test stops and starts: the store down while a worker looks for the commit marker,
+a tampered input, a damaged result.json (issue 10)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from svdq.producer.client import Client
+from svdq.shared.constants import generations_key
+from svdq.shared.settings import Settings
+from svdq.worker.delivery import attempts
+from tests.faults.conftest import check_end_state
+from tests.faults.test_workers import submit
+from tests.integration.helpers import make_image
+
+pytestmark = pytest.mark.integration
+
+SLOW = {"SVDQ_VISIBILITY_TIMEOUT": "90", "SVDQ_TASK_TIME_LIMIT": "80"}
+
+
+class S3Switch:
+    """A second moto server on its own port, sharing the session server's buckets (same
+    process, same backend): the worker is pointed at it, and the test turns it off and on."""
+
+    def __init__(self) -> None:
+        from svdq.producer.services import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def on(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def off(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def s3_switch() -> Iterator[S3Switch]:
+    switch = S3Switch()
+    switch.on()
+    yield switch
+    with contextlib.suppress(Exception):
+        switch.off()
+
+
+def wait_for(text: str, worker, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while text not in worker.text():
+        assert time.monotonic() < deadline, worker.text()[-3000:]
+        time.sleep(0.2)
+
+
+def test_store_down_while_looking_for_the_marker_retries_the_job(
+    fault_env, store, rdb, workers, s3_switch, tmp_path
+):
+    """Defect 2: the commit-marker check met a dead store and the job failed for good, with no
+    delivery recorded. Now the delivery is recorded as transient and the job comes back."""
+    worker = workers.start("marker", SVDQ_S3_ENDPOINT=s3_switch.endpoint, **SLOW)
+    client = Client(Settings.from_env({**fault_env, **SLOW}), store)
+    image = make_image(tmp_path / "m.png", (160, 96))
+    s3_switch.off()  # the worker's first store call for the job is the marker check
+    submit(client, image, "marker-down")
+    wait_for("result.json", worker)  # the marker check's fault, logged with its retry
+    s3_switch.on()
+    states = check_end_state(client, store, rdb, {"marker-down": 0}, 90)
+    assert states["marker-down"]["state"] == "succeeded"
+    first = attempts(rdb, "marker-down")[0]
+    assert first["reason"].startswith("transient: ") and "result.json" in first["reason"]
+    assert not first["final"]
+    assert int(rdb.get(generations_key("marker-down"))) == 1  # no generation for a lookup
