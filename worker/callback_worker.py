@@ -25,6 +25,7 @@ from svdq.worker.callbacks import check_destination, post, should_retry
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
 app = make_celery(settings)
+app.conf.worker_consumer = "svdq.worker.intake:Consumer"  # unreadable messages set aside
 TIMEOUT = 10.0  # seconds one POST may take; a slow receiver costs a thread here, no GPU
 
 

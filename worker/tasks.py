@@ -34,6 +34,8 @@ log = logging.getLogger("svdq.worker")
 
 settings = Settings.from_env()
 app = make_celery(settings)
+# Every message is checked before Celery reads it; one it cannot take is set aside, not fatal.
+app.conf.worker_consumer = "svdq.worker.intake:Consumer"
 
 
 class _Process:
