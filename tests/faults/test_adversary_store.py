@@ -5,6 +5,7 @@ a tampered input, a damaged result.json (issue 10)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from svdq.shared.settings import Settings
 from svdq.worker.delivery import attempts
 from tests.faults.conftest import check_end_state
 from tests.faults.test_workers import submit
-from tests.integration.helpers import make_image
+from tests.integration.helpers import FAST, make_image
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +81,35 @@ def test_store_down_while_looking_for_the_marker_retries_the_job(
     assert first["reason"].startswith("transient: ") and "result.json" in first["reason"]
     assert not first["final"]
     assert int(rdb.get(generations_key("marker-down"))) == 1  # no generation for a lookup
+
+
+def test_a_tampered_input_fails_in_the_worker_and_the_producer_uploads_it_again(
+    fault_env, store, rdb, workers, tmp_path
+):
+    """Defect 4: inputs/<sha256>.png overwritten with another valid image. The worker checks the
+    bytes against the key's hash (InvalidJobError naming both, one final attempt, no retry);
+    the producer, finding a checksum that does not match (HEAD, no download), uploads again."""
+    from svdq.producer.inputs import store_input
+    from svdq.shared.spec import JobSpec, finalize
+
+    settings = Settings.from_env(fault_env)
+    client = Client(settings, store)
+    good = make_image(tmp_path / "good.png", (160, 96))
+    other = make_image(tmp_path / "other.png", (160, 96), color=120).read_bytes()
+    stored = store_input(str(good), store, settings)
+    key = str(store.key_from_uri(stored.uri))
+    store.put_bytes(key, other, "image/png")  # another valid PNG under the first one's hash
+    tampered = finalize(JobSpec(image=stored.uri, job_id="tampered", **FAST), stored.sha256)
+    client.enqueue(tampered)  # queued as a producer queued it before the tampering
+    workers.start("tamper")
+    states = check_end_state(client, store, rdb, {"tampered": 0}, 90)
+    error = states["tampered"]["error"]
+    assert error.startswith("InvalidJobError") and stored.sha256 in error
+    assert hashlib.sha256(other).hexdigest() in error
+    assert [a["final"] for a in attempts(rdb, "tampered")] == [True]  # not retried
+
+    again = client.submit(str(good), job_id="resubmitted", **FAST)  # uploads the right bytes
+    assert store.head(key).sha256 == stored.sha256
+    states = check_end_state(client, store, rdb, {"resubmitted": 0}, 90)
+    assert states["resubmitted"]["result"]["input"]["sha256"] == stored.sha256
+    assert again.spec.image == stored.uri
