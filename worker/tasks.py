@@ -23,7 +23,7 @@ from celery.signals import (
 )
 
 from svdq.shared.celery_app import make_celery
-from svdq.shared.constants import TASK_GENERATE
+from svdq.shared.constants import TASK_GENERATE, worker_key
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
 from svdq.worker.heartbeat import Presence
@@ -56,6 +56,12 @@ def _learn_identity(sender: Any = None, **_: Any) -> None:
     queues = [q.name for q in sender.app.amqp.queues.consume_from.values()] if sender else []
     _here.identity = Identity.of(settings, getattr(sender, "hostname", None), queues)
     _here.presence = Presence(app.backend.client, _here.identity)
+    # A worker that died without a goodbye left its heartbeat hash (job_id and all) until it
+    # expires; this new process under the same name starts from none, not from its job.
+    try:
+        app.backend.client.delete(worker_key(_here.identity.hostname))
+    except Exception as exc:  # Redis away: the first beats will say where this worker is
+        log.warning("could not clear this worker's old heartbeat: %s", exc)
 
 
 @worker_process_init.connect

@@ -139,7 +139,7 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     spec = fault_client.prepare({"image": str(image), **FAST}).to_dict()
     spec.pop("job_id")
     worker = workers.start("adversary")
-    first = _beat(rdb)
+    first = _beat(rdb, "adversary")
     kinds = poison_messages(spec)
     for body, headers, content_type, _ in kinds.values():
         publish_raw(fault_env["SVDQ_REDIS_URL"], body, headers, content_type)
@@ -170,14 +170,45 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     text = worker.text()
     assert text.count("ready.") == 1 and "Unrecoverable error" not in text
     assert worker.proc.poll() is None
-    assert _beat(rdb)[b"pid"] == first[b"pid"]
+    assert _beat(rdb, "adversary")[b"pid"] == first[b"pid"]
 
 
-def _beat(rdb: Any) -> dict[bytes, bytes]:
-    """The worker's heartbeat hash once its pool child has written one."""
-    key = worker_key(f"adversary@{socket.gethostname()}")  # Celery's %h
+def _beat(rdb: Any, name: str) -> dict[bytes, bytes]:
+    """Worker `name`'s heartbeat hash once its pool child has written one."""
+    key = worker_key(f"{name}@{socket.gethostname()}")  # Celery's %h
     deadline = time.monotonic() + 30
     while not rdb.hexists(key, "pid"):
         assert time.monotonic() < deadline, f"no heartbeat at {key}"
         time.sleep(0.2)
     return rdb.hgetall(key)
+
+
+def test_a_restarted_worker_has_no_job_and_job_state_stays_small(
+    fault_client, store, rdb, workers, tmp_path
+):
+    """Issue 10, defect 9: a job's celery-task-meta holds its result record, not a second copy
+    of its spec (16 KiB of metadata stored once, not twice); a worker killed mid-job and started
+    again under the same name does not show the dead one's job in its heartbeat."""
+    image = make_image(tmp_path / "b.png", (160, 96))
+    pad = "x" * 15_000
+    worker = workers.start("same")
+    fault_client.submit(str(image), job_id="big-meta", metadata={"pad": pad}, **FAST)
+    assert wait_all_final(fault_client, ["big-meta"], 60)["big-meta"]["state"] == "succeeded"
+    meta = rdb.get("celery-task-meta-big-meta")
+    assert meta.count(pad.encode()) == 1, "the spec's metadata is stored twice"
+
+    meta = {"svdq_test_fault": "sleep:20"}
+    fault_client.submit(str(image), job_id="orphan", metadata=meta, **FAST)
+    deadline = time.monotonic() + 30
+    while _beat(rdb, "same").get(b"job_id") != b"orphan":
+        assert time.monotonic() < deadline, worker.text()[-2000:]
+        time.sleep(0.2)
+    dead_pid = _beat(rdb, "same")[b"pid"]
+    worker.kill()
+    # The orphan comes back only after the visibility timeout (30 s): this one is idle.
+    workers.start("same")
+    deadline = time.monotonic() + 30
+    while (beat := _beat(rdb, "same"))[b"pid"] == dead_pid:
+        assert time.monotonic() < deadline, "the new worker never beat"
+        time.sleep(0.2)
+    assert beat.get(b"job_id", b"") == b"", beat
