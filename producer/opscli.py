@@ -12,6 +12,7 @@ from svdq.producer.dead import dead_jobs, describe, retry_dead
 from svdq.producer.demo import run_demo
 from svdq.producer.doctor import run_doctor
 from svdq.producer.exporter import serve
+from svdq.producer.services import require
 from svdq.producer.stats import print_stats
 from svdq.shared.settings import Settings
 
@@ -66,12 +67,17 @@ def add_demo(sub: Any) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Queues, workers, throughput and failures, once or every --watch seconds."""
-    return print_stats(Settings.from_env().redis_url, args.json, args.watch)
+    settings = Settings.from_env()
+    require(settings, store=False)  # Redis down: one sentence, exit 1
+    return print_stats(settings.redis_url, args.json, args.watch)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    """Serve the same numbers to Prometheus."""
-    return serve(Settings.from_env().redis_url, args.port, once=args.once)
+    """Serve the same numbers to Prometheus, once Redis answers (a scrape during a later
+    outage reports svdq_exporter_redis_up 0)."""
+    settings = Settings.from_env()
+    require(settings, store=False)
+    return serve(settings.redis_url, args.port, once=args.once)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

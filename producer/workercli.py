@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.services import require
 from svdq.shared import formats, variants
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import Settings
@@ -111,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """One supervised worker per GPU (worker.launch)."""
+    """One supervised worker per GPU (worker.launch), once Redis and the store answer."""
+    require(Settings.from_env())  # down: a sentence and exit 1, not Celery retrying forever
     return int(_worker_side("svdq.worker.launch", "launch")(args))
 
 
@@ -130,4 +132,5 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_callbacks(args: argparse.Namespace) -> int:
     """Become the callback consumer (worker.callback_worker): POSTs, no GPU, no torch."""
+    require(Settings.from_env(), store=False)  # it needs Redis only
     return int(_worker_side("svdq.worker.callback_worker", "launch")(args.concurrency, args.name))
