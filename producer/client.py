@@ -18,13 +18,14 @@ from svdq.producer.batch import Batch
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.inputs import store_input
-from svdq.producer.jobqueue import JobQueue
+from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
 from svdq.shared.constants import job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
+from svdq.shared.records import result_problem
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
@@ -102,7 +103,9 @@ class Client:
         """Queue a job `prepare` returned (image in the store, id and seed filled in)."""
         assert ready.job_id and ready.variant
         queue = queue_for(ready.variant)
-        if not force and self.store.exists(result_key(ready.job_id, ready.output_prefix)):
+        if force:  # regenerate: while result.json exists a worker returns it instead
+            self.store.delete(result_key(ready.job_id, ready.output_prefix))
+        elif self.jobqueue.stored_result(ready.job_id, ready.output_prefix) is not None:
             return JobHandle(self, ready.job_id, ready, queue, skipped=True)
         pipe = self.jobqueue.redis.pipeline(transaction=False)
         self.jobqueue.record_job(pipe, ready)
@@ -125,8 +128,12 @@ class Client:
             out.update({k: info[k] for k in ("phase", "step", "steps") if k in info})
         elif state is JobState.FAILED:
             out["error"] = f"{type(info).__name__}: {info}"
-        elif state is JobState.SUCCEEDED and isinstance(info, dict):
-            out["result"] = info
+        elif state is JobState.SUCCEEDED:
+            problem = result_problem(info, job_id)
+            if problem is None:
+                out["result"] = info
+            else:  # forged or damaged: not a clip, and nothing that shows it may crash
+                out.update(state=JobState.FAILED, error=invalid_record_error(problem))
         if state is JobState.QUEUED and not self.jobqueue.redis.exists(job_key(job_id)):
             # Redis has no record of it (never submitted, or expired): result.json decides.
             stored = self.jobqueue.stored_result(job_id)

@@ -46,6 +46,7 @@ from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
+SUCCEEDED = "succeeded"  # the reason of an attempt that ended with the job done
 LOST = "worker lost during this attempt (process killed or crashed)"
 # Errors that mean the broker/backend connection dropped, not that the job is bad.
 BROKER_LOST = (RedisConnectionError, RedisTimeoutError, OperationalError)
@@ -61,6 +62,11 @@ class Counts(Protocol):
 
 def _now() -> float:
     return round(time.time(), 3)
+
+
+def _ended(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt ended its run: failed for good, or succeeded."""
+    return bool(attempt.get("final")) or attempt.get("reason") == SUCCEEDED
 
 
 def attempts(redis: Any, job_id: str) -> list[dict[str, Any]]:
@@ -160,9 +166,10 @@ def deliver(
             # Past the visibility timeout no copy can be in flight: a new submission runs.
             raise AlreadyFailedError(f"job {job_id} already failed: {ended[-1]['reason']}")
         history = attempts(redis, job_id)
-        # Deliveries count from the last final outcome: an earlier submission's attempts
-        # (failed for good, long ago) do not use up this one's budget.
-        since = max((i + 1 for i, a in enumerate(history) if a.get("final")), default=0)
+        # Deliveries count from the last end, failed for good or succeeded: an earlier
+        # submission's attempts do not use up this one's budget (a job run again after an
+        # invalid result.json or with --force is a new run, not a redelivery).
+        since = max((i + 1 for i, a in enumerate(history) if _ended(a)), default=0)
         attempt = Attempt(redis, job_id, settings.result_expires, worker)
         count = attempt.number - since
         if count > settings.max_deliveries:
@@ -209,7 +216,7 @@ def deliver(
         except BaseException as exc:
             attempt.close(f"failed: {type(exc).__name__}: {exc}", final=True)
             raise
-        attempt.close("succeeded")
+        attempt.close(SUCCEEDED)
         return result
 
 

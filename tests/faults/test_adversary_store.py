@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
 
 from svdq.producer.client import Client
-from svdq.shared.constants import generations_key
+from svdq.shared.constants import generations_key, result_dir, result_key
+from svdq.shared.records import INVALID_PREFIX
 from svdq.shared.settings import Settings
 from svdq.worker.delivery import attempts
 from tests.faults.conftest import check_end_state
@@ -113,3 +115,63 @@ def test_a_tampered_input_fails_in_the_worker_and_the_producer_uploads_it_again(
     states = check_end_state(client, store, rdb, {"resubmitted": 0}, 90)
     assert states["resubmitted"]["result"]["input"]["sha256"] == stored.sha256
     assert again.spec.image == stored.uri
+
+
+def markers_set_aside(store, job_id: str) -> list[bytes]:  # type: ignore[no-untyped-def]
+    keys = [k for k in store.list_prefix(result_dir(job_id)) if INVALID_PREFIX in k]
+    return [store.get_bytes(k) for k in keys]
+
+
+def test_a_damaged_marker_is_set_aside_and_the_job_regenerates(
+    fault_env, store, rdb, workers, tmp_path
+):
+    """Defect 5: `{}` or broken JSON as result.json made a re-submission a no-op (or failed the
+    job with a raw JSONDecodeError). Now an invalid marker counts as absent: the producer
+    queues the job, the worker moves the marker aside and runs it; --force (submit, like
+    bulk) deletes a valid one so the job runs again."""
+    client = Client(Settings.from_env(fault_env), store)
+    image = make_image(tmp_path / "d.png", (160, 96))
+    workers.start("damaged")
+    submit(client, image, "damaged")
+    check_end_state(client, store, rdb, {"damaged": 0}, 90)
+    marker = result_key("damaged")
+    for n, damage in enumerate([b"{}", b'{"job_id": "dama'], start=2):
+        store.put_bytes(marker, damage, "application/json")
+        assert not submit(client, image, "damaged").skipped  # not done: queued again
+        states = check_end_state(client, store, rdb, {"damaged": n}, 90)
+        assert states["damaged"]["result"]["job_id"] == "damaged"
+        assert int(rdb.get(generations_key("damaged"))) == n
+    assert sorted(markers_set_aside(store, "damaged")) == sorted([b"{}", b'{"job_id": "dama'])
+    assert submit(client, image, "damaged").skipped  # a valid marker: done, not queued
+    handle = client.submit(str(image), job_id="damaged", metadata={}, force=True, **FAST)
+    assert not handle.skipped
+    check_end_state(client, store, rdb, {"damaged": 4}, 90)
+    assert int(rdb.get(generations_key("damaged"))) == 4  # --force ran it again
+
+
+def test_no_command_prints_a_traceback_for_a_stored_record(fault_env, store) -> None:
+    """Defect 5: a damaged result.json, or a forged state in Redis, made `svdq status`,
+    `results` and `wait` crash with KeyError tracebacks."""
+    from svdq.shared.celery_app import make_celery
+    from tests.conftest import run_svdq
+
+    def clean(args: list[str], shown: str | None = None) -> None:
+        out = run_svdq(args, fault_env, timeout=60)
+        said = out.stderr + out.stdout
+        assert out.returncode != 0 and "Traceback" not in said, (args, said)
+        assert shown is None or shown in said, (args, said)
+
+    status, results, wait = ["status", "forged"], ["results", "forged"], ["wait", "forged"]
+    # Redis knows nothing of the job: result.json alone decides, and none of these is one.
+    for record in [b"[1, 2]", b'{"job_id": "forged"', b"\xff\xfe", b"{}"]:
+        store.put_bytes(result_key("forged"), record, "application/json")
+        clean(status, "unknown")
+    clean(results)
+    clean([*wait, "--timeout", "5"])
+    # A SUCCESS state in Redis whose result is no record (forged, or left by an old worker).
+    with warnings.catch_warnings():  # Celery's Redis backend calls redis-py's deprecated setex
+        warnings.simplefilter("ignore", DeprecationWarning)
+        make_celery(Settings.from_env(fault_env)).backend.store_result("forged", {}, "SUCCESS")
+    for args in (status, results, wait):
+        clean(args, "not valid")
+    store.delete(result_key("forged"))
