@@ -113,15 +113,18 @@ def registry_for(redis: Any) -> CollectorRegistry:
     return registry
 
 
-def serve(redis_url: str, port: int = DEFAULT_PORT, once: bool = False) -> int:
-    """Serve /metrics on `port` until interrupted; with `once`, print one scrape and return."""
+def serve(
+    redis_url: str, port: int = DEFAULT_PORT, once: bool = False, host: str = "127.0.0.1"
+) -> int:
+    """Serve /metrics on `host`:`port` until interrupted; with `once`, print one scrape and
+    return."""
     import redis as redis_lib
 
     registry = registry_for(redis_lib.Redis.from_url(redis_url, socket_timeout=5))
     if once:
         print(generate_latest(registry).decode(), end="")
         return 0
-    start_http_server(port, registry=registry)
-    print(f"svdq exporter on http://0.0.0.0:{port}/metrics", file=sys.stderr, flush=True)
+    start_http_server(port, addr=host, registry=registry)
+    print(f"svdq exporter on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     while True:
         time.sleep(3600)

@@ -36,6 +36,11 @@ def add_exporter(sub: Any) -> None:
     """`svdq exporter [--port N] [--once]`."""
     exporter = sub.add_parser("exporter", help="serve queue metrics to Prometheus")
     exporter.add_argument("--port", type=int, default=9800, help="HTTP port (default 9800)")
+    exporter.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default SVDQ_METRICS_HOST: 127.0.0.1; 0.0.0.0 in a container)",
+    )
     exporter.add_argument("--once", action="store_true", help="print one scrape and exit")
     exporter.set_defaults(handler=cmd_exporter)
 
@@ -77,7 +82,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     outage reports svdq_exporter_redis_up 0)."""
     settings = Settings.from_env()
     require(settings, store=False)
-    return serve(settings.redis_url, args.port, once=args.once)
+    host = args.host or settings.metrics_host
+    return serve(settings.redis_url, args.port, once=args.once, host=host)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ start-up naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_TASK_TIME_LIMIT": ("3600", "seconds a job may run before it is killed"),
     "SVDQ_RESULT_EXPIRES": ("604800", "seconds task states are kept in Redis"),
     "SVDQ_LOG_LEVEL": ("INFO", "worker log level"),
+    "SVDQ_METRICS_HOST": (
+        "127.0.0.1",
+        "address the worker's /metrics and `svdq exporter` listen on; 0.0.0.0 in containers "
+        "(compose and Kubernetes set it) so Prometheus can reach them",
+    ),
     "SVDQ_METRICS_PORT": (
         "9810",
         "worker Prometheus port; the worker for GPU i serves on this + i",
@@ -143,6 +150,7 @@ class Settings:
     task_time_limit: int
     result_expires: int
     log_level: str
+    metrics_host: str
     metrics_port: int
     lease_ttl: int
     max_deliveries: int
@@ -191,6 +199,7 @@ class Settings:
                 get("SVDQ_LOG_LEVEL").upper(),
                 ("DEBUG", "INFO", "WARNING", "ERROR"),
             ),
+            metrics_host=_listen_host(get("SVDQ_METRICS_HOST")),
             metrics_port=integer("SVDQ_METRICS_PORT"),
             lease_ttl=integer("SVDQ_LEASE_TTL"),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
@@ -269,6 +278,21 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not allowed: one of {', '.join(allowed)}")
     return value
+
+
+def _listen_host(value: str) -> str:
+    """An address to listen on: an IP literal (0.0.0.0, ::, 127.0.0.1) or a host name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", value):
+        return value
+    raise ConfigError(
+        f"SVDQ_METRICS_HOST={value!r} is not allowed: an IP address or host name to listen "
+        "on, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, in a container)"
+    )
 
 
 def _bool(name: str, value: str) -> bool:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from svdq.producer.dead import retry_dead
+from svdq.producer.services import free_port
 from svdq.shared.constants import DEAD_LETTER_KEY, TASK_GENERATE, queue_for, worker_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.settings import Settings
@@ -138,7 +142,8 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     image = make_image(tmp_path / "a.png", (160, 96))
     spec = fault_client.prepare({"image": str(image), **FAST}).to_dict()
     spec.pop("job_id")
-    worker = workers.start("adversary")
+    metrics_port = free_port()
+    worker = workers.start("adversary", SVDQ_METRICS_PORT=str(metrics_port))
     first = _beat(rdb, "adversary")
     kinds = poison_messages(spec)
     for body, headers, content_type, _ in kinds.values():
@@ -171,6 +176,42 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     assert text.count("ready.") == 1 and "Unrecoverable error" not in text
     assert worker.proc.poll() is None
     assert _beat(rdb, "adversary")[b"pid"] == first[b"pid"]
+    # Its /metrics listens on this machine only (SVDQ_METRICS_HOST unset: 127.0.0.1).
+    assert listening(metrics_port) == {"127.0.0.1"}
+
+
+def listening(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at `port` on this machine (/proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def test_the_exporter_listens_on_this_machine_unless_told(svdq_env):
+    """SVDQ_METRICS_HOST (default 127.0.0.1) decides where `svdq exporter` listens; a
+    container sets 0.0.0.0."""
+    for env, expected in (({}, "127.0.0.1"), ({"SVDQ_METRICS_HOST": "0.0.0.0"}, "0.0.0.0")):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "svdq.producer.cli", "exporter", "--port", str(port)],
+            env={**svdq_env, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not listening(port):
+                assert proc.poll() is None, f"the exporter exited: {proc.returncode}"
+                assert time.monotonic() < deadline, "the exporter never listened"
+                time.sleep(0.1)
+            assert listening(port) == {expected}
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def _beat(rdb: Any, name: str) -> dict[bytes, bytes]:

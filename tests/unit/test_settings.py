@@ -48,6 +48,7 @@ def test_defaults_from_an_empty_env() -> None:
         task_time_limit=3600,
         result_expires=604800,
         log_level="INFO",
+        metrics_host="127.0.0.1",
         metrics_port=9810,
         lease_ttl=60,
         max_deliveries=3,
