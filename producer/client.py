@@ -33,6 +33,8 @@ from svdq.shared.storage import ObjectStore, open_store
 
 __all__ = ["Client", "JobFailedError", "JobHandle", "WaitTimeoutError"]
 
+_UNDER_WAY = (JobState.RUNNING, JobState.RETRYING)  # a worker holds it: submit sends no copy
+
 
 @dataclass
 class JobHandle:
@@ -107,6 +109,10 @@ class Client:
             self.store.delete(result_key(ready.job_id, ready.output_prefix))
         elif self.jobqueue.stored_result(ready.job_id, ready.output_prefix) is not None:
             return JobHandle(self, ready.job_id, ready, queue, skipped=True)
+        if not force and self.jobqueue.peek([ready.job_id])[0]["state"] in _UNDER_WAY:
+            # Running now: hand back that job. Recording it again would reset its state to
+            # queued while it runs, and a second message would only wait on its lease.
+            return JobHandle(self, ready.job_id, ready, queue)
         pipe = self.jobqueue.redis.pipeline(transaction=False)
         self.jobqueue.record_job(pipe, ready)
         pipe.execute()

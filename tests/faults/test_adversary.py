@@ -27,7 +27,7 @@ from svdq.shared.errors import InvalidJobError
 from svdq.shared.settings import Settings
 from svdq.worker.intake import KEPT_BODY_CHARS, MAX_MESSAGE_BYTES
 from tests.faults.conftest import wait_all_final
-from tests.integration.helpers import FAST, make_image
+from tests.integration.helpers import FAST, make_image, queued_messages
 
 pytestmark = pytest.mark.integration
 
@@ -225,11 +225,12 @@ def _beat(rdb: Any, name: str) -> dict[bytes, bytes]:
 
 
 def test_a_restarted_worker_has_no_job_and_job_state_stays_small(
-    fault_client, store, rdb, workers, tmp_path
+    fault_client, fault_env, store, rdb, workers, tmp_path
 ):
     """Issue 10, defect 9: a job's celery-task-meta holds its result record, not a second copy
-    of its spec (16 KiB of metadata stored once, not twice); a worker killed mid-job and started
-    again under the same name does not show the dead one's job in its heartbeat."""
+    of its spec (16 KiB of metadata stored once, not twice); a job submitted again while it
+    runs stays running, with no second copy queued; a worker killed mid-job and started again
+    under the same name does not show the dead one's job in its heartbeat."""
     image = make_image(tmp_path / "b.png", (160, 96))
     pad = "x" * 15_000
     worker = workers.start("same")
@@ -244,6 +245,10 @@ def test_a_restarted_worker_has_no_job_and_job_state_stays_small(
     while _beat(rdb, "same").get(b"job_id") != b"orphan":
         assert time.monotonic() < deadline, worker.text()[-2000:]
         time.sleep(0.2)
+    # Submitted again while it runs: the same job, still running, no second copy queued.
+    again = fault_client.submit(str(image), job_id="orphan", metadata=meta, **FAST)
+    assert not again.skipped and fault_client.status("orphan")["state"] == "running"
+    assert queued_messages(fault_env["SVDQ_REDIS_URL"]) == 0
     dead_pid = _beat(rdb, "same")[b"pid"]
     worker.kill()
     # The orphan comes back only after the visibility timeout (30 s): this one is idle.
