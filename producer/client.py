@@ -26,6 +26,7 @@ from svdq.shared.constants import job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.records import result_problem
+from svdq.shared.retry import NEXT_TRY_AT, WAITING, waiting_note
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
@@ -149,6 +150,11 @@ class Client:
                 out.update(state=JobState.UNKNOWN)
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
+        elif out["state"] is JobState.RETRYING:  # waiting out a transient fault: say which
+            fields = self.jobqueue.redis.hmget(job_key(job_id), WAITING, NEXT_TRY_AT)
+            note = waiting_note(*fields)
+            if note:
+                out["waiting_for"] = note
         return out
 
     def _consumers_note(self, job_id: str) -> dict[str, str]:

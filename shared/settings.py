@@ -56,6 +56,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
     "SVDQ_RETRY_BACKOFF": ("2", "first wait in seconds before a transient fault is retried"),
     "SVDQ_RETRY_BACKOFF_MAX": ("120", "longest wait in seconds between transient retries"),
+    "SVDQ_TRANSIENT_BUDGET": (
+        "900",
+        "seconds a job keeps retrying transient faults (store, Redis) before it is "
+        "dead-lettered; these retries never use up SVDQ_MAX_DELIVERIES",
+    ),
     "SVDQ_RESTORE_INTERVAL": ("60", "seconds between scans that requeue jobs of dead workers"),
     "SVDQ_URL_TIMEOUT": ("20", "seconds an https:// input download may take in all"),
     "SVDQ_CALLBACK_SECRET": ("", "key for the HMAC-SHA256 signature on result callbacks"),
@@ -156,6 +161,7 @@ class Settings:
     max_deliveries: int
     retry_backoff: int
     retry_backoff_max: int
+    transient_budget: int
     restore_interval: int
     url_timeout: int
     callback_secret: str  # only `svdq callbacks` needs it
@@ -205,6 +211,7 @@ class Settings:
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
             retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),
+            transient_budget=integer("SVDQ_TRANSIENT_BUDGET"),
             restore_interval=integer("SVDQ_RESTORE_INTERVAL"),
             url_timeout=integer("SVDQ_URL_TIMEOUT"),
             callback_secret=get("SVDQ_CALLBACK_SECRET"),

@@ -84,7 +84,9 @@ def _stop_runtime(**_: Any) -> None:
         _here.runtime.stop()
 
 
-@app.task(name=TASK_GENERATE, bind=True)
+# max_retries=None: Celery stops no retry of ours (its default is 3, and `task.retry(max_retries=
+# None)` means "use the default", celery/app/task.py); worker/delivery.py keeps the budgets.
+@app.task(name=TASK_GENERATE, bind=True, max_retries=None)
 def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Turn one image into a clip; return the result record (also stored as result.json)."""
     if _here.runtime is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -175,3 +176,32 @@ def test_no_command_prints_a_traceback_for_a_stored_record(fault_env, store) -> 
     for args in (status, results, wait):
         clean(args, "not valid")
     store.delete(result_key("forged"))
+
+
+def test_a_store_outage_longer_than_three_deliveries_does_not_dead_letter(
+    fault_env, store, rdb, workers, s3_switch, tmp_path
+):
+    """Defect 3: with the store down, three transient deliveries (seconds) dead-lettered every
+    job that started during the outage. Transient faults now have a time budget of their own
+    (SVDQ_TRANSIENT_BUDGET), do not count as deliveries, and `svdq status` says why the job
+    waits."""
+    env = {**SLOW, "SVDQ_TRANSIENT_BUDGET": "120", "SVDQ_MAX_DELIVERIES": "2"}
+    workers.start("outage", SVDQ_S3_ENDPOINT=s3_switch.endpoint, **env)
+    client = Client(Settings.from_env({**fault_env, **env}), store)
+    image = make_image(tmp_path / "o.png", (160, 96))
+    s3_switch.off()
+    submit(client, image, "outage")
+    seen, deadline = set(), time.monotonic() + 90
+    while len([a for a in attempts(rdb, "outage") if a["reason"]]) < 4:  # twice the deliveries
+        assert time.monotonic() < deadline, attempts(rdb, "outage")
+        st = client.status("outage")
+        assert st["state"] in ("queued", "running", "retrying"), st
+        seen.add(re.sub(r"\d+", "N", st.get("waiting_for", "")))
+        time.sleep(0.1)
+    assert "waiting: storage unavailable, next try in N s" in seen
+    s3_switch.on()
+    states = check_end_state(client, store, rdb, {"outage": 0}, 90)
+    assert states["outage"]["state"] == "succeeded"
+    reasons = [a["reason"] for a in attempts(rdb, "outage")]
+    assert reasons[-1] == "succeeded" and all(r.startswith("transient: ") for r in reasons[:-1])
+    assert not rdb.hexists("svdq:dead", "outage")

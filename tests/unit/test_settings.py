@@ -54,6 +54,7 @@ def test_defaults_from_an_empty_env() -> None:
         max_deliveries=3,
         retry_backoff=2,
         retry_backoff_max=120,
+        transient_budget=900,
         restore_interval=60,
         url_timeout=20,
         callback_secret="",
