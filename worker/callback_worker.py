@@ -20,12 +20,14 @@ from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
 from svdq.shared.errors import CallbackRefused, ConfigError
 from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
+from svdq.worker.brokerguard import transport_for
 from svdq.worker.callbacks import check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
 app = make_celery(settings)
 app.conf.worker_consumer = "svdq.worker.intake:Consumer"  # unreadable messages set aside
+app.conf.broker_transport = transport_for(settings.redis_url)  # and unreadable queue items
 TIMEOUT = 10.0  # seconds one POST may take; a slow receiver costs a thread here, no GPU
 
 

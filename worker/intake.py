@@ -226,6 +226,24 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str) -> str:
     return key
 
 
+def set_aside_raw(redis: Any, raw: str, reason: str, worker: str) -> str:
+    """Record an item that never became a message (worker/brokerguard.py); return its key."""
+    data = raw.encode("utf-8", "replace")
+    key = SET_ASIDE_PREFIX + hashlib.sha256(data).hexdigest()[:20]
+    record = {
+        "job_id": key,
+        "kind": "message",
+        "reason": f"queue item set aside unread: {reason}",
+        "body": raw[:KEPT_BODY_CHARS],
+        "body_bytes": len(data),
+        "worker": worker,
+        "dead_at": time.time(),
+        "attempts": [],
+    }
+    redis.hset(DEAD_LETTER_KEY, key, json.dumps(record))
+    return key
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer with svdq's intake in front of its task handler."""
 

@@ -32,6 +32,14 @@ from tests.integration.helpers import FAST, make_image, queued_messages
 pytestmark = pytest.mark.integration
 
 QUEUE = queue_for("tiny")
+# Items no kombu message is made of: not JSON, JSON but not an envelope, an envelope whose
+# headers kombu cannot read. Each stopped the worker's main process before brokerguard.
+RAW_ITEMS = [
+    b"garbage{",
+    b"[1, 2]",
+    b'{"body": "x"}',
+    b'{"body": "eA==", "headers": [1], "properties": {"delivery_tag": "t"}}',
+]
 
 
 def publish_raw(redis_url: str, body: bytes, headers: dict[str, Any], content_type: str) -> None:
@@ -148,6 +156,9 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     kinds = poison_messages(spec)
     for body, headers, content_type, _ in kinds.values():
         publish_raw(fault_env["SVDQ_REDIS_URL"], body, headers, content_type)
+    # Not messages at all: pushed onto the queue's list by hand (worker/brokerguard.py).
+    for item in RAW_ITEMS:
+        rdb.lpush(QUEUE, item)
     fault_client.submit(str(image), job_id="after-poison", **FAST)
 
     states = wait_all_final(fault_client, ["after-poison"], 90)
@@ -156,9 +167,13 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     while rdb.hlen(DEAD_LETTER_KEY) < len(kinds) and time.monotonic() < deadline:
         time.sleep(0.2)
     dead = [json.loads(v) for v in rdb.hvals(DEAD_LETTER_KEY)]
-    assert len(dead) == len(kinds), [d["reason"] for d in dead]
+    assert len(dead) == len(kinds) + len(RAW_ITEMS), [d["reason"] for d in dead]
+    items = sorted(d["body"] for d in dead if d["reason"].startswith("queue item set aside"))
+    assert items == sorted(i.decode() for i in RAW_ITEMS)
     for name, (body, _, _, says) in kinds.items():
-        found = [d for d in dead if d["body_bytes"] == len(body) and says in d["reason"]]
+        found = [
+            d for d in dead if d["body_bytes"] == len(body) and says in d["reason"] and "queue" in d
+        ]
         assert len(found) == 1, f"{name}: no entry saying {says!r} in {[d['reason'] for d in dead]}"
         entry = found[0]
         assert entry["kind"] == "message" and entry["queue"] == QUEUE, name

@@ -4,6 +4,7 @@ and the reason it gives (field, value, what is allowed)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from kombu.serialization import prepare_accept_content
 
 from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
 from svdq.shared.errors import InvalidJobError
+from svdq.worker.brokerguard import CheckedMessage, NotAMessage, transport_for
 from svdq.worker.intake import (
     ARGUMENT_CHECKS,
     MAX_MESSAGE_BYTES,
@@ -84,3 +86,25 @@ def test_a_callback_message() -> None:
     check_message(message([["https://x/hook", {"job_id": "j"}], {}, EMBED], headers), served)
     with pytest.raises(InvalidJobError, match="takes \\(url: str, payload: object\\)"):
         check_message(message([["https://x/hook"], {}, EMBED], headers), served)
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        ([1, 2], "an item of type list is not a message"),
+        ({"body": "x"}, "properties=None is not allowed"),
+        ({"properties": {"delivery_tag": "t"}, "headers": [1]}, "headers=[1] is not allowed"),
+        ({"properties": {"delivery_tag": "t"}, "body": 5}, "body=5 is not allowed"),
+    ],
+)
+def test_a_queue_item_that_is_not_a_message(payload: Any, says: str) -> None:
+    with pytest.raises(NotAMessage, match=re.escape(says)) as caught:
+        CheckedMessage(payload)
+    assert json.loads(caught.value.raw) == payload
+
+
+def test_the_guarded_transport_follows_the_url_scheme() -> None:
+    assert transport_for("redis://:pw@h:6379/0") == "svdq.worker.brokerguard:Transport"
+    assert transport_for("rediss://h:6380/0") == "svdq.worker.brokerguard:Transport"
+    assert transport_for("sentinel://h:26379") == "svdq.worker.brokerguard:SentinelTransport"
+    assert transport_for("unix:///run/redis.sock") is None
