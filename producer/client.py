@@ -9,6 +9,8 @@ urls = client.presign(handle.job_id, 3600)  # {"mp4": "https://...", ...}
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
-from svdq.shared.constants import job_key, queue_for, result_key
+from svdq.shared.constants import CALLBACK_FIELD, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.records import result_problem
@@ -150,6 +152,11 @@ class Client:
                 out.update(state=JobState.UNKNOWN)
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
+        elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
+            raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
+            with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out
+                if raw:
+                    out["callback"] = dict(json.loads(raw))
         elif out["state"] is JobState.RETRYING:  # waiting out a transient fault: say which
             fields = self.jobqueue.redis.hmget(job_key(job_id), WAITING, NEXT_TRY_AT)
             note = waiting_note(*fields)

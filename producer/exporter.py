@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from svdq.producer.stats import snapshot
@@ -30,7 +30,7 @@ class FleetCollector(Collector):
     def __init__(self, redis: Any) -> None:
         self.redis = redis
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         up = GaugeMetricFamily("svdq_exporter_redis_up", "1 if the last Redis read worked")
         try:
             snap = snapshot(self.redis)
@@ -44,7 +44,7 @@ class FleetCollector(Collector):
         yield from families(snap)
 
 
-def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     """The metric families for one snapshot (see producer.stats.snapshot)."""
     depth = GaugeMetricFamily(
         "svdq_queue_depth",
@@ -104,6 +104,14 @@ def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
     for state, n in snap["batches"].items():
         batches.add_metric([state], float(n))
     yield batches
+    callbacks = CounterMetricFamily(
+        "svdq_callbacks",
+        "Result callbacks ended, by outcome (gave_up: refused, or out of retries)",
+        labels=["outcome"],
+    )
+    for outcome, n in snap.get("callbacks", {}).items():
+        callbacks.add_metric([outcome], float(n))
+    yield callbacks
 
 
 def registry_for(redis: Any) -> CollectorRegistry:

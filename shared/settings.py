@@ -66,6 +66,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_CALLBACK_SECRET": ("", "key for the HMAC-SHA256 signature on result callbacks"),
     "SVDQ_CALLBACK_RETRIES": ("8", "times a failed result callback is retried"),
     "SVDQ_CALLBACK_BACKOFF": ("2", "first wait in seconds before a callback retry (doubles)"),
+    "SVDQ_CALLBACK_TIMEOUT": ("10", "seconds one callback POST may take in all, answer included"),
     "SVDQ_CALLBACK_NETWORKS": (
         "private",
         "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
@@ -167,6 +168,7 @@ class Settings:
     callback_secret: str  # only `svdq callbacks` needs it
     callback_retries: int
     callback_backoff: int
+    callback_timeout: int
     callback_networks: str
     worker: WorkerSettings
 
@@ -217,6 +219,7 @@ class Settings:
             callback_secret=get("SVDQ_CALLBACK_SECRET"),
             callback_retries=integer("SVDQ_CALLBACK_RETRIES"),
             callback_backoff=integer("SVDQ_CALLBACK_BACKOFF"),
+            callback_timeout=integer("SVDQ_CALLBACK_TIMEOUT"),
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),

@@ -60,6 +60,7 @@ def test_defaults_from_an_empty_env() -> None:
         callback_secret="",
         callback_retries=8,
         callback_backoff=2,
+        callback_timeout=10,
         callback_networks="private",
         worker=WorkerSettings(
             gpu_index=None,
