@@ -16,6 +16,7 @@ from svdq.producer.jobflags import add_job_flags, spec_params
 from svdq.producer.manifest import Row, iter_source
 from svdq.producer.progress import BulkProgress, say
 from svdq.producer.report import report_rows, write_report
+from svdq.producer.services import require
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
@@ -88,6 +89,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
             print(f"svdq: {len(bad)} bad row(s), --strict: nothing queued", file=sys.stderr)
             return 2
     client = Client()
+    # Redis or the store down now: one sentence (producer/cli.py), not a failure per row.
+    require(client.settings)
     show = BulkProgress(as_json=args.json)
     bulk = BulkSubmitter(
         client.jobqueue,

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from svdq.producer.inputs import resolve_input
+from svdq.producer.inputs import put_input, resolve_input
 from svdq.producer.manifest import Row
 from svdq.shared.constants import input_key
 from svdq.shared.errors import InvalidJobError
-from svdq.shared.inputs import addressed_sha256, content_type, read_local
+from svdq.shared.inputs import addressed_sha256, read_local
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
@@ -158,7 +158,7 @@ class RowPreparer:
                 )
         if data is None:
             return True
-        existed = self.store.put_if_absent(key, data, content_type(key))
+        existed = put_input(self.store, key, data)  # replaces bytes that do not match
         p.data = None  # free the bytes as soon as they are stored
         return existed
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from svdq.producer import bulkcli, cancelcli, jobcli, opscli, workercli
+from svdq.producer.services import outage
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
-from svdq.shared.settings import describe_variables
+from svdq.shared.settings import Settings, describe_variables
 
 EPILOG = (
     "environment (read once at start):\n"
@@ -69,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svdq` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        try:
+            return int(args.handler(args) or 0)
+        except Exception as exc:
+            down = outage(exc, _settings())  # Redis or the store: a sentence, not a traceback
+            if down is None:
+                raise
+            print(f"svdq: {down}", file=sys.stderr)
+            return 1
     except InvalidJobError as exc:
         print(f"svdq: error: {exc}", file=sys.stderr)
         return 2
@@ -85,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _settings() -> Settings | None:
+    """The settings, for naming a service's address; None when they cannot be read."""
+    try:
+        return Settings.from_env()
+    except ConfigError:
+        return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ urls = client.presign(handle.job_id, 3600)  # {"mp4": "https://...", ...}
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,19 +20,23 @@ from svdq.producer.batch import Batch
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.inputs import store_input
-from svdq.producer.jobqueue import JobQueue
+from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
-from svdq.shared.constants import job_key, queue_for, result_key
+from svdq.shared.constants import CALLBACK_FIELD, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
+from svdq.shared.records import result_problem
+from svdq.shared.retry import NEXT_TRY_AT, WAITING, waiting_note
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore, open_store
 
 __all__ = ["Client", "JobFailedError", "JobHandle", "WaitTimeoutError"]
+
+_UNDER_WAY = (JobState.RUNNING, JobState.RETRYING)  # a worker holds it: submit sends no copy
 
 
 @dataclass
@@ -102,8 +108,14 @@ class Client:
         """Queue a job `prepare` returned (image in the store, id and seed filled in)."""
         assert ready.job_id and ready.variant
         queue = queue_for(ready.variant)
-        if not force and self.store.exists(result_key(ready.job_id, ready.output_prefix)):
+        if force:  # regenerate: while result.json exists a worker returns it instead
+            self.store.delete(result_key(ready.job_id, ready.output_prefix))
+        elif self.jobqueue.stored_result(ready.job_id, ready.output_prefix) is not None:
             return JobHandle(self, ready.job_id, ready, queue, skipped=True)
+        if not force and self.jobqueue.peek([ready.job_id])[0]["state"] in _UNDER_WAY:
+            # Running now: hand back that job. Recording it again would reset its state to
+            # queued while it runs, and a second message would only wait on its lease.
+            return JobHandle(self, ready.job_id, ready, queue)
         pipe = self.jobqueue.redis.pipeline(transaction=False)
         self.jobqueue.record_job(pipe, ready)
         pipe.execute()
@@ -125,8 +137,12 @@ class Client:
             out.update({k: info[k] for k in ("phase", "step", "steps") if k in info})
         elif state is JobState.FAILED:
             out["error"] = f"{type(info).__name__}: {info}"
-        elif state is JobState.SUCCEEDED and isinstance(info, dict):
-            out["result"] = info
+        elif state is JobState.SUCCEEDED:
+            problem = result_problem(info, job_id)
+            if problem is None:
+                out["result"] = info
+            else:  # forged or damaged: not a clip, and nothing that shows it may crash
+                out.update(state=JobState.FAILED, error=invalid_record_error(problem))
         if state is JobState.QUEUED and not self.jobqueue.redis.exists(job_key(job_id)):
             # Redis has no record of it (never submitted, or expired): result.json decides.
             stored = self.jobqueue.stored_result(job_id)
@@ -136,6 +152,16 @@ class Client:
                 out.update(state=JobState.UNKNOWN)
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
+        elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
+            raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
+            with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out
+                if raw:
+                    out["callback"] = dict(json.loads(raw))
+        elif out["state"] is JobState.RETRYING:  # waiting out a transient fault: say which
+            fields = self.jobqueue.redis.hmget(job_key(job_id), WAITING, NEXT_TRY_AT)
+            note = waiting_note(*fields)
+            if note:
+                out["waiting_for"] = note
         return out
 
     def _consumers_note(self, job_id: str) -> dict[str, str]:

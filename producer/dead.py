@@ -32,7 +32,14 @@ def retry_dead(client: Client, job_id: str) -> JobHandle:
             f"job {job_id!r} is not on the dead-letter list; `svdq dead list` shows those that are",
             field="job_id",
         )
-    spec = JobSpec.from_dict(json.loads(raw)["spec"])
+    record = json.loads(raw)
+    if "spec" not in record:  # a message set aside unread (worker/intake.py): no job to run
+        raise InvalidJobError(
+            f"{job_id!r} is a message no worker could read, not a job, so it cannot be "
+            f"retried ({record.get('reason')}): fix its sender and send the job again",
+            field="job_id",
+        )
+    spec = JobSpec.from_dict(record["spec"])
     # Forget the old attempts first, so the new delivery is number 1, not number 4.
     redis.delete(deliveries_key(job_id), generations_key(job_id), lease_key(job_id))
     # Off the list before it is queued: a worker refuses a job it finds on the list.

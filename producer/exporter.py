@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from svdq.producer.stats import snapshot
@@ -30,7 +30,7 @@ class FleetCollector(Collector):
     def __init__(self, redis: Any) -> None:
         self.redis = redis
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         up = GaugeMetricFamily("svdq_exporter_redis_up", "1 if the last Redis read worked")
         try:
             snap = snapshot(self.redis)
@@ -44,7 +44,7 @@ class FleetCollector(Collector):
         yield from families(snap)
 
 
-def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     """The metric families for one snapshot (see producer.stats.snapshot)."""
     depth = GaugeMetricFamily(
         "svdq_queue_depth",
@@ -104,6 +104,14 @@ def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
     for state, n in snap["batches"].items():
         batches.add_metric([state], float(n))
     yield batches
+    callbacks = CounterMetricFamily(
+        "svdq_callbacks",
+        "Result callbacks ended, by outcome (gave_up: refused, or out of retries)",
+        labels=["outcome"],
+    )
+    for outcome, n in snap.get("callbacks", {}).items():
+        callbacks.add_metric([outcome], float(n))
+    yield callbacks
 
 
 def registry_for(redis: Any) -> CollectorRegistry:
@@ -113,15 +121,18 @@ def registry_for(redis: Any) -> CollectorRegistry:
     return registry
 
 
-def serve(redis_url: str, port: int = DEFAULT_PORT, once: bool = False) -> int:
-    """Serve /metrics on `port` until interrupted; with `once`, print one scrape and return."""
+def serve(
+    redis_url: str, port: int = DEFAULT_PORT, once: bool = False, host: str = "127.0.0.1"
+) -> int:
+    """Serve /metrics on `host`:`port` until interrupted; with `once`, print one scrape and
+    return."""
     import redis as redis_lib
 
     registry = registry_for(redis_lib.Redis.from_url(redis_url, socket_timeout=5))
     if once:
         print(generate_latest(registry).decode(), end="")
         return 0
-    start_http_server(port, registry=registry)
-    print(f"svdq exporter on http://0.0.0.0:{port}/metrics", file=sys.stderr, flush=True)
+    start_http_server(port, addr=host, registry=registry)
+    print(f"svdq exporter on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     while True:
         time.sleep(3600)

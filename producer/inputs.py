@@ -1,13 +1,15 @@
 """Turning what a user names as `image` into an object in the store, checked first.
 
 `resolve_input` reads and checks the image (a local file, an object already in the store, or
-an https:// URL where those are allowed); `store_input` (Client.prepare) also uploads it.
-Bulk submission resolves rows with the same function and uploads in its own threads.
+an https:// URL where those are allowed); `store_input` (Client.prepare) also uploads it, with
+`put_input`, which replaces an object at the content address whose checksum does not match.
+Bulk submission resolves rows with the same functions and uploads in its own threads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 from svdq.shared.constants import input_key
@@ -17,6 +19,8 @@ from svdq.shared.inputs import content_type, read_local, read_stored
 from svdq.shared.net import fetch_https
 from svdq.shared.settings import Settings
 from svdq.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 URLS_OFF = (
     "URL inputs are not enabled here (SVDQ_ALLOW_URLS=1 turns https:// on); download the "
@@ -81,8 +85,36 @@ def resolve_input(
 def store_input(image: str, store: ObjectStore, settings: Settings) -> StoredInput:
     """Check the image and make sure it is in the store under inputs/<sha256>.<ext>."""
     found = resolve_input(image, store, settings, None if settings.allow_urls else URLS_OFF)
-    existed = store.put_if_absent(found.key, found.data, content_type(found.key))
+    existed = put_input(store, found.key, found.data)
     return StoredInput(store.uri(found.key), found.sha256, found.info, uploaded=not existed)
+
+
+def put_input(store: ObjectStore, key: str, data: bytes) -> bool:
+    """Store `data` at its content address `key` (inputs/<sha256>.<ext>); return whether the
+    same bytes were there already.
+
+    An object already at the key is trusted only if its recorded sha256 (the metadata every
+    svdq write sets; ObjectStore.head, no download) and its size match `data`. Anything else
+    there (overwritten by hand, written by another tool without the metadata) is replaced:
+    otherwise every later job naming this key would run on whatever is there, or fail in the
+    worker's hash check for good.
+    """
+    if not store.put_if_absent(key, data, content_type(key)):
+        return False
+    sha = hashlib.sha256(data).hexdigest()
+    found = store.head(key)
+    if found is not None and found.sha256 == sha and found.size == len(data):
+        return True
+    log.warning(
+        "input %s held other bytes (sha256 %s, %s bytes; expected %s, %d bytes): uploaded again",
+        key,
+        found.sha256 if found else "-",
+        found.size if found else "-",
+        sha,
+        len(data),
+    )
+    store.put_bytes(key, data, content_type(key))
+    return False
 
 
 def _bucket(settings: Settings) -> str:

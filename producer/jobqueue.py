@@ -10,17 +10,21 @@ around), so none of them needs the `Client` that uses them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
-from svdq.shared.constants import cancel_key, job_key, queue_for, result_key
+from svdq.shared.constants import cancel_key, job_key, queue_for
+from svdq.shared.records import read_result, result_problem
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
-from svdq.shared.storage import ObjectNotFoundError, ObjectStore
+from svdq.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,17 @@ class JobQueue:
         raw = self.redis.hget(job_key(job_id), "spec")
         return JobSpec.from_dict(json.loads(raw)) if raw else None
 
-    def stored_result(self, job_id: str) -> dict[str, Any] | None:
-        """The job's result.json, or None when it has none (not done, or never run here)."""
-        spec = self.job_spec(job_id)
-        try:
-            data = self.store.get_bytes(result_key(job_id, spec.output_prefix if spec else None))
-        except ObjectNotFoundError:
-            return None
-        return dict(json.loads(data))
+    def stored_result(self, job_id: str, output_prefix: str | None = None) -> dict[str, Any] | None:
+        """The job's result.json, or None when it has none (not done, or never run here) or
+        one that is not valid (shared/records.py: logged, and left for the worker that runs
+        the job again to set aside). `output_prefix` defaults to the submitted spec's."""
+        if output_prefix is None:
+            spec = self.job_spec(job_id)
+            output_prefix = spec.output_prefix if spec else None
+        record, problem = read_result(self.store, job_id, output_prefix)
+        if problem is not None:
+            log.warning("job %s: result.json ignored, not valid: %s", job_id, problem)
+        return record
 
     def peek(self, job_ids: list[str]) -> list[dict[str, Any]]:
         """States of many jobs in one pipelined round trip: state (a JobState), result or error,
@@ -125,8 +132,8 @@ def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> di
     if meta.get("date_done"):  # when a final state was stored (ISO 8601, UTC)
         entry["ended_at"] = str(meta["date_done"])
     result = meta.get("result")
-    if state is JobState.SUCCEEDED and isinstance(result, dict):
-        entry["result"] = result
+    if state is JobState.SUCCEEDED:
+        _succeeded(entry, job_id, result)
     elif state is JobState.FAILED and isinstance(result, dict):
         message = result.get("exc_message")
         if isinstance(message, list):  # Celery stores the exception's args
@@ -135,3 +142,21 @@ def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> di
     elif state is JobState.RUNNING and isinstance(result, dict):
         entry.update({k: result[k] for k in ("phase", "step", "steps") if k in result})
     return entry
+
+
+def _succeeded(entry: dict[str, Any], job_id: str, result: Any) -> None:
+    """A SUCCESS Celery stored: its result when that is a valid record, else a failure saying
+    why (a forged or damaged state must not crash whoever shows it, nor pass for a clip)."""
+    problem = result_problem(result, job_id)
+    if problem is None:
+        entry["result"] = result
+    else:
+        entry.update(state=JobState.FAILED, error=invalid_record_error(problem))
+
+
+def invalid_record_error(problem: str) -> str:
+    """The error shown for a job whose stored result record cannot be believed."""
+    return (
+        f"InvalidResultRecord: the stored result record is not valid ({problem}); "
+        "submit the job again with --force to regenerate it"
+    )

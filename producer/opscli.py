@@ -12,6 +12,7 @@ from svdq.producer.dead import dead_jobs, describe, retry_dead
 from svdq.producer.demo import run_demo
 from svdq.producer.doctor import run_doctor
 from svdq.producer.exporter import serve
+from svdq.producer.services import require
 from svdq.producer.stats import print_stats
 from svdq.shared.settings import Settings
 
@@ -35,6 +36,11 @@ def add_exporter(sub: Any) -> None:
     """`svdq exporter [--port N] [--once]`."""
     exporter = sub.add_parser("exporter", help="serve queue metrics to Prometheus")
     exporter.add_argument("--port", type=int, default=9800, help="HTTP port (default 9800)")
+    exporter.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default SVDQ_METRICS_HOST: 127.0.0.1; 0.0.0.0 in a container)",
+    )
     exporter.add_argument("--once", action="store_true", help="print one scrape and exit")
     exporter.set_defaults(handler=cmd_exporter)
 
@@ -66,12 +72,18 @@ def add_demo(sub: Any) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Queues, workers, throughput and failures, once or every --watch seconds."""
-    return print_stats(Settings.from_env().redis_url, args.json, args.watch)
+    settings = Settings.from_env()
+    require(settings, store=False)  # Redis down: one sentence, exit 1
+    return print_stats(settings.redis_url, args.json, args.watch)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    """Serve the same numbers to Prometheus."""
-    return serve(Settings.from_env().redis_url, args.port, once=args.once)
+    """Serve the same numbers to Prometheus, once Redis answers (a scrape during a later
+    outage reports svdq_exporter_redis_up 0)."""
+    settings = Settings.from_env()
+    require(settings, store=False)
+    host = args.host or settings.metrics_host
+    return serve(settings.redis_url, args.port, once=args.once, host=host)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

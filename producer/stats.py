@@ -169,6 +169,12 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
         "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "dead_letter": int(redis.hlen(constants.DEAD_LETTER_KEY)),
         "batches": batches(redis),
+        # Callbacks ended so far, by outcome (worker/callback_worker.record), both always shown.
+        "callbacks": {
+            "delivered": 0,
+            "gave_up": 0,
+            **{_text(k): int(v) for k, v in redis.hgetall(constants.CALLBACKS_KEY).items()},
+        },
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.services import require
 from svdq.shared import formats, variants
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import Settings
@@ -123,8 +124,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """One supervised worker per GPU (worker.launch)."""
-    return int(_worker_side("svdq.worker.launch", "launch")(args))
+    """One supervised worker per GPU (worker.launch), once Redis and the store answer."""
+    launch = _worker_side("svdq.worker.launch", "launch")  # what is missing is said first
+    require(Settings.from_env())  # down: a sentence and exit 1, not Celery retrying forever
+    return int(launch(args))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -142,5 +145,6 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_callbacks(args: argparse.Namespace) -> int:
     """Become the callback consumer (worker.callback_worker): POSTs, no GPU, no torch."""
+    require(Settings.from_env(), store=False)  # it needs Redis only
     launch = _worker_side("svdq.worker.callback_worker", "launch", needs=())
     return int(launch(args.concurrency, args.name))

@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, queue_for
+from svdq.shared.errors import InvalidJobError
 from svdq.shared.limits import time_limits
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
@@ -65,7 +66,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        result_extended=True,
+        # Not result_extended: it would keep the task's arguments (the whole spec, metadata and
+        # all) in every job's celery-task-meta for result_expires; the result record has the
+        # spec already, and Flower reads arguments from the task-received event.
+        result_extended=False,
         result_expires=settings.result_expires,
         # Defaults for messages that carry none; the producer sends per-variant limits.
         task_time_limit=time_limits("auto", settings)[1],
@@ -107,7 +111,13 @@ def make_celery(settings: Settings) -> Celery:
 def send_job(app: Celery, spec: JobSpec, settings: Settings) -> str:
     """Publish one ready job (variant, seed and id filled in) on its variant's queue, with its
     priority and per-variant time limits; return the queue's name."""
-    assert spec.job_id and spec.variant
+    if not spec.job_id or not spec.variant:
+        missing = "job_id" if not spec.job_id else "variant"
+        raise InvalidJobError(
+            f"{missing} is missing: a job is sent only once prepared (Client.prepare fills in "
+            "the variant, seed and job id)",
+            field=missing,
+        )
     queue = queue_for(spec.variant)
     # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
     soft, hard = time_limits(spec.variant, settings)

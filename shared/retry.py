@@ -1,9 +1,35 @@
-"""The one backoff formula, and the one retry loop built on it.
+"""The one backoff formula, the one retry loop built on it, and the retry policy of every kind
+of fault, in one place.
 
 Every wait svdq computes before trying again comes from `compute_backoff` (as every wait in
 dramatiq comes from `common.compute_backoff`): a job's transient fault sent back to the queue,
 an upload retried inside a job, a callback POST retried by `svdq callbacks`, a worker process
 restarted by the supervisor. They differ only in their base, their cap and whether they jitter.
+
+One policy per kind of fault (fault → who retries, how → until when):
+
+- one S3 request fails (refused, 5xx, SlowDown, time-out) → botocore's "standard" retry mode,
+  inside the request → 5 attempts (shared/storage/s3.py), then StorageUnavailable;
+- an output upload fails → `with_retries`, in place, the frames kept → 5 tries, then the
+  job's rule below;
+- the store or the network fails a job (input fetch, marker check, upload: any
+  TransientError) → the job goes back on its queue after `transient_wait` (SVDQ_RETRY_BACKOFF
+  doubling, capped at SVDQ_RETRY_BACKOFF_MAX, jittered), shown by `svdq status` as "waiting:
+  storage unavailable, next try in 40 s" → SVDQ_TRANSIENT_BUDGET seconds from its first
+  fault, then the dead-letter list; never counted against SVDQ_MAX_DELIVERIES;
+- Redis goes away mid-job → Celery reconnects and the unacknowledged message comes back after
+  the visibility timeout → the attempt is closed as transient if Redis answers again at once,
+  else the next delivery counts it as lost;
+- a process dies with its job (killed, host out of memory, segfault) → redelivery (visibility
+  timeout, or the reaper) → SVDQ_MAX_DELIVERIES deliveries, then the dead-letter list;
+- bad input, a time limit, out of memory on the last profile → never retried;
+- a callback POST fails → `svdq callbacks`, compute_backoff from SVDQ_CALLBACK_BACKOFF, no
+  jitter → SVDQ_CALLBACK_RETRIES;
+- a worker process exits at start → the supervisor, compute_backoff, no jitter → no end.
+
+Transient faults have a budget of their own because they say nothing about the job: an S3
+outage of ten minutes must not dead-letter every job that started during it, while a job that
+kills its worker three times must stop.
 """
 
 from __future__ import annotations
@@ -19,6 +45,10 @@ from svdq.shared.errors import TransientError
 from svdq.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Fields of a job's record (shared.constants.job_key) saying why a retrying job waits, and
+# until when (epoch seconds): written by the worker, read by `svdq status`.
+WAITING, NEXT_TRY_AT = "waiting", "next_try_at"
 
 # 2**60 × any sane base is already beyond every cap; stops the power from overflowing a float.
 _MAX_EXPONENT = 60
@@ -68,3 +98,32 @@ def with_retries(
             )
             sleep(wait)
     raise AssertionError("not reached")
+
+
+def transient_wait(
+    tries: int, first_fault_at: float, settings: Settings, now: float | None = None
+) -> float | None:
+    """Seconds before a job that met its `tries`-th transient fault (the first at
+    `first_fault_at`, epoch seconds) runs again; None when SVDQ_TRANSIENT_BUDGET is spent.
+
+    The wait never reaches past the budget's end by more than one backoff step: the last try
+    falls inside it."""
+    now = time.time() if now is None else now
+    left = first_fault_at + settings.transient_budget - now
+    if left <= 0:
+        return None
+    return min(compute_backoff(tries, settings.retry_backoff, settings.retry_backoff_max), left)
+
+
+def waiting_note(waiting: Any, next_try_at: Any, now: float | None = None) -> str | None:
+    """What `svdq status` says of a job waiting out a transient fault ("waiting: storage
+    unavailable, next try in 40 s"), from its record's WAITING and NEXT_TRY_AT fields; None
+    when they are missing or unreadable."""
+    try:
+        what = waiting.decode() if isinstance(waiting, bytes) else str(waiting)
+        left = float(next_try_at) - (time.time() if now is None else now)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+    if waiting is None:
+        return None
+    return f"waiting: {what}, next try in {max(0, round(left))} s"

@@ -9,7 +9,9 @@ start-up naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_TASK_TIME_LIMIT": ("3600", "seconds a job may run before it is killed"),
     "SVDQ_RESULT_EXPIRES": ("604800", "seconds task states are kept in Redis"),
     "SVDQ_LOG_LEVEL": ("INFO", "worker log level"),
+    "SVDQ_METRICS_HOST": (
+        "127.0.0.1",
+        "address the worker's /metrics and `svdq exporter` listen on; 0.0.0.0 in containers "
+        "(compose and Kubernetes set it) so Prometheus can reach them",
+    ),
     "SVDQ_METRICS_PORT": (
         "9810",
         "worker Prometheus port; the worker for GPU i serves on this + i",
@@ -49,11 +56,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
     "SVDQ_RETRY_BACKOFF": ("2", "first wait in seconds before a transient fault is retried"),
     "SVDQ_RETRY_BACKOFF_MAX": ("120", "longest wait in seconds between transient retries"),
+    "SVDQ_TRANSIENT_BUDGET": (
+        "900",
+        "seconds a job keeps retrying transient faults (store, Redis) before it is "
+        "dead-lettered; these retries never use up SVDQ_MAX_DELIVERIES",
+    ),
     "SVDQ_RESTORE_INTERVAL": ("60", "seconds between scans that requeue jobs of dead workers"),
     "SVDQ_URL_TIMEOUT": ("20", "seconds an https:// input download may take in all"),
     "SVDQ_CALLBACK_SECRET": ("", "key for the HMAC-SHA256 signature on result callbacks"),
     "SVDQ_CALLBACK_RETRIES": ("8", "times a failed result callback is retried"),
     "SVDQ_CALLBACK_BACKOFF": ("2", "first wait in seconds before a callback retry (doubles)"),
+    "SVDQ_CALLBACK_TIMEOUT": ("10", "seconds one callback POST may take in all, answer included"),
     "SVDQ_CALLBACK_NETWORKS": (
         "private",
         "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
@@ -143,16 +156,19 @@ class Settings:
     task_time_limit: int
     result_expires: int
     log_level: str
+    metrics_host: str
     metrics_port: int
     lease_ttl: int
     max_deliveries: int
     retry_backoff: int
     retry_backoff_max: int
+    transient_budget: int
     restore_interval: int
     url_timeout: int
     callback_secret: str  # only `svdq callbacks` needs it
     callback_retries: int
     callback_backoff: int
+    callback_timeout: int
     callback_networks: str
     worker: WorkerSettings
 
@@ -191,16 +207,19 @@ class Settings:
                 get("SVDQ_LOG_LEVEL").upper(),
                 ("DEBUG", "INFO", "WARNING", "ERROR"),
             ),
+            metrics_host=_listen_host(get("SVDQ_METRICS_HOST")),
             metrics_port=integer("SVDQ_METRICS_PORT"),
             lease_ttl=integer("SVDQ_LEASE_TTL"),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
             retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),
+            transient_budget=integer("SVDQ_TRANSIENT_BUDGET"),
             restore_interval=integer("SVDQ_RESTORE_INTERVAL"),
             url_timeout=integer("SVDQ_URL_TIMEOUT"),
             callback_secret=get("SVDQ_CALLBACK_SECRET"),
             callback_retries=integer("SVDQ_CALLBACK_RETRIES"),
             callback_backoff=integer("SVDQ_CALLBACK_BACKOFF"),
+            callback_timeout=integer("SVDQ_CALLBACK_TIMEOUT"),
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),
@@ -269,6 +288,21 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not allowed: one of {', '.join(allowed)}")
     return value
+
+
+def _listen_host(value: str) -> str:
+    """An address to listen on: an IP literal (0.0.0.0, ::, 127.0.0.1) or a host name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", value):
+        return value
+    raise ConfigError(
+        f"SVDQ_METRICS_HOST={value!r} is not allowed: an IP address or host name to listen "
+        "on, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, in a container)"
+    )
 
 
 def _bool(name: str, value: str) -> bool:

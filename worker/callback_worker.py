@@ -8,52 +8,84 @@ X-Svdq-Signature header: sha256=HMAC-SHA256(secret, body), hex).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from celery import Task
 
 from svdq.shared.celery_app import make_celery
-from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
+from svdq.shared.constants import (
+    CALLBACK_FIELD,
+    CALLBACKS_KEY,
+    QUEUE_CALLBACKS,
+    TASK_CALLBACK,
+    job_key,
+)
 from svdq.shared.errors import CallbackRefused, ConfigError
 from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
+from svdq.worker.brokerguard import transport_for
 from svdq.worker.callbacks import check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
 app = make_celery(settings)
-TIMEOUT = 10.0  # seconds one POST may take; a slow receiver costs a thread here, no GPU
+app.conf.worker_consumer = "svdq.worker.intake:Consumer"  # unreadable messages set aside
+app.conf.broker_transport = transport_for(settings.redis_url)  # and unreadable queue items
 
 
 @app.task(name=TASK_CALLBACK, bind=True, acks_late=True, max_retries=None)
 def deliver_callback(self: Task, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """POST `payload` to `url`; retry on 5xx, 408, 425, 429 and network errors."""
+    """POST `payload` to `url`; retry on 5xx, 408, 425, 429, network errors and a POST past
+    SVDQ_CALLBACK_TIMEOUT in all. How it ended is recorded (`record`)."""
     attempt = self.request.retries + 1
+    job_id = str(payload.get("job_id", ""))
+    end: dict[str, Any] = {"url": url, "attempts": attempt}
     try:
         check_destination(url, settings.callback_networks)
-        status = post(url, payload, settings.callback_secret, attempt, TIMEOUT)
+        status = post(url, payload, settings.callback_secret, attempt, settings.callback_timeout)
         problem = f"HTTP {status}"
     except CallbackRefused as exc:
-        log.error("callback for %s not sent: %s", payload.get("job_id"), exc)
-        return {"url": url, "status": 0, "attempts": attempt, "gave_up": True, "error": str(exc)}
-    except OSError as exc:  # refused, reset, timed out, DNS
+        log.error("callback for %s not sent: %s", job_id, exc)
+        return record(job_id, {**end, "status": 0, "gave_up": True, "error": str(exc)})
+    except OSError as exc:  # refused, reset, timed out (past the deadline too), DNS
         status, problem = 0, f"{type(exc).__name__}: {exc}"
+    end.update(status=status)
     if 200 <= status < 300:
-        log.info("callback for %s delivered (attempt %d)", payload.get("job_id"), attempt)
-        return {"url": url, "status": status, "attempts": attempt}
+        log.info("callback for %s delivered (attempt %d)", job_id, attempt)
+        return record(job_id, end)
     if status and not should_retry(status):
-        log.warning("callback for %s refused: %s; not retried", payload.get("job_id"), problem)
-        return {"url": url, "status": status, "attempts": attempt, "gave_up": True}
+        log.warning("callback for %s refused: %s; not retried", job_id, problem)
+        return record(job_id, {**end, "gave_up": True, "error": problem})
     if self.request.retries >= settings.callback_retries:
-        log.error("callback for %s failed %d times: %s", payload.get("job_id"), attempt, problem)
-        return {"url": url, "status": status, "attempts": attempt, "gave_up": True}
+        log.error("callback for %s failed %d times: %s", job_id, attempt, problem)
+        return record(job_id, {**end, "gave_up": True, "error": problem})
     # Doubling from SVDQ_CALLBACK_BACKOFF, no jitter: one receiver, one queue of its own.
     wait = compute_backoff(attempt, settings.callback_backoff, jitter=False)
-    log.warning("callback for %s: %s; retry in %ss", payload.get("job_id"), problem, wait)
+    log.warning("callback for %s: %s; retry in %ss", job_id, problem, wait)
     raise self.retry(countdown=wait)
+
+
+def record(job_id: str, end: dict[str, Any]) -> dict[str, Any]:
+    """Record how a job's callback ended: on the job's record (`svdq status` shows it) and in
+    the fleet's count by outcome (svdq_callbacks_total in `svdq exporter`). Never raises: the
+    callback's end stands even if Redis cannot hear of it."""
+    outcome = "gave_up" if end.get("gave_up") else "delivered"
+    try:
+        redis = app.backend.client
+        pipe = redis.pipeline(transaction=False)
+        if job_id:
+            pipe.hset(job_key(job_id), CALLBACK_FIELD, json.dumps({**end, "at": time.time()}))
+            pipe.expire(job_key(job_id), settings.result_expires)
+        pipe.hincrby(CALLBACKS_KEY, outcome, 1)
+        pipe.execute()
+    except Exception as exc:
+        log.warning("callback for %s %s, not recorded: %s", job_id, outcome, exc)
+    return end
 
 
 def consumer_argv(concurrency: int, name: str) -> list[str]:

@@ -10,15 +10,16 @@ No torch here: the callback consumer imports this module too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import socket
+import threading
 import traceback
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,39 +101,62 @@ def check_destination(url: str, networks: str) -> None:
             )
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is answered as its own status, never followed: a receiver that moved
-    must be given its new URL, and a redirect must not carry the POST somewhere else."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
 def post(url: str, payload: dict[str, Any], secret: str, attempt: int, timeout: float) -> int:
-    """POST the payload, signed; return the HTTP status (network errors raise OSError).
-    Redirects are not followed: a 3xx comes back as the status."""
+    """POST the payload, signed; return the HTTP status. Network errors, and a POST that has
+    not had its answer's status line and headers within `timeout` seconds *in all*, raise
+    OSError (TimeoutError for the latter). Redirects are not followed: a 3xx is the status.
+
+    The deadline is for the whole POST, not each socket read: http.client's timeout (like
+    urllib's) is handed to the socket (`socket.create_connection(..., self.timeout)` in
+    HTTPConnection.connect) and applies to every recv on its own, so a receiver that dribbles
+    a byte every few seconds would hold this thread for as long as it likes. A timer shuts the
+    socket down at the deadline instead; a blocked recv then returns at once.
+    """
     body = encode(payload)
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "svdq-callback/1",
-            CALLBACK_SIGNATURE_HEADER: signature(secret, body),
-            "X-Svdq-Job-Id": str(payload.get("job_id", "")),
-            "X-Svdq-Status": str(payload.get("status", "")),
-            "X-Svdq-Attempt": str(attempt),
-        },
-    )
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname or "", parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, cut)
+    timer.daemon = True
+    timer.start()
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        conn.connect()  # bounded by `timeout` itself (one connect)
+        if expired.is_set():
+            raise TimeoutError(f"callback POST to {url[:100]} took over {timeout:g}s in all")
+        conn.request(
+            "POST",
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "svdq-callback/1",
+                CALLBACK_SIGNATURE_HEADER: signature(secret, body),
+                "X-Svdq-Job-Id": str(payload.get("job_id", "")),
+                "X-Svdq-Status": str(payload.get("status", "")),
+                "X-Svdq-Attempt": str(attempt),
+            },
+        )
+        return int(conn.getresponse().status)
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(
+                f"callback POST to {url[:100]} took over {timeout:g}s in all; cut off"
+            ) from exc
+        if isinstance(exc, OSError):
+            raise
+        raise ConnectionError(f"callback receiver answered badly: {exc!r:.200}") from exc
+    finally:
+        timer.cancel()
+        conn.close()
 
 
 def should_retry(status: int) -> bool:

@@ -5,16 +5,19 @@ Order, for every delivery Celery hands us:
 1. dead-lettered already → refuse, never run (`svdq dead retry` brings it back);
 2. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
    it: come back later without counting a delivery;
-3. result.json exists → return the recorded result, no GPU touched (the commit marker);
+3. result.json exists → return the recorded result, no GPU touched (the commit marker); the
+   store failing to answer is a transient fault of this delivery (step 5's rule), not an end;
 4. count the delivery in Redis (Celery's retry count never sees a killed process); an attempt
    left open by an earlier delivery was lost with its process and gets that reason; past
    `SVDQ_MAX_DELIVERIES` the job goes to the dead-letter list with every attempt;
 5. run; close the attempt with its outcome. Transient faults retry with exponential backoff and
-   jitter, bad input and time-outs fail at once.
+   jitter on a time budget of their own, not counted as deliveries (shared/retry.py has every
+   fault's policy); bad input and time-outs fail at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key
+from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, job_key
 from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
@@ -35,15 +38,19 @@ from svdq.shared.errors import (
     JobTimeoutError,
     LeaseBusy,
     RetryLater,
+    SvdqError,
     TransientError,
 )
-from svdq.shared.retry import compute_backoff
+from svdq.shared.retry import NEXT_TRY_AT, WAITING, transient_wait
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
+from svdq.shared.storage import StorageUnavailable
 from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
+TRANSIENT = "transient: "  # how the reason of an attempt ended by a transient fault starts
+SUCCEEDED = "succeeded"  # the reason of an attempt that ended with the job done
 LOST = "worker lost during this attempt (process killed or crashed)"
 # Errors that mean the broker/backend connection dropped, not that the job is bad.
 BROKER_LOST = (RedisConnectionError, RedisTimeoutError, OperationalError)
@@ -59,6 +66,16 @@ class Counts(Protocol):
 
 def _now() -> float:
     return round(time.time(), 3)
+
+
+def _ended(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt ended its run: failed for good, or succeeded."""
+    return bool(attempt.get("final")) or attempt.get("reason") == SUCCEEDED
+
+
+def _transient_end(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt ended with a transient fault (not counted as a delivery)."""
+    return str(attempt.get("reason") or "").startswith(TRANSIENT)
 
 
 def attempts(redis: Any, job_id: str) -> list[dict[str, Any]]:
@@ -99,7 +116,13 @@ class Attempt:
             if entry.get("reason") is None:
                 entry.update(reason=LOST, ended_at=None)
                 redis.lset(key, index, json.dumps(entry))
-        self.entry = {"worker": worker, "pid": os.getpid(), "started_at": _now(), "reason": None}
+        self.started_at = _now()
+        self.entry = {
+            "worker": worker,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "reason": None,
+        }
         self.number = int(redis.rpush(key, json.dumps(self.entry)))
         self.entry["n"] = self.number
         redis.lset(key, self.number - 1, json.dumps(self.entry))
@@ -140,7 +163,13 @@ def deliver(
     with lease:
         # Looked for under the lease, so no other delivery can be writing it right now. One
         # look, not two: each costs a round trip to the store on every job.
-        recorded = done()
+        marker_fault: TransientError | None = None
+        try:
+            recorded = done()
+        except TransientError as exc:
+            # The store could not say whether the job is done: not the job's fault, and not an
+            # answer either. Recorded as a delivery and retried like any transient fault.
+            marker_fault, recorded = exc, None
         if recorded is not None:
             log.info("job %s already done: returning the recorded result", job_id)
             return recorded
@@ -152,20 +181,31 @@ def deliver(
             # Past the visibility timeout no copy can be in flight: a new submission runs.
             raise AlreadyFailedError(f"job {job_id} already failed: {ended[-1]['reason']}")
         history = attempts(redis, job_id)
-        # Deliveries count from the last final outcome: an earlier submission's attempts
-        # (failed for good, long ago) do not use up this one's budget.
-        since = max((i + 1 for i, a in enumerate(history) if a.get("final")), default=0)
+        # Deliveries count from the last end, failed for good or succeeded: an earlier
+        # submission's attempts do not use up this one's budget (a job run again after an
+        # invalid result.json or with --force is a new run, not a redelivery).
+        since = max((i + 1 for i, a in enumerate(history) if _ended(a)), default=0)
         attempt = Attempt(redis, job_id, settings.result_expires, worker)
-        count = attempt.number - since
+        this_run = attempts(redis, job_id)[since:]
+        # Transient faults have a budget of their own (shared/retry.py): they do not count.
+        count = sum(1 for a in this_run if not _transient_end(a))
+        faults = [a for a in this_run if _transient_end(a)]
+        first_fault_at = float(faults[0]["started_at"]) if faults else attempt.started_at
+        tries = len(faults) + 1
         if count > settings.max_deliveries:
             reason = f"{count - 1} deliveries, none finished: " + "; ".join(
                 f"#{a.get('n')} on {a.get('worker')}: {a.get('reason')}"
-                for a in attempts(redis, job_id)[since:-1]
+                for a in this_run[:-1]
+                if not _transient_end(a)
             )
             attempt.close("not run: too many deliveries")
             dead_letter(redis, spec, reason, settings.result_expires)
             counts.dead_lettered("deliveries")
             raise DeadLetteredError(f"job {job_id} dead-lettered after {reason}")
+        if marker_fault is not None:
+            raise _transient(
+                redis, spec, settings, attempt, (tries, first_fault_at), marker_fault, counts
+            ) from marker_fault
         redis.incr(generations_key(job_id))
         redis.expire(generations_key(job_id), settings.result_expires)
         try:
@@ -181,24 +221,19 @@ def deliver(
             attempt.close(f"invalid: {exc}", final=True)
             raise
         except TransientError as exc:
-            reason = f"transient: {exc}"
-            attempt.close(reason, final=count >= settings.max_deliveries)
-            if count >= settings.max_deliveries:
-                dead_letter(redis, spec, reason, settings.result_expires)
-                counts.dead_lettered("transient")
-                raise DeadLetteredError(
-                    f"job {job_id} dead-lettered after {count} attempts: {reason}"
-                ) from exc
-            wait = compute_backoff(count, settings.retry_backoff, settings.retry_backoff_max)
-            raise RetryLater(reason, wait) from exc
+            raise _transient(
+                redis, spec, settings, attempt, (tries, first_fault_at), exc, counts
+            ) from exc
         except (SystemExit, KeyboardInterrupt):
             # The process is being stopped (terminated by Celery, shut down): not the job's
             # fault. The attempt stays open; the next delivery records it as lost.
             raise
         except BROKER_LOST as exc:
-            # Redis went away mid-job: nothing can be recorded now, and the message is still
-            # unacknowledged, so it comes back (visibility timeout). Reject without a FAILURE
-            # state; this attempt stays open and the next delivery records it as lost.
+            # Redis went away mid-job: the message is still unacknowledged, so it comes back
+            # (visibility timeout). Reject without a FAILURE state. A transient fault, if
+            # Redis answers again now to record it so; else the next delivery counts it lost.
+            with contextlib.suppress(Exception):
+                attempt.close(f"{TRANSIENT}Redis connection lost: {exc}")
             log.warning(
                 "job %s: Redis connection lost (%s); the job will be redelivered", job_id, exc
             )
@@ -206,5 +241,38 @@ def deliver(
         except BaseException as exc:
             attempt.close(f"failed: {type(exc).__name__}: {exc}", final=True)
             raise
-        attempt.close("succeeded")
+        attempt.close(SUCCEEDED)
         return result
+
+
+def _transient(
+    redis: Any,
+    spec: JobSpec,
+    settings: Settings,
+    attempt: Attempt,
+    streak: tuple[int, float],
+    exc: TransientError,
+    counts: Counts,
+) -> SvdqError:
+    """Close `attempt` after a transient fault (in the run, or while looking for result.json)
+    and say what comes next: RetryLater after a backoff, recorded on the job's record for
+    `svdq status`, or DeadLetteredError once SVDQ_TRANSIENT_BUDGET is spent. `streak`: this
+    fault's number since the job's last end, and when the first of them began."""
+    tries, first_fault_at = streak
+    reason = f"{TRANSIENT}{exc}"
+    wait = transient_wait(tries, first_fault_at, settings)
+    if wait is None:
+        attempt.close(reason, final=True)
+        spent = f"{time.time() - first_fault_at:.0f}s"
+        why = f"transient faults for {spent} (SVDQ_TRANSIENT_BUDGET={settings.transient_budget}s)"
+        dead_letter(redis, spec, f"{why}; last: {exc}", settings.result_expires)
+        counts.dead_lettered("transient")
+        return DeadLetteredError(f"job {spec.job_id} dead-lettered after {why}; last: {exc}")
+    attempt.close(reason)
+    waiting = "storage unavailable" if isinstance(exc, StorageUnavailable) else "transient fault"
+    assert spec.job_id
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(job_key(spec.job_id), mapping={WAITING: waiting, NEXT_TRY_AT: time.time() + wait})
+    pipe.expire(job_key(spec.job_id), settings.result_expires)
+    pipe.execute()
+    return RetryLater(reason, wait)

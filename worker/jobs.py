@@ -12,14 +12,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
-from svdq.shared import formats
+from svdq.shared import formats, records
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
+from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
-from svdq.shared.inputs import read_stored
+from svdq.shared.inputs import addressed_sha256, read_stored
 from svdq.shared.retry import with_retries
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobResult, JobSpec
-from svdq.shared.storage import ObjectNotFoundError, ObjectStore
+from svdq.shared.storage import ObjectStore
 from svdq.worker import engine, export, stepdown
 from svdq.worker.models import LoadedModel
 
@@ -32,18 +33,40 @@ def now() -> str:
 
 
 def existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
-    """The recorded result if this job already finished (result.json is the commit marker)."""
+    """The recorded result if this job already finished (result.json is the commit marker).
+
+    Only a valid marker counts (shared/records.py): an invalid one is set aside, logged, and
+    the job runs again. Called under the job's lease, so no other delivery is writing it."""
     assert spec.job_id
-    try:
-        return dict(json.loads(store.get_bytes(result_key(spec.job_id, spec.output_prefix))))
-    except ObjectNotFoundError:
-        return None
+    record, problem = records.read_result(store, spec.job_id, spec.output_prefix)
+    if problem is not None:
+        kept = records.set_aside(store, spec.job_id, spec.output_prefix)
+        log.warning(
+            "job %s: its result.json is not valid (%s): moved to %s; the job runs again",
+            spec.job_id,
+            problem,
+            kept,
+        )
+    return record
 
 
 def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
-    """The input image's bytes, from this worker's store only."""
+    """The input image's bytes, from this worker's store only, checked against the sha256 its
+    content address (inputs/<sha256>.<ext>) names: bytes replaced after the upload would make
+    the job's record lie about what it was made from. A mismatch is bad input (never retried:
+    the same bytes fail the same way); submitting the image again uploads it again."""
     outside = f"this worker's store ({store.uri('')}); submit through svdq so it is uploaded first"
-    return read_stored(store, uri, outside)
+    data = read_stored(store, uri, outside)
+    named = addressed_sha256(store.key_from_uri(uri))
+    actual = hashlib.sha256(data).hexdigest()
+    if named is not None and actual != named:
+        raise InvalidJobError(
+            f"image={uri!r} holds bytes with sha256 {actual}, but its content address names "
+            f"sha256 {named}: the stored input was replaced after it was uploaded. Submit the "
+            "image again (svdq uploads it again when the stored checksum does not match)",
+            field="image",
+        )
+    return data
 
 
 # One pool for the process's life (threads start on first use, in the pool child): an MP4,

@@ -104,7 +104,7 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
         raise Ignore() from None
     except RetryLater as exc:  # a busy lease or a transient fault: back to the queue
         log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
-        raise task.retry(countdown=exc.wait, max_retries=None) from None
+        raise task.retry(countdown=exc.wait) from None  # no limit: see worker/tasks.py
     except Reject:
         raise
     except Exception as exc:

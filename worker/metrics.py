@@ -112,18 +112,26 @@ class WorkerMetrics:
         self._load_seen: tuple[Any, ...] | None = None
         self._info: _WorkerInfo | None = None
 
-    def serve(self, port: int, identity: Identity, model: Callable[[], Any]) -> bool:
-        """Serve /metrics on `port`, with the Info metric read from `model()` at scrape time;
-        False when the port is taken (the jobs run anyway, without metrics)."""
+    def serve(
+        self, port: int, identity: Identity, model: Callable[[], Any], host: str = "127.0.0.1"
+    ) -> bool:
+        """Serve /metrics on `host`:`port` (SVDQ_METRICS_HOST), with the Info metric read from
+        `model()` at scrape time; False when the port is taken (the jobs run anyway, without
+        metrics)."""
         if self._info is None:
             self._info = _WorkerInfo(identity, model)
             REGISTRY.register(self._info)
         try:
-            start_http_server(port)
+            start_http_server(port, addr=host)
         except OSError as exc:
-            log.warning("no metrics: cannot listen on port %d (SVDQ_METRICS_PORT): %s", port, exc)
+            log.warning(
+                "no metrics: cannot listen on %s:%d (SVDQ_METRICS_HOST/PORT): %s",
+                host,
+                port,
+                exc,
+            )
             return False
-        log.info("metrics on http://0.0.0.0:%d/metrics", port)
+        log.info("metrics on http://%s:%d/metrics", host, port)
         return True
 
     def job_started(self) -> float:

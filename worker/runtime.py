@@ -59,7 +59,7 @@ class Runtime:
         `svdq stats` shows a worker that is still loading). Raises whatever loading raised."""
         runtime = cls(settings, app, identity, open_store(settings))
         port = metrics_port(settings.metrics_port, identity.gpu_index)
-        if runtime.metrics.serve(port, identity, lambda: runtime.model):
+        if runtime.metrics.serve(port, identity, lambda: runtime.model, settings.metrics_host):
             runtime.presence.metrics_port = port
         runtime.presence.start(WORKER_KEY_TTL / 3)
         runtime.model = load(settings, identity.variant)

@@ -23,9 +23,10 @@ from celery.signals import (
 )
 
 from svdq.shared.celery_app import make_celery
-from svdq.shared.constants import TASK_GENERATE
+from svdq.shared.constants import TASK_GENERATE, worker_key
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
+from svdq.worker.brokerguard import transport_for
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.runtime import Runtime
@@ -34,6 +35,10 @@ log = logging.getLogger("svdq.worker")
 
 settings = Settings.from_env()
 app = make_celery(settings)
+# Every message is checked before Celery reads it; one it cannot take is set aside, not fatal
+# (worker/intake.py), and so is a queue item that is not a message at all (worker/brokerguard.py).
+app.conf.worker_consumer = "svdq.worker.intake:Consumer"
+app.conf.broker_transport = transport_for(settings.redis_url)
 
 
 class _Process:
@@ -54,6 +59,12 @@ def _learn_identity(sender: Any = None, **_: Any) -> None:
     queues = [q.name for q in sender.app.amqp.queues.consume_from.values()] if sender else []
     _here.identity = Identity.of(settings, getattr(sender, "hostname", None), queues)
     _here.presence = Presence(app.backend.client, _here.identity)
+    # A worker that died without a goodbye left its heartbeat hash (job_id and all) until it
+    # expires; this new process under the same name starts from none, not from its job.
+    try:
+        app.backend.client.delete(worker_key(_here.identity.hostname))
+    except Exception as exc:  # Redis away: the first beats will say where this worker is
+        log.warning("could not clear this worker's old heartbeat: %s", exc)
 
 
 @worker_process_init.connect
@@ -76,7 +87,9 @@ def _stop_runtime(**_: Any) -> None:
         _here.runtime.stop()
 
 
-@app.task(name=TASK_GENERATE, bind=True)
+# max_retries=None: Celery stops no retry of ours (its default is 3, and `task.retry(max_retries=
+# None)` means "use the default", celery/app/task.py); worker/delivery.py keeps the budgets.
+@app.task(name=TASK_GENERATE, bind=True, max_retries=None)
 def generate(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Turn one image into a clip; return the result record (also stored as result.json)."""
     if _here.runtime is None:

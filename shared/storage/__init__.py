@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from svdq.shared.settings import Settings
-from svdq.shared.storage.base import ObjectNotFoundError, ObjectStore
+from svdq.shared.storage.base import ObjectNotFoundError, ObjectStore, StorageUnavailable
 from svdq.shared.storage.local import LocalStore
 from svdq.shared.storage.s3 import S3Store
 
-__all__ = ["LocalStore", "ObjectNotFoundError", "ObjectStore", "S3Store", "open_store"]
+__all__ = [
+    "LocalStore",
+    "ObjectNotFoundError",
+    "ObjectStore",
+    "S3Store",
+    "StorageUnavailable",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from svdq.shared.errors import SvdqError
+from svdq.shared.errors import SvdqError, TransientError
 
 # User metadata svdq writes beside every object: the sha256 of its bytes, hex.
 SHA256_METADATA = "sha256"
@@ -16,6 +16,11 @@ SHA256_METADATA = "sha256"
 
 class ObjectNotFoundError(SvdqError):
     """Raised when a key the caller asked for is not in the store."""
+
+
+class StorageUnavailable(TransientError):
+    """Raised when the store did not answer, or answered with a fault that may pass (a
+    connection refused, a time-out, a 5xx, SlowDown): retried on the transient budget."""
 
 
 @dataclass(frozen=True)

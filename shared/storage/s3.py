@@ -6,8 +6,13 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from svdq.shared.errors import ConfigError, SvdqError, TransientError
-from svdq.shared.storage.base import SHA256_METADATA, ObjectInfo, ObjectNotFoundError
+from svdq.shared.errors import ConfigError, SvdqError
+from svdq.shared.storage.base import (
+    SHA256_METADATA,
+    ObjectInfo,
+    ObjectNotFoundError,
+    StorageUnavailable,
+)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _REFUSED = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -139,11 +144,12 @@ class S3Store:
 
     def _error(self, op: str, exc: Exception, kwargs: dict[str, Any]) -> SvdqError:
         """A missing key or bucket: ObjectNotFoundError; a refusal that settings can fix
-        (bucket, credentials): ConfigError; anything else may pass: TransientError."""
+        (bucket, credentials): ConfigError; anything else may pass: StorageUnavailable."""
         from botocore.exceptions import ClientError
 
         if not isinstance(exc, ClientError):
-            return TransientError(f"S3 {op} failed reaching {self.endpoint_url or 'AWS'}: {exc}")
+            where = self.endpoint_url or "AWS"
+            return StorageUnavailable(f"S3 {op} failed reaching {where}: {exc}")
         code = _code(exc)
         if code in _MISSING or (code == "NoSuchBucket" and op == "head_bucket"):
             return ObjectNotFoundError(f"{kwargs.get('Key', self.bucket)} not found")
@@ -153,7 +159,7 @@ class S3Store:
                 f"{self.endpoint_url or 'AWS'}: {code}. Check SVDQ_S3_BUCKET, "
                 "SVDQ_S3_ENDPOINT and the AWS_* credentials"
             )
-        return TransientError(f"S3 {op} failed: {code or exc}")
+        return StorageUnavailable(f"S3 {op} failed: {code or exc}")
 
 
 def _code(exc: Any) -> str:

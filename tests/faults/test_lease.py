@@ -168,28 +168,53 @@ def test_a_live_holder_makes_the_second_delivery_wait(fresh: redis_lib.Redis) ->
     assert attempts(fresh, JOB) == []  # a wait is not a delivery
 
 
-def test_transient_retries_then_dead_letters_with_every_reason(fresh: redis_lib.Redis) -> None:
+def test_transient_faults_retry_on_their_own_budget_then_dead_letter(
+    fresh: redis_lib.Redis,
+) -> None:
+    """Transient faults are not deliveries (issue 10, defect 3): five in a row leave the job
+    retrying; once SVDQ_TRANSIENT_BUDGET has passed since the first, it is dead-lettered."""
+
     def flaky() -> dict[str, Any]:
         raise TransientError("S3 get_object failed: SlowDown")
 
     dead = metric("svdq_dead_letters_total", reason="transient")
     waits = []
-    for _ in range(2):
+    for _ in range(5):  # more than SVDQ_MAX_DELIVERIES (3)
         with pytest.raises(RetryLater) as later:
             deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky, counts=COUNTS)
         waits.append(later.value.wait)
-    assert 0.5 <= waits[0] <= 1 and 1 <= waits[1] <= 2
-    with pytest.raises(DeadLetteredError, match="after 3 attempts"):
+    assert 0.5 <= waits[0] <= 1 and all(1 <= w <= 2 for w in waits[1:])  # capped
+    assert not fresh.hexists("svdq:dead", JOB)
+    # The first fault, back-dated past the budget (900 s by default): the next one is the last.
+    first = json.loads(fresh.lindex(f"svdq:deliveries:{JOB}", 0))
+    first["started_at"] -= SETTINGS.transient_budget + 1
+    fresh.lset(f"svdq:deliveries:{JOB}", 0, json.dumps(first))
+    with pytest.raises(DeadLetteredError, match="SVDQ_TRANSIENT_BUDGET=900s"):
         deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky, counts=COUNTS)
     record = json.loads(fresh.hget("svdq:dead", JOB))
     assert [a["reason"] for a in record["attempts"]] == [
         "transient: S3 get_object failed: SlowDown"
-    ] * 3
+    ] * 6
     with pytest.raises(DeadLetteredError, match="is dead-lettered"):
         deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never, counts=COUNTS)
-    assert int(fresh.get(f"svdq:generations:{JOB}")) == 3
+    assert int(fresh.get(f"svdq:generations:{JOB}")) == 6
     assert not fresh.exists(lease_key(JOB))
     assert metric("svdq_dead_letters_total", reason="transient") == dead + 1
+
+
+def test_a_killed_delivery_still_counts_between_transient_faults(fresh: redis_lib.Redis) -> None:
+    """Deliveries lost with their process count toward SVDQ_MAX_DELIVERIES; transient faults
+    in between do not."""
+
+    def flaky() -> dict[str, Any]:
+        raise TransientError("S3 put_object failed: 503")
+
+    for _ in range(3):  # three lost deliveries (their attempts left open), transient between
+        with pytest.raises(RetryLater):
+            deliver(fresh, job(), SETTINGS, "w@h", lambda: None, flaky, counts=COUNTS)
+        fresh.rpush(f"svdq:deliveries:{JOB}", json.dumps({"worker": "x@h", "reason": None}))
+    with pytest.raises(DeadLetteredError, match="3 deliveries, none finished"):
+        deliver(fresh, job(), SETTINGS, "w@h", lambda: None, never, counts=COUNTS)
 
 
 def test_bad_input_fails_once_and_a_late_copy_runs_nothing(fresh: redis_lib.Redis) -> None:

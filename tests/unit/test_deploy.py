@@ -167,7 +167,10 @@ def test_prometheus_scrapes_exactly_the_services_that_run(stack: str) -> None:
     assert hosts <= running, hosts - running
     assert set(workers(compose, active_only=True)) <= hosts, "a worker nobody scrapes"
     assert all(t.endswith(":9810") for t in targets["svdq-workers"])
-    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    # Relative: resolved against the config's folder, in the repo and in the container alike.
+    assert prom["rule_files"] == ["alerts.yml"]
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
 
 
 def test_alert_rules_cover_what_on_call_needs() -> None:

@@ -1,0 +1,120 @@
+"""When a stored result record may be believed.
+
+result.json is the commit marker: its presence means the job is done, so a worker returns it
+instead of running the job, and a producer skips the job and shows the record. Anything can
+end up under that key (a hand edit, a truncated copy, another job's record, `{}`), so a record
+is valid only if it parses, has the fields every reader uses with their types, names this job,
+and every output it lists is in the store with its recorded size. An invalid one counts as
+absent: the worker sets it aside (results/<job>/invalid-<time>.json, kept for a person to
+read) and runs the job again; a producer shows the job as not done.
+
+`result_problem` is the pure check (the Celery-stored copy of a record is checked with it too);
+`read_result` adds the store: the object, and a HEAD of each output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from svdq.shared.constants import result_dir, result_key
+from svdq.shared.storage import ObjectNotFoundError, ObjectStore
+
+# The fields every reader of a result record uses (CLI, reports, callbacks), with their types.
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "job_id": str,
+    "status": str,
+    "spec": dict,
+    "variant": str,
+    "num_frames": int,
+    "width": int,
+    "height": int,
+    "output_fps": int,
+    "seed": (int, type(None)),
+    "worker": str,
+    "outputs": dict,
+    "timings": dict,
+}
+OUTPUT_FIELDS: dict[str, type] = {"key": str, "uri": str, "bytes": int}
+INVALID_PREFIX = "invalid-"
+
+
+def result_problem(record: Any, job_id: str) -> str | None:
+    """Why `record` is not a valid succeeded-result record of job `job_id`; None if it is.
+    Checks its shape only (no store): see `read_result` for the outputs."""
+    if not isinstance(record, dict):
+        return f"a result record must be a JSON object, not {type(record).__name__}"
+    for name, kind in REQUIRED.items():
+        if name not in record:
+            return f"field {name!r} is missing"
+        value = record[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"field {name!r} is {value!r:.60}, not {_names(kind)}"
+    if record["job_id"] != job_id:
+        return f"job_id={record['job_id']!r:.80} names another job, not {job_id!r}"
+    if record["status"] != "succeeded":
+        return f"status={record['status']!r:.40}: only 'succeeded' records mark a job done"
+    if not record["outputs"]:
+        return "outputs is empty: a finished job has at least its poster"
+    for kind, output in record["outputs"].items():
+        if not isinstance(output, dict):
+            return f"outputs[{kind!r}] is {output!r:.60}, not an object"
+        for name, want in OUTPUT_FIELDS.items():
+            if not isinstance(output.get(name), want) or isinstance(output.get(name), bool):
+                return f"outputs[{kind!r}].{name} is {output.get(name)!r:.60}, not {want.__name__}"
+    return None
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def read_result(
+    store: ObjectStore, job_id: str, output_prefix: str | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The job's result.json: (record, None) when valid, (None, None) when absent, (None, why)
+    when present but not to be believed. A store fault (TransientError) is raised: the caller
+    cannot tell done from not done then."""
+    try:
+        raw = store.get_bytes(result_key(job_id, output_prefix))
+    except ObjectNotFoundError:
+        return None, None
+    try:
+        record = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"not JSON ({exc})"
+    problem = result_problem(record, job_id)
+    if problem is None:
+        problem = _missing_output(store, record["outputs"])
+    return (None, problem) if problem else (record, None)
+
+
+def _missing_output(store: ObjectStore, outputs: dict[str, dict[str, Any]]) -> str | None:
+    """Why the outputs a record lists are not all in the store as recorded; None if they are."""
+    for kind, output in outputs.items():
+        info = store.head(output["key"])
+        if info is None:
+            return f"its {kind} output {output['key']} is not in the store"
+        if info.size != output["bytes"]:
+            return (
+                f"its {kind} output {output['key']} is {info.size} bytes, "
+                f"the record says {output['bytes']}"
+            )
+    return None
+
+
+def set_aside(store: ObjectStore, job_id: str, output_prefix: str | None = None) -> str:
+    """Move the job's result.json to results/<job>/invalid-<time>.json (kept for a person to
+    read) so the job no longer counts as done; return the key it was moved to."""
+    marker = result_key(job_id, output_prefix)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+    kept = f"{result_dir(job_id, output_prefix)}{INVALID_PREFIX}{stamp}Z.json"
+    try:
+        data = store.get_bytes(marker)
+    except ObjectNotFoundError:
+        return kept  # gone already (another delivery set it aside)
+    store.put_bytes(kept, data, "application/json")
+    store.delete(marker)
+    return kept

@@ -1,0 +1,110 @@
+"""worker/intake.py's checks on real kombu messages: what a worker refuses to hand Celery,
+and the reason it gives (field, value, what is allowed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from kombu import Message
+from kombu.serialization import prepare_accept_content
+
+from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
+from svdq.shared.errors import InvalidJobError
+from svdq.worker.brokerguard import CheckedMessage, NotAMessage, transport_for
+from svdq.worker.intake import (
+    ARGUMENT_CHECKS,
+    MAX_MESSAGE_BYTES,
+    check_message,
+)
+
+SPEC = {"image": "s3://b/inputs/x.png", "variant": "tiny", "job_id": "job-1", "seed": 1}
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+GENERATE = {TASK_GENERATE: ARGUMENT_CHECKS[TASK_GENERATE]}
+
+
+def message(body: Any, headers: Any = None, content_type: str = "application/json") -> Message:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Message(
+        body=raw,
+        content_type=content_type,
+        content_encoding="utf-8",
+        headers={"task": TASK_GENERATE, "id": "job-1"} if headers is None else headers,
+        accept=prepare_accept_content(["json"]),
+    )
+
+
+def test_a_good_job_passes() -> None:
+    check_message(message([[SPEC], {}, EMBED]), GENERATE)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "says"),
+    [
+        ({"a": 1}, None, "body={'a': 1} is not allowed: [args, kwargs, embed]"),
+        ([[SPEC], {}], None, "[args, kwargs, embed]"),
+        ([SPEC, {}, EMBED], None, "args a list"),
+        ([[SPEC], {}, {**EMBED, "chain": [{"task": "x"}]}], None, "embed="),
+        ([[SPEC, 1], {}, EMBED], None, "exactly one positional argument"),
+        ([[], {"spec": SPEC}, EMBED], None, "exactly one positional argument"),
+        ([[{**SPEC, "num_frames": "many"}], {}, EMBED], None, "num_frames"),
+        ([[{**SPEC, "colour": "red"}], {}, EMBED], None, "unknown field 'colour'"),
+        (
+            [[{k: v for k, v in SPEC.items() if k != "job_id"}], {}, EMBED],
+            None,
+            "job_id is missing",
+        ),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": "job-2"}, "must be equal"),
+        ([[SPEC], {}, EMBED], {"task": "celery.accumulate", "id": "job-1"}, "not served here"),
+        ([[SPEC], {}, EMBED], {}, "protocol 2"),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": 7}, "id=7 is not allowed"),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": "job-1", "timelimit": 3}, "timelimit"),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": "job-1", "eta": "soon"}, "eta="),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": "job-1", "retries": "1"}, "retries"),
+        ([[SPEC], {}, EMBED], {"task": TASK_GENERATE, "id": "job-1", "shadow": 1}, "shadow"),
+        (b"\x00\xffnot json{", None, "could not be read"),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), None, f"MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}"),
+    ],
+)
+def test_what_a_worker_refuses(body: Any, headers: Any, says: str) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        check_message(message(body, headers), GENERATE)
+    assert says in str(caught.value)
+
+
+def test_pickle_is_refused_unread() -> None:
+    """kombu refuses the content type before unpickling; the reason keeps its words."""
+    with pytest.raises(InvalidJobError, match="Refusing to deserialize untrusted content"):
+        check_message(message(b"\x80\x04K\x01.", None, "application/x-python-serialize"), GENERATE)
+
+
+def test_a_callback_message() -> None:
+    served = {TASK_CALLBACK: ARGUMENT_CHECKS[TASK_CALLBACK]}
+    headers = {"task": TASK_CALLBACK, "id": "cb-1"}
+    check_message(message([["https://x/hook", {"job_id": "j"}], {}, EMBED], headers), served)
+    with pytest.raises(InvalidJobError, match="takes \\(url: str, payload: object\\)"):
+        check_message(message([["https://x/hook"], {}, EMBED], headers), served)
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        ([1, 2], "an item of type list is not a message"),
+        ({"body": "x"}, "properties=None is not allowed"),
+        ({"properties": {"delivery_tag": "t"}, "headers": [1]}, "headers=[1] is not allowed"),
+        ({"properties": {"delivery_tag": "t"}, "body": 5}, "body=5 is not allowed"),
+    ],
+)
+def test_a_queue_item_that_is_not_a_message(payload: Any, says: str) -> None:
+    with pytest.raises(NotAMessage, match=re.escape(says)) as caught:
+        CheckedMessage(payload)
+    assert json.loads(caught.value.raw) == payload
+
+
+def test_the_guarded_transport_follows_the_url_scheme() -> None:
+    assert transport_for("redis://:pw@h:6379/0") == "svdq.worker.brokerguard:Transport"
+    assert transport_for("rediss://h:6380/0") == "svdq.worker.brokerguard:Transport"
+    assert transport_for("sentinel://h:26379") == "svdq.worker.brokerguard:SentinelTransport"
+    assert transport_for("unix:///run/redis.sock") is None

@@ -1,0 +1,134 @@
+"""The Redis transport a worker consumes with: kombu's own, except that an item on a queue's
+list that is not a kombu message at all (not JSON, or JSON without kombu's envelope) is set
+aside on the dead-letter list instead of stopping the worker.
+
+Why. worker/intake.py checks every message Celery receives, but an item pushed onto a queue's
+list by hand (LPUSH svdq.tiny garbage) never becomes a message. kombu 5.7's Redis channel
+(kombu/transport/redis.py, Channel._brpop_read) pops it and decodes it with no guard:
+
+        self.connection._deliver(loads(bytes_to_str(item)), dest)
+
+and its consumer callback (kombu/transport/virtual/base.py, Channel.basic_consume) builds the
+message with none either:
+
+        message = self.Message(raw_message, channel=self)
+
+so a JSONDecodeError, or a KeyError for a missing 'properties', leaves the worker's main
+process: "Unrecoverable error", the worker exits (the item is gone by then: it was popped and
+never reached the unacked hash, so the next worker does not die of it too, but every such
+item costs a worker restart). Here the channel's BRPOP handler (Channel.handlers['BRPOP'],
+called by MultiChannelPoller.on_readable) is wrapped: an undecodable item is recorded and
+dropped, and the worker reads the next one. Lost connections and everything else still
+propagate as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Message as VirtualMessage
+
+from svdq.shared.errors import InvalidJobError
+from svdq.worker.intake import KEPT_BODY_CHARS, set_aside_raw
+
+log = logging.getLogger("svdq.worker")
+
+
+class NotAMessage(InvalidJobError):
+    """Raised when an item on a queue's list is JSON but not a kombu message envelope."""
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(message, field="envelope")
+        self.raw = raw
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.raw))
+
+
+class CheckedMessage(VirtualMessage):  # type: ignore[misc]
+    """kombu's message, refusing an envelope it could not read, with the raw item kept."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        problem = _envelope_problem(payload)
+        if problem:
+            raise NotAMessage(problem, json.dumps(payload, default=repr)[:KEPT_BODY_CHARS])
+        super().__init__(payload, channel=channel, **kwargs)
+
+
+def _envelope_problem(payload: Any) -> str | None:
+    """What is wrong with a raw item's envelope as kombu's virtual transport reads it."""
+    if not isinstance(payload, dict):
+        return f"an item of type {type(payload).__name__} is not a message: a JSON object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or "delivery_tag" not in properties:
+        return f"properties={properties!r:.80} is not allowed: an object with a delivery_tag"
+    headers = payload.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        return f"headers={headers!r:.80} is not allowed: an object"
+    body = payload.get("body")
+    if body is not None and not isinstance(body, str):
+        return f"body={body!r:.80} is not allowed: a string"
+    return None
+
+
+def _guarded(channel: Any, read: Callable[..., Any], **options: Any) -> Any:
+    """`read` (the channel's _brpop_read), with an undecodable item set aside."""
+    try:
+        return read(**options)
+    except NotAMessage as exc:
+        reason, raw = str(exc), exc.raw
+    except ValueError as exc:  # json.JSONDecodeError keeps the text it could not read
+        reason, raw = f"not JSON ({exc})", str(getattr(exc, "doc", ""))[:KEPT_BODY_CHARS]
+    try:
+        with channel.conn_or_acquire() as client:
+            key = set_aside_raw(client, raw, reason, socket.gethostname())
+    except Exception as exc:
+        log.error("dropped an unreadable queue item (%s); could not record it: %s", reason, exc)
+        return True
+    log.error("set aside an unreadable queue item as %s on the dead-letter list: %s", key, reason)
+    return True
+
+
+class _Guard:
+    Message = CheckedMessage
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        handlers = self.handlers  # type: ignore[attr-defined]
+        handlers["BRPOP"] = functools.partial(_guarded, self, handlers["BRPOP"])
+
+
+class Channel(_Guard, kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel with the guard."""
+
+
+class SentinelChannel(_Guard, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """kombu's Sentinel channel with the guard."""
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
+_BY_SCHEME = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+
+
+def transport_for(broker_url: str) -> str | None:
+    """The guarded transport for `broker_url` (Celery's broker_transport), or None to keep
+    kombu's choice (a unix:// socket, say)."""
+    return _BY_SCHEME.get(urlsplit(broker_url).scheme)
