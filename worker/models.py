@@ -121,8 +121,15 @@ def load_model(
 
 
 def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int = 2) -> float:
-    """Run the pipeline once on a blank image so torch.compile builds its graphs now, not
-    during the first job. Returns the seconds it took."""
+    """Denoise once on a blank image so torch.compile builds the UNet's graphs now, not during
+    the first job. Returns the seconds it took.
+
+    Only the UNet is compiled (`apply_profile`), so the warm-up stops at the latents
+    (`output_type="latent"`: diffusers skips `decode_latents`): a full-clip VAE decode beside
+    the CUDA-graph pool is what ran out of memory at start-up. Jobs decode in chunks that
+    halve on out of memory (worker/stepdown.py). An out-of-memory error here fails this
+    rung's load, and `load_first` steps down to the next rung, as a job would.
+    """
     import torch
     from PIL import Image
 
@@ -135,11 +142,8 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
             height=height,
             num_frames=frames,
             num_inference_steps=steps,
-            decode_chunk_size=model.profile.decode_chunk_size
-            or model.info.decode_chunk_size
-            or frames,
             generator=torch.Generator(device="cpu").manual_seed(0),
-            output_type="np",
+            output_type="latent",
         )
     return time.perf_counter() - start
 
