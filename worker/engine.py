@@ -16,6 +16,7 @@ for our decode, alone.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from PIL import Image
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
 from svdq.worker.models import LoadedModel
+
+log = logging.getLogger(__name__)
 
 # progress(phase, step, steps)
 Progress = Callable[[str, int, int], None]
@@ -82,6 +85,8 @@ def generate(
     import torch
 
     steps = spec.num_inference_steps
+    if (run := shape_run(model, spec, params)) not in (None, "compiled"):
+        log.warning("job %s: %s", spec.job_id, run)
     start = time.perf_counter()
 
     def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def generate(
 
     # A CPU generator gives the same noise whatever device runs the model.
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
-    with torch.inference_mode():
+    with torch.inference_mode(), _no_compile_in_jobs(model):
         latents = model.pipe(
             image,
             height=spec.height,
@@ -113,6 +118,33 @@ def generate(
     frames = run_decode(latents, params.num_frames, params.decode_chunk_size)
     timings = {"denoise": denoised - start, "decode": time.perf_counter() - denoised}
     return frames, timings
+
+
+def shape_run(model: LoadedModel, spec: JobSpec, params: RunParams) -> str | None:
+    """How a compiled model runs this job's shape, for result.json: None when it does not
+    compile, "compiled" for a shape warmed at load, else why it runs eagerly."""
+    if not model.profile.compile:
+        return None
+    shape = (spec.width, spec.height, params.num_frames)
+    if shape in model.warmed:
+        return "compiled"
+    warmed = ", ".join("x".join(map(str, s)) for s in model.warmed) or "none"
+    return f"eager: {'x'.join(map(str, shape))} was not warmed at load (warmed: {warmed})"
+
+
+def _no_compile_in_jobs(model: LoadedModel) -> Any:
+    """A compiled UNet never compiles inside a job: a shape the warm-up did not compile runs
+    eagerly instead of recompiling (and re-recording CUDA graphs) for minutes. torch 2.13's
+    `torch.compiler.set_stance("eager_on_recompile")`: "Run code eagerly when a recompile is
+    necessary. If there is cached compiled code valid for the input, it will still be used."
+    """
+    import contextlib
+
+    import torch
+
+    if not model.profile.compile:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("eager_on_recompile")
 
 
 def decode_latents(

@@ -41,6 +41,7 @@ class LoadedModel:
     load_seconds: float
     warmup_seconds: float = 0.0
     lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
+    warmed: tuple[tuple[int, int, int], ...] = ()  # (width, height, frames) compiled at load
 
 
 def model_source(settings: Settings, variant: str) -> Path:
@@ -135,6 +136,7 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
 
     start = time.perf_counter()
     frames = model.info.frames
+    model.warmed = (*model.warmed, (width, height, frames))
     with torch.inference_mode():
         model.pipe(
             Image.new("RGB", (width, height)),
