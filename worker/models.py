@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,22 @@ def evict(model: LoadedModel) -> None:
         pipe = None
     gc.unfreeze()
     if compiled:
-        import torch
+        forget_compiled()
+    free_memory()
+
+
+def forget_compiled() -> None:
+    """Clear dynamo's process-wide compiled state (graphs, guards, CUDA-graph trees)."""
+    import torch
+
+    with warnings.catch_warnings():
+        # torch/utils/mkldnn.py, imported with inductor, warns that torch.jit is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Imported first: resetting a "reduce-overhead" backend imports it, and that import
+        # adds to the backend cache torch is iterating ("dictionary changed size").
+        import torch._inductor.cudagraph_trees
 
         torch.compiler.reset()
-    free_memory()
 
 
 def _unhook(pipe: Any) -> bool:

@@ -48,7 +48,7 @@ def _graphs() -> int:
 
 def test_warmed_shapes_run_compiled_and_others_eagerly(model_dir) -> None:
     settings = dataclasses.replace(Settings.from_env({}), model_dir=model_dir)
-    torch.compiler.reset()
+    models.forget_compiled()
     counters.clear()
     model = models.load_model(settings, CPU_PROFILE)
     model.profile = COMPILED  # apply_profile's inductor needs a C compiler; eager traces alike
@@ -73,7 +73,7 @@ def test_warmed_shapes_run_compiled_and_others_eagerly(model_dir) -> None:
     assert jobs._profile_record(model, other, params)["shape_run"] == (
         "eager: 128x64x6 was not warmed at load (warmed: 64x64x14)"
     )
-    torch.compiler.reset()
+    models.forget_compiled()
 
 
 def test_an_eager_profile_says_nothing_about_shapes(model_dir) -> None:
