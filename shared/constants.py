@@ -90,6 +90,16 @@ worker_key = RedisKey(
 )
 
 
+# A GPU's memory rarely changes under a worker: the rung that last worked on it is where a
+# restarted worker starts (worker/resident.py), for this long after it last worked.
+RUNG_MEMORY_TTL = 24 * 3600
+
+
+def rung_key(host: str, gpu_index: int, variant: str) -> str:
+    """String: the profile that last worked for `variant` on GPU `gpu_index` of `host`."""
+    return f"{KEY_PREFIX}rung:{host}:{gpu_index}:{variant}"
+
+
 # Task states beyond Celery's own.
 STATE_PROGRESS = "PROGRESS"
 

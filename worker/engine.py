@@ -1,7 +1,22 @@
-"""Running the loaded pipeline for one job: parameters in, frames out."""
+"""Running the loaded pipeline for one job: parameters in, frames out.
+
+The pipeline denoises only (`output_type="latent"`); the VAE decode runs here, in chunks of
+`decode_chunk_size` frames, so that an out-of-memory error in the decode can be retried with
+a smaller chunk without denoising again (worker/stepdown.py). The decode is diffusers' own:
+`StableVideoDiffusionPipeline.decode_latents` then `video_processor.postprocess_video`, what
+`__call__` itself runs when `output_type` is not "latent" (diffusers 0.42,
+pipeline_stable_video_diffusion.py: `frames = self.decode_latents(latents, num_frames,
+decode_chunk_size)`; `frames = self.video_processor.postprocess_video(video=frames,
+output_type=output_type)`). Under model offload `__call__` ends with `maybe_free_model_hooks()`,
+which moves every model back to the CPU; the VAE's `decode` is wrapped in diffusers'
+`apply_forward_hook` (`self._hf_hook.pre_forward(self)`), so the VAE comes back to the device
+for our decode, alone.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +29,12 @@ from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
 from svdq.worker.models import LoadedModel
 
+log = logging.getLogger(__name__)
+
 # progress(phase, step, steps)
 Progress = Callable[[str, int, int], None]
+# decode(latents, num_frames, decode_chunk_size) -> float frames (F, H, W, 3) in [0, 1]
+Decode = Callable[[Any, int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -59,24 +78,26 @@ def generate(
     image: Image.Image,
     params: RunParams,
     progress: Progress | None = None,
+    decode: Decode | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Run the pipeline; return float frames (F, H, W, 3) in [0, 1] and seconds per phase."""
+    """Denoise once, then `decode` the latents (by default `decode_latents` with the params'
+    chunk); return float frames (F, H, W, 3) in [0, 1] and seconds per phase."""
     import torch
 
     steps = spec.num_inference_steps
-    marks = {"start": time.perf_counter()}
+    if (run := shape_run(model, spec, params)) not in (None, "compiled"):
+        log.warning("job %s: %s", spec.job_id, run)
+    start = time.perf_counter()
 
     def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if i + 1 == steps:
-            marks["denoised"] = time.perf_counter()
         if progress:
             progress("denoise" if i + 1 < steps else "decode", i + 1, steps)
         return kwargs
 
     # A CPU generator gives the same noise whatever device runs the model.
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
-    with torch.inference_mode():
-        out = model.pipe(
+    with torch.inference_mode(), _no_compile_in_jobs(model):
+        latents = model.pipe(
             image,
             height=spec.height,
             width=spec.width,
@@ -89,13 +110,54 @@ def generate(
             noise_aug_strength=spec.noise_aug_strength,
             decode_chunk_size=params.decode_chunk_size,
             generator=generator,
-            output_type="np",
+            output_type="latent",
             callback_on_step_end=on_step_end,
-        )
-    end = time.perf_counter()
-    denoised = marks.get("denoised", end)
-    timings = {"denoise": denoised - marks["start"], "decode": end - denoised}
-    return np.asarray(out.frames[0]), timings
+        ).frames
+    denoised = time.perf_counter()
+    run_decode = decode or functools.partial(decode_latents, model)
+    frames = run_decode(latents, params.num_frames, params.decode_chunk_size)
+    timings = {"denoise": denoised - start, "decode": time.perf_counter() - denoised}
+    return frames, timings
+
+
+def shape_run(model: LoadedModel, spec: JobSpec, params: RunParams) -> str | None:
+    """How a compiled model runs this job's shape, for result.json: None when it does not
+    compile, "compiled" for a shape warmed at load, else why it runs eagerly."""
+    if not model.profile.compile:
+        return None
+    shape = (spec.width, spec.height, params.num_frames)
+    if shape in model.warmed:
+        return "compiled"
+    warmed = ", ".join("x".join(map(str, s)) for s in model.warmed) or "none"
+    return f"eager: {'x'.join(map(str, shape))} was not warmed at load (warmed: {warmed})"
+
+
+def _no_compile_in_jobs(model: LoadedModel) -> Any:
+    """A compiled UNet never compiles inside a job: a shape the warm-up did not compile runs
+    eagerly instead of recompiling (and re-recording CUDA graphs) for minutes. torch 2.13's
+    `torch.compiler.set_stance("eager_on_recompile")`: "Run code eagerly when a recompile is
+    necessary. If there is cached compiled code valid for the input, it will still be used."
+    """
+    import contextlib
+
+    import torch
+
+    if not model.profile.compile:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("eager_on_recompile")
+
+
+def decode_latents(
+    model: LoadedModel, latents: Any, num_frames: int, decode_chunk_size: int
+) -> np.ndarray:
+    """The VAE decode of the pipeline's latents, `decode_chunk_size` frames at a time, as the
+    pipeline itself would run it; float frames (F, H, W, 3) in [0, 1]."""
+    import torch
+
+    with torch.inference_mode():
+        video = model.pipe.decode_latents(latents, num_frames, decode_chunk_size)
+        frames = model.pipe.video_processor.postprocess_video(video=video, output_type="np")
+    return np.asarray(frames[0])
 
 
 def motion_score(frames_u8: np.ndarray) -> float:

@@ -108,6 +108,14 @@ def upload_outputs(
     }
 
 
+def _profile_record(model: LoadedModel, spec: JobSpec, params: engine.RunParams) -> dict[str, Any]:
+    """The profile that ran, with the chunk used and, when it compiles, how this shape ran."""
+    record = {**model.profile.to_dict(), "decode_chunk_size": params.decode_chunk_size}
+    if (run := engine.shape_run(model, spec, params)) is not None:
+        record["shape_run"] = run
+    return record
+
+
 def run_job(
     spec: JobSpec,
     model: LoadedModel,
@@ -171,7 +179,7 @@ def run_job(
         height=int(frames_u8.shape[1]),
         output_fps=params.output_fps,
         decode_chunk_size=params.decode_chunk_size,
-        profile={**model.profile.to_dict(), "decode_chunk_size": params.decode_chunk_size},
+        profile=_profile_record(model, spec, params),
         attempts=attempts,
         worker=worker_name,
         input={

@@ -171,6 +171,7 @@ def _failed(rt: Runtime, job_id: str, worker: str | None, variant: str, exc: Bas
 def _end(rt: Runtime) -> None:
     _safe(rt.metrics.job_ended)
     _safe(rt.metrics.model_loaded, rt.model)  # a step-down or a variant switch loaded one
+    _safe(rt.remember_rung)  # ...and a restarted worker starts on the rung that worked
     _safe(rt.presence.beat, {"job_id": "", "job_started_at": ""})
 
 

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class LoadedModel:
     load_seconds: float
     warmup_seconds: float = 0.0
     lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
+    warmed: tuple[tuple[int, int, int], ...] = ()  # (width, height, frames) compiled at load
 
 
 def model_source(settings: Settings, variant: str) -> Path:
@@ -121,13 +123,21 @@ def load_model(
 
 
 def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int = 2) -> float:
-    """Run the pipeline once on a blank image so torch.compile builds its graphs now, not
-    during the first job. Returns the seconds it took."""
+    """Denoise once on a blank image so torch.compile builds the UNet's graphs now, not during
+    the first job. Returns the seconds it took.
+
+    Only the UNet is compiled (`apply_profile`), so the warm-up stops at the latents
+    (`output_type="latent"`: diffusers skips `decode_latents`): a full-clip VAE decode beside
+    the CUDA-graph pool is what ran out of memory at start-up. Jobs decode in chunks that
+    halve on out of memory (worker/stepdown.py). An out-of-memory error here fails this
+    rung's load, and `load_first` steps down to the next rung, as a job would.
+    """
     import torch
     from PIL import Image
 
     start = time.perf_counter()
     frames = model.info.frames
+    model.warmed = (*model.warmed, (width, height, frames))
     with torch.inference_mode():
         model.pipe(
             Image.new("RGB", (width, height)),
@@ -135,11 +145,8 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
             height=height,
             num_frames=frames,
             num_inference_steps=steps,
-            decode_chunk_size=model.profile.decode_chunk_size
-            or model.info.decode_chunk_size
-            or frames,
             generator=torch.Generator(device="cpu").manual_seed(0),
-            output_type="np",
+            output_type="latent",
         )
     return time.perf_counter() - start
 
@@ -182,10 +189,22 @@ def evict(model: LoadedModel) -> None:
         pipe = None
     gc.unfreeze()
     if compiled:
-        import torch
+        forget_compiled()
+    free_memory()
+
+
+def forget_compiled() -> None:
+    """Clear dynamo's process-wide compiled state (graphs, guards, CUDA-graph trees)."""
+    import torch
+
+    with warnings.catch_warnings():
+        # torch/utils/mkldnn.py, imported with inductor, warns that torch.jit is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Imported first: resetting a "reduce-overhead" backend imports it, and that import
+        # adds to the backend cache torch is iterating ("dictionary changed size").
+        import torch._inductor.cudagraph_trees
 
         torch.compiler.reset()
-    free_memory()
 
 
 def _unhook(pipe: Any) -> bool:

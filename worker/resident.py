@@ -6,12 +6,19 @@ other than the loaded one: the old pipeline is evicted before the new one loads.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
+from typing import Any
 
+from svdq.shared.constants import RUNG_MEMORY_TTL, rung_key
 from svdq.shared.errors import ConfigError, InvalidJobError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.worker import models, stepdown
 from svdq.worker.devices import DevicePlan, ladder_for, local_plan
+from svdq.worker.identity import Identity
+from svdq.worker.profiles import Profile
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -20,10 +27,71 @@ def process_plan(settings: Settings, variant: str) -> DevicePlan:
     return local_plan(settings, variant)
 
 
-def load_initial(settings: Settings, variant: str) -> models.LoadedModel:
-    """Load the worker's default variant on the top rung of its ladder that loads (raises
-    WorkerFatalError when none does: the worker stops rather than take jobs)."""
-    return models.load_first(settings, process_plan(settings, variant).ladder)
+class RungMemory:
+    """The rung that last worked for each variant on this worker's GPU, kept in Redis for
+    RUNG_MEMORY_TTL after it last worked.
+
+    Without it a worker that ran out of memory at start-up (warm-up) or in jobs would be
+    restarted on the top rung again, and fail the same way: a crash loop. Redis being away
+    never stops a worker: it then starts at the top, as before.
+    """
+
+    def __init__(self, redis: Any, host: str, gpu_index: int) -> None:
+        self.redis, self.host, self.gpu_index = redis, host, gpu_index
+
+    @classmethod
+    def of(cls, redis: Any, identity: Identity) -> RungMemory:
+        """Keyed by the machine and GPU index of `identity` (its Celery name is name@host)."""
+        return cls(redis, identity.hostname.rsplit("@", 1)[-1], identity.gpu_index)
+
+    def recall(self, variant: str) -> str | None:
+        """The profile name that last worked for `variant` here, if any is remembered."""
+        try:
+            raw = self.redis.get(rung_key(self.host, self.gpu_index, variant))
+        except Exception as exc:
+            log.warning("could not read the remembered rung (starting at the top): %s", exc)
+            return None
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def remember(self, model: models.LoadedModel) -> None:
+        """Record `model`'s rung as the one that works for its variant here."""
+        key = rung_key(self.host, self.gpu_index, model.info.name)
+        try:
+            self.redis.set(key, model.profile.name, ex=RUNG_MEMORY_TTL)
+        except Exception as exc:
+            log.warning("could not remember the rung %s: %s", model.profile.name, exc)
+
+
+def start_from(ladder: tuple[Profile, ...], remembered: str | None) -> tuple[Profile, ...]:
+    """`ladder` from the remembered rung down (whole when it names no rung of it)."""
+    names = [p.name for p in ladder]
+    return ladder[names.index(remembered) :] if remembered in names else ladder
+
+
+def load_initial(
+    settings: Settings, variant: str, memory: RungMemory | None = None
+) -> models.LoadedModel:
+    """Load the worker's default variant on the first rung of its ladder that loads, warm-up
+    included (`models.load_first`): from the rung that last worked on this GPU when `memory`
+    has one. Raises WorkerFatalError when none loads: the worker stops rather than take jobs.
+    """
+    ladder = process_plan(settings, variant).ladder
+    if memory is not None and ladder:
+        remembered = memory.recall(ladder[0].variant)
+        rungs = start_from(ladder, remembered)
+        if rungs != ladder:
+            log.warning(
+                "starting on %s, the rung that last worked on this GPU (not %s); it is "
+                "remembered for %d h after it last worked",
+                rungs[0].name,
+                ladder[0].name,
+                RUNG_MEMORY_TTL // 3600,
+            )
+        ladder = rungs
+    model = models.load_first(settings, ladder)
+    if memory is not None:
+        memory.remember(model)
+    return model
 
 
 def ensure_variant(

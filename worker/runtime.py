@@ -26,7 +26,7 @@ from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.metrics import WorkerMetrics, metrics_port
 from svdq.worker.models import LoadedModel, settle
-from svdq.worker.resident import load_initial
+from svdq.worker.resident import RungMemory, load_initial
 
 log = logging.getLogger("svdq.worker")
 
@@ -44,6 +44,7 @@ class Runtime:
         self.store = store
         self.model: LoadedModel | None = None  # loaded by `start`; swapped in place after
         self.metrics = WorkerMetrics()
+        self.rungs = RungMemory.of(self.redis, identity)  # where a restart starts
         # Read at every beat and scrape, so a step-down or a variant switch shows at once.
         self.presence = Presence(self.redis, identity, lambda: self.model)
 
@@ -53,7 +54,7 @@ class Runtime:
         settings: Settings,
         app: Celery,
         identity: Identity,
-        load: Callable[[Settings, str], LoadedModel] = load_initial,
+        load: Callable[[Settings, str, RungMemory], LoadedModel] = load_initial,
     ) -> Runtime:
         """Open the store, serve /metrics, start the heartbeat, then load the model (so
         `svdq stats` shows a worker that is still loading). Raises whatever loading raised."""
@@ -62,7 +63,7 @@ class Runtime:
         if runtime.metrics.serve(port, identity, lambda: runtime.model, settings.metrics_host):
             runtime.presence.metrics_port = port
         runtime.presence.start(WORKER_KEY_TTL / 3)
-        runtime.model = load(settings, identity.variant)
+        runtime.model = load(settings, identity.variant, runtime.rungs)
         # The model and libraries live as long as the process (until a swap evicts the model):
         # keep them out of the garbage collector's full passes.
         settle()
@@ -73,6 +74,11 @@ class Runtime:
         if self.model is None or self.model.pipe is None:
             raise RuntimeError("no model loaded in this worker process")
         return self.model
+
+    def remember_rung(self) -> None:
+        """After a job: its rung (a step-down may have changed it) is where a restart starts."""
+        if self.model is not None and self.model.pipe is not None:
+            self.rungs.remember(self.model)
 
     def stop(self) -> None:
         """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""

@@ -18,11 +18,13 @@ memory on the higher one too. A restarted worker starts from the top again.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,6 +35,7 @@ from svdq.shared.spec import JobSpec
 from svdq.worker import engine, models, oom
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_POISONED = 70  # the pool child's exit status; Celery starts a fresh child, fresh context
 # Jobs in a row that ran out of memory on every rung: by then the process itself is the likely
@@ -69,29 +72,26 @@ def generate(
     Returns frames, phase timings, the parameters that ran and the attempts. `model` is changed in
     place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
     (the worker counts them), told as it happens: a job may still fail on a lower rung.
+    An out-of-memory error in the decode first halves the decode chunk (`Decoder`).
     """
-
     attempts: list[dict[str, Any]] = []
     while True:
         params = engine.params_for(spec, model)
+        decoder = Decoder(spec, model, attempts)
         start = time.perf_counter()
-        out_of_memory = False
-        try:
-            frames, timings = engine.generate(model, spec, image, params, progress)
-        except RuntimeError as exc:  # every out-of-memory form is one (worker/oom.py)
-            if not oom.out_of_memory(exc):
-                if oom.poisoned(exc):
-                    exit_poisoned(spec.job_id, exc)
-                raise
-            out_of_memory = True
-            log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
+        run = functools.partial(engine.generate, model, spec, image, params, progress, decoder)
+        done, _ = _try(spec, model, run)
         seconds = round(time.perf_counter() - start, 4)
         name = model.profile.name
-        if not out_of_memory:
-            attempts.append({"profile": name, "outcome": "succeeded", "seconds": seconds})
+        if done is not None:
+            frames, timings = done
+            used = decoder.chunk or params.decode_chunk_size
+            params = dataclasses.replace(params, decode_chunk_size=used)
+            attempts.append(_attempt(name, "succeeded", seconds, params.decode_chunk_size))
             _state["exhausted_in_a_row"] = 0
             return frames, timings, params, attempts
-        attempts.append({"profile": name, "outcome": "oom", "seconds": seconds})
+        if decoder.chunk is None:  # the denoise ran out (the decoder records its own tries)
+            attempts.append(_attempt(name, "oom", seconds, params.decode_chunk_size, "denoise"))
         models.free_memory()  # the exception and its frames are gone by now
         if not model.lower:
             _state["exhausted_in_a_row"] += 1
@@ -100,7 +100,7 @@ def generate(
                 exit_poisoned(
                     spec.job_id, RuntimeError(f"{REPEATED_OOM_EXIT} jobs in a row out of memory")
                 )
-            tried = ", ".join(a["profile"] for a in attempts)
+            tried = ", ".join(dict.fromkeys(a["profile"] for a in attempts))
             raise ResourceError(
                 f"job {spec.job_id}: out of GPU memory on every profile this worker has "
                 f"({tried}); try fewer frames (num_frames), a smaller size, or a card with "
@@ -117,3 +117,75 @@ def generate(
         if lost is not None:  # no pipeline left: never take another job; this one is requeued
             exit_poisoned(spec.job_id, lost)
             raise lost  # not reached: exit_poisoned ends the process
+
+
+class Decoder:
+    """The decode of one denoised clip, halving its chunk on out of memory, down to 1.
+
+    The latents stay: an out-of-memory error in the VAE decode is retried with half the chunk
+    without denoising again and without reloading. Each failed try is recorded in `attempts`
+    (`"phase": "decode"` with its chunk); when even one frame at a time does not fit, it
+    raises out of memory for the rung's step-down. `chunk` is the last chunk tried (None
+    before the decode started).
+    """
+
+    def __init__(
+        self, spec: JobSpec, model: models.LoadedModel, attempts: list[dict[str, Any]]
+    ) -> None:
+        self.spec, self.model, self.attempts = spec, model, attempts
+        self.chunk: int | None = None
+
+    def __call__(self, latents: Any, num_frames: int, chunk: int) -> np.ndarray:
+        import torch
+
+        chunk = max(1, chunk)
+        while True:
+            self.chunk = chunk
+            start = time.perf_counter()
+            decode = functools.partial(
+                engine.decode_latents, self.model, latents, num_frames, chunk
+            )
+            frames, _ = _try(self.spec, self.model, decode)
+            if frames is not None:
+                return frames
+            seconds = round(time.perf_counter() - start, 4)
+            name = self.model.profile.name
+            self.attempts.append(_attempt(name, "oom", seconds, chunk, "decode"))
+            models.free_memory()
+            if chunk == 1:
+                raise torch.OutOfMemoryError(
+                    f"out of memory decoding one frame at a time on profile {name}"
+                )
+            log.warning(
+                "job %s: decode out of memory at %d frames a chunk; trying %d",
+                self.spec.job_id,
+                chunk,
+                chunk // 2,
+            )
+            chunk //= 2
+
+
+def _attempt(
+    profile: str, outcome: str, seconds: float, chunk: int, phase: str | None = None
+) -> dict[str, Any]:
+    """One try as result.json's `attempts` lists it."""
+    record: dict[str, Any] = {"profile": profile, "outcome": outcome, "seconds": seconds}
+    if phase:
+        record["phase"] = phase
+    record["decode_chunk_size"] = chunk
+    return record
+
+
+def _try(spec: JobSpec, model: models.LoadedModel, run: Callable[[], T]) -> tuple[T | None, bool]:
+    """`(run(), False)`, or `(None, True)` when it ran out of memory (any form worker/oom.py
+    knows); a broken CUDA context ends the process, anything else propagates. The exception
+    is out of scope when this returns, so its frames' tensors can be freed."""
+    try:
+        return run(), False
+    except RuntimeError as exc:  # every out-of-memory form is one (worker/oom.py)
+        if not oom.out_of_memory(exc):
+            if oom.poisoned(exc):
+                exit_poisoned(spec.job_id, exc)
+            raise
+        log.warning("job %s: out of memory on %s: %s", spec.job_id, model.profile.name, exc)
+    return None, True
