@@ -15,6 +15,7 @@ import pytest
 import redis as redis_lib
 
 from svdq.producer.services import s3_server
+from svdq.shared.constants import rung_key
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
 
@@ -140,3 +141,20 @@ def worker(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def _forget_remembered_rungs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A worker remembers the rung that last worked per host, GPU and variant (24 h): one
+    test's out-of-memory step-down must not decide where the next test's worker starts."""
+    yield
+    if "unit" in request.path.parts:
+        return
+    client = redis_lib.Redis.from_url(TEST_REDIS_URL)
+    try:
+        for key in client.scan_iter(rung_key("*", "*", "*")):  # type: ignore[arg-type]
+            client.delete(key)
+    except redis_lib.RedisError:
+        pass
+    finally:
+        client.close()

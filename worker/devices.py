@@ -98,6 +98,8 @@ def this_device(
     else the first one a preset CUDA_VISIBLE_DEVICES (Slurm, a container runtime) leaves
     visible in `env` (default: this process's environment), else None (no CUDA)."""
     wanted = settings.worker.gpu_index
+    if not devices:
+        return None  # no CUDA here: a CPU worker, whatever index its metrics port was given
     if wanted is None:
         seen = visible(devices, (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES"))
         return seen[0] if seen else None
