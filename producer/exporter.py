@@ -88,30 +88,38 @@ def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetric
         for status, n in counts.items():
             recent.add_metric([status, window], float(n))
     yield recent
-    failures = GaugeMetricFamily(
-        "svdq_recent_failures", "Failed jobs in the last 60 minutes by reason", labels=["reason"]
-    )
-    for reason, n in snap["failures_60m"].items():
-        failures.add_metric([reason], float(n))
-    yield failures
-
     dead = GaugeMetricFamily("svdq_dead_letter_size", "Jobs in the dead-letter list")
     dead.add_metric([], float(snap["dead_letter"]))
     yield dead
-    batches = GaugeMetricFamily(
-        "svdq_batches", "Bulk submissions Redis still holds", labels=["state"]
-    )
-    for state, n in snap["batches"].items():
-        batches.add_metric([state], float(n))
-    yield batches
-    callbacks = CounterMetricFamily(
-        "svdq_callbacks",
-        "Result callbacks ended, by outcome (gave_up: refused, or out of retries)",
-        labels=["outcome"],
-    )
-    for outcome, n in snap.get("callbacks", {}).items():
-        callbacks.add_metric([outcome], float(n))
-    yield callbacks
+    # One label, one count per value: read from the snapshot as (name, help, label, counts).
+    by_one_label: list[tuple[type[Any], str, str, str, dict[str, Any]]] = [
+        (
+            GaugeMetricFamily,
+            "svdq_recent_failures",
+            "Failed jobs in the last 60 minutes by reason",
+            "reason",
+            snap["failures_60m"],
+        ),
+        (
+            GaugeMetricFamily,
+            "svdq_batches",
+            "Bulk submissions Redis still holds",
+            "state",
+            snap["batches"],
+        ),
+        (
+            CounterMetricFamily,
+            "svdq_callbacks",
+            "Result callbacks ended, by outcome (gave_up: refused, or out of retries)",
+            "outcome",
+            snap.get("callbacks", {}),
+        ),
+    ]
+    for kind, name, text, label, counts in by_one_label:
+        family = kind(name, text, labels=[label])
+        for value, n in counts.items():
+            family.add_metric([value], float(n))
+        yield family
 
 
 def registry_for(redis: Any) -> CollectorRegistry:

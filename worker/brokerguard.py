@@ -32,10 +32,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Message as VirtualMessage
 
+from svdq.shared.celery_app import make_celery
 from svdq.shared.errors import InvalidJobError
+from svdq.shared.settings import Settings
 from svdq.worker.intake import KEPT_BODY_CHARS, set_aside_raw
 
 log = logging.getLogger("svdq.worker")
@@ -132,3 +135,19 @@ def transport_for(broker_url: str) -> str | None:
     """The guarded transport for `broker_url` (Celery's broker_transport), or None to keep
     kombu's choice (a unix:// socket, say)."""
     return _BY_SCHEME.get(urlsplit(broker_url).scheme)
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The Celery app a svdq worker process serves (GPU worker or callbacks), guarded."""
+    app = make_celery(settings)
+    guard(app, settings.redis_url)
+    return app
+
+
+def guard(app: Any, broker_url: str) -> None:
+    """Make `app`'s workers proof against what arrives from outside: every message is checked
+    before Celery reads it and one it cannot take is set aside (worker/intake.py, chosen with
+    Celery's `worker_consumer`), and so is a queue item that is not a message at all (this
+    module's transport). Both svdq Celery apps (GPU worker, callbacks) call it."""
+    app.conf.worker_consumer = "svdq.worker.intake:Consumer"
+    app.conf.broker_transport = transport_for(broker_url)

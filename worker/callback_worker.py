@@ -17,7 +17,6 @@ from typing import Any
 
 from celery import Task
 
-from svdq.shared.celery_app import make_celery
 from svdq.shared.constants import (
     CALLBACK_FIELD,
     CALLBACKS_KEY,
@@ -28,14 +27,12 @@ from svdq.shared.constants import (
 from svdq.shared.errors import CallbackRefused, ConfigError
 from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
-from svdq.worker.brokerguard import transport_for
+from svdq.worker.brokerguard import worker_app
 from svdq.worker.callbacks import check_destination, post, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
-app = make_celery(settings)
-app.conf.worker_consumer = "svdq.worker.intake:Consumer"  # unreadable messages set aside
-app.conf.broker_transport = transport_for(settings.redis_url)  # and unreadable queue items
+app = worker_app(settings)  # unreadable messages and queue items are set aside, not fatal
 
 
 @app.task(name=TASK_CALLBACK, bind=True, acks_late=True, max_retries=None)

@@ -206,36 +206,36 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str) -> str:
     body = message.body or b""
     raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
     headers = message.headers if isinstance(message.headers, dict) else {}
-    key = SET_ASIDE_PREFIX + hashlib.sha256(raw + repr(headers).encode()).hexdigest()[:20]
     delivery = message.delivery_info or {}
-    record = {
-        "job_id": key,
-        "kind": "message",
-        "reason": f"message set aside unread: {reason}",
-        "task": _shown(headers.get("task"), 200),
-        "claimed_id": _shown(headers.get("id"), 200),
-        "queue": delivery.get("routing_key"),
-        "content_type": message.content_type,
-        "body": raw[:KEPT_BODY_CHARS].decode("utf-8", "replace"),
-        "body_bytes": len(raw),
-        "worker": worker,
-        "dead_at": time.time(),
-        "attempts": [],
-    }
-    redis.hset(DEAD_LETTER_KEY, key, json.dumps(record))
-    return key
+    return _record(
+        redis,
+        raw,
+        repr(headers).encode(),
+        f"message set aside unread: {reason}",
+        worker,
+        task=_shown(headers.get("task"), 200),
+        claimed_id=_shown(headers.get("id"), 200),
+        queue=delivery.get("routing_key"),
+        content_type=message.content_type,
+    )
 
 
 def set_aside_raw(redis: Any, raw: str, reason: str, worker: str) -> str:
     """Record an item that never became a message (worker/brokerguard.py); return its key."""
     data = raw.encode("utf-8", "replace")
-    key = SET_ASIDE_PREFIX + hashlib.sha256(data).hexdigest()[:20]
+    return _record(redis, data, b"", f"queue item set aside unread: {reason}", worker)
+
+
+def _record(redis: Any, raw: bytes, salt: bytes, reason: str, worker: str, **details: Any) -> str:
+    """The dead-letter entry of something set aside unread (body cut short); return its key."""
+    key = SET_ASIDE_PREFIX + hashlib.sha256(raw + salt).hexdigest()[:20]
     record = {
         "job_id": key,
         "kind": "message",
-        "reason": f"queue item set aside unread: {reason}",
-        "body": raw[:KEPT_BODY_CHARS],
-        "body_bytes": len(data),
+        "reason": reason,
+        **details,
+        "body": raw[:KEPT_BODY_CHARS].decode("utf-8", "replace"),
+        "body_bytes": len(raw),
         "worker": worker,
         "dead_at": time.time(),
         "attempts": [],

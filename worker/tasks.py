@@ -22,11 +22,10 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from svdq.shared.celery_app import make_celery
 from svdq.shared.constants import TASK_GENERATE, worker_key
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
-from svdq.worker.brokerguard import transport_for
+from svdq.worker.brokerguard import worker_app
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.runtime import Runtime
@@ -34,11 +33,7 @@ from svdq.worker.runtime import Runtime
 log = logging.getLogger("svdq.worker")
 
 settings = Settings.from_env()
-app = make_celery(settings)
-# Every message is checked before Celery reads it; one it cannot take is set aside, not fatal
-# (worker/intake.py), and so is a queue item that is not a message at all (worker/brokerguard.py).
-app.conf.worker_consumer = "svdq.worker.intake:Consumer"
-app.conf.broker_transport = transport_for(settings.redis_url)
+app = worker_app(settings)  # unreadable messages and queue items are set aside, not fatal
 
 
 class _Process:
