@@ -23,6 +23,7 @@ from typing import Any
 
 from svdq.shared import constants
 from svdq.shared.constants import FINISHED_STREAM, job_key, queue_for, worker_key
+from svdq.shared.states import Outcome
 from svdq.shared.variants import VARIANTS
 
 WINDOWS = {"5m": 300, "60m": 3600}
@@ -114,7 +115,8 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
 def finished(redis: Any, now: float) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Jobs finished per window by status, and failures in the last hour by reason."""
     since = int((now - max(WINDOWS.values())) * 1000)
-    throughput = {w: {"succeeded": 0, "failed": 0, "skipped": 0} for w in WINDOWS}
+    ended = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.SKIPPED)
+    throughput = {w: {str(o): 0 for o in ended} for w in WINDOWS}
     reasons: dict[str, int] = {}
     for entry_id, fields in redis.xrange(FINISHED_STREAM, min=f"{since}-0", max="+"):
         at = int(_text(entry_id).split("-")[0]) / 1000
@@ -123,7 +125,7 @@ def finished(redis: Any, now: float) -> tuple[dict[str, dict[str, int]], dict[st
         for window, seconds in WINDOWS.items():
             if now - at <= seconds:
                 throughput[window][status] = throughput[window].get(status, 0) + 1
-        if status == "failed":
+        if status == Outcome.FAILED:
             reason = entry.get("reason") or "unknown"
             reasons[reason] = reasons.get(reason, 0) + 1
     return throughput, reasons

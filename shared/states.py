@@ -10,6 +10,16 @@ from enum import StrEnum
 from svdq.shared.constants import STATE_PROGRESS
 
 
+class Outcome(StrEnum):
+    """How one delivery of a job ended, as the finished-jobs stream (FINISHED_STREAM) and the
+    `svdq_jobs` metric count it; `svdq stats` and `svdq exporter` read the same words."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # result.json was there already: the job did no work now
+    RETRIED = "retried"  # sent back to its queue (transient fault, busy lease): not an end
+
+
 class JobState(StrEnum):
     """Where a job is. A StrEnum: each member is the very string users see."""
 

@@ -27,19 +27,20 @@ from svdq.shared.constants import CALLBACK_SIGNATURE_HEADER, QUEUE_CALLBACKS, TA
 from svdq.shared.errors import CallbackRefused
 from svdq.shared.net import public_address
 from svdq.shared.spec import JobSpec
+from svdq.shared.states import JobState
 
 log = logging.getLogger("svdq.callbacks")
 
 
 def cancelled_payload(job: JobSpec) -> dict[str, Any]:
     """What a cancelled job's callback says."""
-    return {"job_id": job.job_id, "status": "cancelled", "spec": job.to_dict()}
+    return {"job_id": job.job_id, "status": JobState.CANCELLED, "spec": job.to_dict()}
 
 
 def failed_payload(job: JobSpec, exc: BaseException) -> dict[str, Any]:
     """What a failed job's callback says: the error's type and (bounded) message."""
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-    return {"job_id": job.job_id, "status": "failed", "spec": job.to_dict(), "error": error}
+    return {"job_id": job.job_id, "status": JobState.FAILED, "spec": job.to_dict(), "error": error}
 
 
 def dispatch(app: Any, job: JobSpec, payload: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from svdq.shared.inputs import addressed_sha256, read_stored
 from svdq.shared.retry import with_retries
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobResult, JobSpec
+from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore
 from svdq.worker import engine, export, stepdown
 from svdq.worker.models import LoadedModel
@@ -169,7 +170,7 @@ def run_job(
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(
         job_id=spec.job_id,
-        status="succeeded",
+        status=JobState.SUCCEEDED,
         spec=spec.to_dict(),
         variant=params.variant,
         model=f"{model.info.model_id} @ {model.source}",

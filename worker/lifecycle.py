@@ -54,6 +54,7 @@ from svdq.shared.constants import STATE_PROGRESS, cancel_key
 from svdq.shared.errors import JobCancelledError, RetryLater
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
+from svdq.shared.states import Outcome
 from svdq.worker import callbacks, cancellation, delivery, jobs, resident
 from svdq.worker.heartbeat import Presence
 from svdq.worker.runtime import Runtime
@@ -157,15 +158,15 @@ def _begin(rt: Runtime, job_id: str) -> None:
 
 def _succeeded(rt: Runtime, job_id: str, worker: str | None, result: dict[str, Any]) -> None:
     # "skipped" when result.json was there already (the job did no work now).
-    status = _safe(rt.metrics.succeeded, result) or "succeeded"
+    status = _safe(rt.metrics.succeeded, result) or Outcome.SUCCEEDED
     variant = str(result.get("variant", "unknown"))
-    seconds = (result.get("timings") or {}).get("total") if status == "succeeded" else None
+    seconds = (result.get("timings") or {}).get("total") if status == Outcome.SUCCEEDED else None
     _safe(rt.presence.finished, job_id, status, variant, "", seconds, worker)
 
 
 def _failed(rt: Runtime, job_id: str, worker: str | None, variant: str, exc: BaseException) -> None:
     reason = _safe(rt.metrics.failed, variant, exc) or type(exc).__name__
-    _safe(rt.presence.finished, job_id, "failed", variant, reason, None, worker)
+    _safe(rt.presence.finished, job_id, Outcome.FAILED, variant, reason, None, worker)
 
 
 def _end(rt: Runtime) -> None:
@@ -194,7 +195,7 @@ def parent_saw_failure(
     the finished-jobs stream: the child could not."""
     raw = args[0] if isinstance(args, list | tuple) and args else None
     reason = type(exception).__name__
-    _safe(presence.finished, job_id, "failed", _variant_label(raw), reason)
+    _safe(presence.finished, job_id, Outcome.FAILED, _variant_label(raw), reason)
 
 
 def requeue_if_terminated(app: Celery, settings: Settings, request: Any) -> None:

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from svdq.shared.states import Outcome
 from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
@@ -161,29 +162,29 @@ class WorkerMetrics:
         variant = str(result.get("variant", "unknown"))
         finished = _parse_time(result.get("finished_at"))
         if finished is not None and finished < self.started:
-            JOBS.labels("skipped", variant).inc()
-            return "skipped"
+            JOBS.labels(Outcome.SKIPPED, variant).inc()
+            return Outcome.SKIPPED
         profile = str((result.get("profile") or {}).get("name", ""))
-        JOBS.labels("succeeded", variant).inc()
+        JOBS.labels(Outcome.SUCCEEDED, variant).inc()
         for phase, seconds in (result.get("timings") or {}).items():
             if phase in PHASES:
                 PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
         FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
         self._peak_vram()
-        return "succeeded"
+        return Outcome.SUCCEEDED
 
     def failed(self, variant: str, exc: BaseException) -> str:
         """Count a job that failed with `exc`; return the reason it is counted under (the
         exception's class name: a short label, one time series each)."""
         reason = type(exc).__name__
-        JOBS.labels("failed", variant).inc()
+        JOBS.labels(Outcome.FAILED, variant).inc()
         FAILURES.labels(reason).inc()
         self._peak_vram()
         return reason
 
     def retried(self, variant: str) -> None:
         """Count a job sent back to its queue for later (not an end)."""
-        JOBS.labels("retried", variant).inc()
+        JOBS.labels(Outcome.RETRIED, variant).inc()
 
     def job_ended(self) -> None:
         """The job is over, whatever its outcome."""
