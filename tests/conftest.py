@@ -158,3 +158,18 @@ def _forget_remembered_rungs(request: pytest.FixtureRequest) -> Iterator[None]:
         pass
     finally:
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_a_fresh_process_has_them() -> Iterator[None]:
+    """A subprocess inherits the blocked-signal mask and any ignored signal of the process that
+    starts it. Library code run in this process (Celery, billiard, torch) may leave SIGINT or
+    SIGTERM blocked or ignored; the workers and commands the tests start must get them as a
+    shell would give them (in a full run, `svdq stats --watch` and the supervisor stopped
+    answering SIGINT after earlier tests)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    for sig, default in defaults.items():
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, default)
+    yield
