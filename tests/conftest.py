@@ -168,7 +168,11 @@ def _signals_as_a_fresh_process_has_them() -> Iterator[None]:
     shell would give them (in a full run, `svdq stats --watch` and the supervisor stopped
     answering SIGINT after earlier tests)."""
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    defaults = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+        signal.SIGQUIT: signal.SIG_DFL,  # the supervisor's stop-now signal to its children
+    }
     for sig, default in defaults.items():
         if signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, default)
