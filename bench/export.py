@@ -87,6 +87,21 @@ def smooth_clip(frames: int, height: int, width: int, seed: int = 0) -> np.ndarr
     return (np.clip(clip, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def provenance() -> dict[str, object]:
+    """Where a benchmark's figures come from: machine, commit, time (every bench JSON has it)."""
+    return {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -106,15 +121,7 @@ def main() -> None:
     report = {
         "clips": rows,
         "repeats": args.repeats,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(),
     }
     out = REPO / "bench" / "results" / "export.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -136,6 +135,8 @@ def gif_comparison(job: dict) -> dict:
 
 
 def main() -> int:
+    from bench.export import provenance
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--size", default="128x64", help="WxH, multiples of 64")
@@ -231,15 +232,7 @@ def main() -> int:
             1,
         ),
         "gif": gif,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(),
     }
     print(f"{'path':<28}{'seconds':>10}")
     print(f"{'(a) bare loop':<28}{bare_s:>10.2f}")
