@@ -103,6 +103,8 @@ class LocalStore:
         yield from sorted(keys)  # key order, as S3 lists them
 
     def uri(self, key: str) -> str:
+        if not key:  # the store itself, as S3Store's "s3://bucket/" (a worker's error messages)
+            return self.root.as_uri() + "/"
         return self._path(key).as_uri()
 
     def key_from_uri(self, uri: str) -> str | None:

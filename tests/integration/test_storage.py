@@ -39,6 +39,13 @@ def test_put_get_exists_and_missing(store: ObjectStore, prefix: str) -> None:
     assert store.key_from_uri(store.uri(key)) == key
 
 
+def test_the_store_itself_has_a_uri(store: ObjectStore) -> None:
+    # The worker names it in every input error (worker/jobs.py fetch_input builds that text
+    # for each job): the local store raised "key '' leaves the store folder", failing them all.
+    root = store.uri("")
+    assert root.endswith("/") and store.key_from_uri(root + "inputs/a.png") == "inputs/a.png"
+
+
 def test_put_if_absent_writes_once(store: ObjectStore, prefix: str) -> None:
     key = prefix + "inputs/x.png"
     assert store.put_if_absent(key, b"first", "image/png") is False
