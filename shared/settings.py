@@ -2,8 +2,9 @@
 
 This module is the one reader of the environment: nothing else in svdq parses an SVDQ_*
 variable. Every variable is listed once, with its default and meaning, in VARIABLES (everyone),
-WORKER_VARIABLES (set by `svdq worker` for each worker it starts) or PROFILE_VARIABLES (the
-operator's memory-profile overrides); `svdq --help` prints all three. A bad value fails at
+WORKER_VARIABLES (set by `svdq worker` for each worker it starts), PROFILE_VARIABLES (the
+operator's memory-profile overrides) or COMPILE_VARIABLES (what a compiled worker compiles);
+`svdq --help` prints all four. A bad value fails at
 start-up naming the variable.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from svdq.shared import shapes
 from svdq.shared.errors import ConfigError
 from svdq.shared.variants import VARIANTS
 
@@ -95,10 +97,19 @@ PROFILE_VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_COMPILE": ("", "override the top profile's torch.compile of the UNet: 1/0"),
 }
 
+# What a worker whose rung compiles the UNet compiles at load: every other shape runs eagerly.
+COMPILE_VARIABLES: dict[str, tuple[str, str]] = {
+    "SVDQ_WARM_SHAPES": (
+        shapes.DEFAULT,
+        "the clip shapes a compiled worker compiles at load (warm-up, per shape); jobs of any "
+        f"other shape run eagerly, never compiling: {shapes.ALLOWED}",
+    ),
+}
+
 # Every variable's default, written once (in the tables above).
 DEFAULTS: dict[str, str] = {
     name: default
-    for table in (VARIABLES, WORKER_VARIABLES, PROFILE_VARIABLES)
+    for table in (VARIABLES, WORKER_VARIABLES, PROFILE_VARIABLES, COMPILE_VARIABLES)
     for name, (default, _) in table.items()
 }
 CALLBACK_NETWORKS = ("public", "private", "any")
@@ -119,6 +130,11 @@ class WorkerSettings:
     forward_chunking: bool | None
     decode_chunk_size: int | Literal["all"] | None
     compile: bool | None
+    warm_shapes: tuple[shapes.Shape, ...]  # frames None: the loaded variant's own
+
+    def warm_shapes_for(self, frames: int) -> tuple[shapes.Resolved, ...]:
+        """The shapes to warm for a variant that makes `frames` frames by default."""
+        return shapes.resolve(self.warm_shapes, frames)
 
     def profile_changes(self) -> dict[str, object]:
         """The top rung's fields the operator changed, as Profile values ('all' frames at
@@ -259,6 +275,7 @@ def _worker_settings(env: Mapping[str, str]) -> WorkerSettings:
         forward_chunking=read("SVDQ_FORWARD_CHUNKING", _bool),
         decode_chunk_size=read("SVDQ_DECODE_CHUNK_SIZE", _chunk),
         compile=read("SVDQ_COMPILE", _bool),
+        warm_shapes=shapes.parse("SVDQ_WARM_SHAPES", get("SVDQ_WARM_SHAPES") or ""),
     )
 
 
@@ -357,5 +374,8 @@ def describe_variables() -> str:
             "",
             "worker memory profile overrides:",
             *rows(PROFILE_VARIABLES),
+            "",
+            "compiled workers:",
+            *rows(COMPILE_VARIABLES),
         ]
     )

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from svdq.shared import shapes, variants
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import Settings
 from svdq.worker import profiles
@@ -32,6 +33,8 @@ class DevicePlan:
     queues: tuple[str, ...]
     # Why torch.compile cannot run on this machine (no C compiler, no Python.h); None: it can.
     compile_unavailable: str | None = None
+    # What a rung that compiles warms at load (SVDQ_WARM_SHAPES); () when no rung compiles.
+    warm_shapes: tuple[shapes.Resolved, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON form for `svdq plan --json`."""
@@ -43,6 +46,8 @@ class DevicePlan:
         }
         if self.compile_unavailable:
             out["compile_unavailable"] = self.compile_unavailable
+        if self.warm_shapes:
+            out["warm_shapes"] = [shapes.text(s) for s in self.warm_shapes]
         return out
 
 
@@ -71,7 +76,9 @@ def device_plan(
     blocker = toolchain() if device is not None else None
     if blocker:
         rungs = profiles.without_compile(rungs, blocker)
-    return DevicePlan(device, variant, rungs, tuple(queues), blocker)
+    compiles = any(p.compile for p in rungs)
+    warm = settings.worker.warm_shapes_for(variants.variant(variant).frames) if compiles else ()
+    return DevicePlan(device, variant, rungs, tuple(queues), blocker, warm)
 
 
 def ladder_for(plan: DevicePlan, variant: str, settings: Settings) -> tuple[Profile, ...]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from svdq.shared import shapes
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
 from svdq.worker.models import LoadedModel
@@ -128,8 +129,11 @@ def shape_run(model: LoadedModel, spec: JobSpec, params: RunParams) -> str | Non
     shape = (spec.width, spec.height, params.num_frames)
     if shape in model.warmed:
         return "compiled"
-    warmed = ", ".join("x".join(map(str, s)) for s in model.warmed) or "none"
-    return f"eager: {'x'.join(map(str, shape))} was not warmed at load (warmed: {warmed})"
+    warmed = ", ".join(map(shapes.text, model.warmed)) or "none"
+    return (
+        f"eager: {shapes.text(shape)} was not warmed at load (warmed: {warmed}; "
+        "SVDQ_WARM_SHAPES lists the shapes to warm)"
+    )
 
 
 def _no_compile_in_jobs(model: LoadedModel) -> Any:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+from svdq.shared import shapes
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
 from svdq.worker.devices import DevicePlan, device_plan
@@ -149,6 +150,15 @@ def format_plan(plan: DevicePlan, weights: str, missing: list[str] | None = None
         *(
             [f"  compile unavailable: {plan.compile_unavailable}; those rungs run eagerly"]
             if any(p.compile_unavailable for p in plan.ladder)
+            else []
+        ),
+        *(
+            [
+                "  compiled at load (SVDQ_WARM_SHAPES): "
+                + ", ".join(map(shapes.text, plan.warm_shapes))
+                + "; jobs of other shapes run eagerly"
+            ]
+            if plan.warm_shapes
             else []
         ),
         "  profile ladder (an out-of-memory error steps one rung down):",

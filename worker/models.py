@@ -11,15 +11,15 @@ import gc
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svdq.shared import variants
+from svdq.shared import shapes, variants
 from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
+from svdq.worker.compiled import compile_unet, forget_compiled
 from svdq.worker.gpuinfo import use_pci_bus_order
 from svdq.worker.profiles import Profile
 from svdq.worker.quiet import silence_library_notices
@@ -42,7 +42,8 @@ class LoadedModel:
     load_seconds: float
     warmup_seconds: float = 0.0
     lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
-    warmed: tuple[tuple[int, int, int], ...] = ()  # (width, height, frames) compiled at load
+    warmed: tuple[shapes.Resolved, ...] = ()  # (width, height, frames) compiled at load
+    warmup_by_shape: dict[str, float] = dataclasses.field(default_factory=dict)  # "WxHxF": s
 
 
 def model_source(settings: Settings, variant: str) -> Path:
@@ -80,7 +81,8 @@ def load_model(
     settings: Settings, profile: Profile, lower: tuple[Profile, ...] = ()
 ) -> LoadedModel:
     """Load the pipeline for `profile.variant`, apply the profile and, when it compiles the
-    UNet, warm it up. Call once per process (then `swap`)."""
+    UNet, warm it up at every shape SVDQ_WARM_SHAPES lists. Call once per process (then
+    `swap`, which comes back here: a new rung or variant is warmed the same way)."""
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
@@ -103,13 +105,14 @@ def load_model(
     _quiet_loading()
     pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    apply_profile(pipe, profile)
-    seconds = time.perf_counter() - start
     info = variants.variant(variant)
+    warm = settings.worker.warm_shapes_for(info.frames)
+    apply_profile(pipe, profile, len(warm))
+    seconds = time.perf_counter() - start
     label = str(source)
     model = LoadedModel(pipe, info, label, profile, seconds, lower=lower)
     if profile.compile:
-        model.warmup_seconds = warm_up(model)
+        warm_all(model, warm)
     log.info(
         "loaded %s from %s with profile %s (%s) in %.1fs, warm-up %.1fs",
         variant,
@@ -122,10 +125,30 @@ def load_model(
     return model
 
 
-def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int = 2) -> float:
-    """Denoise once on a blank image so torch.compile builds the UNet's graphs now, not during
-    the first job. Returns the seconds it took.
+def warm_all(model: LoadedModel, shapes_: tuple[shapes.Resolved, ...], steps: int = 2) -> None:
+    """Compile the UNet at each of `shapes_` (SVDQ_WARM_SHAPES), one after the other, and record
+    the seconds each took (`warmup_by_shape`, total in `warmup_seconds`). A job of one of
+    these shapes then runs compiled with nothing left to compile; any other shape runs
+    eagerly (worker/engine.py `_no_compile_in_jobs`)."""
+    for width, height, frames in shapes_:
+        seconds = warm_up(model, width, height, frames, steps)
+        model.warmup_by_shape[shapes.text((width, height, frames))] = round(seconds, 3)
+        model.warmup_seconds += seconds
+        log.info(
+            "warmed %s/%s at %s in %.1fs",
+            model.info.name,
+            model.profile.name,
+            shapes.text((width, height, frames)),
+            seconds,
+        )
 
+
+def warm_up(model: LoadedModel, width: int, height: int, frames: int, steps: int = 2) -> float:
+    """Denoise once on a blank image of this shape so torch.compile builds the UNet's graph
+    for it now, not during a job. Returns the seconds it took.
+
+    It calls the pipeline as a job does (engine.generate): the same guidance scales decide
+    whether classifier-free guidance doubles the UNet's batch, so the graph's guards match.
     Only the UNet is compiled (`apply_profile`), so the warm-up stops at the latents
     (`output_type="latent"`: diffusers skips `decode_latents`): a full-clip VAE decode beside
     the CUDA-graph pool is what ran out of memory at start-up. Jobs decode in chunks that
@@ -136,7 +159,6 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
     from PIL import Image
 
     start = time.perf_counter()
-    frames = model.info.frames
     model.warmed = (*model.warmed, (width, height, frames))
     with torch.inference_mode():
         model.pipe(
@@ -145,6 +167,8 @@ def warm_up(model: LoadedModel, width: int = 1024, height: int = 576, steps: int
             height=height,
             num_frames=frames,
             num_inference_steps=steps,
+            min_guidance_scale=model.info.min_guidance_scale,
+            max_guidance_scale=model.info.max_guidance_scale,
             generator=torch.Generator(device="cpu").manual_seed(0),
             output_type="latent",
         )
@@ -191,20 +215,6 @@ def evict(model: LoadedModel) -> None:
     if compiled:
         forget_compiled()
     free_memory()
-
-
-def forget_compiled() -> None:
-    """Clear dynamo's process-wide compiled state (graphs, guards, CUDA-graph trees)."""
-    import torch
-
-    with warnings.catch_warnings():
-        # torch/utils/mkldnn.py, imported with inductor, warns that torch.jit is deprecated.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # Imported first: resetting a "reduce-overhead" backend imports it, and that import
-        # adds to the backend cache torch is iterating ("dictionary changed size").
-        import torch._inductor.cudagraph_trees
-
-        torch.compiler.reset()
 
 
 def _unhook(pipe: Any) -> bool:
@@ -299,14 +309,13 @@ def _quiet_loading() -> None:
     silence_library_notices()  # diffusers' "kept in float32: []" on every fp16 VAE cast
 
 
-def apply_profile(pipe: Any, profile: Profile) -> None:
-    """Put the pipeline on its device the way the profile says.
+def apply_profile(pipe: Any, profile: Profile, shapes_: int = 1) -> None:
+    """Put the pipeline on its device the way the profile says; a compiled UNet is made for
+    `shapes_` warmed shapes (`compile_unet`).
 
     Offload hooks move each model to `profile.device` only while it runs. Sequential offload
     streams weights layer by layer and needs an accelerator (it breaks on a CPU).
     """
-    import torch
-
     if profile.offload == "model":
         pipe.enable_model_cpu_offload(device=profile.device)
     elif profile.offload == "sequential":
@@ -316,4 +325,4 @@ def apply_profile(pipe: Any, profile: Profile) -> None:
     if profile.forward_chunking:
         pipe.unet.enable_forward_chunking()  # feed-forward one frame at a time: ~15 % less
     if profile.compile:
-        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+        pipe.unet = compile_unet(pipe.unet, shapes_)

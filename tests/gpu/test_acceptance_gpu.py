@@ -67,6 +67,13 @@ def test_compile_warms_up_and_never_recompiles_a_warmed_shape(settings: Settings
         _clip(model, spec, image)
         _clip(model, spec, image)
         assert counters["stats"]["unique_graphs"] == graphs
+        assert engine.shape_run(model, spec, engine.params_for(spec, model)) == "compiled"
+        # A shape SVDQ_WARM_SHAPES does not list runs eagerly: no graph, no CUDA graph recorded.
+        other, image = _job(width=512, height=256)
+        _clip(model, other, image)
+        assert counters["stats"]["unique_graphs"] == graphs
+        run = engine.shape_run(model, other, engine.params_for(other, model))
+        assert run is not None and run.startswith("eager: 512x256x14 was not warmed")
     finally:
         models.evict(model)
 

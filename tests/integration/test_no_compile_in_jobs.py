@@ -1,25 +1,33 @@
-"""A compiled worker never compiles inside a job (issue 9, defect 7): the shapes warmed at load
-run compiled with no new graph, any other shape runs eagerly without compiling, and
-result.json's profile says which. Before the fix every new width, height or frame count
+"""A compiled worker never compiles inside a job (issue 9, defect 7): every shape
+SVDQ_WARM_SHAPES lists is compiled at load, a job of one of them runs the compiled graph with
+no new graph, any other shape runs eagerly without compiling, and result.json's profile says
+which. Before the fix only 1024×576 was warmed, and every other width, height or frame count
 recompiled inside the job (minutes on a GPU, with CUDA graphs re-recorded).
 
-On the CPU the UNet is compiled with backend="eager" (dynamo traces and guards exactly as it
-does for inductor, with no C compiler needed); dynamo's own counters tell whether a graph was
-compiled.
+On the CPU the UNet is compiled by `compiled.compile_unet` (dynamic=False, the recompile
+limit) with dynamo's eager backend in place of inductor, which needs a C compiler: dynamo
+traces and guards exactly as it does for inductor. Dynamo's own counters tell whether a graph
+was compiled; the backend counts each run of a compiled graph, so an "eager" shape is seen not
+to run one (a dynamic graph would serve it without compiling anything new).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
+import json
+from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 from torch._dynamo.utils import counters
 
+from svdq.shared.constants import result_key
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import engine, jobs, models
+from svdq.shared.storage import open_store
+from svdq.worker import compiled, engine, jobs, models
 from svdq.worker.profiles import CPU_PROFILE
 
 pytestmark = pytest.mark.integration
@@ -27,57 +35,93 @@ pytestmark = pytest.mark.integration
 COMPILED = dataclasses.replace(CPU_PROFILE, name="cpu-compiled", compile=True)
 
 
-def _spec(width: int, height: int, frames: int) -> JobSpec:
+def _graphs() -> int:
+    return int(counters["stats"]["unique_graphs"])
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """load_model's real compile (dynamic=False, the limit) with dynamo's eager backend
+    (torch/_dynamo/backends/debugging.py `eager`: `return gm.forward`), counting each run of
+    a compiled graph."""
+    calls: list[int] = []
+
+    def backend(gm: Any, example_inputs: Any) -> Any:
+        def run(*args: Any) -> Any:
+            calls.append(1)
+            return gm.forward(*args)
+
+        return run
+
+    compile_eagerly = functools.partial(compiled.compile_unet, backend=backend)
+    monkeypatch.setattr(models, "compile_unet", compile_eagerly)
+    compiled.forget_compiled()
+    counters.clear()
+    yield calls
+    compiled.forget_compiled()
+
+
+def _spec(store: Any, width: int, height: int, frames: int) -> JobSpec:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 120, 200)).save(buf, "PNG")
+    key = f"inputs/{width}x{height}.png"
+    store.put_bytes(key, buf.getvalue(), "image/png")
     return JobSpec.from_dict(
         {
-            "image": "x.png",
+            "image": store.uri(key),
             "variant": "tiny",
             "width": width,
             "height": height,
             "num_frames": frames,
             "num_inference_steps": 2,
             "seed": 3,
-            "job_id": "shape",
+            "formats": ["gif"],
+            "job_id": f"shape-{width}x{height}x{frames}",
         }
     )
 
 
-def _graphs() -> int:
-    return int(counters["stats"]["unique_graphs"])
-
-
-def test_warmed_shapes_run_compiled_and_others_eagerly(model_dir) -> None:
-    settings = dataclasses.replace(Settings.from_env({}), model_dir=model_dir)
-    models.forget_compiled()
-    counters.clear()
-    model = models.load_model(settings, CPU_PROFILE)
-    model.profile = COMPILED  # apply_profile's inductor needs a C compiler; eager traces alike
-    model.pipe.unet = torch.compile(model.pipe.unet, backend="eager", fullgraph=True)
-    models.warm_up(model, width=64, height=64, steps=2)
+def test_listed_shapes_are_warmed_at_load_and_others_run_eagerly(model_dir, tmp_path, runs) -> None:
+    env = {"SVDQ_WARM_SHAPES": "64x64, 128x64x6", "SVDQ_STORE": "local"}
+    settings = dataclasses.replace(Settings.from_env(env), model_dir=model_dir, local_dir=tmp_path)
+    store = open_store(settings)
+    model = models.load_model(settings, COMPILED)
+    # Both listed shapes compiled at load, frames left out = tiny's 14; one graph each.
+    assert model.warmed == ((64, 64, 14), (128, 64, 6))
+    assert list(model.warmup_by_shape) == ["64x64x14", "128x64x6"]
+    assert all(s > 0 for s in model.warmup_by_shape.values())
+    assert model.warmup_seconds == pytest.approx(sum(model.warmup_by_shape.values()), abs=0.01)
     warmed = _graphs()
-    assert warmed > 0 and model.warmed == ((64, 64, 14),)
+    assert warmed == 2
 
-    image = Image.new("RGB", (64, 64), (10, 120, 200))
-    same = _spec(64, 64, 14)
-    params = engine.params_for(same, model)
-    frames, _ = engine.generate(model, same, image, params)
-    assert frames.shape == (14, 64, 64, 3)
-    assert _graphs() == warmed  # no new graph for a warmed shape
-    assert jobs._profile_record(model, same, params)["shape_run"] == "compiled"
+    def job(width: int, height: int, frames: int) -> tuple[dict[str, Any], int]:
+        before = len(runs)
+        spec = _spec(store, width, height, frames)
+        result = jobs.run_job(spec, model, store, settings, "test-worker")
+        written = json.loads(store.get_bytes(result_key(spec.job_id or "")))
+        assert written == result and written["num_frames"] == frames
+        assert (written["width"], written["height"]) == (width, height)
+        return written, len(runs) - before
 
-    other = _spec(128, 64, 6)
-    params = engine.params_for(other, model)
-    frames, _ = engine.generate(model, other, image.resize((128, 64)), params)
-    assert frames.shape == (6, 64, 128, 3)
-    assert _graphs() == warmed  # ran, and compiled nothing
-    assert jobs._profile_record(model, other, params)["shape_run"] == (
-        "eager: 128x64x6 was not warmed at load (warmed: 64x64x14)"
+    for shape in ((64, 64, 14), (128, 64, 6)):
+        result, ran = job(*shape)
+        assert ran == 2  # the compiled graph ran, once per denoising step
+        assert _graphs() == warmed  # and nothing new was compiled
+        assert result["profile"]["shape_run"] == "compiled"
+
+    result, ran = job(64, 64, 6)  # listed nowhere
+    assert ran == 0 and _graphs() == warmed  # ran eagerly, compiled nothing
+    assert result["profile"]["shape_run"] == (
+        "eager: 64x64x6 was not warmed at load (warmed: 64x64x14, 128x64x6; "
+        "SVDQ_WARM_SHAPES lists the shapes to warm)"
     )
-    models.forget_compiled()
 
 
 def test_an_eager_profile_says_nothing_about_shapes(model_dir) -> None:
     settings = dataclasses.replace(Settings.from_env({}), model_dir=model_dir)
     model = models.load_model(settings, CPU_PROFILE)
-    spec = _spec(64, 64, 4)
+    assert model.warmed == () and model.warmup_seconds == 0
+    spec = JobSpec.from_dict(
+        {"image": "x.png", "variant": "tiny", "width": 64, "height": 64, "seed": 3}
+    )
     assert "shape_run" not in jobs._profile_record(model, spec, engine.params_for(spec, model))

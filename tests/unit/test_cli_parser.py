@@ -13,7 +13,7 @@ from svdq.producer.cli import build_parser, main
 from svdq.producer.jobflags import add_job_flags, flag_name, spec_params
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME, FIELDS
-from svdq.shared.settings import PROFILE_VARIABLES, VARIABLES
+from svdq.shared.settings import COMPILE_VARIABLES, PROFILE_VARIABLES, VARIABLES
 from svdq.shared.spec import JobSpec, json_schema
 
 # field -> (flag, arguments after the flag, the value spec_params gives)
@@ -198,7 +198,7 @@ def test_help_epilog_names_every_variable(capsys: pytest.CaptureFixture[str]) ->
         build_parser().parse_args(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for name in [*VARIABLES, *PROFILE_VARIABLES]:
+    for name in [*VARIABLES, *PROFILE_VARIABLES, *COMPILE_VARIABLES]:
         assert name in out
     assert "Exit codes: 0 done, 1 a job or service failed, 2 bad input" in out
 

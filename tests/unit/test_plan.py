@@ -245,3 +245,27 @@ def test_plan_json_says_which_queues_a_worker_would_consume_now(
     assert plan["consumes"] == ["svdq.svd-xt", "svdq.auto"]
     assert main(["plan", "--vram", "24GiB"]) == 0
     assert "consumes now: svdq.svd-xt, svdq.auto" in capsys.readouterr().out
+
+
+def test_a_compiling_plan_names_the_shapes_it_warms() -> None:
+    from svdq.worker.launch import format_plan
+
+    settings = Settings.from_env({"SVDQ_WARM_SHAPES": "1024x576,768x768x14"})
+    h100 = Device(0, "NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB, (9, 0))
+    plan = device_plan(h100, settings, toolchain=lambda: None)
+    assert plan.ladder[0].compile and plan.default_variant == "svd-xt"
+    assert plan.warm_shapes == ((1024, 576, 25), (768, 768, 14))  # frames left out: svd-xt's
+    assert plan.to_dict()["warm_shapes"] == ["1024x576x25", "768x768x14"]
+    assert (
+        "compiled at load (SVDQ_WARM_SHAPES): 1024x576x25, 768x768x14; jobs of other shapes "
+        "run eagerly"
+    ) in format_plan(plan, "ok")
+
+    # Nothing compiles (no C compiler here, or a card whose rows never compile): nothing to warm.
+    for eager in (
+        device_plan(h100, settings, toolchain=lambda: "no C compiler"),
+        device_plan(Device(0, "T4", 16 * GIB, 15 * GIB, (7, 5)), settings, toolchain=lambda: None),
+    ):
+        assert not any(p.compile for p in eager.ladder)
+        assert eager.warm_shapes == () and "warm_shapes" not in eager.to_dict()
+        assert "SVDQ_WARM_SHAPES" not in format_plan(eager, "ok")

@@ -9,6 +9,7 @@ import pytest
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import (
+    COMPILE_VARIABLES,
     DEFAULT_MODEL_DIR,
     PROFILE_VARIABLES,
     VARIABLES,
@@ -71,12 +72,13 @@ def test_defaults_from_an_empty_env() -> None:
             forward_chunking=None,
             decode_chunk_size=None,
             compile=None,
+            warm_shapes=((1024, 576, None),),
         ),
     )
 
 
 def test_empty_values_mean_the_default() -> None:
-    everything = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES}
+    everything = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES, **COMPILE_VARIABLES}
     assert Settings.from_env({name: "" for name in everything}) == Settings.from_env({})
 
 
@@ -89,7 +91,7 @@ def test_every_variable_has_a_field() -> None:
     fields = {f.name for f in dataclasses.fields(Settings)} - {"worker"}
     assert {name.removeprefix("SVDQ_").lower() for name in VARIABLES} == fields
     worker_fields = {f.name for f in dataclasses.fields(WorkerSettings)}
-    worker_names = {**WORKER_VARIABLES, **PROFILE_VARIABLES}
+    worker_names = {**WORKER_VARIABLES, **PROFILE_VARIABLES, **COMPILE_VARIABLES}
     assert {name.removeprefix("SVDQ_").lower() for name in worker_names} == worker_fields
 
 
@@ -268,9 +270,10 @@ def test_bad_log_level(value: str) -> None:
 def test_describe_variables_lists_every_variable_with_its_default() -> None:
     text = describe_variables()
     lines = [line for line in text.splitlines() if line.startswith("  ")]
-    table = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES}
+    table = {**VARIABLES, **WORKER_VARIABLES, **PROFILE_VARIABLES, **COMPILE_VARIABLES}
     assert len(lines) == len(table)
     assert "worker memory profile overrides:" in text
+    assert "compiled workers:" in text
     assert "set by svdq worker for each worker it starts:" in text
     for line, (name, (default, meaning)) in zip(lines, table.items(), strict=True):
         assert line.split()[0] == name
@@ -317,3 +320,49 @@ def test_worker_settings_are_read() -> None:
 )
 def test_bad_worker_settings_name_the_variable(name: str, value: str, allowed: str) -> None:
     assert bad({name: value}) == f"{name}={value!r} is not allowed: {allowed}"
+
+
+# --- SVDQ_WARM_SHAPES: what a compiled worker compiles at load (issue 9, defect 7) ----------
+
+
+def warm(value: str) -> WorkerSettings:
+    return Settings.from_env({"SVDQ_WARM_SHAPES": value}).worker
+
+
+def test_warm_shapes_default_to_a_jobs_default_size_at_the_variants_frames() -> None:
+    worker = Settings.from_env({}).worker
+    assert worker.warm_shapes == ((1024, 576, None),)  # the JobSpec's width/height defaults
+    assert worker.warm_shapes_for(25) == ((1024, 576, 25),)  # svd-xt
+    assert worker.warm_shapes_for(14) == ((1024, 576, 14),)  # svd, tiny
+
+
+def test_warm_shapes_are_read_in_order_without_repeats() -> None:
+    worker = warm(" 1024x576, 768X768x14,1024x576 ,576x1024x25")
+    assert worker.warm_shapes == ((1024, 576, None), (768, 768, 14), (576, 1024, 25))
+    # A left-out frame count that comes to one listed: warmed once.
+    assert warm("512x512,512x512x25").warm_shapes_for(25) == ((512, 512, 25),)
+    assert warm("512x512,512x512x25").warm_shapes_for(14) == ((512, 512, 14), (512, 512, 25))
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("1024", "'1024' is not WIDTHxHEIGHT or WIDTHxHEIGHTxFRAMES"),
+        ("1024x576x25x2", "is not WIDTHxHEIGHT"),
+        ("1024x576,", "'' is not WIDTHxHEIGHT"),
+        ("wide", "'wide' is not WIDTHxHEIGHT"),
+        ("1024x-576", "is not WIDTHxHEIGHT"),
+        # The JobSpec's own bounds (shared/fields.py): no shape a job cannot ask for.
+        ("1000x576", "width=1000 is not allowed: an integer 64–2048, a multiple of 64"),
+        ("1024x577", "height=577 is not allowed: an integer 64–2048, a multiple of 64"),
+        ("4096x576", "width=4096 is out of range: an integer 64–2048"),
+        ("1024x576x65", "num_frames=65 is out of range: an integer 2–64"),
+        ("1024x576x1", "num_frames=1 is out of range: an integer 2–64"),
+    ],
+)
+def test_bad_warm_shapes_name_the_variable_the_value_and_what_is_allowed(
+    value: str, hint: str
+) -> None:
+    msg = bad({"SVDQ_WARM_SHAPES": value}, f"SVDQ_WARM_SHAPES={value!r} is not allowed", hint)
+    if "WIDTHxHEIGHT or" in hint:
+        assert "a comma-separated list of WIDTHxHEIGHT or WIDTHxHEIGHTxFRAMES" in msg
