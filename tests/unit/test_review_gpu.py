@@ -127,3 +127,39 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
     for nvml in seen:
         index = getattr(nvml, "gpu_index", nvml)  # an int, or the Device itself once fixed
         assert index == 1
+
+
+CU128 = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding 4: after the README's `make install TORCH_SPEC=<cu128>`, every "
+    "later make target without TORCH_SPEC force-reinstalls torch from the default spec",
+)
+@pytest.mark.parametrize("target", ["gpu-check", "lint"])
+def test_make_keeps_the_cuda_torch_the_readme_installed(tmp_path: Path, target: str) -> None:
+    """The stamp is named after TORCH_SPEC's hash and the rule deletes every other stamp, so
+    `make gpu-check` (TORCH_SPEC defaults to plain `torch==2.13.0`) finds no stamp for the
+    default and runs `pip install --force-reinstall --no-deps torch==2.13.0` over the cu128
+    build (from PyPI, or a CPU wheel where pip is set up for one: then gpu_check.py installs
+    cu128 again, and the next `make lint`/`make test` flips it back). `make -n` only prints."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    digest = subprocess.run(
+        ["sha1sum"], input=CU128, capture_output=True, text=True, check=True
+    ).stdout[:12]
+    (venv / f".torch-{digest}").touch()  # what `make install TORCH_SPEC=<cu128>` left
+    os.utime(venv / f".torch-{digest}", (1, 1))
+    (venv / ".installed").touch()
+    repo = Path(__file__).resolve().parents[2]
+    plan = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "--force-reinstall" not in plan and "pip install -q torch" not in plan, plan
