@@ -28,6 +28,7 @@ from svdq.producer.manifest import Row
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import result_key
 from svdq.shared.errors import SvdqError
+from svdq.shared.replication import execute_confirmed
 from svdq.shared.spec import JobSpec
 
 Event = Callable[[dict[str, Any]], None]
@@ -212,7 +213,7 @@ class BulkSubmitter:
         self.batch.add_jobs(pipe, members)
         self.batch.add_rejects(pipe, rejects)
         self.batch.count(pipe, counts)
-        pipe.execute()
+        execute_confirmed(pipe, self.settings, f"the records of {len(sending)} job(s)")
         for name, n in counts.items():
             self.summary.counts[name] += n
         for p, kind in sending:

@@ -28,6 +28,7 @@ from svdq.shared.constants import CALLBACK_FIELD, job_key, queue_for, result_key
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.records import result_problem
+from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.retry import NEXT_TRY_AT, WAITING, waiting_note
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
@@ -119,7 +120,14 @@ class Client:
         pipe = self.jobqueue.redis.pipeline(transaction=False)
         self.jobqueue.record_job(pipe, ready)
         pipe.execute()
-        send_job(self.app, ready, self.settings)
+        try:
+            # With SVDQ_REDIS_MIN_REPLICAS, send_job returns once the replicas hold the message;
+            # replication is one ordered stream, so they hold the record written before it too.
+            send_job(self.app, ready, self.settings)
+        except ReplicationShortfall:
+            # Not acknowledged: the job must not read as queued (its message may still run).
+            self.jobqueue.redis.delete(job_key(ready.job_id))
+            raise
         return JobHandle(self, ready.job_id, ready, queue)
 
     def job_spec(self, job_id: str) -> JobSpec | None:

@@ -10,22 +10,14 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
+from svdq.producer.topology import Finding, check_replication, check_sentinels
 from svdq.shared.limits import time_limits
 from svdq.shared.settings import Settings, redact_url
 from svdq.shared.variants import VARIANTS
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One check's outcome."""
-
-    level: str  # ok | warn | unsafe
-    check: str
-    detail: str
 
 
 def check_settings(settings: Settings, env: Mapping[str, str]) -> list[Finding]:
@@ -108,13 +100,19 @@ def run_doctor(as_json: bool = False, env: Mapping[str, str] | None = None) -> i
     """Print the findings; 1 when anything is unsafe, else 0."""
     import redis as redis_lib
 
+    from svdq.shared.redisconn import redis_client, sentinel_manager
+
     env = os.environ if env is None else env
     settings = Settings.from_env(env)
     findings = check_settings(settings, env)
-    client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    sentinel = sentinel_manager(settings)
+    if sentinel is not None:
+        findings += check_sentinels(sentinel, settings)
+    client = redis_client(settings, timeout=3)
     try:
         client.ping()
         findings += check_redis(client)
+        findings += check_replication(client, settings)
     except redis_lib.RedisError as exc:
         findings.append(Finding("unsafe", "redis", f"cannot reach Redis: {exc}"))
     for f in findings:

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from svdq.producer.stats import snapshot
+from svdq.shared.settings import Settings
 
 log = logging.getLogger("svdq.exporter")
 DEFAULT_PORT = 9800
@@ -130,13 +131,13 @@ def registry_for(redis: Any) -> CollectorRegistry:
 
 
 def serve(
-    redis_url: str, port: int = DEFAULT_PORT, once: bool = False, host: str = "127.0.0.1"
+    settings: Settings, port: int = DEFAULT_PORT, once: bool = False, host: str = "127.0.0.1"
 ) -> int:
     """Serve /metrics on `host`:`port` until interrupted; with `once`, print one scrape and
     return."""
-    import redis as redis_lib
+    from svdq.shared.redisconn import redis_client
 
-    registry = registry_for(redis_lib.Redis.from_url(redis_url, socket_timeout=5))
+    registry = registry_for(redis_client(settings, timeout=5))
     if once:
         print(generate_latest(registry).decode(), end="")
         return 0

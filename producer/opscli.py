@@ -74,7 +74,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Queues, workers, throughput and failures, once or every --watch seconds."""
     settings = Settings.from_env()
     require(settings, store=False)  # Redis down: one sentence, exit 1
-    return print_stats(settings.redis_url, args.json, args.watch)
+    return print_stats(settings, args.json, args.watch)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
@@ -83,7 +83,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     require(settings, store=False)
     host = args.host or settings.metrics_host
-    return serve(settings.redis_url, args.port, once=args.once, host=host)
+    return serve(settings, args.port, once=args.once, host=host)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.poll import poll
@@ -110,15 +109,9 @@ def _reason(exc: BaseException) -> str:
 def require(settings: Settings, *, store: bool = True) -> None:
     """Raise the error `outage` describes when Redis (and, with `store`, the object store)
     cannot be reached now: for commands that run for long, checked before they start."""
-    import redis
+    from svdq.shared.redisconn import redis_client
 
-    from svdq.shared.celery_app import redis_tls_options
-
-    options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
-    tls = redis_tls_options(settings.redis_url)
-    if tls:
-        options.update(tls)
-    client = redis.Redis.from_url(settings.redis_url, **options)
+    client = redis_client(settings, timeout=5)
     try:
         client.ping()
     finally:

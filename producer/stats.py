@@ -23,6 +23,7 @@ from typing import Any
 
 from svdq.shared import constants
 from svdq.shared.constants import FINISHED_STREAM, job_key, queue_for, worker_key
+from svdq.shared.settings import Settings
 from svdq.shared.states import Outcome
 from svdq.shared.variants import VARIANTS
 
@@ -215,18 +216,20 @@ def render(snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_stats(redis_url: str, as_json: bool, every: float | None) -> int:
+def print_stats(settings: Settings, as_json: bool, every: float | None) -> int:
     """`svdq stats`: print the snapshot once, or every `every` seconds until Ctrl-C."""
     import redis
 
+    from svdq.shared.redisconn import redis_client
     from svdq.shared.settings import redact_url
 
-    conn = redis.Redis.from_url(redis_url, socket_timeout=10)
+    conn = redis_client(settings, timeout=10)
     while True:
         try:
             snap = snapshot(conn)
         except redis.RedisError as exc:
-            print(f"svdq: cannot read Redis at {redact_url(redis_url)}: {exc}", file=sys.stderr)
+            where = redact_url(settings.redis_url)
+            print(f"svdq: cannot read Redis at {where}: {exc}", file=sys.stderr)
             return 1
         if as_json:
             print(json.dumps(snap), flush=True)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import ssl
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
-
 from celery import Celery
 from kombu import Exchange, Queue
 
 from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, queue_for
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.limits import time_limits
+from svdq.shared.redisconn import celery_redis_conf
+from svdq.shared.replication import POLICY_OPTION, ReplicaPolicy, transport_for
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.variants import VARIANTS
@@ -25,38 +23,13 @@ def celery_priority(priority: int) -> int:
     return 9 - priority
 
 
-_CERT_REQS = {
-    "required": ssl.CERT_REQUIRED,
-    "cert_required": ssl.CERT_REQUIRED,
-    "optional": ssl.CERT_OPTIONAL,
-    "cert_optional": ssl.CERT_OPTIONAL,
-    "none": ssl.CERT_NONE,
-    "cert_none": ssl.CERT_NONE,
-}
-_SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-
-
-def redis_tls_options(url: str) -> dict[str, Any] | None:
-    """TLS settings for a rediss:// URL (None for redis://), verifying the server by default.
-
-    Celery's result backend refuses a rediss:// URL without `ssl_cert_reqs`, and the broker
-    reads TLS settings only from `broker_use_ssl`; both get them from here. The URL's own
-    `ssl_cert_reqs` (required/optional/none) and `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`
-    query parameters are honoured, e.g. rediss://:PASSWORD@host:6380/0?ssl_ca_certs=/ca.pem
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    query = dict(parse_qsl(parts.query))
-    reqs = query.get("ssl_cert_reqs", "required").lower()
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(reqs, ssl.CERT_REQUIRED)}
-    options.update({k: query[k] for k in _SSL_FILES if k in query})
-    return options
-
-
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app configured from `settings`; nothing connects until it is used."""
-    app = Celery("svdq", broker=settings.redis_url, backend=settings.redis_url)
+    """A Celery app configured from `settings`; nothing connects until it is used.
+
+    Where Redis is (one server, or the master behind Sentinel), its TLS and the sentinels'
+    login come from shared/redisconn.py, as for every other Redis client svdq makes."""
+    where = celery_redis_conf(settings)
+    app = Celery("svdq", broker=where["broker_url"], backend=where["result_backend"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -79,7 +52,11 @@ def make_celery(settings: Settings) -> Celery:
         # 4 s default kills every replacement child mid-load, so a crashed child never returns.
         worker_proc_alive_timeout=600,
         broker_connection_retry_on_startup=True,
+        # kombu's Redis channel, plus WAIT for SVDQ_REDIS_MIN_REPLICAS (shared/replication.py).
+        broker_transport=transport_for(where["broker_url"]),
         broker_transport_options={
+            **where["broker_transport_options"],
+            POLICY_OPTION: ReplicaPolicy.of(settings),
             "visibility_timeout": settings.visibility_timeout,
             # Scan for jobs of dead workers every SVDQ_RESTORE_INTERVAL seconds (throttle 1:
             # every tick scans), so a killed worker's job is back soon after the timeout.
@@ -89,7 +66,10 @@ def make_celery(settings: Settings) -> Celery:
             "sep": ":",
             "queue_order_strategy": "priority",
         },
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={
+            **where["result_backend_transport_options"],
+            "visibility_timeout": settings.visibility_timeout,
+        },
         # Each queue its own direct exchange and routing key: a job lands in exactly one queue.
         task_queues=[
             Queue(queue_for(v), Exchange(queue_for(v), type="direct"), routing_key=queue_for(v))
@@ -102,9 +82,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
-    tls = redis_tls_options(settings.redis_url)
-    if tls is not None:
-        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
+    app.conf.update({k: v for k, v in where.items() if k.endswith("_use_ssl")})
     return app
 
 
@@ -121,13 +99,18 @@ def send_job(app: Celery, spec: JobSpec, settings: Settings) -> str:
     queue = queue_for(spec.variant)
     # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
     soft, hard = time_limits(spec.variant, settings)
-    app.send_task(
-        TASK_GENERATE,
-        args=[spec.to_dict()],
-        task_id=spec.job_id,
-        queue=queue,
-        priority=celery_priority(spec.priority),
-        soft_time_limit=soft,
-        time_limit=hard,
-    )
+    # Inside a publish batch: with SVDQ_REDIS_MIN_REPLICAS the message and its sent event go
+    # out with a WAIT on one connection when the batch closes, and a shortfall raises here
+    # (shared/replication.py); without, kombu's own batch sends them in one round trip.
+    with app.producer_or_acquire() as producer, producer.batch(max_size=16):
+        app.send_task(
+            TASK_GENERATE,
+            args=[spec.to_dict()],
+            task_id=spec.job_id,
+            queue=queue,
+            priority=celery_priority(spec.priority),
+            soft_time_limit=soft,
+            time_limit=hard,
+            producer=producer,
+        )
     return queue

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from svdq.shared import shapes
 from svdq.shared.errors import ConfigError
@@ -28,7 +29,20 @@ DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "svdq" / "models")
 VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_REDIS_URL": (
         "redis://127.0.0.1:6379/0",
-        "broker and result backend (redis:// or rediss://)",
+        "broker and result backend: redis://, rediss://, unix://, or Redis Sentinel as "
+        "sentinel://[:MASTER_PASSWORD@]host1:26379/0;sentinel://host2:26379 (TLS: ssl_* query "
+        "parameters on the first, as for rediss://)",
+    ),
+    "SVDQ_REDIS_MASTER_NAME": ("svdq", "with sentinel://: the master's name in sentinel.conf"),
+    "SVDQ_REDIS_SENTINEL_PASSWORD": ("", "with sentinel://: the sentinels' own password"),
+    "SVDQ_REDIS_MIN_REPLICAS": (
+        "0",
+        "replicas that must acknowledge every submit (Redis WAIT) before it counts as queued; "
+        "0: the master's reply is enough (a failover may lose the last jobs)",
+    ),
+    "SVDQ_REDIS_WAIT_TIMEOUT": (
+        "2",
+        "seconds one WAIT for SVDQ_REDIS_MIN_REPLICAS waits; 3 tries before a submit fails",
     ),
     "SVDQ_STORE": ("s3", "where inputs and clips live: s3, or local (a folder, one machine)"),
     "SVDQ_S3_ENDPOINT": ("", "S3-compatible endpoint URL (MinIO, moto); empty means AWS"),
@@ -157,6 +171,10 @@ class Settings:
     """Everything svdq reads from the environment, checked once."""
 
     redis_url: str
+    redis_master_name: str
+    redis_sentinel_password: str
+    redis_min_replicas: int  # 0: no WAIT
+    redis_wait_timeout: int
     store: str
     s3_endpoint: str | None
     s3_bucket: str
@@ -204,6 +222,10 @@ class Settings:
 
         settings = cls(
             redis_url=_redis_url(get("SVDQ_REDIS_URL")),
+            redis_master_name=get("SVDQ_REDIS_MASTER_NAME"),
+            redis_sentinel_password=get("SVDQ_REDIS_SENTINEL_PASSWORD"),
+            redis_min_replicas=_count("SVDQ_REDIS_MIN_REPLICAS", get("SVDQ_REDIS_MIN_REPLICAS")),
+            redis_wait_timeout=integer("SVDQ_REDIS_WAIT_TIMEOUT"),
             store=_choice("SVDQ_STORE", get("SVDQ_STORE"), ("s3", "local")),
             s3_endpoint=get("SVDQ_S3_ENDPOINT") or None,
             s3_bucket=get("SVDQ_S3_BUCKET"),
@@ -280,11 +302,37 @@ def _worker_settings(env: Mapping[str, str]) -> WorkerSettings:
 
 
 def _redis_url(value: str) -> str:
+    if value.startswith("sentinel://"):
+        return _sentinel_urls(value)
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"SVDQ_REDIS_URL={_redact(value)!r} is not allowed: a redis://, rediss:// or "
-            "unix:// URL, e.g. redis://:password@host:6379/0"
+            "unix:// URL, e.g. redis://:password@host:6379/0, or sentinels as "
+            "sentinel://host1:26379;sentinel://host2:26379"
         )
+    return value
+
+
+def _sentinel_urls(value: str) -> str:
+    """A ';'-separated list of sentinel://host:port[/db] URLs, each with a host."""
+    for part in value.split(";"):
+        problem = None
+        try:
+            parsed = urlsplit(part.strip())
+            parsed.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if parsed.scheme != "sentinel" or not parsed.hostname:
+                problem = "each entry must be sentinel://host:port"
+            elif parsed.path.strip("/") and not parsed.path.strip("/").isdigit():
+                problem = f"the database {parsed.path!r} is not a number"
+        if problem:
+            raise ConfigError(
+                f"SVDQ_REDIS_URL={_redact(value)!r} is not allowed: {problem}; e.g. "
+                "sentinel://:MASTER_PASSWORD@host1:26379/0;sentinel://host2:26379 "
+                "with SVDQ_REDIS_MASTER_NAME"
+            )
     return value
 
 
@@ -329,6 +377,12 @@ def _bool(name: str, value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={value!r} is not allowed: 1/0, true/false, yes/no or on/off")
+
+
+def _count(name: str, value: str) -> int:
+    if not value.strip().isdigit():
+        raise ConfigError(f"{name}={value!r} is not allowed: a whole number, 0 or more")
+    return int(value)
 
 
 def _int(name: str, value: str) -> int:

@@ -36,6 +36,7 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Message as VirtualMessage
 
+from svdq.shared import replication
 from svdq.shared.celery_app import make_celery
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.settings import Settings
@@ -108,12 +109,12 @@ class _Guard:
         handlers["BRPOP"] = functools.partial(_guarded, self, handlers["BRPOP"])
 
 
-class Channel(_Guard, kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's Redis channel with the guard."""
+class Channel(_Guard, replication.Channel):  # type: ignore[misc]
+    """svdq's Redis channel (shared/replication.py) with the guard."""
 
 
-class SentinelChannel(_Guard, kombu_redis.SentinelChannel):  # type: ignore[misc]
-    """kombu's Sentinel channel with the guard."""
+class SentinelChannel(_Guard, replication.SentinelChannel):  # type: ignore[misc]
+    """svdq's Sentinel channel (shared/replication.py) with the guard."""
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -34,6 +34,10 @@ def test_defaults_from_an_empty_env() -> None:
     s = Settings.from_env({})
     assert s == Settings(
         redis_url="redis://127.0.0.1:6379/0",
+        redis_master_name="svdq",
+        redis_sentinel_password="",
+        redis_min_replicas=0,
+        redis_wait_timeout=2,
         store="s3",
         s3_endpoint=None,
         s3_bucket="svdq",
