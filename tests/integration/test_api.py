@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,6 +170,41 @@ def test_cancel(api: Api, alice: str, worker: str, store: S3Store, tmp_path: Pat
     gone = requests.delete(f"{api.url}/v1/jobs/{job_id}", headers=auth(alice), timeout=10)
     assert gone.status_code == 200 and gone.json()["cancel"] in ("cancelled", "cancelling")
     assert events(api, alice, job_id)[-1]["state"] == "cancelled"
+
+
+def test_a_stream_ends_when_its_queued_job_is_cancelled(
+    api: Api, alice: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """Cancelling a queued job stores its state without a worker: the API's one subscription
+    must hear of it all the same (producer/cancel.py publishes it as Celery would)."""
+    body = {**JOB, "variant": "svd", "image": upload(store, "sse.png", 61, tmp_path)}
+    r = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(alice), timeout=30)
+    assert r.status_code == 202, r.text  # svdq.svd: no worker here takes it
+    job_id = r.json()["job_id"]
+    seen: list[dict[str, Any]] = []
+    first = threading.Event()
+
+    def watch() -> None:
+        url = f"{api.url}/v1/jobs/{job_id}/events"
+        with requests.get(url, headers=auth(alice), stream=True, timeout=30) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    first.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert first.wait(10)  # the stream is open and has said "queued": cancel under it
+        gone = requests.delete(f"{api.url}/v1/jobs/{job_id}", headers=auth(alice), timeout=10)
+        assert gone.json()["cancel"] == "cancelled"
+        watcher.join(30)
+        assert not watcher.is_alive()
+        assert [e["state"] for e in seen] == ["queued", "cancelled"], seen
+    finally:
+        r = redis_lib.Redis.from_url(redis_url)  # the message no worker here will take
+        for key in [b"svdq.svd", *r.scan_iter(b"svdq.svd\x06*")]:
+            r.delete(key)
 
 
 def test_batch_with_a_bad_row(
