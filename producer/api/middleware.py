@@ -18,12 +18,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svdq.producer.api.problems import MEDIA_TYPE, Problem
+from svdq.shared.errors import SvdqError
 from svdq.shared.settings import Settings
 
 BATCH_PATH = "/v1/batches"
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(SvdqError):
     """Raised inside `receive` when a body passes its cap."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from svdq.shared.errors import InvalidJobError
+from svdq.shared.errors import InvalidJobError, SvdqError
 
 log = logging.getLogger("svdq.api")
 MEDIA_TYPE = "application/problem+json"
@@ -34,7 +34,7 @@ TITLES = {
 }
 
 
-class Problem(Exception):
+class Problem(SvdqError):
     """Raised by a route to answer with a problem: status, reason (a short slug that names
     the rule, also the metric label), detail for people, and extra members."""
 
