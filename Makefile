@@ -27,7 +27,7 @@ $(TORCH_STAMP): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(TORCH_STAMP)
-	$(BIN)/pip install -q -e '.[worker,dev]'
+	$(BIN)/pip install -q -e '.[worker,dev,api]'
 	touch $@
 
 install: $(VENV)/.installed

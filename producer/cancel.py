@@ -41,8 +41,12 @@ def cancel_jobs(jobqueue: JobQueue, job_ids: list[str]) -> dict[str, str]:
             else:
                 out[job_id] = "cancelling"
         for job_id in revoke_now:
-            # Readers see "cancelled" at once, before any worker reaches the message.
-            pipe.set(jobqueue.state_key(job_id), revoked_meta(app, job_id), ex=expires)
+            # Readers see "cancelled" at once, before any worker reaches the message; published
+            # on the state's key as Celery's backend publishes every state it stores, so the
+            # API's event streams (producer/api/hub.py) end too.
+            meta = revoked_meta(app, job_id)
+            pipe.set(jobqueue.state_key(job_id), meta, ex=expires)
+            pipe.publish(jobqueue.state_key(job_id), meta)
         pipe.execute()
     return out
 

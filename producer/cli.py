@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from svdq.producer import bulkcli, cancelcli, jobcli, opscli, workercli
+from svdq.producer import apicli, bulkcli, cancelcli, jobcli, opscli, workercli
 from svdq.producer.services import outage
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
 from svdq.shared.settings import Settings, describe_variables
@@ -48,6 +48,8 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     opscli.add_dead,
     opscli.add_doctor,
     opscli.add_demo,
+    apicli.add_api,
+    apicli.add_token,
 )
 
 

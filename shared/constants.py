@@ -56,6 +56,21 @@ cancel_key = RedisKey(
 )
 
 
+# The HTTP API (`svdq api`): its tokens, and who submitted what through it.
+token_key = RedisKey(
+    "token:{}",
+    "Hash of one API token by its id: name, sha256 of the secret, quota, created_at (never "
+    "the token itself).",
+)
+TOKENS_KEY = f"{KEY_PREFIX}tokens"  # set of every API token id
+OWNER_FIELD = "owner"  # field of a batch's record (batch_key): the API token id that made it
+job_owner_key = RedisKey("owner:job:{}", "String: the id of the API token that submitted the job.")
+owner_open_key = RedisKey(
+    "owner:{}:open",
+    "Sorted set of the jobs an API token queued that were not yet seen to end (its quota).",
+)
+rate_key = RedisKey("rate:{}", "Counter of an API token's requests in the current minute.")
+
 # Result callbacks go out from their own queue, so a slow receiver never holds a GPU worker.
 TASK_CALLBACK = "svdq.callback"
 QUEUE_CALLBACKS = "svdq.callbacks"

@@ -88,6 +88,24 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
         " or any (also loopback); link-local (169.254.169.254) never",
     ),
+    # `svdq api` (producer/api/): TLS is the reverse proxy's job, so it binds loopback.
+    "SVDQ_API_HOST": ("127.0.0.1", "address `svdq api` listens on (0.0.0.0 in containers)"),
+    "SVDQ_API_PORT": ("8000", "port `svdq api` listens on"),
+    "SVDQ_API_CORS_ORIGINS": (
+        "",
+        "origins (comma-separated) the HTTP API allows cross-origin requests from; unset: none",
+    ),
+    "SVDQ_API_RATE_LIMIT": ("120", "requests per minute one API token may make"),
+    "SVDQ_API_MAX_QUEUED": ("1000", "queued jobs one API token may have (svdq token --quota)"),
+    "SVDQ_API_MAX_BODY_BYTES": (
+        str(21 * 1024 * 1024),
+        "largest request body the HTTP API reads (a job with its image); batches excepted",
+    ),
+    "SVDQ_API_MAX_BATCH_BYTES": (
+        str(256 * 1024 * 1024),
+        "largest JSON-lines body POST /v1/batches reads (streamed, never held whole)",
+    ),
+    "SVDQ_API_PRESIGN_SECONDS": ("3600", "lifetime of the result links the HTTP API hands out"),
 }
 
 
@@ -204,6 +222,14 @@ class Settings:
     callback_backoff: int
     callback_timeout: int
     callback_networks: str
+    api_host: str
+    api_port: int
+    api_cors_origins: tuple[str, ...]
+    api_rate_limit: int
+    api_max_queued: int
+    api_max_body_bytes: int
+    api_max_batch_bytes: int
+    api_presign_seconds: int
     worker: WorkerSettings
 
     @classmethod
@@ -261,6 +287,14 @@ class Settings:
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),
+            api_host=_listen_host(get("SVDQ_API_HOST"), "SVDQ_API_HOST"),
+            api_port=integer("SVDQ_API_PORT"),
+            api_cors_origins=_origins(get("SVDQ_API_CORS_ORIGINS")),
+            api_rate_limit=integer("SVDQ_API_RATE_LIMIT"),
+            api_max_queued=integer("SVDQ_API_MAX_QUEUED"),
+            api_max_body_bytes=integer("SVDQ_API_MAX_BODY_BYTES"),
+            api_max_batch_bytes=integer("SVDQ_API_MAX_BATCH_BYTES"),
+            api_presign_seconds=integer("SVDQ_API_PRESIGN_SECONDS"),
             worker=_worker_settings(env),
         )
         if settings.task_time_limit >= settings.visibility_timeout:
@@ -355,7 +389,19 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _listen_host(value: str) -> str:
+def _origins(value: str) -> tuple[str, ...]:
+    """CORS origins: scheme://host[:port] each, comma-separated (empty: CORS off)."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+            raise ConfigError(
+                f"SVDQ_API_CORS_ORIGINS has {origin!r}: allowed are origins such as "
+                "https://console.example.com, comma-separated"
+            )
+    return origins
+
+
+def _listen_host(value: str, name: str = "SVDQ_METRICS_HOST") -> str:
     """An address to listen on: an IP literal (0.0.0.0, ::, 127.0.0.1) or a host name."""
     try:
         ipaddress.ip_address(value)
@@ -365,7 +411,7 @@ def _listen_host(value: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", value):
         return value
     raise ConfigError(
-        f"SVDQ_METRICS_HOST={value!r} is not allowed: an IP address or host name to listen "
+        f"{name}={value!r} is not allowed: an IP address or host name to listen "
         "on, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, in a container)"
     )
 

@@ -277,3 +277,31 @@ def test_readme_covers_running_adding_gpus_and_timeouts() -> None:
     text = (DEPLOY / "README.md").read_text()
     for needle in ("docker compose", "kubectl apply", "visibility_timeout", "add a GPU"):
         assert needle.lower() in text.lower(), needle
+
+
+@pytest.mark.parametrize("compose", [GPU, CPU], ids=["gpu", "cpu"])
+def test_the_api_runs_as_its_own_service(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["command"] == ["api"] and api["image"] == "svdq-slim:0.1.0"
+    env = env_of(api)
+    assert env["SVDQ_API_HOST"] == "0.0.0.0" and env["SVDQ_REDIS_URL"].startswith("redis://")
+    assert api["ports"] == ["127.0.0.1:8000:8000"]  # TLS is a reverse proxy's job
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert '".[api]"' in (DEPLOY / "docker" / "Dockerfile.slim").read_text()
+
+
+def test_k8s_api_deployment_and_service() -> None:
+    objs = k8s_objects()
+    deployment, service = objs[("Deployment", "svdq-api")], objs[("Service", "svdq-api")]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["api"] and pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SVDQ_API_HOST"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"][0]["port"] == int(env["SVDQ_API_PORT"])

@@ -67,6 +67,14 @@ def test_defaults_from_an_empty_env() -> None:
         callback_backoff=2,
         callback_timeout=10,
         callback_networks="private",
+        api_host="127.0.0.1",  # TLS is the reverse proxy's job: loopback unless told
+        api_port=8000,
+        api_cors_origins=(),  # CORS off
+        api_rate_limit=120,
+        api_max_queued=1000,
+        api_max_body_bytes=21 * 1024 * 1024,
+        api_max_batch_bytes=256 * 1024 * 1024,
+        api_presign_seconds=3600,
         worker=WorkerSettings(
             gpu_index=None,
             worker_variant="tiny",
@@ -370,3 +378,10 @@ def test_bad_warm_shapes_name_the_variable_the_value_and_what_is_allowed(
     msg = bad({"SVDQ_WARM_SHAPES": value}, f"SVDQ_WARM_SHAPES={value!r} is not allowed", hint)
     if "WIDTHxHEIGHT or" in hint:
         assert "a comma-separated list of WIDTHxHEIGHT or WIDTHxHEIGHTxFRAMES" in msg
+
+
+def test_api_cors_origins_are_checked() -> None:
+    got = Settings.from_env({"SVDQ_API_CORS_ORIGINS": "https://a.example, http://b:8080/"})
+    assert got.api_cors_origins == ("https://a.example", "http://b:8080")
+    bad({"SVDQ_API_CORS_ORIGINS": "*"}, "SVDQ_API_CORS_ORIGINS", "'*'")
+    bad({"SVDQ_API_HOST": "a b"}, "SVDQ_API_HOST=")

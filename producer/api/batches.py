@@ -1,0 +1,193 @@
+"""Batches over HTTP: a JSON-lines body streamed into the producer's own BulkSubmitter.
+
+The body is read a chunk at a time and cut into lines; rows go to the submitter (in a thread)
+through a small bounded queue, so a 100 000-line batch is never held in memory: reading waits
+while the submitter is behind. A bad line is reported in the batch (its rejects), the rest run.
+Results stream back as JSON lines from the batch record, a chunk of jobs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from svdq.producer.api.limits import Limits
+from svdq.producer.api.problems import Problem
+from svdq.producer.api.requests import check_remote_image
+from svdq.producer.api.tokens import Owner
+from svdq.producer.batch import Batch, check_batch_id, new_batch_id
+from svdq.producer.bulk import BulkSubmitter
+from svdq.producer.cancel import cancel_jobs
+from svdq.producer.client import Client
+from svdq.producer.manifest import Row
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.settings import Settings
+from svdq.shared.states import JobState
+
+MAX_LINE = 64 * 1024  # one JSON line (a JobSpec is well under 20 KiB with its metadata)
+ROWS_PER_HAND = 256
+_END: list[Row] = []
+
+
+def parse_line(text: bytes, number: int, settings: Settings) -> Row | None:
+    """One line of the body as a row, or a row saying why it is not a job; None if blank."""
+    where = f"line {number}"
+    if not text.strip():
+        return None
+    if len(text) > MAX_LINE:
+        return Row(where, number, error=f"{where} is {len(text):,} bytes: allowed {MAX_LINE:,}")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return Row(where, number, error=f"{where}: not valid JSON ({exc})")
+    if not isinstance(data, dict):
+        return Row(where, number, error=f"{where}: a JSON object is required")
+    try:
+        # No URLs in batches, as in `svdq bulk`: store the images, name them by s3://.
+        check_remote_image(data.get("image"), settings, urls=False)
+    except InvalidJobError as exc:
+        return Row(where, number, error=f"{where}: {exc}", field="image")
+    return Row(where, number, data=data)
+
+
+async def submit_batch(
+    request: Request, client: Client, limits: Limits, owner: Owner
+) -> dict[str, Any]:
+    """Stream the body's rows into a new batch of `owner`'s; the batch's submission summary."""
+    settings = client.settings
+    room = await run_in_threadpool(limits.quota, owner)
+    batch_id = new_batch_id()
+    await run_in_threadpool(limits.own_batch, owner, batch_id)
+    hand: queue.Queue[list[Row]] = queue.Queue(maxsize=4)
+    queued: list[str] = []
+
+    def rows() -> Iterator[Row]:
+        while chunk := hand.get():
+            yield from chunk
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "row" and event["outcome"] in ("submitted", "resubmitted"):
+            queued.append(event["job_id"])
+        elif event["event"] == "chunk":
+            limits.claim_many(owner, queued)
+            limits.opened(owner, queued)
+            queued.clear()
+
+    bulk = BulkSubmitter(client.jobqueue, batch_id=batch_id, on_event=on_event, threads=4)
+    loop = asyncio.get_running_loop()
+    running = loop.run_in_executor(None, bulk.run, rows(), "POST /v1/batches")
+
+    async def give(chunk: list[Row]) -> None:
+        while True:
+            try:
+                hand.put_nowait(chunk)
+                return
+            except queue.Full:
+                if running.done():
+                    return  # it stopped: its error comes out below
+                await asyncio.sleep(0.005)
+
+    pending: list[Row] = []
+    number = 0
+    try:
+        buffer = b""
+        async for piece in request.stream():
+            buffer += piece
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_LINE:  # a line that never ends: report it, drop its bytes
+                lines.append(buffer)
+                buffer = b""
+            for text in lines:
+                number += 1
+                row = parse_line(text, number, settings)
+                if row is None:
+                    continue
+                if row.data is not None:
+                    if room <= 0:
+                        row = Row(row.source, number, error=f"{row.source}: {_QUOTA}")
+                    room -= 1
+                pending.append(row)
+                if len(pending) >= ROWS_PER_HAND:
+                    await give(pending)
+                    pending = []
+        if buffer.strip():
+            number += 1
+            row = parse_line(buffer, number, settings)
+            if row is not None:
+                pending.append(row)
+        if pending:
+            await give(pending)
+    finally:
+        await give(_END)
+        summary = await running
+    return {
+        "batch_id": batch_id,
+        "lines": number,
+        "counts": summary.counts,
+        "links": _links(batch_id),
+    }
+
+
+_QUOTA = "over this token's quota of queued jobs (svdq token create --quota); not queued"
+
+
+def _links(batch_id: str) -> dict[str, str]:
+    base = f"/v1/batches/{batch_id}"
+    return {"self": base, "results": f"{base}/results"}
+
+
+def batch_for(client: Client, limits: Limits, owner: Owner, batch_id: str) -> Batch:
+    """The batch if `owner` made it; else the 404 a stranger gets."""
+    try:
+        check_batch_id(batch_id)
+    except InvalidJobError:
+        raise _unknown(batch_id) from None
+    if not limits.owns_batch(owner, batch_id):
+        raise _unknown(batch_id)
+    return client.batch(batch_id)
+
+
+def _unknown(batch_id: str) -> Problem:
+    return Problem(404, "not-found", f"batch {batch_id[:140]!r} is unknown to this token")
+
+
+def batch_view(batch: Batch) -> dict[str, Any]:
+    """The record, and the jobs' states now."""
+    info = batch.info()
+    info["counts"] = {str(k): v for k, v in batch.counts().items()}
+    info["links"] = _links(batch.batch_id)
+    return info
+
+
+def results(client: Client, batch: Batch) -> Iterator[bytes]:
+    """One JSON line per job (state, error, presigned links when done), then one per row that
+    was not a job (status invalid/skipped/failed, reason)."""
+    seconds = client.settings.api_presign_seconds
+    for entry in batch.states():
+        line: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("has_record",)}
+        line["state"] = str(entry["state"])
+        result = line.pop("result", None)
+        if entry["state"] is JobState.SUCCEEDED and isinstance(result, dict):
+            line["links"] = {
+                kind: client.store.presign(output["key"], seconds)
+                for kind, output in (result.get("outputs") or {}).items()
+            }
+        yield (json.dumps(line, default=str) + "\n").encode()
+    for reject in batch.record.rejects():
+        yield (json.dumps(reject) + "\n").encode()
+
+
+def cancel_batch(client: Client, limits: Limits, owner: Owner, batch: Batch) -> dict[str, int]:
+    """Cancel the batch's jobs that `owner` owns (a job shared with another token's earlier
+    submission is theirs to cancel); counts of what happened."""
+    out: dict[str, int] = {}
+    for chunk in batch.record.job_chunks():
+        for what in cancel_jobs(client.jobqueue, limits.owned_jobs(owner, chunk)).values():
+            out[what] = out.get(what, 0) + 1
+    return out

@@ -1,0 +1,90 @@
+"""One job through the API, on the producer's own `Client`: submit (with ownership, quota
+and the idempotent form), the view a caller reads, and cancel. Synchronous (Redis and S3
+calls); the routes run these in the thread pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from svdq.producer.api.limits import Limits
+from svdq.producer.api.problems import Problem
+from svdq.producer.api.tokens import Owner
+from svdq.producer.client import Client
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.states import JobState
+
+
+def not_found(job_id: str) -> Problem:
+    """The answer for a job that does not exist or is another token's (the same answer)."""
+    return Problem(404, "not-found", f"job {job_id[:140]!r} is unknown to this token")
+
+
+def submit(
+    client: Client,
+    limits: Limits,
+    owner: Owner,
+    data: dict[str, Any],
+    job_id: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Queue the job `data` describes for `owner`; (its view, whether it was queued now).
+
+    `job_id` (PUT): the caller's id; the same id with the same body again queues nothing and
+    answers with the job as it is; with another body it is refused (409).
+    Without one, the id is the token's id + the job's content id (shared.spec.identity), so
+    resubmitting the same image and parameters is the same job, and no other token's.
+    """
+    if job_id is not None:
+        if data.get("job_id", job_id) != job_id:
+            raise InvalidJobError(
+                f"job_id={data['job_id']!r:.140} is not allowed: the body must name the same "
+                f"job_id as the URL ({job_id!r:.140}), or none",
+                field="job_id",
+            )
+        data = {**data, "job_id": job_id}
+    chosen = data.get("job_id")
+    if isinstance(chosen, str):
+        limits.check_free(owner, chosen)
+    limits.quota(owner)
+    ready = client.prepare(data)
+    if not isinstance(chosen, str):
+        ready = ready.replace(job_id=f"{owner.id}-{ready.job_id}")
+    assert ready.job_id
+    entry = client.jobqueue.peek([ready.job_id])[0]
+    limits.claim(owner, ready.job_id)
+    if entry["state"].is_open and entry["has_record"]:
+        earlier = client.job_spec(ready.job_id)
+        if earlier is not None and earlier.to_dict() != ready.to_dict():
+            raise Problem(
+                409,
+                "job-id-conflict",
+                f"job_id={ready.job_id!r} is queued with other parameters: the same job_id "
+                "must come with the same body; choose another job_id",
+                field="job_id",
+            )
+        return view(client, ready.job_id, limits.settings.api_presign_seconds), False
+    handle = client.enqueue(ready)
+    if not handle.skipped:
+        limits.opened(owner, [ready.job_id])
+    return view(client, ready.job_id, limits.settings.api_presign_seconds), not handle.skipped
+
+
+def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
+    """The job as a caller sees it: Client.status, as JSON, with links (presigned outputs
+    when it succeeded)."""
+    status = client.status(job_id)
+    out: dict[str, Any] = {k: v for k, v in status.items() if k != "result"}
+    out["state"] = str(status["state"])
+    links = {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}
+    result = status.get("result")
+    if status["state"] is JobState.SUCCEEDED and isinstance(result, dict):
+        out["result"] = result
+        for kind, output in (result.get("outputs") or {}).items():
+            links[kind] = client.store.presign(output["key"], presign_seconds)
+    out["links"] = links
+    return out
+
+
+def cancel(client: Client, job_id: str) -> dict[str, Any]:
+    """Cancel the job; what happened (Client.cancel's words) and the job as it is now."""
+    outcome = client.cancel([job_id])[job_id]
+    return {"job_id": job_id, "cancel": outcome, "state": str(client.status(job_id)["state"])}

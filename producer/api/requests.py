@@ -1,0 +1,121 @@
+"""What a request may name as a job, before anything is read or stored.
+
+An API caller is not on this machine, so its `image` is never a path here: an uploaded file
+(multipart), an `s3://` object in the configured bucket (not another job's output), or an
+`https://` URL when SVDQ_ALLOW_URLS=1 (fetched through shared.net's checks, as the CLI does).
+Anything else is refused with the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from svdq.producer.inputs import URLS_OFF, put_input
+from svdq.producer.manifest import csv_value
+from svdq.shared.constants import RESULT_PREFIX, input_key
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.images import check_image
+from svdq.shared.settings import Settings
+from svdq.shared.storage import ObjectStore
+
+NOT_HERE = "this server never reads its own files"
+
+
+def allowed_images(settings: Settings) -> str:
+    """What `image` may be here, in words."""
+    urls = "an https:// URL" if settings.allow_urls else "https:// URLs when SVDQ_ALLOW_URLS=1"
+    return (
+        f"an uploaded file (multipart field 'image'), s3://{settings.s3_bucket}/<key>, or "
+        f"{urls}; {NOT_HERE}"
+    )
+
+
+def check_remote_image(image: Any, settings: Settings, *, urls: bool = True) -> str:
+    """`image` if a caller may name it (see the module docstring), else InvalidJobError."""
+    if not isinstance(image, str):
+        raise InvalidJobError(
+            f"image={image!r:.80} is not allowed: {allowed_images(settings)}", field="image"
+        )
+    lowered = image.lower()
+    if lowered.startswith("s3://"):
+        key = image[5:].partition("/")[2]
+        if key.startswith(RESULT_PREFIX) or f"/{RESULT_PREFIX}" in key:
+            raise InvalidJobError(
+                f"image={image[:80]!r} is not allowed: an input, not a job's output "
+                f"({RESULT_PREFIX}...)",
+                field="image",
+            )
+        return image
+    if lowered.startswith("https://") and urls:
+        if not settings.allow_urls:
+            raise InvalidJobError(f"image={image[:80]!r}: {URLS_OFF}", field="image")
+        return image
+    raise InvalidJobError(
+        f"image={image[:80]!r} is not allowed: {allowed_images(settings)}", field="image"
+    )
+
+
+def job_from_json(data: Any, settings: Settings) -> dict[str, Any]:
+    """A JSON job body: JobSpec fields, `image` checked above (the rest by JobSpec)."""
+    if not isinstance(data, dict):
+        raise InvalidJobError(f"a job must be a JSON object, got {type(data).__name__}")
+    if "image" not in data:
+        raise InvalidJobError(f"image is required: {allowed_images(settings)}", field="image")
+    check_remote_image(data["image"], settings)
+    return dict(data)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or InvalidJobError saying where it broke."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidJobError(f"the body is not valid JSON: {exc}", field="body") from None
+
+
+async def job_from_form(form: FormData, store: ObjectStore, settings: Settings) -> dict[str, Any]:
+    """A multipart job: the image file (checked as the CLI checks it, then stored under its
+    content address) and JobSpec fields as form values, typed as a CSV manifest's cells are."""
+    data: dict[str, Any] = {}
+    for name in dict.fromkeys(form.keys()):
+        if name == "image":
+            continue
+        values = [v for v in form.getlist(name) if isinstance(v, str)]
+        if len(values) != len(form.getlist(name)):
+            raise InvalidJobError(f"{name}: a file was sent where a value belongs", field=name)
+        try:
+            if name == "formats" and len(values) > 1:
+                data[name] = values
+            else:
+                data[name] = csv_value(name, values[-1])
+        except ValueError as exc:
+            raise InvalidJobError(str(exc), field=name) from None
+    image = form.get("image")
+    if isinstance(image, UploadFile):
+        blob = await image.read(settings.max_input_bytes + 1)
+        name = image.filename or ""
+        data["image"] = await run_in_threadpool(store_upload, blob, name, store, settings)
+    elif image is None:
+        raise InvalidJobError(f"image is required: {allowed_images(settings)}", field="image")
+    else:
+        data["image"] = check_remote_image(image, settings)
+    return data
+
+
+def store_upload(blob: bytes, filename: str, store: ObjectStore, settings: Settings) -> str:
+    """Check an uploaded image as the CLI checks a file, store it under its content address
+    and return its URI. A refused file is never stored."""
+    info = check_image(
+        blob,
+        max_bytes=settings.max_input_bytes,
+        max_pixels=settings.max_input_pixels,
+        source=f"image (uploaded file {filename[:80]!r})",
+    )
+    key = input_key(hashlib.sha256(blob).hexdigest(), info.ext)
+    put_input(store, key, blob)
+    return store.uri(key)

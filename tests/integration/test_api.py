@@ -1,0 +1,414 @@
+"""The HTTP API (`svdq api`) as a caller sees it: a real uvicorn server on a loopback port, real
+Redis, the S3 server and the session's real tiny worker. One API server for the module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+import requests
+
+from svdq.shared.constants import deliveries_key, job_key
+from svdq.shared.storage import S3Store
+from tests.conftest import REPO, TEST_BUCKET, run_svdq
+from tests.integration.helpers import FAST, free_port_block, make_image, png_bytes
+from tests.media import mp4_info
+
+pytestmark = pytest.mark.integration
+
+PROBLEM = "application/problem+json"
+JOB = {**FAST, "num_frames": 3, "formats": ["mp4"]}
+
+
+@dataclass
+class Api:
+    url: str
+    env: dict[str, str]
+    log: Path
+
+    def token(self, name: str, *flags: str) -> str:
+        done = run_svdq(["token", "create", name, "--json", *flags], self.env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["token"])
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def api(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    port = free_port_block(1)
+    env = {
+        **svdq_env,
+        "SVDQ_API_PORT": str(port),
+        "SVDQ_API_MAX_BODY_BYTES": str(256 * 1024),
+        "SVDQ_ALLOW_URLS": "1",  # so hostile URLs meet the URL rules, not just "off"
+    }
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "svdq.producer.cli", "api"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"svdq api did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield Api(url, env, log)
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def alice(api: Api) -> str:
+    return api.token("alice")
+
+
+@pytest.fixture(scope="module")
+def bob(api: Api) -> str:
+    return api.token("bob")
+
+
+def events(api: Api, token: str, job_id: str, timeout: float = 120) -> list[dict[str, Any]]:
+    """Every SSE event of the job until the server ends the stream."""
+    out: list[dict[str, Any]] = []
+    with requests.get(
+        f"{api.url}/v1/jobs/{job_id}/events", headers=auth(token), stream=True, timeout=timeout
+    ) as r:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                out.append(json.loads(line[6:]))
+    return out
+
+
+def upload(store: S3Store, name: str, color: int, tmp_path: Path) -> str:
+    data = make_image(tmp_path / name, (192, 128), color).read_bytes()
+    store.put_bytes(f"uploads/{name}", data, "image/png")
+    return f"s3://{TEST_BUCKET}/uploads/{name}"
+
+
+def test_multipart_submit_streams_to_succeeded_and_the_presigned_mp4_plays(
+    api: Api, alice: str, worker: str, tmp_path: Path
+) -> None:
+    image = make_image(tmp_path / "cat.png", (192, 128), 7)
+    fields = {k: str(v) for k, v in JOB.items() if k != "formats"}
+    r = requests.post(
+        f"{api.url}/v1/jobs",
+        headers=auth(alice),
+        files={"image": ("cat.png", image.read_bytes(), "image/png")},
+        data={**fields, "formats": "mp4"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] in ("queued", "running") and r.headers["location"] == job["links"]["self"]
+    seen = events(api, alice, job["job_id"])
+    states = [e["state"] for e in seen]
+    assert states[-1] == "succeeded", seen
+    running = [e for e in seen if e["state"] == "running" and e.get("phase") == "denoise"]
+    assert running and running[-1]["steps"] == JOB["num_inference_steps"], seen
+    clip = requests.get(seen[-1]["links"]["mp4"], timeout=30)
+    assert clip.status_code == 200
+    info = mp4_info(clip.content)
+    assert (info["width"], info["height"], info["frames"]) == (128, 64, 3)
+    again = requests.get(f"{api.url}/v1/jobs/{job['job_id']}", headers=auth(alice), timeout=10)
+    assert again.json()["result"]["outputs"]["mp4"]["key"].endswith("clip.mp4")
+
+
+def test_put_is_idempotent(
+    api: Api, alice: str, worker: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    body = {**JOB, "image": upload(store, "put.png", 11, tmp_path)}
+    url = f"{api.url}/v1/jobs/put-once-1"
+    first = requests.put(url, json=body, headers=auth(alice), timeout=30)
+    second = requests.put(url, json=body, headers=auth(alice), timeout=30)
+    assert first.status_code == 202, first.text
+    assert second.status_code == 200, second.text
+    assert second.json()["job_id"] == "put-once-1"
+    other = requests.put(url, json={**body, "seed": 5}, headers=auth(alice), timeout=30)
+    assert other.status_code in (409, 200), other.text  # 409 while open; 200 once done
+    assert events(api, alice, "put-once-1")[-1]["state"] == "succeeded"
+    r = redis_lib.Redis.from_url(redis_url)
+    assert r.llen(deliveries_key("put-once-1")) == 1  # one message, one delivery
+    done = requests.put(url, json=body, headers=auth(alice), timeout=30)
+    assert done.status_code == 200 and done.json()["state"] == "succeeded"
+
+
+def test_cancel(api: Api, alice: str, worker: str, store: S3Store, tmp_path: Path) -> None:
+    body = {**JOB, "num_inference_steps": 40, "image": upload(store, "c.png", 3, tmp_path)}
+    r = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(alice), timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    gone = requests.delete(f"{api.url}/v1/jobs/{job_id}", headers=auth(alice), timeout=10)
+    assert gone.status_code == 200 and gone.json()["cancel"] in ("cancelled", "cancelling")
+    assert events(api, alice, job_id)[-1]["state"] == "cancelled"
+
+
+def test_a_stream_ends_when_its_queued_job_is_cancelled(
+    api: Api, alice: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """Cancelling a queued job stores its state without a worker: the API's one subscription
+    must hear of it all the same (producer/cancel.py publishes it as Celery would)."""
+    body = {**JOB, "variant": "svd", "image": upload(store, "sse.png", 61, tmp_path)}
+    r = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(alice), timeout=30)
+    assert r.status_code == 202, r.text  # svdq.svd: no worker here takes it
+    job_id = r.json()["job_id"]
+    seen: list[dict[str, Any]] = []
+    first = threading.Event()
+
+    def watch() -> None:
+        url = f"{api.url}/v1/jobs/{job_id}/events"
+        with requests.get(url, headers=auth(alice), stream=True, timeout=30) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    first.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert first.wait(10)  # the stream is open and has said "queued": cancel under it
+        gone = requests.delete(f"{api.url}/v1/jobs/{job_id}", headers=auth(alice), timeout=10)
+        assert gone.json()["cancel"] == "cancelled"
+        watcher.join(30)
+        assert not watcher.is_alive()
+        assert [e["state"] for e in seen] == ["queued", "cancelled"], seen
+    finally:
+        r = redis_lib.Redis.from_url(redis_url)  # the message no worker here will take
+        for key in [b"svdq.svd", *r.scan_iter(b"svdq.svd\x06*")]:
+            r.delete(key)
+
+
+def test_batch_with_a_bad_row(
+    api: Api, alice: str, worker: str, store: S3Store, tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({**JOB, "image": upload(store, "b1.png", 21, tmp_path)}),
+        "{not json",
+        json.dumps({**JOB, "image": "/etc/hostname"}),
+        json.dumps({**JOB, "image": upload(store, "b2.png", 22, tmp_path)}),
+    ]
+
+    def body() -> Iterator[bytes]:  # sent chunked: the server reads it as it streams
+        for line in lines:
+            yield (line + "\n").encode()
+
+    r = requests.post(f"{api.url}/v1/batches", data=body(), headers=auth(alice), timeout=60)
+    assert r.status_code == 202, r.text
+    batch = r.json()
+    assert batch["counts"]["submitted"] == 2 and batch["counts"]["invalid"] == 2, batch
+    url = f"{api.url}/v1/batches/{batch['batch_id']}"
+    deadline = time.monotonic() + 120
+    while True:
+        view = requests.get(url, headers=auth(alice), timeout=10).json()
+        if view["counts"].get("succeeded") == 2:
+            break
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)
+    rows = [json.loads(x) for x in requests.get(f"{url}/results", headers=auth(alice)).iter_lines()]
+    assert [r.get("state") or r["status"] for r in rows] == [
+        "succeeded",
+        "succeeded",
+        "invalid",
+        "invalid",
+    ]
+    assert requests.get(rows[0]["links"]["mp4"], timeout=10).status_code == 200
+    assert "line 2: not valid JSON" in rows[2]["reason"]
+    assert "'/etc/hostname' is not allowed" in rows[3]["reason"] and rows[3]["field"] == "image"
+    assert requests.delete(url, headers=auth(alice), timeout=10).status_code == 200
+
+
+def _footprint(redis_url: str, store: S3Store) -> tuple[int, int]:
+    r = redis_lib.Redis.from_url(redis_url)
+    return len(list(r.scan_iter(job_key("*")))), len(list(store.list_prefix("inputs/")))
+
+
+def problem(r: requests.Response, status: int, reason: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = dict(r.json())
+    assert body["status"] == status and body["reason"] == reason, body
+    assert "Traceback" not in r.text
+    return body
+
+
+def test_security_rules_refuse_and_leave_nothing_behind(
+    api: Api, alice: str, bob: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    before = _footprint(redis_url, store)
+    jobs = f"{api.url}/v1/jobs"
+    png = {"image": ("x.png", png_bytes(), "image/png")}
+    problem(requests.post(jobs, files=png, timeout=10), 401, "unauthorized")
+    wrong = requests.post(jobs, files=png, headers=auth("svdq_0_x"), timeout=10)
+    problem(wrong, 401, "invalid-token")
+    forged = alice[:-4] + ("AAAA" if not alice.endswith("AAAA") else "BBBB")
+    problem(requests.get(f"{api.url}/v1/schema", headers=auth(forged)), 401, "invalid-token")
+    big = {"image": ("big.png", b"\0" * (300 * 1024), "image/png")}
+    problem(requests.post(jobs, files=big, headers=auth(alice), timeout=10), 413, "body-too-large")
+    hostile_files = [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, png_bytes((32, 32))]
+    for blob in hostile_files:
+        got = problem(
+            requests.post(jobs, files={"image": ("h.png", blob)}, headers=auth(alice), timeout=10),
+            400,
+            "invalid-job",
+        )
+        assert got["field"] == "image"
+    for image in [
+        "/etc/hostname",
+        "../x.png",
+        "file:///etc/hostname",
+        "x.png",
+        "http://example.com/x.png",
+        "ftp://example.com/x.png",
+        "https://127.0.0.1/x.png",
+        "https://169.254.169.254/latest/meta-data",
+        "s3://another-bucket/x.png",
+        f"s3://{TEST_BUCKET}/results/someone/poster.jpg",
+    ]:
+        got = problem(
+            requests.post(jobs, json={"image": image}, headers=auth(alice), timeout=30),
+            400,
+            "invalid-job",
+        )
+        assert got["field"] == "image" and image[:30] in got["detail"], (image, got)
+    for image in ["/etc/hostname", "../x.png"]:  # the multipart form of a local path
+        got = problem(
+            requests.post(jobs, files={"image": (None, image)}, headers=auth(alice), timeout=10),
+            400,
+            "invalid-job",
+        )
+    meta = {"image": f"s3://{TEST_BUCKET}/uploads/none.png", "metadata": {"x": "y" * 20000}}
+    got = problem(requests.post(jobs, json=meta, headers=auth(alice)), 400, "invalid-job")
+    assert got["field"] == "metadata" and "allowed up to" in got["detail"]
+    got = problem(requests.post(jobs, json={**JOB, "image": "s3://x/y", "num_frames": 999},
+                                headers=auth(alice)), 400, "invalid-job")  # fmt: skip
+    assert got["field"] == "num_frames"
+    assert _footprint(redis_url, store) == before  # nothing queued, nothing stored
+
+
+def test_a_token_sees_only_its_own_jobs_and_batches(
+    api: Api, alice: str, bob: str, worker: str, store: S3Store, tmp_path: Path
+) -> None:
+    body = {**JOB, "image": upload(store, "own.png", 31, tmp_path)}
+    r = requests.put(f"{api.url}/v1/jobs/alice-own-1", json=body, headers=auth(alice), timeout=30)
+    assert r.status_code == 202, r.text
+    job = f"{api.url}/v1/jobs/alice-own-1"
+    problem(requests.get(job, headers=auth(bob)), 404, "not-found")
+    problem(requests.get(f"{job}/events", headers=auth(bob)), 404, "not-found")
+    problem(requests.delete(job, headers=auth(bob)), 404, "not-found")
+    problem(requests.put(job, json=body, headers=auth(bob)), 409, "job-id-taken")
+    # The same image and parameters from bob: his own job, not alice's.
+    mine = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(bob), timeout=30)
+    assert mine.status_code == 202 and mine.json()["job_id"] != "alice-own-1"
+    batch = requests.post(
+        f"{api.url}/v1/batches", data=json.dumps(body) + "\n", headers=auth(alice), timeout=30
+    ).json()
+    problem(requests.get(f"{api.url}/v1/batches/{batch['batch_id']}", headers=auth(bob)), 404,
+            "not-found")  # fmt: skip
+    problem(requests.delete(f"{api.url}/v1/batches/{batch['batch_id']}", headers=auth(bob)), 404,
+            "not-found")  # fmt: skip
+    # Each cancels its own (no need to spend the worker's time on them).
+    assert requests.delete(job, headers=auth(alice)).status_code == 200
+    assert requests.delete(f"{api.url}{mine.headers['location']}", headers=auth(bob)).ok
+    url = f"{api.url}/v1/batches/{batch['batch_id']}"
+    assert requests.delete(url, headers=auth(alice)).status_code == 200
+    assert events(api, alice, "alice-own-1")[-1]["state"] in ("cancelled", "succeeded")
+
+
+def test_rate_limit_and_quota_answer_429_with_retry_after(
+    api: Api, worker: str, store: S3Store, tmp_path: Path
+) -> None:
+    slow = api.token("slow", "--rate", "2")
+    for _ in range(2):
+        assert requests.get(f"{api.url}/v1/schema", headers=auth(slow)).status_code == 200
+    got = requests.get(f"{api.url}/v1/schema", headers=auth(slow))
+    problem(got, 429, "rate-limit")
+    assert 1 <= int(got.headers["retry-after"]) <= 61
+
+    small = api.token("small", "--quota", "1")
+    body = {**JOB, "num_inference_steps": 30, "image": upload(store, "q.png", 41, tmp_path)}
+    first = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(small), timeout=30)
+    assert first.status_code == 202, first.text
+    over = requests.post(
+        f"{api.url}/v1/jobs", json={**body, "seed": 1}, headers=auth(small), timeout=30
+    )
+    problem(over, 429, "quota")
+    assert over.headers["retry-after"]
+    requests.delete(f"{api.url}{first.headers['location']}", headers=auth(small))
+    assert events(api, small, first.json()["job_id"])[-1]["state"] in ("cancelled", "succeeded")
+
+
+def test_curl_drives_the_api(api: Api, alice: str, worker: str, tmp_path: Path) -> None:
+    image = make_image(tmp_path / "curl.png", (192, 128), 51)
+    fields = [f"-F{k}={v}" for k, v in {**JOB, "formats": "mp4", "seed": 99}.items()]
+    head = ["curl", "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {alice}"]
+
+    def curl(*args: str) -> str:
+        done = subprocess.run([*head, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    job_id = json.loads(
+        curl("-F", f"image=@{image};type=image/png", *fields, f"{api.url}/v1/jobs")
+    )["job_id"]
+    assert json.loads(curl(f"{api.url}/v1/jobs/{job_id}"))["job_id"] == job_id
+    curl("-X", "DELETE", f"{api.url}/v1/jobs/{job_id}")
+    stream = curl("-N", f"{api.url}/v1/jobs/{job_id}/events")
+    last = [line for line in stream.splitlines() if line.startswith("data: ")][-1]
+    state = json.loads(last[6:])["state"]
+    assert state in ("cancelled", "succeeded") and f"event: {state}" in stream
+
+
+def test_schema_openapi_health_and_metrics(api: Api, alice: str) -> None:
+    schema = requests.get(f"{api.url}/v1/schema", headers=auth(alice)).json()
+    assert schema["properties"]["motion_bucket_id"]["maximum"] == 255
+    spec = requests.get(f"{api.url}/openapi.json").json()
+    body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert "JobView" in spec["components"]["schemas"]
+    assert requests.get(f"{api.url}/healthz").json() == {"redis": "ok", "store": "ok"}
+    text = requests.get(f"{api.url}/metrics").text
+    assert 'svdq_api_rejections_total{reason="unauthorized"}' in text
+    assert 'svdq_api_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
+    missing = requests.get(f"{api.url}/nowhere")
+    problem(missing, 404, "not-found")
+
+
+def test_tokens_are_stored_as_hashes_and_revoked(api: Api, redis_url: str) -> None:
+    token = api.token("carol")
+    r = redis_lib.Redis.from_url(redis_url)
+    stored = b"".join(v for k in r.scan_iter("svdq:token:*") for v in r.hvals(k))
+    assert token.encode() not in stored and token.split("_")[2].encode() not in stored
+    assert requests.get(f"{api.url}/v1/schema", headers=auth(token)).status_code == 200
+    assert run_svdq(["token", "revoke", "carol"], api.env, timeout=60).returncode == 0
+    problem(requests.get(f"{api.url}/v1/schema", headers=auth(token)), 401, "invalid-token")
+    listed = run_svdq(["token", "list", "--json"], api.env, timeout=60).stdout
+    assert "carol" not in listed and "alice" in listed
