@@ -150,3 +150,22 @@ def orphans(
         held = max(mine, key=lambda h: h.received_at)
         found.append(Orphan(held, index, raw, entry, last_seen(redis, worker)))
     return found
+
+
+def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
+    """For `svdq status` of a job that looks running: why it is not, when its run's worker is
+    gone (lease lapsed, open attempt, no heartbeat from that process); None while it runs."""
+    if redis.exists(lease_key(job_id)):
+        return None
+    attempt = open_attempt(redis, job_id)
+    if attempt is None:
+        return None
+    entry = attempt[2]
+    worker = str(entry.get("worker") or "?")
+    if holder_alive(redis, worker, entry.get("pid")):
+        return None
+    since = last_seen(redis, worker) or float(entry.get("started_at") or now)
+    return (
+        f"its worker {worker} is gone (no heartbeat for {max(0.0, now - since):.0f} s): "
+        "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"
+    )

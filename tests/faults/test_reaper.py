@@ -87,8 +87,18 @@ def test_racing_reapers_requeue_each_orphan_once_and_never_a_live_job(
     rdb.hset(worker_key("live@host"), mapping={"pid": "4242", "job_id": alive})
     open_attempt(rdb, leased, "dead@host", 999_999)
     rdb.set(lease_key(leased), "{}", ex=60)
-    rdb.hset(job_key("orphan0"), mapping={"queue": QUEUE})
+    rdb.hset(job_key("orphan0"), mapping={"queue": QUEUE, "submitted_at": time.time()})
+    progress = {"status": "PROGRESS", "result": {"phase": "denoise", "step": 2, "steps": 40}}
+    rdb.set("celery-task-meta-orphan0", json.dumps({**progress, "task_id": "orphan0"}))
     assert sorted(o.held.job_id for o in orphans(rdb)) == orphaned
+    # Before any reaper acts, nobody is shown running them: stats lists them as lost, and
+    # status says the job's worker is gone.
+    snap = snapshot(rdb)
+    assert sorted(j["job_id"] for j in snap["lost"]) == orphaned
+    assert snap["queues"][QUEUE]["in_flight"] == 3
+    client = Client(settings, store)
+    status = client.status("orphan0")
+    assert status["state"] == "running" and "dead@host is gone" in status["lost"], status
 
     # Eight reapers at once, past the lock: every one finds every orphan and tries to requeue
     # it; HDEL's single winner must queue each exactly once.
@@ -115,6 +125,8 @@ def test_racing_reapers_requeue_each_orphan_once_and_never_a_live_job(
         [attempt] = [json.loads(a) for a in rdb.lrange(deliveries_key(job_id), 0, -1)]
         assert attempt["reason"].startswith(f"{HOST_GONE}: requeued by r"), attempt
     assert json.loads(rdb.hget(job_key("orphan0"), REQUEUED_FIELD))["worker"] == "dead@host"
+    status = client.status("orphan0")  # its stale PROGRESS state is gone: queued, and why
+    assert status["state"] == "queued" and "requeued by r" in status["requeued"], status
     # The three others are still in flight, untouched; the late originals are gone.
     held = {json.loads(v)[0]["headers"]["id"] for v in rdb.hvals("unacked")}
     assert held == {alive, leased, reserved}
