@@ -36,7 +36,10 @@ from svdq.shared.constants import (
 
 UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (Channel.unacked_key, ...)
 UNACKED_INDEX_KEY = "unacked_index"
-CLOCK_SLACK = 1.0  # seconds: the attempt's started_at is rounded to the millisecond
+# The attempt's started_at is rounded to the millisecond; kombu's receipt time is not. No more
+# slack than that: a killed pool child's message goes back to its queue and the same worker may
+# take it again within a second of the lost run's start, and that copy is a live worker's.
+CLOCK_SLACK = 0.001
 
 
 @dataclass(frozen=True)

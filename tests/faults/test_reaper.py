@@ -53,9 +53,12 @@ def take_and_die(app: Any, count: int) -> None:
     conn.release()
 
 
-def open_attempt(rdb: redis_lib.Redis, job_id: str, worker: str, pid: int) -> None:
+def open_attempt(
+    rdb: redis_lib.Redis, job_id: str, worker: str, pid: int, started: float | None = None
+) -> None:
     """The attempt a worker records when its run begins (worker/delivery.py's Attempt)."""
-    entry = {"worker": worker, "pid": pid, "started_at": time.time() + 0.01, "reason": None, "n": 1}
+    at = time.time() + 0.01 if started is None else started
+    entry = {"worker": worker, "pid": pid, "started_at": at, "reason": None, "n": 1}
     rdb.rpush(deliveries_key(job_id), json.dumps(entry))
 
 
@@ -76,11 +79,13 @@ def test_racing_reapers_requeue_each_orphan_once_and_never_a_live_job(
     settings = Settings.from_env(fault_env)
     orphaned = [f"orphan{i}" for i in range(6)]
     # Not orphans: a live worker's job whose lease lapsed for a moment (its heartbeat names
-    # that very process), a job whose lease is held, and a reserved message no run began.
-    alive, leased, reserved = "alive", "leased", "reserved"
-    for job_id in [*orphaned, alive, leased, reserved]:
+    # that very process), a job whose lease is held, a reserved message no run began, and a
+    # message taken again (by a live worker) just after its last run's pool child was killed.
+    alive, leased, reserved, retaken = "alive", "leased", "reserved", "retaken"
+    for job_id in [*orphaned, alive, leased, reserved, retaken]:
         send_job(app, spec(job_id), settings)
-    take_and_die(app, 9)
+    open_attempt(rdb, retaken, "dead@host", 999_999, started=time.time())
+    take_and_die(app, 10)
     for job_id in orphaned:
         open_attempt(rdb, job_id, "dead@host", 999_999)
     open_attempt(rdb, alive, "live@host", 4242)
@@ -95,7 +100,7 @@ def test_racing_reapers_requeue_each_orphan_once_and_never_a_live_job(
     # status says the job's worker is gone.
     snap = snapshot(rdb)
     assert sorted(j["job_id"] for j in snap["lost"]) == orphaned
-    assert snap["queues"][QUEUE]["in_flight"] == 3
+    assert snap["queues"][QUEUE]["in_flight"] == 4
     client = Client(settings, store)
     status = client.status("orphan0")
     assert status["state"] == "running" and "dead@host is gone" in status["lost"], status
@@ -129,8 +134,8 @@ def test_racing_reapers_requeue_each_orphan_once_and_never_a_live_job(
     assert status["state"] == "queued" and "requeued by r" in status["requeued"], status
     # The three others are still in flight, untouched; the late originals are gone.
     held = {json.loads(v)[0]["headers"]["id"] for v in rdb.hvals("unacked")}
-    assert held == {alive, leased, reserved}
-    assert rdb.zcard("unacked_index") == 3
+    assert held == {alive, leased, reserved, retaken}
+    assert rdb.zcard("unacked_index") == 4
     # A scan (under the lock) finds nothing more to do.
     assert scan(Broker(app), store, "late") == []
     # The requeued message is the original, marked redelivered as kombu marks a restore.
@@ -163,10 +168,10 @@ def test_dead_host_job_runs_elsewhere_and_a_slow_live_job_is_never_reaped(
     second = workers.start("second", **quick)
     killed_at = time.time()
     first.kill()
-    # Until it is requeued, the live worker never shows the dead one's job.
+    # Until it is requeued, no live worker is shown running the dead one's job.
     while rdb.llen(deliveries_key("orphan")) < 2:
         live = [w for w in snapshot(rdb)["workers"] if w["name"].startswith("second@")]
-        assert live and live[0]["job_id"] is None
+        assert all(w["job_id"] != "orphan" for w in live), live
         assert time.time() - killed_at < 60, second.text()[-3000:]
         time.sleep(0.2)
     states = check_end_state(client, store, rdb, {"orphan": 1}, 60)
