@@ -24,8 +24,15 @@ from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
 from svdq.shared.celery_app import make_celery, send_job
-from svdq.shared.constants import CALLBACK_FIELD, job_key, queue_for, result_key
+from svdq.shared.constants import (
+    CALLBACK_FIELD,
+    REQUEUED_FIELD,
+    job_key,
+    queue_for,
+    result_key,
+)
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
+from svdq.shared.orphans import lost_holder
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.records import result_problem
 from svdq.shared.replication import ReplicationShortfall
@@ -143,6 +150,11 @@ class Client:
         info = res.info
         if state is JobState.RUNNING and isinstance(info, dict):
             out.update({k: info[k] for k in ("phase", "step", "steps") if k in info})
+        if state is JobState.RUNNING:
+            # A dead host's job keeps its last PROGRESS state until the reaper requeues it.
+            lost = lost_holder(self.jobqueue.redis, job_id, time.time())
+            if lost:
+                out.update(lost=lost)
         elif state is JobState.FAILED:
             out["error"] = f"{type(info).__name__}: {info}"
         elif state is JobState.SUCCEEDED:
@@ -160,6 +172,10 @@ class Client:
                 out.update(state=JobState.UNKNOWN)
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
+            requeued = self.jobqueue.redis.hget(job_key(job_id), REQUEUED_FIELD)
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if requeued:  # by a reaper, its worker lost: say so until it runs again
+                    out["requeued"] = str(json.loads(requeued)["reason"])
         elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
             raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
             with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out

@@ -96,6 +96,24 @@ def check_redis(redis: Any) -> list[Finding]:
     return [Finding("ok", "redis aof", "appendonly=yes")]
 
 
+def redis_warnings(settings: Settings) -> list[str]:
+    """What `svdq worker` says at start about the Redis it will use (AOF off: a restart loses
+    every queued job): check_redis's findings that are not ok, one line each. An unreachable
+    Redis says nothing here: the worker's own start-up check reports that."""
+    import redis as redis_lib
+
+    from svdq.shared.redisconn import redis_client
+
+    client = redis_client(settings, timeout=3)
+    try:
+        findings = check_redis(client)
+    except redis_lib.RedisError:
+        return []
+    finally:
+        client.close()
+    return [f"{f.level.upper()} {f.check}: {f.detail}" for f in findings if f.level != "ok"]
+
+
 def run_doctor(as_json: bool = False, env: Mapping[str, str] | None = None) -> int:
     """Print the findings; 1 when anything is unsafe, else 0."""
     import redis as redis_lib

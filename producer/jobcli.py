@@ -146,6 +146,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f" — {st['error']}"
         if "waiting_for" in st:
             line += f" — {st['waiting_for']}"
+        for note in ("lost", "requeued"):  # a dead host's job: not running, and what follows
+            if note in st:
+                line += f" — {note}: {st[note]}"
         if "result" in st:
             line += " — " + " ".join(o["uri"] for o in st["result"]["outputs"].values())
         print(line)

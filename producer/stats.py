@@ -6,7 +6,9 @@ Where each number comes from:
 - waiting jobs: the length of each queue's Redis lists. kombu keeps one list per priority
   step: `svdq.tiny` holds kombu priority 0 (svdq priority 9, runs first), `svdq.tiny:<p>`
   holds kombu priority p (svdq priority 9 - p).
-- jobs in flight: kombu's `unacked` hash (delivered to a worker, not yet acknowledged).
+- jobs in flight: kombu's `unacked` hash (delivered to a worker, not yet acknowledged), less
+  the jobs whose worker is gone (shared/orphans.py), listed apart as lost until a reaper
+  queues them again: a dead host's job never shows as running.
 - oldest waiting job: the message at the consuming end of each list, aged by the
   `submitted_at` the producer recorded in svdq:job:<id>.
 - workers: the heartbeat hashes svdq:worker:<name> each worker refreshes (worker/metrics.py),
@@ -23,12 +25,12 @@ from typing import Any
 
 from svdq.shared import constants
 from svdq.shared.constants import FINISHED_STREAM, job_key, queue_for, worker_key
+from svdq.shared.orphans import UNACKED_KEY, orphans
 from svdq.shared.settings import Settings
 from svdq.shared.states import Outcome
 from svdq.shared.variants import VARIANTS
 
 WINDOWS = {"5m": 300, "60m": 3600}
-UNACKED_KEY = "unacked"  # kombu's Redis transport default
 CELERY_META = "celery-task-meta-"
 
 
@@ -150,6 +152,12 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     lists = queue_lists(redis)
     running = in_flight(redis)
+    lost = []
+    for orphan in orphans(redis):
+        queue = json.loads(orphan.held.raw)[2]  # kombu's [message, exchange, routing key]
+        running[queue] = max(0, running.get(queue, 0) - 1)
+        silent = round(orphan.silent_for(now))
+        lost.append({"job_id": orphan.held.job_id, "worker": orphan.worker, "silent_s": silent})
     alive = workers(redis, now)
     queues: dict[str, dict[str, Any]] = {}
     for queue in sorted({*known_queues(), *lists, *running}):
@@ -170,6 +178,7 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
         "workers": alive,
         "throughput": throughput,
         "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "lost": lost,
         "dead_letter": int(redis.hlen(constants.DEAD_LETTER_KEY)),
         "batches": batches(redis),
         # Callbacks ended so far, by outcome (worker/callback_worker.record), both always shown.
@@ -205,6 +214,11 @@ def render(snap: dict[str, Any]) -> str:
         lines.append(
             f"last {window}: {t['succeeded']} succeeded, {t['failed']} failed, "
             f"{t['skipped']} already done"
+        )
+    for job in snap.get("lost", []):
+        lines.append(
+            f"lost: job {job['job_id']} of {job['worker']} (silent {job['silent_s']}s): "
+            "a worker's reaper queues it again"
         )
     failures = ", ".join(f"{r} {n}" for r, n in snap["failures_60m"].items()) or "none"
     lines.append(f"failures (60m): {failures}")

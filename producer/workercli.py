@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """One supervised worker per GPU (worker.launch), once Redis and the store answer."""
     launch = _worker_side("svdq.worker.launch", "launch")  # what is missing is said first
-    require(Settings.from_env())  # down: a sentence and exit 1, not Celery retrying forever
+    settings = Settings.from_env()
+    require(settings)  # down: a sentence and exit 1, not Celery retrying forever
+    from svdq.producer.doctor import redis_warnings
+
+    for line in redis_warnings(settings):  # as `svdq doctor` says it, where operators look
+        print(f"svdq worker: {line} (svdq doctor checks the rest)", file=sys.stderr)
     return int(launch(args))
 
 

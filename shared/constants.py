@@ -89,6 +89,12 @@ deliveries_key = RedisKey(
     "deliveries:{}",
     "List of the job's delivery attempts, JSON {n, worker, pid, started_at, reason}.",
 )
+# The reaper (worker/reaper.py): a dead host's job is queued again from its lease, not after
+# the visibility timeout.
+REAPER_LOCK_KEY = f"{KEY_PREFIX}reaper"  # string held (SET NX, TTL) by the one worker scanning
+LAST_SEEN_KEY = f"{KEY_PREFIX}seen"  # hash worker name -> JSON {pid, at}: its last heartbeat
+REQUEUED_FIELD = "requeued"  # field of a job's record (job_key): why the reaper queued it again
+
 generations_key = RedisKey(
     "generations:{}",
     "Counter of full generations started for the job (a retry or a lost worker adds one).",
@@ -96,7 +102,7 @@ generations_key = RedisKey(
 
 
 # Operations (worker/metrics.py writes, `svdq stats` and `svdq exporter` read).
-WORKER_KEY_TTL = 30  # seconds a worker's heartbeat hash outlives its last beat
+# A worker's heartbeat hash outlives its last beat by SVDQ_HEARTBEAT_TTL seconds.
 FINISHED_STREAM = f"{KEY_PREFIX}finished"  # stream: one entry per finished job, trimmed to 2 h
 
 worker_key = RedisKey(

@@ -69,6 +69,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "worker Prometheus port; the worker for GPU i serves on this + i",
     ),
     "SVDQ_LEASE_TTL": ("60", "seconds a job's lease lives unless its worker renews it"),
+    "SVDQ_HEARTBEAT_TTL": (
+        "30",
+        "seconds a worker's heartbeat outlives its last beat (it beats every third of this)",
+    ),
+    "SVDQ_REAP_INTERVAL": (
+        "15",
+        "seconds between a worker's scans for jobs of dead hosts (lease expired, heartbeat "
+        "gone): such a job is queued again within SVDQ_LEASE_TTL + this",
+    ),
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
     "SVDQ_RETRY_BACKOFF": ("2", "first wait in seconds before a transient fault is retried"),
     "SVDQ_RETRY_BACKOFF_MAX": ("120", "longest wait in seconds between transient retries"),
@@ -211,6 +220,8 @@ class Settings:
     metrics_host: str
     metrics_port: int
     lease_ttl: int
+    heartbeat_ttl: int
+    reap_interval: int
     max_deliveries: int
     retry_backoff: int
     retry_backoff_max: int
@@ -274,6 +285,8 @@ class Settings:
             metrics_host=_listen_host(get("SVDQ_METRICS_HOST")),
             metrics_port=integer("SVDQ_METRICS_PORT"),
             lease_ttl=integer("SVDQ_LEASE_TTL"),
+            heartbeat_ttl=integer("SVDQ_HEARTBEAT_TTL"),
+            reap_interval=integer("SVDQ_REAP_INTERVAL"),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
             retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),

@@ -1,10 +1,14 @@
-"""A worker's presence in Redis, for `svdq stats` and `svdq exporter`: a heartbeat hash
-(variant, profile, GPU, queues, current job) refreshed every WORKER_KEY_TTL / 3 seconds by a
-thread in the pool child, and one entry per finished job on the FINISHED_STREAM stream, written
-by whichever process sees the end (the parent sees a killed child or a hard time limit)."""
+"""A worker's presence in Redis, for `svdq stats`, `svdq exporter` and the reaper: a heartbeat
+hash (variant, profile, GPU, queues, current job) that expires SVDQ_HEARTBEAT_TTL seconds after
+its last beat, refreshed every third of that by a thread in the pool child; the time of that
+beat under the worker's name in LAST_SEEN_KEY (kept after the hash expires, so the reaper can
+say how long a dead host was silent); and one entry per finished job on the FINISHED_STREAM
+stream, written by whichever process sees the end (the parent sees a killed child or a hard
+time limit)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -12,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from svdq.shared.constants import FINISHED_STREAM, WORKER_KEY_TTL, worker_key
+from svdq.shared.constants import FINISHED_STREAM, LAST_SEEN_KEY, worker_key
 from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
@@ -27,9 +31,13 @@ class Presence:
     """
 
     def __init__(
-        self, redis: Any, identity: Identity, model: Callable[[], Any] = lambda: None
+        self,
+        redis: Any,
+        identity: Identity,
+        ttl: int,
+        model: Callable[[], Any] = lambda: None,
     ) -> None:
-        self.redis, self.identity, self.model = redis, identity, model
+        self.redis, self.identity, self.ttl, self.model = redis, identity, ttl, model
         self.metrics_port: int | None = None  # set once /metrics is served
         self._stopping = threading.Event()
 
@@ -49,14 +57,16 @@ class Presence:
             **(fields or {}),
         }
         key = worker_key(self.identity.hostname)
+        seen = json.dumps({"pid": entry["pid"], "at": entry["beat_at"]})
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping={k: str(v) for k, v in entry.items()})
-        pipe.expire(key, WORKER_KEY_TTL)
+        pipe.expire(key, self.ttl)
+        pipe.hset(LAST_SEEN_KEY, self.identity.hostname, seen)
         pipe.execute()
 
-    def start(self, every: float = WORKER_KEY_TTL / 3) -> threading.Thread:
-        """Beat every `every` seconds from a daemon thread until `forget()`."""
-        thread = threading.Thread(target=self._forever, args=(every,), name="heartbeat")
+    def start(self) -> threading.Thread:
+        """Beat every third of the TTL from a daemon thread until `forget()`."""
+        thread = threading.Thread(target=self._forever, args=(self.ttl / 3,), name="heartbeat")
         thread.daemon = True
         thread.start()
         return thread

@@ -55,6 +55,10 @@ PEAK_VRAM = Gauge(
 )
 BUSY = Gauge("svdq_worker_busy", "1 while a job runs on this worker")
 LEASE_RENEWALS = Counter("svdq_lease_renewals", "Job leases this worker renewed")
+REAPED = Counter(
+    "svdq_jobs_reaped",
+    "Jobs of dead hosts (lease expired, heartbeat gone) this worker's reaper queued again",
+)
 DEAD_LETTERS = Counter(
     "svdq_dead_letters",
     "Jobs this worker sent to the dead-letter list, by why: deliveries (too many, none "
@@ -193,6 +197,10 @@ class WorkerMetrics:
     def lease_renewed(self) -> None:
         """Count one lease renewal (worker.lease)."""
         LEASE_RENEWALS.inc()
+
+    def reaped(self, _job: object = None) -> None:
+        """Count one job of a dead host queued again by this worker's reaper."""
+        REAPED.inc()
 
     def stepped_down(self, before: str, after: str) -> None:
         """Count one out-of-memory step-down from profile `before` to `after`."""

@@ -19,13 +19,13 @@ from typing import Any
 
 from celery import Celery
 
-from svdq.shared.constants import WORKER_KEY_TTL
 from svdq.shared.settings import Settings
 from svdq.shared.storage import ObjectStore, open_store
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.metrics import WorkerMetrics, metrics_port
 from svdq.worker.models import LoadedModel, settle
+from svdq.worker.reaper import Reaper
 from svdq.worker.resident import RungMemory, load_initial
 
 log = logging.getLogger("svdq.worker")
@@ -46,7 +46,11 @@ class Runtime:
         self.metrics = WorkerMetrics()
         self.rungs = RungMemory.of(self.redis, identity)  # where a restart starts
         # Read at every beat and scrape, so a step-down or a variant switch shows at once.
-        self.presence = Presence(self.redis, identity, lambda: self.model)
+        # Queues dead hosts' jobs again (worker/reaper.py says why it runs here, in the child).
+        self.reaper = Reaper(
+            app, store, identity.hostname, settings.reap_interval, self.metrics.reaped
+        )
+        self.presence = Presence(self.redis, identity, settings.heartbeat_ttl, lambda: self.model)
 
     @classmethod
     def start(
@@ -62,7 +66,8 @@ class Runtime:
         port = metrics_port(settings.metrics_port, identity.gpu_index)
         if runtime.metrics.serve(port, identity, lambda: runtime.model, settings.metrics_host):
             runtime.presence.metrics_port = port
-        runtime.presence.start(WORKER_KEY_TTL / 3)
+        runtime.presence.start()
+        runtime.reaper.start()
         runtime.model = load(settings, identity.variant, runtime.rungs)
         # The model and libraries live as long as the process (until a swap evicts the model):
         # keep them out of the garbage collector's full passes.
@@ -82,6 +87,7 @@ class Runtime:
 
     def stop(self) -> None:
         """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""
+        self.reaper.stop()
         try:
             self.presence.forget()
         except Exception as exc:

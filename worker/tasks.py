@@ -53,7 +53,7 @@ def _learn_identity(sender: Any = None, **_: Any) -> None:
     """Parent process, after the queues are chosen and before the pool forks."""
     queues = [q.name for q in sender.app.amqp.queues.consume_from.values()] if sender else []
     _here.identity = Identity.of(settings, getattr(sender, "hostname", None), queues)
-    _here.presence = Presence(app.backend.client, _here.identity)
+    _here.presence = Presence(app.backend.client, _here.identity, settings.heartbeat_ttl)
     # A worker that died without a goodbye left its heartbeat hash (job_id and all) until it
     # expires; this new process under the same name starts from none, not from its job.
     try:

@@ -56,6 +56,8 @@ def test_defaults_from_an_empty_env() -> None:
         metrics_host="127.0.0.1",
         metrics_port=9810,
         lease_ttl=60,
+        heartbeat_ttl=30,
+        reap_interval=15,
         max_deliveries=3,
         retry_backoff=2,
         retry_backoff_max=120,

@@ -1,0 +1,174 @@
+"""Which jobs in flight lost their worker: read from Redis alone, for the reaper
+(worker/reaper.py), which queues them again, and for `svdq stats` / `svdq status`, which must
+never show a dead host's job as running.
+
+A job in flight is a message in kombu's `unacked` hash (delivered to a worker, not yet
+acknowledged). Its job has lost its worker — it is an orphan — when all of these hold:
+
+- nobody holds the job's lease (worker/lease.py): the holder renews it every third of
+  SVDQ_LEASE_TTL while the job runs, however long it runs, so only a holder that stopped
+  renewing lets it expire;
+- the job's attempt list (worker/delivery.py) has an attempt still open (no reason yet): a
+  run began and nobody recorded its end. Its worker and pid name the holder;
+- that holder has no heartbeat: its worker's hash (svdq:worker:<name>) is gone, or belongs to
+  another process now (a restarted worker under the same name: a new pid);
+- the message was received at or before that attempt began (kombu stamps the receipt in the
+  `unacked_index` sorted set, on the same host as the attempt's clock): a copy received later
+  is some other worker's, and is left alone.
+
+A message a live worker reserved but has not started (a retry waiting out its countdown) has
+no open attempt of its own and is never taken. A slow job is never taken: its lease is renewed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from svdq.shared.constants import (
+    LAST_SEEN_KEY,
+    TASK_GENERATE,
+    deliveries_key,
+    lease_key,
+    worker_key,
+)
+
+UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (Channel.unacked_key, ...)
+UNACKED_INDEX_KEY = "unacked_index"
+# The attempt's started_at is rounded to the millisecond; kombu's receipt time is not. No more
+# slack than that: a killed pool child's message goes back to its queue and the same worker may
+# take it again within a second of the lost run's start, and that copy is a live worker's.
+CLOCK_SLACK = 0.001
+
+
+@dataclass(frozen=True)
+class Held:
+    """One svdq.generate message in kombu's unacked hash."""
+
+    tag: str  # kombu's delivery tag: the field of the unacked hash
+    job_id: str
+    received_at: float  # its score in the unacked index: when a worker took it
+    raw: bytes  # the hash's value, kombu's JSON [message, exchange, routing_key]
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A message whose job's worker is gone, with the attempt that worker left open."""
+
+    held: Held
+    attempt_index: int  # in the job's attempt list
+    attempt_raw: bytes  # the open attempt as stored (the reaper replaces exactly this)
+    attempt: dict[str, Any]
+    last_seen: float | None  # the holder's last heartbeat, if its worker name is known
+
+    @property
+    def worker(self) -> str:
+        return str(self.attempt.get("worker") or "?")
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the holder was last heard of (its last beat, else its attempt's start)."""
+        since = self.last_seen or float(self.attempt.get("started_at") or now)
+        return max(0.0, now - since)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def held_jobs(
+    redis: Any, unacked_key: str = UNACKED_KEY, index_key: str = UNACKED_INDEX_KEY
+) -> list[Held]:
+    """Every svdq.generate message delivered and not acknowledged. The hash holds one entry
+    per message a worker has taken (a few per worker), so one HGETALL is cheap."""
+    found = []
+    for tag, raw in redis.hgetall(unacked_key).items():
+        try:
+            headers = json.loads(raw)[0]["headers"]
+            job_id, task = headers["id"], headers["task"]
+        except (ValueError, LookupError, TypeError):
+            continue  # not readable as a Celery message: not ours to judge
+        if task != TASK_GENERATE or not isinstance(job_id, str):
+            continue
+        score = redis.zscore(index_key, tag)
+        if score is None:
+            continue  # acknowledged between the two reads
+        found.append(Held(_text(tag), job_id, float(score), raw))
+    return found
+
+
+def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] | None:
+    """The job's last attempt if it is still open (nobody recorded how it ended)."""
+    entries = redis.lrange(deliveries_key(job_id), 0, -1)
+    for index in range(len(entries) - 1, -1, -1):
+        try:
+            entry = json.loads(entries[index])
+        except ValueError:
+            return None
+        if entry.get("reason") is None:
+            return index, entries[index], entry
+        return None  # the last attempt ended: no run is in the air
+    return None
+
+
+def holder_alive(redis: Any, worker: str, pid: Any) -> bool:
+    """Whether the worker process `worker`/`pid` still beats: its heartbeat hash exists and
+    names that process (a restarted worker under the same name beats with another pid)."""
+    beat = redis.hget(worker_key(worker), "pid")
+    return beat is not None and _text(beat) == str(pid)
+
+
+def last_seen(redis: Any, worker: str) -> float | None:
+    """When the worker's last heartbeat was written, if Redis still knows."""
+    raw = redis.hget(LAST_SEEN_KEY, worker)
+    try:
+        return float(json.loads(raw)["at"]) if raw else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def orphans(
+    redis: Any, unacked_key: str = UNACKED_KEY, index_key: str = UNACKED_INDEX_KEY
+) -> list[Orphan]:
+    """Messages whose job lost its worker (the rules above), at most one per job."""
+    by_job: dict[str, list[Held]] = {}
+    for held in held_jobs(redis, unacked_key, index_key):
+        by_job.setdefault(held.job_id, []).append(held)
+    found = []
+    for job_id, copies in by_job.items():
+        if redis.exists(lease_key(job_id)):
+            continue  # a live delivery renews it (or it has not expired yet)
+        attempt = open_attempt(redis, job_id)
+        if attempt is None:
+            continue
+        index, raw, entry = attempt
+        worker = str(entry.get("worker") or "")
+        if holder_alive(redis, worker, entry.get("pid")):
+            continue
+        started = float(entry.get("started_at") or 0)
+        mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
+        if not mine:
+            continue  # only copies taken after that run began: some other worker's
+        # The run's own message is the last one received before it began.
+        held = max(mine, key=lambda h: h.received_at)
+        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker)))
+    return found
+
+
+def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
+    """For `svdq status` of a job that looks running: why it is not, when its run's worker is
+    gone (lease lapsed, open attempt, no heartbeat from that process); None while it runs."""
+    if redis.exists(lease_key(job_id)):
+        return None
+    attempt = open_attempt(redis, job_id)
+    if attempt is None:
+        return None
+    entry = attempt[2]
+    worker = str(entry.get("worker") or "?")
+    if holder_alive(redis, worker, entry.get("pid")):
+        return None
+    since = last_seen(redis, worker) or float(entry.get("started_at") or now)
+    return (
+        f"its worker {worker} is gone (no heartbeat for {max(0.0, now - since):.0f} s): "
+        "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"
+    )

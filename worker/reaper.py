@@ -1,0 +1,272 @@
+"""The reaper: a dead host's job is queued again minutes after it died, not at the visibility
+timeout (SVDQ_VISIBILITY_TIMEOUT, two hours by default, which must stay above the longest job).
+
+Every worker runs it: a thread in the pool child scans every SVDQ_REAP_INTERVAL seconds, under a
+Redis lock (REAPER_LOCK_KEY, SET NX with a TTL) so one scan runs at a time across the fleet; no
+extra service to deploy. shared/orphans.py decides what is an orphan (lease expired, open
+attempt, its holder's heartbeat gone); this module puts it back, once.
+
+Why the pool child, not the Celery parent or the supervisor: the parent forks the pool child
+at start and again after every child death, and a thread doing Redis I/O in a process that
+forks can leave a lock held in the new child (CUDA is never touched there either way); the
+supervisor runs only for GPU workers (a CPU worker execs straight into Celery) and never imports
+Celery or kombu; the child already holds the runtime — Redis, the store that says whether a
+result.json is valid, and the /metrics where svdq_jobs_reaped_total is counted. Its thread runs
+beside a job as the heartbeat's and the lease's threads do.
+
+Requeue = the exact original message, moved from kombu's unacked hash back to the front of its
+queue, in one Lua script. kombu 5.7 does the same move when the visibility timeout passes
+(kombu/transport/redis.py, QoS.restore_by_tag):
+
+        def restore_transaction(pipe):
+            p = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if p:
+                M, EX, RK = loads(bytes_to_str(p))  # json is unicode
+                self.channel._do_restore_message(M, EX, RK, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore_transaction, self.unacked_key)
+
+and Channel._do_restore_message RPUSHes it (`(pipe.lpush if leftmost else pipe.rpush)(
+self._q_for_pri(queue, pri), dumps(payload))`) after setting `redelivered`. Ours differs in one
+way: HDEL's return value picks the single winner. Two reapers racing, or ours racing kombu's own
+restore: the HDEL that removes the entry pushes the message; every other finds it gone and
+pushes nothing (kombu's WATCH on the unacked hash sees our change and retries, then reads
+nothing). So the job is queued once and the "late original" no longer exists: when the visibility
+timeout passes there is nothing left to restore. Should the old holder be alive after all (a
+network partition), its ack of a tag no longer present only removes nothing (`QoS.ack` ->
+`_remove_from_indices`: `zrem` + `hdel`), and the lease (now taken by the new delivery) and
+result.json keep the effects once.
+
+The same script closes the lost attempt with its reason (`worker lost (host gone): requeued by
+<reaper> after 75 s`), so the next delivery does not call it merely "lost", and clears the job's
+stale `running (denoise 2/40)` state: `svdq status` says queued again, and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from kombu.utils.json import dumps, loads
+
+from svdq.shared import records
+from svdq.shared.constants import REAPER_LOCK_KEY, REQUEUED_FIELD, deliveries_key, job_key
+from svdq.shared.orphans import Orphan, orphans
+from svdq.shared.spec import JobSpec
+from svdq.shared.storage import ObjectStore
+
+log = logging.getLogger("svdq.reaper")
+
+LOCK_TTL = 60  # seconds: frees the lock of a scanner that died mid-scan
+HOST_GONE = "worker lost (host gone)"
+
+# KEYS: unacked, unacked_index, deliveries, celery meta, job record, queue list(s)...
+# ARGV: tag, message, attempt index, attempt as stored, attempt closed, note, note's field
+_REQUEUE = """
+if redis.call('hdel', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('zrem', KEYS[2], ARGV[1])
+for i = 6, #KEYS do
+  redis.call('rpush', KEYS[i], ARGV[2])
+end
+if redis.call('lindex', KEYS[3], ARGV[3]) == ARGV[4] then
+  redis.call('lset', KEYS[3], ARGV[3], ARGV[5])
+end
+local meta = redis.call('get', KEYS[4])
+if meta then
+  local ok, state = pcall(cjson.decode, meta)
+  if ok and (state['status'] == 'PROGRESS' or state['status'] == 'STARTED') then
+    redis.call('del', KEYS[4])
+  end
+end
+if redis.call('exists', KEYS[5]) == 1 then
+  redis.call('hset', KEYS[5], ARGV[7], ARGV[6])
+end
+return 1
+"""
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """One orphan this reaper queued again."""
+
+    job_id: str
+    worker: str  # the lost holder
+    reason: str  # as recorded on the attempt
+
+
+def reason_for(orphan: Orphan, reaper: str, now: float, done: bool) -> str:
+    """The lost attempt's reason: who queued it again, after how long a silence."""
+    text = f"{HOST_GONE}: requeued by {reaper} after {orphan.silent_for(now):.0f} s"
+    if done:
+        text += " (its result.json was already written: the copy returns it, no GPU run)"
+    return text
+
+
+def result_written(store: ObjectStore, raw: bytes) -> bool:
+    """Whether a valid result.json exists for the message's job (shared/records.py's rules).
+    A job that died after writing it is queued again too — the copy returns the recorded
+    result without a GPU run, and sends the callback the dead worker may not have — but its
+    reason says so. The store failing to answer counts as not written."""
+    try:
+        spec = JobSpec.from_dict(_spec(raw))
+        record, _problem = records.read_result(store, spec.job_id or "", spec.output_prefix)
+    except Exception:
+        return False
+    return record is not None
+
+
+def _spec(raw: bytes) -> dict[str, Any]:
+    """The job spec inside an unacked entry (kombu's virtual transport base64-encodes bodies)."""
+    message = loads(raw)[0]
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = loads(body)[0]
+    return dict(args[0])
+
+
+class Broker:
+    """kombu's own view of the broker: the key names and the queue a message goes back to, so
+    a requeue lands exactly where kombu's restore would put it. Broker and result backend are
+    one Redis (shared/celery_app.make_celery gives both the same URL), so the job's svdq keys
+    are in the same database as the unacked hash, and one script can change both."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.connection = app.connection_for_write()
+
+    def close(self) -> None:
+        self.connection.release()
+
+    @property
+    def channel(self) -> Any:
+        return self.connection.default_channel
+
+    def queues_of(self, raw: bytes) -> list[str]:
+        """The Redis list(s) kombu's restore would push this unacked entry to."""
+        message, exchange, routing_key = loads(raw)
+        channel = self.channel
+        priority = channel._get_message_priority(message, reverse=False)
+        return [channel._q_for_pri(q, priority) for q in channel._lookup(exchange, routing_key)]
+
+    def client(self) -> Any:
+        with self.channel.conn_or_acquire() as client:
+            return client
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def requeue(broker: Broker, orphan: Orphan, reason: str) -> bool:
+    """Put the orphan's message back at the front of its queue, close its lost attempt with
+    `reason`; True for the one caller that did it, False when another got there first."""
+    channel = broker.channel
+    message = loads(orphan.held.raw)[0]
+    # As kombu's Channel._do_restore_message marks a restored message.
+    message.get("headers", {})["redelivered"] = True
+    message.get("properties", {}).get("delivery_info", {})["redelivered"] = True
+    closed = {**orphan.attempt, "reason": reason, "ended_at": round(time.time(), 3)}
+    job_id = orphan.held.job_id
+    keys = [
+        channel.unacked_key,
+        channel.unacked_index_key,
+        deliveries_key(job_id),
+        _text(broker.app.backend.get_key_for_task(job_id)),
+        job_key(job_id),
+        *broker.queues_of(orphan.held.raw),
+    ]
+    note = json.dumps({"reason": reason, "at": time.time(), "worker": orphan.worker})
+    won = broker.client().eval(
+        _REQUEUE,
+        len(keys),
+        *keys,
+        orphan.held.tag,
+        dumps(message),
+        orphan.attempt_index,
+        orphan.attempt_raw,
+        json.dumps(closed),
+        note,
+        REQUEUED_FIELD,
+    )
+    return bool(won)
+
+
+def scan(broker: Broker, store: ObjectStore, reaper: str) -> list[Reaped]:
+    """One pass, under the fleet-wide lock: queue every orphan again. Returns those this call
+    requeued (none when another scan holds the lock)."""
+    client = broker.client()
+    token = f"{reaper}:{uuid.uuid4().hex}"
+    if not client.set(REAPER_LOCK_KEY, token, nx=True, ex=LOCK_TTL):
+        return []
+    try:
+        channel = broker.channel
+        reaped = []
+        for orphan in orphans(client, channel.unacked_key, channel.unacked_index_key):
+            reason = reason_for(orphan, reaper, time.time(), result_written(store, orphan.held.raw))
+            if requeue(broker, orphan, reason):
+                log.warning("job %s: %s", orphan.held.job_id, reason)
+                reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
+        return reaped
+    finally:
+        client.eval(_UNLOCK, 1, REAPER_LOCK_KEY, token)
+
+
+class Reaper:
+    """The scan, every `interval` seconds from a daemon thread, until `stop()`."""
+
+    def __init__(
+        self,
+        app: Celery,
+        store: ObjectStore,
+        name: str,
+        interval: float,
+        on_reaped: Callable[[Reaped], None] = lambda _: None,
+    ) -> None:
+        self.app, self.store, self.name, self.interval = app, store, name, interval
+        self.on_reaped = on_reaped  # told of every job requeued (the worker counts them)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._forever, name="reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _forever(self) -> None:
+        broker: Broker | None = None
+        # A random first wait: workers started together do not all scan at the same moment.
+        wait = random.uniform(0, self.interval)
+        while not self._stop.wait(wait):
+            wait = self.interval
+            try:
+                broker = broker or Broker(self.app)
+                for reaped in scan(broker, self.store, self.name):
+                    self.on_reaped(reaped)
+            except Exception as exc:  # Redis away for a moment: the next scan tries again
+                log.warning("reaper scan failed: %s", exc)
+                if broker is not None:
+                    broker.close()
+                broker = None
