@@ -130,17 +130,14 @@ def _epoch(iso: str) -> float:
     return moment.timestamp()
 
 
-def main() -> None:
+def run(before: float = 4.0, after_jobs: int = 6) -> dict[str, Any]:
+    """The whole scenario on its own HA set, worker and S3 server; the figures as a dict."""
     from svdq.producer.client import Client
     from svdq.producer.services import s3_server
     from svdq.shared.settings import Settings
     from svdq.shared.storage import S3Store
     from tests.integration.helpers import make_image
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", type=float, default=4.0, help="seconds before the kill")
-    parser.add_argument("--after-jobs", type=int, default=6, help="jobs to queue after it")
-    args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="svdq-bench-failover-"))
     image = str(make_image(folder / "in.png", (128, 64)))
     ha = RedisHA().start()
@@ -157,17 +154,31 @@ def main() -> None:
             S3Store(settings.s3_bucket, endpoint).ensure_bucket()
             worker = _start_worker(env, folder / "worker.log")
             client = Client(settings)
-            row = measure_failover(ha, client, image, args.before, args.after_jobs)
+            return measure_failover(ha, client, image, before, after_jobs)
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(30)
         ha.stop()
-    print(f"{'failover':>10}{'producer stall':>16}{'fleet stall':>13}{'queued':>8}{'lost':>6}")
-    print(
+
+
+def table(row: dict[str, Any]) -> str:
+    """The figures as the two-line table both bench scripts print."""
+    head = f"{'failover':>10}{'producer stall':>16}{'fleet stall':>13}{'queued':>8}{'lost':>6}"
+    line = (
         f"{row['failover_s']:>9}s{row['producer_stall_s']:>15}s{row['fleet_stall_s']:>12}s"
         f"{row['jobs_queued']:>8}{len(row['not_succeeded']):>6}"
     )
+    return f"{head}\n{line}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", type=float, default=4.0, help="seconds before the kill")
+    parser.add_argument("--after-jobs", type=int, default=6, help="jobs to queue after it")
+    args = parser.parse_args()
+    row = run(args.before, args.after_jobs)
+    print(table(row))
     out = REPO / "bench" / "results" / "redis_failover.json"
     out.write_text(json.dumps({**provenance(), "args": vars(args), **row}, indent=2) + "\n")
     print(f"wrote {out}")
