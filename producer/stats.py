@@ -170,6 +170,8 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
         "throughput": throughput,
         "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "dead_letter": int(redis.hlen(constants.DEAD_LETTER_KEY)),
+        # Unreadable messages dropped past SVDQ_DEAD_LETTER_MAX (worker/deadletter.py).
+        "dead_letter_dropped": int(redis.get(constants.DEAD_DROPPED_KEY) or 0),
         "batches": batches(redis),
         # Callbacks ended so far, by outcome (worker/callback_worker.record), both always shown.
         "callbacks": {

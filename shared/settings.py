@@ -54,6 +54,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
     "SVDQ_LEASE_TTL": ("60", "seconds a job's lease lives unless its worker renews it"),
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
+    "SVDQ_DEAD_LETTER_MAX": (
+        "10000",
+        "unreadable messages kept on the dead-letter list; the oldest beyond it are dropped "
+        "(counted in svdq_dead_letter_dropped_total). Dead jobs are never dropped",
+    ),
     "SVDQ_RETRY_BACKOFF": ("2", "first wait in seconds before a transient fault is retried"),
     "SVDQ_RETRY_BACKOFF_MAX": ("120", "longest wait in seconds between transient retries"),
     "SVDQ_TRANSIENT_BUDGET": (
@@ -160,6 +165,7 @@ class Settings:
     metrics_port: int
     lease_ttl: int
     max_deliveries: int
+    dead_letter_max: int
     retry_backoff: int
     retry_backoff_max: int
     transient_budget: int
@@ -211,6 +217,7 @@ class Settings:
             metrics_port=integer("SVDQ_METRICS_PORT"),
             lease_ttl=integer("SVDQ_LEASE_TTL"),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
+            dead_letter_max=integer("SVDQ_DEAD_LETTER_MAX"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
             retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),
             transient_budget=integer("SVDQ_TRANSIENT_BUDGET"),

@@ -52,6 +52,7 @@ def test_defaults_from_an_empty_env() -> None:
         metrics_port=9810,
         lease_ttl=60,
         max_deliveries=3,
+        dead_letter_max=10000,
         retry_backoff=2,
         retry_backoff_max=120,
         transient_budget=900,
