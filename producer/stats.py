@@ -115,7 +115,7 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
 def finished(redis: Any, now: float) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Jobs finished per window by status, and failures in the last hour by reason."""
     since = int((now - max(WINDOWS.values())) * 1000)
-    ended = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.SKIPPED)
+    ended = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.SKIPPED, Outcome.CANCELLED)
     throughput = {w: {str(o): 0 for o in ended} for w in WINDOWS}
     reasons: dict[str, int] = {}
     for entry_id, fields in redis.xrange(FINISHED_STREAM, min=f"{since}-0", max="+"):
@@ -205,7 +205,7 @@ def render(snap: dict[str, Any]) -> str:
         t = snap["throughput"][window]
         lines.append(
             f"last {window}: {t['succeeded']} succeeded, {t['failed']} failed, "
-            f"{t['skipped']} already done"
+            f"{t['cancelled']} cancelled, {t['skipped']} already done"
         )
     failures = ", ".join(f"{r} {n}" for r, n in snap["failures_60m"].items()) or "none"
     lines.append(f"failures (60m): {failures}")

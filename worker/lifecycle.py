@@ -72,8 +72,11 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
     except Retry:
         _safe(rt.metrics.retried, variant)  # 10. (back on the queue: not an end)
         raise
-    except (Ignore, Reject):
-        raise  # cancelled (recorded as such), or Redis went away mid-job (redelivered)
+    except Ignore:
+        _cancelled(rt, task, job_id, variant)  # 10. (its state is recorded as REVOKED)
+        raise
+    except Reject:
+        raise  # Redis went away mid-job: redelivered
     except Exception as exc:
         _failed(rt, job_id, task.request.hostname, variant, exc)  # 10.
         raise
@@ -167,6 +170,12 @@ def _succeeded(rt: Runtime, job_id: str, worker: str | None, result: dict[str, A
 def _failed(rt: Runtime, job_id: str, worker: str | None, variant: str, exc: BaseException) -> None:
     reason = _safe(rt.metrics.failed, variant, exc) or type(exc).__name__
     _safe(rt.presence.finished, job_id, Outcome.FAILED, variant, reason, None, worker)
+
+
+def _cancelled(rt: Runtime, task: Task, job_id: str, variant: str) -> None:
+    _safe(cancellation.announce, task)  # Flower, `celery events`: revoked, not STARTED
+    _safe(rt.metrics.cancelled, variant)
+    _safe(rt.presence.finished, job_id, Outcome.CANCELLED, variant, "", None, task.request.hostname)
 
 
 def _end(rt: Runtime) -> None:

@@ -1,13 +1,21 @@
 """`svdq cancel` against a real worker: a running job stops at its next denoising step and
-uploads nothing; a queued job is cancelled at once and never runs; the worker goes on."""
+uploads nothing; a queued job is cancelled at once and never runs; the worker goes on. Both
+ends are announced with Celery's task-revoked event (Flower, `celery events`), and a revoke
+sent through Celery (Flower's Terminate) is a cancel too, never a lost connection."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis as redis_lib
+from celery import Celery
 
-from svdq.shared.constants import output_key, result_key
+from svdq.shared.constants import FINISHED_STREAM, output_key, result_key
 from tests.conftest import run_svdq
 from tests.integration.helpers import make_image
 
@@ -28,7 +36,52 @@ def wait_for(check, seconds: float, what: str):  # type: ignore[no-untyped-def]
     pytest.fail(f"timed out waiting for {what}")
 
 
+class Events:
+    """Celery's events as Flower and `celery events` get them: a real EventReceiver on the
+    test Redis, in a thread, feeding a celery.events.State (Flower's own task table)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.state = app.events.State()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.seen.append(event)
+        self.state.event(event)
+
+    def task_state(self, job_id: str) -> str | None:
+        task = self.state.tasks.get(job_id)
+        return task.state if task is not None else None
+
+    def of(self, job_id: str, kind: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.seen) if e.get("uuid") == job_id and e["type"] == kind]
+
+
+@contextlib.contextmanager
+def celery_events(app: Celery) -> Iterator[Events]:
+    events = Events(app)
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": events.on_event})
+        thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        thread.start()
+        try:
+            yield events
+        finally:
+            receiver.should_stop = True
+            thread.join(10)
+
+
+def finished_entries(redis_url: str, job_id: str) -> list[dict[str, str]]:
+    """The job's entries on the finished-jobs stream (svdq stats, the exporter)."""
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    return [e for _, e in client.xrange(FINISHED_STREAM) if e.get("job_id") == job_id]
+
+
 def test_cancel_running_and_queued_jobs(client, store, worker, svdq_env, tmp_path):
+    with celery_events(client.app) as events:
+        _cancel_running_and_queued_jobs(client, store, svdq_env, tmp_path, events)
+
+
+def _cancel_running_and_queued_jobs(client, store, svdq_env, tmp_path, events):  # type: ignore[no-untyped-def]
     running = client.submit(str(make_image(tmp_path / "run.png", color=41)), **LONG)
     queued = client.submit(str(make_image(tmp_path / "queued.png", color=42)), **QUICK)
 
@@ -38,6 +91,8 @@ def test_cancel_running_and_queued_jobs(client, store, worker, svdq_env, tmp_pat
 
     seen = wait_for(denoising, 60, "the long job to be denoising")
     assert seen["phase"] == "denoise" and seen["steps"] == 150
+    # What Flower shows while it runs (and, before the fix, forever after it was cancelled).
+    wait_for(lambda: events.task_state(running.job_id) == "STARTED", 20, "task-started")
 
     # The queued job first: its state says cancelled at once, before any worker sees it.
     proc = run_svdq(["cancel", queued.job_id, "--json"], svdq_env, timeout=60)
@@ -56,6 +111,15 @@ def test_cancel_running_and_queued_jobs(client, store, worker, svdq_env, tmp_pat
         output_key(running.job_id, "poster"),
     ):
         assert not store.exists(key), key
+
+    # Announced as Celery announces a revoke: Flower's state says REVOKED, not STARTED; the
+    # finished-jobs stream (svdq stats, the exporter) counts it cancelled.
+    wait_for(lambda: events.of(running.job_id, "task-revoked"), 20, "the task-revoked event")
+    [revoked] = events.of(running.job_id, "task-revoked")
+    assert (revoked["terminated"], revoked["signum"], revoked["expired"]) == (False, None, False)
+    assert events.task_state(running.job_id) == "REVOKED"
+    entries = finished_entries(svdq_env["SVDQ_REDIS_URL"], running.job_id)
+    assert [e["status"] for e in entries] == ["cancelled"]
 
     # The worker goes on: a job queued after both runs, and the cancelled one never did.
     after = client.submit(str(make_image(tmp_path / "after.png", color=43)), **QUICK)
