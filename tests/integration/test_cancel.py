@@ -9,15 +9,16 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_lib
 from celery import Celery
 
-from svdq.shared.constants import FINISHED_STREAM, output_key, result_key
+from svdq.shared.constants import FINISHED_STREAM, cancel_key, output_key, result_key
 from tests.conftest import run_svdq
-from tests.integration.helpers import make_image
+from tests.integration.helpers import make_image, queued_messages
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,39 @@ def _cancel_running_and_queued_jobs(client, store, svdq_env, tmp_path, events): 
         after.job_id: "already succeeded",
         "no-such-job": "unknown",
     }
+
+
+def test_a_revoke_through_celery_is_a_cancel_not_a_lost_connection(
+    client, store, worker, svdq_env, tmp_path
+):
+    """Defect 7 (issue 10): Flower's Terminate (app.control.revoke(id, terminate=True): a
+    revoke control command, then SIGTERM to the pool child) was taken for a broker
+    connection loss: "queued again", and the job ran a second time. It is a person's cancel:
+    recorded as `svdq cancel` records one, never queued again, nothing uploaded."""
+    url = svdq_env["SVDQ_REDIS_URL"]
+    with celery_events(client.app) as events:
+        job = client.submit(str(make_image(tmp_path / "term.png", color=44)), **LONG)
+        wait_for(
+            lambda: job.status()["state"] == "running" and job.status().get("step", 0) >= 2,
+            60,
+            "the long job to be denoising",
+        )
+        wait_for(lambda: events.task_state(job.job_id) == "STARTED", 20, "task-started")
+        client.app.control.revoke(job.job_id, terminate=True)  # what Flower's Terminate sends
+        wait_for(lambda: events.of(job.job_id, "task-revoked"), 30, "the task-revoked event")
+        [revoked] = events.of(job.job_id, "task-revoked")
+        assert (revoked["terminated"], revoked["signum"]) == (True, 15)  # SIGTERM
+        assert events.task_state(job.job_id) == "REVOKED"
+
+    # Recorded as `svdq cancel` would: cancelled, its flag set, counted cancelled.
+    status = job.status()
+    assert status["state"] == "cancelled", status
+    assert redis_lib.Redis.from_url(url).exists(cancel_key(job.job_id))
+    assert [e["status"] for e in finished_entries(url, job.job_id)] == ["cancelled"]
+    # Not queued again (before the fix the parent sent it again in the same signal handler
+    # that saw the revoke, so by now it would be on the queue), nothing uploaded.
+    assert queued_messages(url) == 0
+    assert not store.exists(result_key(job.job_id))
+    log = Path(worker).read_text(errors="replace")
+    assert f"job {job.job_id} was terminated by a broker connection loss" not in log
+    assert f"job {job.job_id} was cancelled through Celery's revoke" in log
