@@ -232,9 +232,9 @@ def parent_saw_revoke(
         log.exception("job %s was revoked; could not record it as cancelled", job_id)
     if presence is not None:
         _safe(presence.finished, job_id, Outcome.CANCELLED, _variant_label(raw), REVOKED_REASON)
-    try:
-        job = JobSpec.from_dict(raw)
-    except Exception:  # a message the intake let through always has a spec; be safe anyway
+    try:  # a message the intake let through always has a spec; be safe anyway
+        job = JobSpec.from_dict(raw) if isinstance(raw, dict) else None
+    except Exception:
         job = None
     if job is not None:
         callbacks.dispatch(app, job, callbacks.cancelled_payload(job))
