@@ -11,7 +11,14 @@ import json
 from typing import Any
 
 from svdq.producer.client import Client, JobHandle
-from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, lease_key
+from svdq.shared.constants import (
+    DEAD_DROPPED_KEY,
+    DEAD_LETTER_KEY,
+    DEAD_MESSAGES_KEY,
+    deliveries_key,
+    generations_key,
+    lease_key,
+)
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
 
@@ -49,6 +56,20 @@ def retry_dead(client: Client, job_id: str) -> JobHandle:
     except Exception:
         redis.hset(DEAD_LETTER_KEY, job_id, raw)  # not queued: keep it where a person sees it
         raise
+
+
+def cap_note(redis: Any, cap: int) -> str | None:
+    """A line saying the list is at its cap of unreadable messages (SVDQ_DEAD_LETTER_MAX) and
+    how many older ones were dropped (worker/deadletter.py); None while below it and none were."""
+    held = int(redis.zcard(DEAD_MESSAGES_KEY))
+    dropped = int(redis.get(DEAD_DROPPED_KEY) or 0)
+    if held < cap and not dropped:
+        return None
+    return (
+        f"the dead-letter list keeps at most {cap:,} unreadable messages "
+        f"(SVDQ_DEAD_LETTER_MAX; it holds {held:,}): {dropped:,} older ones were dropped; "
+        "dead jobs are never dropped"
+    )
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -92,6 +92,12 @@ def families(snap: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetric
     dead = GaugeMetricFamily("svdq_dead_letter_size", "Jobs in the dead-letter list")
     dead.add_metric([], float(snap["dead_letter"]))
     yield dead
+    dropped = CounterMetricFamily(
+        "svdq_dead_letter_dropped",
+        "Unreadable messages dropped from the dead-letter list past SVDQ_DEAD_LETTER_MAX",
+    )
+    dropped.add_metric([], float(snap["dead_letter_dropped"]))
+    yield dropped
     # One label, one count per value: read from the snapshot as (name, help, label, counts).
     by_one_label: list[tuple[type[Any], str, str, str, dict[str, Any]]] = [
         (

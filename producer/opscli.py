@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from svdq.producer.client import Client
-from svdq.producer.dead import dead_jobs, describe, retry_dead
+from svdq.producer.dead import cap_note, dead_jobs, describe, retry_dead
 from svdq.producer.demo import run_demo
 from svdq.producer.doctor import run_doctor
 from svdq.producer.exporter import serve
@@ -92,6 +93,9 @@ def cmd_dead(args: argparse.Namespace) -> int:
     if args.dead_command == "list":
         for record in dead_jobs(client.jobqueue.redis):
             print(json.dumps(record) if args.json else describe(record))
+        note = cap_note(client.jobqueue.redis, client.settings.dead_letter_max)
+        if note:  # after the list; on stderr with --json, so stdout stays one record a line
+            print(note, file=sys.stderr if args.json else sys.stdout)
         return 0
     for job in args.jobs:
         print(f"{retry_dead(client, job).job_id}: queued again")

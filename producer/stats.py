@@ -118,7 +118,7 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
 def finished(redis: Any, now: float) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Jobs finished per window by status, and failures in the last hour by reason."""
     since = int((now - max(WINDOWS.values())) * 1000)
-    ended = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.SKIPPED)
+    ended = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.SKIPPED, Outcome.CANCELLED)
     throughput = {w: {str(o): 0 for o in ended} for w in WINDOWS}
     reasons: dict[str, int] = {}
     for entry_id, fields in redis.xrange(FINISHED_STREAM, min=f"{since}-0", max="+"):
@@ -180,6 +180,8 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
         "failures_60m": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "lost": lost,
         "dead_letter": int(redis.hlen(constants.DEAD_LETTER_KEY)),
+        # Unreadable messages dropped past SVDQ_DEAD_LETTER_MAX (worker/deadletter.py).
+        "dead_letter_dropped": int(redis.get(constants.DEAD_DROPPED_KEY) or 0),
         "batches": batches(redis),
         # Callbacks ended so far, by outcome (worker/callback_worker.record), both always shown.
         "callbacks": {
@@ -213,7 +215,7 @@ def render(snap: dict[str, Any]) -> str:
         t = snap["throughput"][window]
         lines.append(
             f"last {window}: {t['succeeded']} succeeded, {t['failed']} failed, "
-            f"{t['skipped']} already done"
+            f"{t['cancelled']} cancelled, {t['skipped']} already done"
         )
     for job in snap.get("lost", []):
         lines.append(

@@ -81,6 +81,10 @@ CALLBACK_SIGNATURE_HEADER = "X-Svdq-Signature"
 CALLBACKS_KEY = f"{KEY_PREFIX}callbacks"
 CALLBACK_FIELD = "callback"  # field of a job's record (job_key): how its callback ended, JSON
 DEAD_LETTER_KEY = f"{KEY_PREFIX}dead"  # hash job id -> JSON {spec, attempts, reason, dead_at}
+# The unreadable messages among its entries, by when they were set aside (sorted set key ->
+# time): the oldest beyond SVDQ_DEAD_LETTER_MAX are dropped, and counted here (a string).
+DEAD_MESSAGES_KEY = f"{KEY_PREFIX}dead:messages"
+DEAD_DROPPED_KEY = f"{KEY_PREFIX}dead:dropped"
 
 lease_key = RedisKey(
     "lease:{}", "String held (SET NX, TTL renewed) by the one delivery running the job right now."

@@ -79,6 +79,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "gone): such a job is queued again within SVDQ_LEASE_TTL + this",
     ),
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
+    "SVDQ_DEAD_LETTER_MAX": (
+        "10000",
+        "unreadable messages kept on the dead-letter list; the oldest beyond it are dropped "
+        "(counted in svdq_dead_letter_dropped_total). Dead jobs are never dropped",
+    ),
     "SVDQ_RETRY_BACKOFF": ("2", "first wait in seconds before a transient fault is retried"),
     "SVDQ_RETRY_BACKOFF_MAX": ("120", "longest wait in seconds between transient retries"),
     "SVDQ_TRANSIENT_BUDGET": (
@@ -223,6 +228,7 @@ class Settings:
     heartbeat_ttl: int
     reap_interval: int
     max_deliveries: int
+    dead_letter_max: int
     retry_backoff: int
     retry_backoff_max: int
     transient_budget: int
@@ -288,6 +294,7 @@ class Settings:
             heartbeat_ttl=integer("SVDQ_HEARTBEAT_TTL"),
             reap_interval=integer("SVDQ_REAP_INTERVAL"),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
+            dead_letter_max=integer("SVDQ_DEAD_LETTER_MAX"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
             retry_backoff_max=integer("SVDQ_RETRY_BACKOFF_MAX"),
             transient_budget=integer("SVDQ_TRANSIENT_BUDGET"),

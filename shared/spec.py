@@ -187,7 +187,9 @@ def _check_metadata(value: Any) -> dict[str, Any]:
         ) from exc
     if size > MAX_METADATA_BYTES:
         raise InvalidJobError(
-            f"metadata is {size} bytes as JSON: allowed up to {MAX_METADATA_BYTES}",
+            f"metadata is {size:,} bytes as JSON: allowed up to MAX_METADATA_BYTES="
+            f"{MAX_METADATA_BYTES:,} ({MAX_METADATA_BYTES // 1024} KiB); keep larger data in "
+            "the store or elsewhere and put its address in metadata",
             field="metadata",
         )
     return value

@@ -17,6 +17,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"  # result.json was there already: the job did no work now
+    CANCELLED = "cancelled"  # `svdq cancel`, or a Celery revoke (Flower's Terminate)
     RETRIED = "retried"  # sent back to its queue (transient fault, busy lease): not an end
 
 

@@ -40,6 +40,7 @@ from svdq.shared import replication
 from svdq.shared.celery_app import make_celery
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.settings import Settings
+from svdq.worker import deadletter
 from svdq.worker.intake import KEPT_BODY_CHARS, set_aside_raw
 
 log = logging.getLogger("svdq.worker")
@@ -91,8 +92,9 @@ def _guarded(channel: Any, read: Callable[..., Any], **options: Any) -> Any:
     except ValueError as exc:  # json.JSONDecodeError keeps the text it could not read
         reason, raw = f"not JSON ({exc})", str(getattr(exc, "doc", ""))[:KEPT_BODY_CHARS]
     try:
+        cap = deadletter.cap_of(channel.connection.client.transport_options)
         with channel.conn_or_acquire() as client:
-            key = set_aside_raw(client, raw, reason, socket.gethostname())
+            key = set_aside_raw(client, raw, reason, socket.gethostname(), cap)
     except Exception as exc:
         log.error("dropped an unreadable queue item (%s); could not record it: %s", reason, exc)
         return True
@@ -141,14 +143,17 @@ def transport_for(broker_url: str) -> str | None:
 def worker_app(settings: Settings) -> Celery:
     """The Celery app a svdq worker process serves (GPU worker or callbacks), guarded."""
     app = make_celery(settings)
-    guard(app, settings.redis_url)
+    guard(app, settings.redis_url, settings.dead_letter_max)
     return app
 
 
-def guard(app: Any, broker_url: str) -> None:
+def guard(app: Any, broker_url: str, dead_letter_max: int) -> None:
     """Make `app`'s workers proof against what arrives from outside: every message is checked
     before Celery reads it and one it cannot take is set aside (worker/intake.py, chosen with
     Celery's `worker_consumer`), and so is a queue item that is not a message at all (this
-    module's transport). Both svdq Celery apps (GPU worker, callbacks) call it."""
+    module's transport), keeping at most `dead_letter_max` of them (worker/deadletter.py).
+    Both svdq Celery apps (GPU worker, callbacks) call it."""
     app.conf.worker_consumer = "svdq.worker.intake:Consumer"
     app.conf.broker_transport = transport_for(broker_url)
+    options = dict(app.conf.broker_transport_options or {})
+    app.conf.broker_transport_options = {**options, deadletter.CAP_OPTION: dead_letter_max}

@@ -34,7 +34,6 @@ served task (ARGUMENT_CHECKS).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -44,9 +43,10 @@ from celery.utils.time import maybe_iso8601
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from vine import promise
 
-from svdq.shared.constants import DEAD_LETTER_KEY, TASK_CALLBACK, TASK_GENERATE
+from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.spec import JobSpec
+from svdq.worker import deadletter
 
 log = logging.getLogger("svdq.worker")
 
@@ -201,7 +201,7 @@ def check_message(message: Any, served: Mapping[str, ArgumentCheck]) -> None:
     served[name](task_id, args, kwargs)
 
 
-def set_aside(redis: Any, message: Any, reason: str, worker: str) -> str:
+def set_aside(redis: Any, message: Any, reason: str, worker: str, cap: int) -> str:
     """Put `message` on the dead-letter list under a key of its own; return that key."""
     body = message.body or b""
     raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
@@ -209,6 +209,7 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str) -> str:
     delivery = message.delivery_info or {}
     return _record(
         redis,
+        cap,
         raw,
         repr(headers).encode(),
         f"message set aside unread: {reason}",
@@ -220,14 +221,17 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str) -> str:
     )
 
 
-def set_aside_raw(redis: Any, raw: str, reason: str, worker: str) -> str:
+def set_aside_raw(redis: Any, raw: str, reason: str, worker: str, cap: int) -> str:
     """Record an item that never became a message (worker/brokerguard.py); return its key."""
     data = raw.encode("utf-8", "replace")
-    return _record(redis, data, b"", f"queue item set aside unread: {reason}", worker)
+    return _record(redis, cap, data, b"", f"queue item set aside unread: {reason}", worker)
 
 
-def _record(redis: Any, raw: bytes, salt: bytes, reason: str, worker: str, **details: Any) -> str:
-    """The dead-letter entry of something set aside unread (body cut short); return its key."""
+def _record(
+    redis: Any, cap: int, raw: bytes, salt: bytes, reason: str, worker: str, **details: Any
+) -> str:
+    """The dead-letter entry of something set aside unread (body cut short), among at most
+    `cap` such entries (worker/deadletter.py); return its key."""
     key = SET_ASIDE_PREFIX + hashlib.sha256(raw + salt).hexdigest()[:20]
     record = {
         "job_id": key,
@@ -240,7 +244,14 @@ def _record(redis: Any, raw: bytes, salt: bytes, reason: str, worker: str, **det
         "dead_at": time.time(),
         "attempts": [],
     }
-    redis.hset(DEAD_LETTER_KEY, key, json.dumps(record))
+    dropped = deadletter.keep_message(redis, key, record, cap)
+    if dropped:
+        log.warning(
+            "the dead-letter list holds %d unreadable messages (SVDQ_DEAD_LETTER_MAX): "
+            "dropped the %d oldest",
+            cap,
+            dropped,
+        )
     return key
 
 
@@ -270,7 +281,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         return on_task_received
 
     def _set_aside(self, message: Any, reason: str) -> None:
-        key = set_aside(self.app.backend.client, message, reason, self.hostname or "worker")
+        cap = deadletter.cap_of(self.app.conf.broker_transport_options)
+        key = set_aside(self.app.backend.client, message, reason, self.hostname or "worker", cap)
         message.ack()
         log.error(
             "set aside a message from queue %s as %s on the dead-letter list: %s",

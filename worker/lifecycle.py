@@ -35,9 +35,9 @@ happen once.
 - The callback follows the marker, so a receiver never hears of a result it cannot read yet;
   the metrics come last, so each job counts once, with the outcome it really had.
 
-Some ends only the parent process sees (a killed child, a hard time limit, a job Celery
-terminated on a broker connection loss): worker/tasks.py's signal adapters hand those to
-`parent_saw_failure` and `requeue_if_terminated`.
+Some ends only the parent process sees (a killed child, a hard time limit, a revoke sent
+through Celery, a job Celery terminated on a broker connection loss): worker/tasks.py's signal
+adapters hand those to `parent_saw_failure`, `parent_saw_revoke` and `requeue_if_terminated`.
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
     except Retry:
         _safe(rt.metrics.retried, variant)  # 10. (back on the queue: not an end)
         raise
-    except (Ignore, Reject):
-        raise  # cancelled (recorded as such), or Redis went away mid-job (redelivered)
+    except Ignore:
+        _cancelled(rt, task, job_id, variant)  # 10. (its state is recorded as REVOKED)
+        raise
+    except Reject:
+        raise  # Redis went away mid-job: redelivered
     except Exception as exc:
         _failed(rt, job_id, task.request.hostname, variant, exc)  # 10.
         raise
@@ -169,6 +172,12 @@ def _failed(rt: Runtime, job_id: str, worker: str | None, variant: str, exc: Bas
     _safe(rt.presence.finished, job_id, Outcome.FAILED, variant, reason, None, worker)
 
 
+def _cancelled(rt: Runtime, task: Task, job_id: str, variant: str) -> None:
+    _safe(cancellation.announce, task)  # Flower, `celery events`: revoked, not STARTED
+    _safe(rt.metrics.cancelled, variant)
+    _safe(rt.presence.finished, job_id, Outcome.CANCELLED, variant, "", None, task.request.hostname)
+
+
 def _end(rt: Runtime) -> None:
     _safe(rt.metrics.job_ended)
     _safe(rt.metrics.model_loaded, rt.model)  # a step-down or a variant switch loaded one
@@ -198,6 +207,40 @@ def parent_saw_failure(
     _safe(presence.finished, job_id, Outcome.FAILED, _variant_label(raw), reason)
 
 
+REVOKED_REASON = "cancelled through Celery's revoke (Flower's Revoke or Terminate)"
+
+
+def parent_saw_revoke(
+    app: Celery, settings: Settings, presence: Presence | None, request: Any
+) -> None:
+    """Record a revoke this worker received through Celery (Flower's Revoke or Terminate: a
+    `revoke` control command, kept in celery.worker.state.revoked) as `svdq cancel` records a
+    cancel: the flag (a copy delivered later is dropped), the state REVOKED ("cancelled"),
+    the finished-jobs stream, the callback. Never queued again: a person asked for it to stop.
+
+    For Terminate, Celery has already SIGTERMed the pool child running the job, written
+    REVOKED and acknowledged the message (celery/worker/request.py, Request.terminate →
+    _announce_revoked), so nothing of it is left to upload; a new pool child loads the model."""
+    job_id, args = getattr(request, "id", None), getattr(request, "args", None)
+    if not job_id:
+        return
+    raw = args[0] if isinstance(args, list | tuple) and args else None
+    try:
+        app.backend.client.set(cancel_key(job_id), 1, ex=settings.result_expires)
+        app.backend.mark_as_revoked(job_id, REVOKED_REASON)
+    except Exception:
+        log.exception("job %s was revoked; could not record it as cancelled", job_id)
+    if presence is not None:
+        _safe(presence.finished, job_id, Outcome.CANCELLED, _variant_label(raw), REVOKED_REASON)
+    try:  # a message the intake let through always has a spec; be safe anyway
+        job = JobSpec.from_dict(raw) if isinstance(raw, dict) else None
+    except Exception:
+        job = None
+    if job is not None:
+        callbacks.dispatch(app, job, callbacks.cancelled_payload(job))
+    log.warning("job %s was %s: cancelled, not queued again", job_id, REVOKED_REASON)
+
+
 def requeue_if_terminated(app: Celery, settings: Settings, request: Any) -> None:
     """Queue a job again that Celery terminated and then counted as revoked (parent process).
 
@@ -205,9 +248,9 @@ def requeue_if_terminated(app: Celery, settings: Settings, request: Any) -> None
     tasks_on_connection_loss) and means to leave their messages for redelivery. If recording
     that fails while Redis is still down, it treats the terminated job as revoked and
     acknowledges the message once Redis is back: the job would end "cancelled" with nobody
-    having cancelled it. svdq never revokes through Celery (`svdq cancel` sets its own flag),
-    so a terminated job without that flag goes back on its queue; the lease and result.json
-    make a second copy harmless.
+    having cancelled it. `svdq cancel` sets its own flag, and a revoke a person sent through
+    Celery is handled before this (parent_saw_revoke), so a terminated job without either
+    goes back on its queue; the lease and result.json make a second copy harmless.
     """
     job_id, args = getattr(request, "id", None), getattr(request, "args", None)
     if not job_id or not args or not isinstance(args[0], dict):

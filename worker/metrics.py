@@ -36,7 +36,7 @@ SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 60
 
 JOBS = Counter(
     "svdq_jobs", "Jobs this worker finished, by outcome", ["status", "variant"]
-)  # status: succeeded | failed | retried | skipped (result.json already there)
+)  # status: the Outcome table (shared/states.py)
 FAILURES = Counter("svdq_job_failures", "Failed jobs by reason (exception class)", ["reason"])
 PHASE_SECONDS = Histogram(
     "svdq_job_phase_seconds",
@@ -185,6 +185,10 @@ class WorkerMetrics:
         FAILURES.labels(reason).inc()
         self._peak_vram()
         return reason
+
+    def cancelled(self, variant: str) -> None:
+        """Count a job stopped by `svdq cancel` (an end: it never runs again)."""
+        JOBS.labels(Outcome.CANCELLED, variant).inc()
 
     def retried(self, variant: str) -> None:
         """Count a job sent back to its queue for later (not an end)."""

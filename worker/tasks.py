@@ -21,6 +21,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
+from celery.worker import state as worker_state
 
 from svdq.shared.constants import TASK_GENERATE, worker_key
 from svdq.shared.settings import Settings
@@ -109,9 +110,20 @@ def _failure_seen_by_parent(
 
 
 @task_revoked.connect
-def _requeue_if_terminated(
+def _revoked_seen_by_parent(
     sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
 ) -> None:
-    """A job Celery terminated on a broker connection loss goes back on its queue."""
-    if getattr(sender, "name", "") == TASK_GENERATE and terminated and request is not None:
+    """A revoke a person sent through Celery (Flower's Revoke or Terminate) is a cancel; a job
+    Celery terminated on a broker connection loss goes back on its queue.
+
+    Which is which: a revoke control command adds the id to celery.worker.state.revoked
+    before it terminates anything (celery/worker/control.py, _revoke:
+    `worker_state.revoked.update(task_ids)`); a connection loss cancels running requests
+    without adding them (celery/worker/consumer/consumer.py,
+    on_connection_error_after_connected → Request.cancel)."""
+    if getattr(sender, "name", "") != TASK_GENERATE or request is None:
+        return
+    if getattr(request, "id", None) in worker_state.revoked:
+        lifecycle.parent_saw_revoke(app, settings, _here.presence, request)
+    elif terminated:
         lifecycle.requeue_if_terminated(app, settings, request)

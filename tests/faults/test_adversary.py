@@ -22,16 +22,26 @@ import pytest
 
 from svdq.producer.dead import retry_dead
 from svdq.producer.services import free_port
-from svdq.shared.constants import DEAD_LETTER_KEY, TASK_GENERATE, queue_for, worker_key
+from svdq.shared.constants import (
+    DEAD_DROPPED_KEY,
+    DEAD_LETTER_KEY,
+    TASK_GENERATE,
+    queue_for,
+    worker_key,
+)
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker.delivery import dead_letter
 from svdq.worker.intake import KEPT_BODY_CHARS, MAX_MESSAGE_BYTES
+from tests.conftest import run_svdq
 from tests.faults.conftest import wait_all_final
 from tests.integration.helpers import FAST, make_image, queued_messages
 
 pytestmark = pytest.mark.integration
 
 QUEUE = queue_for("tiny")
+JSON = "application/json"
 # Items no kombu message is made of: not JSON, JSON but not an envelope, an envelope whose
 # headers kombu cannot read. Each stopped the worker's main process before brokerguard.
 RAW_ITEMS = [
@@ -151,9 +161,12 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     spec = fault_client.prepare({"image": str(image), **FAST}).to_dict()
     spec.pop("job_id")
     metrics_port = free_port()
-    worker = workers.start("adversary", SVDQ_METRICS_PORT=str(metrics_port))
-    first = _beat(rdb, "adversary")
     kinds = poison_messages(spec)
+    cap = len(kinds) + len(RAW_ITEMS)  # the dead-letter list is full once they are all in
+    worker = workers.start(
+        "adversary", SVDQ_METRICS_PORT=str(metrics_port), SVDQ_DEAD_LETTER_MAX=str(cap)
+    )
+    first = _beat(rdb, "adversary")
     for body, headers, content_type, _ in kinds.values():
         publish_raw(fault_env["SVDQ_REDIS_URL"], body, headers, content_type)
     # Not messages at all: pushed onto the queue's list by hand (worker/brokerguard.py).
@@ -193,6 +206,41 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(
     assert _beat(rdb, "adversary")[b"pid"] == first[b"pid"]
     # Its /metrics listens on this machine only (SVDQ_METRICS_HOST unset: 127.0.0.1).
     assert listening(metrics_port) == {"127.0.0.1"}
+    _more_push_the_oldest_out(fault_env, rdb, spec, cap, dead)
+
+
+def _more_push_the_oldest_out(
+    fault_env: dict[str, str], rdb: Any, spec: dict[str, Any], cap: int, dead: list[Any]
+) -> None:
+    """The dead-letter list holds at most SVDQ_DEAD_LETTER_MAX unreadable messages: three more
+    (by the transport and by the consumer) push the three oldest out, counted in Redis, in
+    `svdq exporter` and in `svdq dead list`; a dead job is never pushed out."""
+    dead_letter(rdb, JobSpec.from_dict({**spec, "job_id": "dead-job"}), "for the cap", 600)
+    extra = [b"more garbage{1", b"more garbage{2"]
+    for item in extra:
+        rdb.lpush(QUEUE, item)
+    body = b'{"b": 2}'
+    publish_raw(fault_env["SVDQ_REDIS_URL"], body, {"task": TASK_GENERATE, "id": "p-b"}, JSON)
+    deadline = time.monotonic() + 20
+    while int(rdb.get(DEAD_DROPPED_KEY) or 0) < 3:
+        assert time.monotonic() < deadline, rdb.hkeys(DEAD_LETTER_KEY)
+        time.sleep(0.2)
+    now = {json.loads(v)["job_id"]: json.loads(v) for v in rdb.hvals(DEAD_LETTER_KEY)}
+    assert len(now) == cap + 1 and "dead-job" in now and int(rdb.get(DEAD_DROPPED_KEY)) == 3
+    oldest = [d["job_id"] for d in sorted(dead, key=lambda d: d["dead_at"])[:3]]
+    assert not set(oldest) & set(now)
+    bodies = [d.get("body") for d in now.values()]
+    assert all(b.decode() in bodies for b in [*extra, body])
+
+    env = {**fault_env, "SVDQ_DEAD_LETTER_MAX": str(cap)}
+    listed = run_svdq(["dead", "list"], env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        f"the dead-letter list keeps at most {cap} unreadable messages (SVDQ_DEAD_LETTER_MAX; "
+        f"it holds {cap}): 3 older ones were dropped; dead jobs are never dropped"
+    ) in listed.stdout
+    scrape = run_svdq(["exporter", "--once"], env, timeout=60)
+    assert "svdq_dead_letter_dropped_total 3.0" in scrape.stdout, scrape.stdout[-2000:]
 
 
 def listening(port: int) -> set[str]:

@@ -285,7 +285,7 @@ def test_worker_exporter_and_stats_agree_after_real_jobs(
         "oldest_age_seconds": None,
         "workers": 1,
     }
-    assert stats["throughput"]["5m"] == {"succeeded": 3, "failed": 1, "skipped": 0}
+    assert stats["throughput"]["5m"] == {"succeeded": 3, "failed": 1, "skipped": 0, "cancelled": 0}
     assert stats["failures_60m"] == {"InvalidJobError": 1}
     [w] = stats["workers"]
     assert (w["variant"], w["profile"], w["device"], w["job_id"]) == ("tiny", "cpu", "cpu", None)

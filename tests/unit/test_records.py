@@ -51,3 +51,47 @@ def test_a_whole_record_of_this_job_is_valid() -> None:
 def test_what_makes_a_record_invalid_is_named(record: Any, said: str) -> None:
     problem = result_problem(record, "j1")
     assert problem is not None and said in problem
+
+
+@pytest.mark.parametrize("limit", [500_000, 0])  # from the folder's listing; one HEAD per job
+def test_bulk_counts_a_job_done_only_for_a_valid_marker(tmp_path: Any, limit: int) -> None:
+    """Issue 10: `svdq bulk` took any result.json as done, so a damaged or foreign marker
+    left its job undone for good. DoneIndex believes a marker as the worker does."""
+    import json
+
+    from svdq.producer.doneindex import DoneIndex
+    from svdq.shared.constants import output_key, result_key
+    from svdq.shared.spec import JobSpec
+    from svdq.shared.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+
+    def job(
+        job_id: str, marker: Any, clip: bytes | None = b"0123456789", prefix: str | None = None
+    ) -> JobSpec:
+        if clip is not None:
+            store.put_bytes(output_key(job_id, "mp4", prefix), clip, "video/mp4")
+        if marker is not None:
+            data = marker if isinstance(marker, bytes) else json.dumps(marker).encode()
+            store.put_bytes(result_key(job_id, prefix), data, "application/json")
+        spec = {"image": "s3://b/inputs/x.png", "job_id": job_id, "output_prefix": prefix}
+        return JobSpec.from_dict(spec)
+
+    def whole(job_id: str, prefix: str | None = None) -> dict[str, Any]:
+        mp4 = {"key": output_key(job_id, "mp4", prefix), "uri": "s3://b/r", "bytes": 10}
+        return good(job_id=job_id, outputs={"mp4": mp4})
+
+    jobs = {
+        "valid": (job("valid", whole("valid")), True),
+        "prefixed": (job("prefixed", whole("prefixed", "team/a"), prefix="team/a"), True),
+        "none": (job("none", None), False),
+        "empty": (job("empty", {}), False),
+        "not-json": (job("not-json", b'{"job_id": "not-js'), False),
+        "foreign": (job("foreign", whole("valid")), False),  # another job's record
+        "no-clip": (job("no-clip", whole("no-clip"), clip=None), False),
+        "short-clip": (job("short-clip", whole("short-clip"), clip=b"0123"), False),
+    }
+    index = DoneIndex(store, limit=limit)
+    assert {name: index.done(spec) for name, (spec, _) in jobs.items()} == {
+        name: done for name, (_, done) in jobs.items()
+    }

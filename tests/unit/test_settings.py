@@ -59,6 +59,7 @@ def test_defaults_from_an_empty_env() -> None:
         heartbeat_ttl=30,
         reap_interval=15,
         max_deliveries=3,
+        dead_letter_max=10000,
         retry_backoff=2,
         retry_backoff_max=120,
         transient_budget=900,

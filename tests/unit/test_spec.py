@@ -410,13 +410,47 @@ def test_metadata_at_the_size_limit_accepted() -> None:
     assert spec(metadata=meta).metadata == meta
 
 
-def test_metadata_over_16_kib_rejected() -> None:
+TOO_BIG_METADATA = (
+    "metadata is 16,385 bytes as JSON: allowed up to MAX_METADATA_BYTES=16,384 (16 KiB); "
+    "keep larger data in the store or elsewhere and put its address in metadata"
+)
+
+
+def test_metadata_over_16_kib_rejected_naming_field_size_and_limit(tmp_path: Any) -> None:
+    """The same words at the producer (Client.prepare, before anything is uploaded or queued)
+    and at the worker (its intake checks every message before Celery parses it)."""
+    from kombu import Message
+    from kombu.serialization import prepare_accept_content
+
+    from svdq.producer.client import Client
+    from svdq.shared.constants import TASK_GENERATE
+    from svdq.shared.settings import Settings
+    from svdq.shared.storage import LocalStore
+    from svdq.worker.intake import ARGUMENT_CHECKS, check_message
+
     overhead = len(json.dumps({"k": ""}))
     meta = {"k": "x" * (MAX_METADATA_BYTES - overhead + 1)}
     with pytest.raises(InvalidJobError) as info:
         spec(metadata=meta)
-    assert info.value.field == "metadata"
-    assert str(info.value) == "metadata is 16385 bytes as JSON: allowed up to 16384"
+    assert (info.value.field, str(info.value)) == ("metadata", TOO_BIG_METADATA)
+
+    client = Client(Settings.from_env({}), LocalStore(tmp_path))
+    with pytest.raises(InvalidJobError) as info:
+        client.prepare({"image": str(tmp_path / "in.png"), "metadata": meta})
+    assert (info.value.field, str(info.value)) == ("metadata", TOO_BIG_METADATA)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was stored
+
+    body = [[{"image": "s3://b/inputs/x.png", "job_id": "j", "metadata": meta}], {}, {}]
+    message = Message(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"task": TASK_GENERATE, "id": "j"},
+        accept=prepare_accept_content(["json"]),
+    )
+    with pytest.raises(InvalidJobError) as info:
+        check_message(message, {TASK_GENERATE: ARGUMENT_CHECKS[TASK_GENERATE]})
+    assert (info.value.field, str(info.value)) == ("metadata", TOO_BIG_METADATA)
 
 
 @pytest.mark.parametrize(

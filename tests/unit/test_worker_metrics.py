@@ -167,3 +167,10 @@ def test_lease_and_dead_letter_hooks() -> None:
     counted.dead_lettered("deliveries")
     assert sample("svdq_lease_renewals_total") == renewals + 1
     assert sample("svdq_dead_letters_total", reason="deliveries") == dead + 1
+
+
+def test_a_cancelled_job_is_counted_cancelled() -> None:
+    """Issue 10, defect 6: svdq_jobs_total{status="cancelled"} (the Outcome table's word)."""
+    before = sample("svdq_jobs_total", status="cancelled", variant="tiny")
+    metrics.WorkerMetrics().cancelled("tiny")
+    assert sample("svdq_jobs_total", status="cancelled", variant="tiny") == before + 1
