@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from svdq.producer.api.limits import Limits
+from svdq.producer.api.limits import Limits, id_prefix
 from svdq.producer.api.problems import Problem
 from svdq.producer.api.tokens import Owner
 from svdq.producer.client import Client
+from svdq.producer.inputs import InputImage, put_input
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.states import JobState
 
@@ -25,13 +26,19 @@ def submit(
     owner: Owner,
     data: dict[str, Any],
     job_id: str | None = None,
+    upload: InputImage | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Queue the job `data` describes for `owner`; (its view, whether it was queued now).
 
     `job_id` (PUT): the caller's id; the same id with the same body again queues nothing and
     answers with the job as it is; with another body it is refused (409).
-    Without one, the id is the token's id + the job's content id (shared.spec.identity), so
+    Without one, the id is the token's id + the job's content id (shared.spec.finalize), so
     resubmitting the same image and parameters is the same job, and no other token's.
+    `upload`: the image of a multipart request, checked but not stored yet.
+
+    Order: everything that may refuse the job (the spec, the image, the id, the quota) comes
+    before anything is stored; a repeat of this token's own queued, running or finished job
+    answers with it and never counts against the quota.
     """
     if job_id is not None:
         if data.get("job_id", job_id) != job_id:
@@ -43,29 +50,32 @@ def submit(
         data = {**data, "job_id": job_id}
     chosen = data.get("job_id")
     if isinstance(chosen, str):
-        limits.check_free(owner, chosen)
-    limits.quota(owner)
-    ready = client.prepare(data)
-    if not isinstance(chosen, str):
-        ready = ready.replace(job_id=f"{owner.id}-{ready.job_id}")
+        limits.check_free(owner, chosen, data.get("output_prefix"))
+    ready, found = client.resolve(data, id_prefix=id_prefix(owner), found=upload)
     assert ready.job_id
+    seconds = limits.settings.api_presign_seconds
     entry = client.jobqueue.peek([ready.job_id])[0]
-    limits.claim(owner, ready.job_id)
-    if entry["state"].is_open and entry["has_record"]:
-        earlier = client.job_spec(ready.job_id)
-        if earlier is not None and earlier.to_dict() != ready.to_dict():
-            raise Problem(
-                409,
-                "job-id-conflict",
-                f"job_id={ready.job_id!r} is queued with other parameters: the same job_id "
-                "must come with the same body; choose another job_id",
-                field="job_id",
-            )
-        return view(client, ready.job_id, limits.settings.api_presign_seconds), False
+    if limits.owns_job(owner, ready.job_id):
+        if entry["state"].is_open and entry["has_record"]:
+            earlier = client.job_spec(ready.job_id)
+            if earlier is not None and earlier.to_dict() != ready.to_dict():
+                raise Problem(
+                    409,
+                    "job-id-conflict",
+                    f"job_id={ready.job_id!r} is queued with other parameters: the same "
+                    "job_id must come with the same body; choose another job_id",
+                    field="job_id",
+                )
+            return view(client, ready.job_id, seconds), False
+        if entry["state"] is JobState.SUCCEEDED:
+            return view(client, ready.job_id, seconds), False
+    limits.quota(owner)
+    limits.claim(owner, ready.job_id, ready.output_prefix)
+    put_input(client.store, found.key, found.data)
     handle = client.enqueue(ready)
     if not handle.skipped:
         limits.opened(owner, [ready.job_id])
-    return view(client, ready.job_id, limits.settings.api_presign_seconds), not handle.skipped
+    return view(client, ready.job_id, seconds), not handle.skipped
 
 
 def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 import redis as redis_lib
 import requests
 
-from svdq.shared.constants import deliveries_key, job_key
+from svdq.shared.constants import batch_jobs_key, deliveries_key, job_key, job_owner_key
 from svdq.shared.storage import S3Store
 from tests.conftest import REPO, TEST_BUCKET, run_svdq
 from tests.integration.helpers import FAST, free_port_block, make_image, png_bytes
@@ -355,8 +355,11 @@ def test_rate_limit_and_quota_answer_429_with_retry_after(
 
     small = api.token("small", "--quota", "1")
     body = {**JOB, "num_inference_steps": 30, "image": upload(store, "q.png", 41, tmp_path)}
-    first = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(small), timeout=30)
+    first = requests.put(f"{api.url}/v1/jobs/quota-1", json=body, headers=auth(small), timeout=30)
     assert first.status_code == 202, first.text
+    # An idempotent repeat of the token's own job answers as the first did: never 429.
+    again = requests.put(f"{api.url}/v1/jobs/quota-1", json=body, headers=auth(small), timeout=30)
+    assert again.status_code == 200 and again.json()["job_id"] == "quota-1", again.text
     over = requests.post(
         f"{api.url}/v1/jobs", json={**body, "seed": 1}, headers=auth(small), timeout=30
     )
@@ -400,6 +403,12 @@ def test_schema_openapi_health_and_metrics(api: Api, alice: str) -> None:
     assert 'svdq_api_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
     missing = requests.get(f"{api.url}/nowhere")
     problem(missing, 404, "not-found")
+    # Both answer without a token, so neither may name a job or a token.
+    requests.get(f"{api.url}/v1/jobs/secret-job-name", headers=auth(alice))
+    text = requests.get(f"{api.url}/metrics").text
+    assert 'route="/v1/jobs/{job_id}"' in text
+    for secret in ("secret-job-name", "alice", alice.split("_")[1]):
+        assert secret not in text
 
 
 def test_tokens_are_stored_as_hashes_and_revoked(api: Api, redis_url: str) -> None:
@@ -412,3 +421,69 @@ def test_tokens_are_stored_as_hashes_and_revoked(api: Api, redis_url: str) -> No
     problem(requests.get(f"{api.url}/v1/schema", headers=auth(token)), 401, "invalid-token")
     listed = run_svdq(["token", "list", "--json"], api.env, timeout=60).stdout
     assert "carol" not in listed and "alice" in listed
+
+
+def token_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def test_batch_rows_get_token_scoped_ids_and_results_show_only_own_jobs(
+    api: Api, alice: str, bob: str, worker: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """The same row in two tokens' batches is two jobs; a row naming another token's job_id is
+    refused; and a batch record that names another token's job still never shows it."""
+    body = {**JOB, "image": upload(store, "scope.png", 71, tmp_path)}
+    assert requests.put(
+        f"{api.url}/v1/jobs/bob-chosen-1", json=body, headers=auth(bob), timeout=30
+    ).ok
+
+    def batch(token: str, *rows: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        r = requests.post(f"{api.url}/v1/batches", data=text, headers=auth(token), timeout=30)
+        assert r.status_code == 202, r.text
+        url = f"{api.url}/v1/batches/{r.json()['batch_id']}"
+        got = requests.get(f"{url}/results", headers=auth(token), timeout=30)
+        return url, [json.loads(x) for x in got.iter_lines()]
+
+    bob_url, bob_rows = batch(bob, body)
+    bob_job = bob_rows[0]["job_id"]
+    assert bob_job.startswith(token_id(bob) + "-"), bob_rows
+    alice_url, alice_rows = batch(alice, body, {**body, "job_id": "bob-chosen-1"})
+    assert alice_rows[0]["job_id"].startswith(token_id(alice) + "-"), alice_rows
+    assert alice_rows[0]["job_id"][17:] == bob_job[17:]  # the same content id, another token
+    assert alice_rows[1]["status"] == "invalid" and alice_rows[1]["field"] == "job_id"
+    assert "'bob-chosen-1' is not allowed: it is in use" in alice_rows[1]["reason"]
+    assert len(alice_rows) == 2
+    # A record naming bob's jobs (as a batch made before token-scoped ids could): not shown.
+    r = redis_lib.Redis.from_url(redis_url)
+    r.rpush(batch_jobs_key(alice_url.rsplit("/", 1)[1]), bob_job, "bob-chosen-1")
+    shown = [json.loads(x) for x in requests.get(f"{alice_url}/results", headers=auth(alice))
+             .iter_lines()]  # fmt: skip
+    assert [x.get("job_id") for x in shown] == [alice_rows[0]["job_id"], None], shown
+    counts = requests.get(alice_url, headers=auth(alice), timeout=10).json()["counts"]
+    assert sum(counts.values()) == 1, counts
+    # Ids in another token's derived form cannot be chosen either.
+    taken = requests.put(f"{api.url}/v1/jobs/{bob_job}", json=body, headers=auth(alice))
+    assert problem(taken, 400, "invalid-job")["field"] == "job_id"
+    for url, token in ((alice_url, alice), (bob_url, bob)):
+        assert requests.delete(url, headers=auth(token), timeout=10).status_code == 200
+    requests.delete(f"{api.url}/v1/jobs/bob-chosen-1", headers=auth(bob), timeout=10)
+
+
+def test_ownership_lasts_as_long_as_the_outputs(
+    api: Api, alice: str, bob: str, worker: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """The owner record never expires, and an id whose result.json is in the store with no
+    owner recorded (Redis forgot it) cannot be claimed by another token: it would read the
+    first one's clip."""
+    body = {**JOB, "image": upload(store, "lapse.png", 81, tmp_path)}
+    url = f"{api.url}/v1/jobs/lapse-1"
+    assert requests.put(url, json=body, headers=auth(alice), timeout=30).status_code == 202
+    assert events(api, alice, "lapse-1")[-1]["state"] == "succeeded"
+    r = redis_lib.Redis.from_url(redis_url)
+    assert r.ttl(job_owner_key("lapse-1")) == -1  # no expiry
+    for key in list(r.scan_iter(match="*lapse-1*")):  # Redis forgets everything of the job
+        r.delete(key)
+    problem(requests.put(url, json=body, headers=auth(bob), timeout=30), 409, "job-id-taken")
+    problem(requests.get(url, headers=auth(bob), timeout=10), 404, "not-found")
+    assert not r.exists(job_owner_key("lapse-1"))
