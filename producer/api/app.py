@@ -1,7 +1,8 @@
 """The FastAPI application: every route, on one `Client` (see the package docstring).
 
 Routes under /v1 need `Authorization: Bearer <token>` (tokens.py) and count against the
-token's rate; /healthz, /metrics, /openapi.json and the console at / do not.
+token's rate; /healthz, /metrics, /openapi.json and the console's files at / do not (the
+console's own calls carry the token; console.py).
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from svdq.producer.api import batches, jobs
+from svdq.producer.api.console import SecurityHeaders, add_console, policy, store_origin
 from svdq.producer.api.hub import RESYNC, EventHub
 from svdq.producer.api.limits import Limits
 from svdq.producer.api.middleware import BodyCap, Measure, Metrics
@@ -249,6 +251,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     def metrics_page() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_console(app, client, limits, owner_of)
     _errors(app, settings, metrics)
     app.add_middleware(BodyCap, settings=settings, metrics=metrics)
     if settings.api_cors_origins:
@@ -259,6 +262,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(Measure, metrics=metrics, routes=app.router.routes)
+    app.add_middleware(SecurityHeaders, csp=policy(store_origin(client)))
     return app
 
 

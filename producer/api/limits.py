@@ -27,6 +27,7 @@ from svdq.shared.constants import (
     batch_key,
     job_key,
     job_owner_key,
+    owner_batches_key,
     owner_open_key,
     rate_key,
 )
@@ -198,8 +199,18 @@ class Limits:
         return _s(self.redis.hget(batch_key(batch_id), OWNER_FIELD) or b"") == owner.id
 
     def own_batch(self, owner: Owner, batch_id: str) -> None:
-        """Record `owner` on a batch about to be submitted."""
-        self.redis.hset(batch_key(batch_id), OWNER_FIELD, owner.id)
+        """Record `owner` on a batch about to be submitted, and the batch in its list."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(batch_key(batch_id), OWNER_FIELD, owner.id)
+        pipe.zadd(owner_batches_key(owner.id), {batch_id: time.time()})
+        pipe.expire(owner_batches_key(owner.id), self.settings.result_expires)
+        pipe.execute()
+
+    def batches(self, owner: Owner, count: int = 50) -> list[str]:
+        """The owner's latest `count` batch ids, newest first (those Redis still holds)."""
+        key = owner_batches_key(owner.id)
+        self.redis.zremrangebyscore(key, 0, time.time() - self.settings.result_expires)
+        return [_s(b) for b in self.redis.zrevrange(key, 0, count - 1)]
 
 
 def _s(value: Any) -> str:

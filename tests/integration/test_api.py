@@ -1,15 +1,15 @@
 """The HTTP API (`svdq api`) as a caller sees it: a real uvicorn server on a loopback port, real
-Redis, the S3 server and the session's real tiny worker. One API server for the module."""
+Redis, the S3 server and the session's real tiny worker. One API server for the session
+(tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,70 +19,15 @@ import requests
 
 from svdq.shared.constants import batch_jobs_key, deliveries_key, job_key, job_owner_key
 from svdq.shared.storage import S3Store
-from tests.conftest import REPO, TEST_BUCKET, run_svdq
-from tests.integration.helpers import FAST, free_port_block, make_image, png_bytes
+from tests.conftest import TEST_BUCKET, run_svdq
+from tests.integration.apiserver import Api, auth, events, upload
+from tests.integration.helpers import FAST, make_image, png_bytes
 from tests.media import mp4_info
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
 JOB = {**FAST, "num_frames": 3, "formats": ["mp4"]}
-
-
-@dataclass
-class Api:
-    url: str
-    env: dict[str, str]
-    log: Path
-
-    def token(self, name: str, *flags: str) -> str:
-        done = run_svdq(["token", "create", name, "--json", *flags], self.env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return str(json.loads(done.stdout)["token"])
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def api(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    port = free_port_block(1)
-    env = {
-        **svdq_env,
-        "SVDQ_API_PORT": str(port),
-        "SVDQ_API_MAX_BODY_BYTES": str(256 * 1024),
-        "SVDQ_ALLOW_URLS": "1",  # so hostile URLs meet the URL rules, not just "off"
-    }
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "svdq.producer.cli", "api"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"svdq api did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield Api(url, env, log)
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    text = log.read_text()
-    assert "Traceback" not in text, text[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -93,26 +38,6 @@ def alice(api: Api) -> str:
 @pytest.fixture(scope="module")
 def bob(api: Api) -> str:
     return api.token("bob")
-
-
-def events(api: Api, token: str, job_id: str, timeout: float = 120) -> list[dict[str, Any]]:
-    """Every SSE event of the job until the server ends the stream."""
-    out: list[dict[str, Any]] = []
-    with requests.get(
-        f"{api.url}/v1/jobs/{job_id}/events", headers=auth(token), stream=True, timeout=timeout
-    ) as r:
-        assert r.status_code == 200, r.text
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("data: "):
-                out.append(json.loads(line[6:]))
-    return out
-
-
-def upload(store: S3Store, name: str, color: int, tmp_path: Path) -> str:
-    data = make_image(tmp_path / name, (192, 128), color).read_bytes()
-    store.put_bytes(f"uploads/{name}", data, "image/png")
-    return f"s3://{TEST_BUCKET}/uploads/{name}"
 
 
 def test_multipart_submit_streams_to_succeeded_and_the_presigned_mp4_plays(
@@ -487,3 +412,28 @@ def test_ownership_lasts_as_long_as_the_outputs(
     problem(requests.put(url, json=body, headers=auth(bob), timeout=30), 409, "job-id-taken")
     problem(requests.get(url, headers=auth(bob), timeout=10), 404, "not-found")
     assert not r.exists(job_owner_key("lapse-1"))
+
+
+def test_console_files_carry_a_strict_policy_and_no_inline_script(api: Api, alice: str) -> None:
+    page = requests.get(f"{api.url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"
+    assert directives["default-src"] == "'none'" and "unsafe" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    scripts = re.findall(r"<script[^>]*>", page.text)
+    assert scripts and all('src="/console/' in s for s in scripts)  # no inline script
+    assert (
+        "<style" not in page.text and "style=" not in page.text and "on" + "click" not in page.text
+    )
+    js = requests.get(f"{api.url}/console/app.js", timeout=10)
+    assert js.ok and "javascript" in js.headers["content-type"]
+    assert js.headers["x-content-type-options"] == "nosniff"
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in js.text  # server data goes in as text only
+    problem(requests.get(f"{api.url}/v1/fleet", timeout=10), 401, "unauthorized")
+    fleet = requests.get(f"{api.url}/v1/fleet", headers=auth(alice), timeout=10).json()
+    assert {"queues", "workers", "throughput", "failures_60m"} <= set(fleet)
+    assert requests.get(f"{api.url}/v1/batches", headers=auth(alice), timeout=10).ok
