@@ -73,9 +73,16 @@ def submit(
     limits.claim(owner, ready.job_id, ready.output_prefix)
     put_input(client.store, found.key, found.data)
     handle = client.enqueue(ready)
-    if not handle.skipped:
-        limits.opened(owner, [ready.job_id])
-    return view(client, ready.job_id, seconds), not handle.skipped
+    if handle.skipped:  # its result.json was there: answer with it
+        return view(client, ready.job_id, seconds), False
+    limits.opened(owner, [ready.job_id])
+    # Just queued: the answer needs no read back (Client.status would also look for a live
+    # consumer of the queue, a keyspace scan per submit; GET and the event stream say it).
+    return {
+        "job_id": ready.job_id,
+        "state": str(JobState.QUEUED),
+        "links": _links(ready.job_id),
+    }, True
 
 
 def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
@@ -84,7 +91,7 @@ def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
     status = client.status(job_id)
     out: dict[str, Any] = {k: v for k, v in status.items() if k != "result"}
     out["state"] = str(status["state"])
-    links = {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}
+    links = _links(job_id)
     result = status.get("result")
     if status["state"] is JobState.SUCCEEDED and isinstance(result, dict):
         out["result"] = result
@@ -92,6 +99,10 @@ def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
             links[kind] = client.store.presign(output["key"], presign_seconds)
     out["links"] = links
     return out
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}
 
 
 def cancel(client: Client, job_id: str) -> dict[str, Any]:
