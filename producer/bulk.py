@@ -69,12 +69,13 @@ class BulkSubmitter:
         on_event: Event | None = None,
         keep_ids: bool = False,
         sent_events: bool | None = None,
+        id_prefix: str = "",
     ) -> None:
         self.jobqueue = jobqueue
         self.settings = jobqueue.settings
         self.store = jobqueue.store
         self.force = force
-        self.rows = RowPreparer(self.settings, self.store, random_seed)
+        self.rows = RowPreparer(self.settings, self.store, random_seed, id_prefix)
         self.chunk = chunk
         self.on_event = on_event or (lambda _e: None)
         self.keep_ids = keep_ids

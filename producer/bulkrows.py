@@ -115,6 +115,7 @@ class RowPreparer:
     settings: Settings
     store: ObjectStore
     random_seed: bool = False
+    id_prefix: str = ""  # before every derived job id (the HTTP API: the token's id)
 
     def prepare(self, row: Row) -> Prepared:
         """Check the row, read and hash its image, fill in the job id; errors become the
@@ -128,7 +129,7 @@ class RowPreparer:
                 spec = dataclasses.replace(spec, variant=self.settings.default_variant)
             uri, sha, data = self._read(spec.image)
             spec = dataclasses.replace(spec, image=uri)
-            ready = finalize(spec, sha, random_seed=self.random_seed)
+            ready = finalize(spec, sha, random_seed=self.random_seed, id_prefix=self.id_prefix)
         except InvalidJobError as exc:
             return Prepared(row, error=str(exc), field=exc.field)
         local = not row.data["image"].lower().startswith("s3://")

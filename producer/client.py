@@ -19,7 +19,7 @@ from typing import Any
 from svdq.producer.batch import Batch
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
-from svdq.producer.inputs import store_input
+from svdq.producer.inputs import URLS_OFF, InputImage, put_input, resolve_input
 from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
@@ -87,12 +87,37 @@ class Client:
 
     def prepare(self, spec: JobSpec | dict[str, Any], *, random_seed: bool = False) -> JobSpec:
         """Check a job, upload its image, and fill in variant, seed and job id. Queues nothing."""
+        ready, found = self.resolve(spec, random_seed=random_seed)
+        put_input(self.store, found.key, found.data)
+        return ready
+
+    def resolve(
+        self,
+        spec: JobSpec | dict[str, Any],
+        *,
+        random_seed: bool = False,
+        id_prefix: str = "",
+        found: InputImage | None = None,
+    ) -> tuple[JobSpec, InputImage]:
+        """`prepare` without the upload: the finished spec (its image named by the content
+        address it will have) and the checked image to store. Stores and queues nothing, so
+        a caller may still refuse the job (the HTTP API's quota) with nothing left behind.
+        `found`: the image already read and checked (an HTTP upload); `spec.image` is then
+        not read."""
         if isinstance(spec, dict):
             spec = JobSpec.from_dict(spec)
         if spec.variant is None:
             spec = spec.replace(variant=self.settings.default_variant)
-        stored = store_input(spec.image, self.store, self.settings)
-        return finalize(spec.replace(image=stored.uri), stored.sha256, random_seed=random_seed)
+        if found is None:
+            refusal = None if self.settings.allow_urls else URLS_OFF
+            found = resolve_input(spec.image, self.store, self.settings, refusal)
+        ready = finalize(
+            spec.replace(image=self.store.uri(found.key)),
+            found.sha256,
+            random_seed=random_seed,
+            id_prefix=id_prefix,
+        )
+        return ready, found
 
     def submit(
         self,

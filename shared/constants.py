@@ -69,6 +69,10 @@ owner_open_key = RedisKey(
     "owner:{}:open",
     "Sorted set of the jobs an API token queued that were not yet seen to end (its quota).",
 )
+owner_batches_key = RedisKey(
+    "owner:{}:batches",
+    "Sorted set of an API token's batch ids by creation time (the console lists them).",
+)
 rate_key = RedisKey("rate:{}", "Counter of an API token's requests in the current minute.")
 
 # Result callbacks go out from their own queue, so a slow receiver never holds a GPU worker.

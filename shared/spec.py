@@ -258,11 +258,14 @@ def identity(spec: JobSpec, input_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def finalize(spec: JobSpec, input_sha256: str, *, random_seed: bool = False) -> JobSpec:
+def finalize(
+    spec: JobSpec, input_sha256: str, *, random_seed: bool = False, id_prefix: str = ""
+) -> JobSpec:
     """Fill in the seed and the job id, deterministically unless asked for a random seed.
 
     The derived seed comes from the input and parameters, so resubmitting the same image with
-    the same parameters gives the same seed, the same job id and the same clip.
+    the same parameters gives the same seed, the same job id and the same clip. `id_prefix`
+    goes before a derived id (never a chosen one): the HTTP API scopes ids to a token with it.
     """
     seed = spec.seed
     if random_seed:
@@ -270,7 +273,7 @@ def finalize(spec: JobSpec, input_sha256: str, *, random_seed: bool = False) -> 
     elif seed is None:
         seed = int(identity(spec, input_sha256)[:8], 16)
     spec = dataclasses.replace(spec, seed=seed)
-    job_id = spec.job_id or identity(spec, input_sha256)[:24]
+    job_id = spec.job_id or id_prefix + identity(spec, input_sha256)[:24]
     return dataclasses.replace(spec, job_id=job_id)
 
 

@@ -1,7 +1,8 @@
 """The FastAPI application: every route, on one `Client` (see the package docstring).
 
 Routes under /v1 need `Authorization: Bearer <token>` (tokens.py) and count against the
-token's rate; /healthz, /metrics, /openapi.json and the console at / do not.
+token's rate; /healthz, /metrics, /openapi.json and the console's files at / do not (the
+console's own calls carry the token; console.py).
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from svdq.producer.api import batches, jobs
+from svdq.producer.api.console import SecurityHeaders, add_console, policy, store_origin
 from svdq.producer.api.hub import RESYNC, EventHub
 from svdq.producer.api.limits import Limits
 from svdq.producer.api.middleware import BodyCap, Measure, Metrics
@@ -28,6 +30,7 @@ from svdq.producer.api.problems import Problem, problem_response
 from svdq.producer.api.requests import job_from_form, job_from_json, parse_json
 from svdq.producer.api.tokens import Owner, TokenStore
 from svdq.producer.client import Client
+from svdq.producer.inputs import InputImage
 from svdq.producer.services import outage
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME
@@ -94,14 +97,14 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             raise jobs.not_found(job_id)
         return job_id
 
-    async def job_body(request: Request, owner: Owner) -> dict[str, Any]:
+    async def job_body(request: Request) -> tuple[dict[str, Any], InputImage | None]:
+        """The job a request describes, and its uploaded image (checked, not stored)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            await run_in_threadpool(limits.quota, owner)  # before anything is stored
             async with request.form(max_files=1, max_fields=64) as form:
                 return await job_from_form(form, client.store, settings)
         if kind == "application/json":
-            return job_from_json(parse_json(await request.body()), settings)
+            return job_from_json(parse_json(await request.body()), settings), None
         raise Problem(
             415,
             "media-type",
@@ -112,8 +115,10 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     async def accept(request: Request, owner: Owner, job_id: str | None) -> JSONResponse:
         if job_id is not None:
             check_field(FIELD_BY_NAME["job_id"], job_id)
-        data = await job_body(request, owner)
-        body, created = await run_in_threadpool(jobs.submit, client, limits, owner, data, job_id)
+        data, upload = await job_body(request)
+        body, created = await run_in_threadpool(
+            jobs.submit, client, limits, owner, data, job_id, upload
+        )
         return JSONResponse(
             body,
             status_code=202 if created else 200,
@@ -196,7 +201,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     @app.get("/v1/batches/{batch_id}", response_model=BatchView)
     def get_batch(batch_id: str, owner: Caller) -> dict[str, Any]:
         """The batch's submission counts and its jobs by state now."""
-        return batches.batch_view(batches.batch_for(client, limits, owner, batch_id))
+        return batches.batch_view(limits, owner, batches.batch_for(client, limits, owner, batch_id))
 
     @app.get(
         "/v1/batches/{batch_id}/results",
@@ -206,7 +211,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     def batch_results(batch_id: str, owner: Caller) -> StreamingResponse:
         """JSON lines: each job (state, error, presigned links), then each rejected row."""
         batch = batches.batch_for(client, limits, owner, batch_id)
-        return StreamingResponse(batches.results(client, batch), media_type="application/x-ndjson")
+        return StreamingResponse(
+            batches.results(client, limits, owner, batch), media_type="application/x-ndjson"
+        )
 
     @app.delete("/v1/batches/{batch_id}")
     def delete_batch(batch_id: str, owner: Caller) -> dict[str, Any]:
@@ -219,21 +226,32 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         """The JobSpec JSON Schema (the same table the CLI and the worker check against)."""
         return json_schema()
 
+    # /healthz and /metrics answer without a token: load balancers, kubelets and Prometheus
+    # carry none. So they say nothing about any job or token: /healthz names only which of
+    # Redis and the store is down (the reason, which names hosts, goes to the log), /metrics
+    # has counters by route template and refusal reason only (never a raw path, job id or
+    # token name; middleware.Measure). Scrape /metrics from the internal network only (README).
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         """200 when Redis and the object store answer; 503 naming the one that does not."""
-        try:
-            client.jobqueue.redis.ping()
-            client.store.head("healthz")
-        except Exception as exc:
-            down = outage(exc, settings) or f"{type(exc).__name__}: {exc}"
-            raise Problem(503, "unavailable", down) from None
+        for name, check in (
+            ("redis", client.jobqueue.redis.ping),
+            ("store", lambda: client.store.head("healthz")),
+        ):
+            try:
+                check()
+            except Exception as exc:
+                log.warning(
+                    "healthz: %s", outage(exc, settings) or f"{name}: {type(exc).__name__}: {exc}"
+                )
+                raise Problem(503, "unavailable", f"{name} is not reachable") from None
         return JSONResponse({"redis": "ok", "store": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_page() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_console(app, client, limits, owner_of)
     _errors(app, settings, metrics)
     app.add_middleware(BodyCap, settings=settings, metrics=metrics)
     if settings.api_cors_origins:
@@ -244,6 +262,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(Measure, metrics=metrics, routes=app.router.routes)
+    app.add_middleware(SecurityHeaders, csp=policy(store_origin(client)))
     return app
 
 

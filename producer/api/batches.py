@@ -4,6 +4,11 @@ The body is read a chunk at a time and cut into lines; rows go to the submitter 
 through a small bounded queue, so a 100 000-line batch is never held in memory: reading waits
 while the submitter is behind. A bad line is reported in the batch (its rejects), the rest run.
 Results stream back as JSON lines from the batch record, a chunk of jobs at a time.
+
+Rows get the ids single submissions get (the token's id before the content id), and a row that
+chooses its job_id claims it as PUT does (refused in the batch's report when it is not this
+token's to take); results and counts show only jobs the token owns, whatever a batch record
+holds.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from svdq.producer.api.limits import Limits
+from svdq.producer.api.limits import Limits, id_prefix
 from svdq.producer.api.problems import Problem
 from svdq.producer.api.requests import check_remote_image
 from svdq.producer.api.tokens import Owner
@@ -27,7 +32,9 @@ from svdq.producer.cancel import cancel_jobs
 from svdq.producer.client import Client
 from svdq.producer.manifest import Row
 from svdq.shared.errors import InvalidJobError
+from svdq.shared.fields import FIELD_BY_NAME
 from svdq.shared.settings import Settings
+from svdq.shared.spec import check_field
 from svdq.shared.states import JobState
 
 MAX_LINE = 64 * 1024  # one JSON line (a JobSpec is well under 20 KiB with its metadata)
@@ -79,7 +86,13 @@ async def submit_batch(
             limits.opened(owner, queued)
             queued.clear()
 
-    bulk = BulkSubmitter(client.jobqueue, batch_id=batch_id, on_event=on_event, threads=4)
+    bulk = BulkSubmitter(
+        client.jobqueue,
+        batch_id=batch_id,
+        on_event=on_event,
+        threads=4,
+        id_prefix=id_prefix(owner),
+    )
     loop = asyncio.get_running_loop()
     running = loop.run_in_executor(None, bulk.run, rows(), "POST /v1/batches")
 
@@ -108,6 +121,8 @@ async def submit_batch(
                 row = parse_line(text, number, settings)
                 if row is None:
                     continue
+                if row.data is not None and isinstance(row.data.get("job_id"), str):
+                    row = await run_in_threadpool(_claim_row, limits, owner, row)
                 if row.data is not None:
                     if room <= 0:
                         row = Row(row.source, number, error=f"{row.source}: {_QUOTA}")
@@ -134,6 +149,24 @@ async def submit_batch(
     }
 
 
+def _claim_row(limits: Limits, owner: Owner, row: Row) -> Row:
+    """A row that chooses its job_id, once the id is this token's (claimed as PUT claims it),
+    or the row reporting why not."""
+    assert row.data is not None
+    job_id = row.data["job_id"]
+    try:
+        check_field(FIELD_BY_NAME["job_id"], job_id)
+    except InvalidJobError:
+        return row  # the spec check reports it, with the row's other faults
+    prefix = row.data.get("output_prefix")
+    try:
+        limits.claim(owner, job_id, prefix if isinstance(prefix, str) else None)
+    except (Problem, InvalidJobError) as exc:
+        detail = exc.detail if isinstance(exc, Problem) else str(exc)
+        return Row(row.source, row.line, error=f"{row.source}: {detail}", field="job_id")
+    return row
+
+
 _QUOTA = "over this token's quota of queued jobs (svdq token create --quota); not queued"
 
 
@@ -157,19 +190,35 @@ def _unknown(batch_id: str) -> Problem:
     return Problem(404, "not-found", f"batch {batch_id[:140]!r} is unknown to this token")
 
 
-def batch_view(batch: Batch) -> dict[str, Any]:
-    """The record, and the jobs' states now."""
+def owned_states(limits: Limits, owner: Owner, batch: Batch) -> Iterator[dict[str, Any]]:
+    """Batch.states, only for the jobs `owner` owns: a batch record never shows a token
+    another's job (rows get token-scoped ids, so this only guards against a record that
+    names one anyway)."""
+    for chunk in batch.record.job_chunks():
+        mine = limits.owned_jobs(owner, chunk)
+        for entry, source in zip(
+            batch.jobqueue.states(mine), batch.record.sources(mine), strict=True
+        ):
+            entry["source"] = source
+            yield entry
+
+
+def batch_view(limits: Limits, owner: Owner, batch: Batch) -> dict[str, Any]:
+    """The record, and the owner's jobs' states now."""
     info = batch.info()
-    info["counts"] = {str(k): v for k, v in batch.counts().items()}
+    counts: dict[str, int] = {}
+    for entry in owned_states(limits, owner, batch):
+        counts[str(entry["state"])] = counts.get(str(entry["state"]), 0) + 1
+    info["counts"] = counts
     info["links"] = _links(batch.batch_id)
     return info
 
 
-def results(client: Client, batch: Batch) -> Iterator[bytes]:
+def results(client: Client, limits: Limits, owner: Owner, batch: Batch) -> Iterator[bytes]:
     """One JSON line per job (state, error, presigned links when done), then one per row that
     was not a job (status invalid/skipped/failed, reason)."""
     seconds = client.settings.api_presign_seconds
-    for entry in batch.states():
+    for entry in owned_states(limits, owner, batch):
         line: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("has_record",)}
         line["state"] = str(entry["state"])
         result = line.pop("result", None)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from svdq.producer.api.limits import Limits
+from svdq.producer.api.limits import Limits, id_prefix
 from svdq.producer.api.problems import Problem
 from svdq.producer.api.tokens import Owner
 from svdq.producer.client import Client
+from svdq.producer.inputs import InputImage, put_input
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.states import JobState
 
@@ -25,13 +26,19 @@ def submit(
     owner: Owner,
     data: dict[str, Any],
     job_id: str | None = None,
+    upload: InputImage | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Queue the job `data` describes for `owner`; (its view, whether it was queued now).
 
     `job_id` (PUT): the caller's id; the same id with the same body again queues nothing and
     answers with the job as it is; with another body it is refused (409).
-    Without one, the id is the token's id + the job's content id (shared.spec.identity), so
+    Without one, the id is the token's id + the job's content id (shared.spec.finalize), so
     resubmitting the same image and parameters is the same job, and no other token's.
+    `upload`: the image of a multipart request, checked but not stored yet.
+
+    Order: everything that may refuse the job (the spec, the image, the id, the quota) comes
+    before anything is stored; a repeat of this token's own queued, running or finished job
+    answers with it and never counts against the quota.
     """
     if job_id is not None:
         if data.get("job_id", job_id) != job_id:
@@ -43,29 +50,39 @@ def submit(
         data = {**data, "job_id": job_id}
     chosen = data.get("job_id")
     if isinstance(chosen, str):
-        limits.check_free(owner, chosen)
-    limits.quota(owner)
-    ready = client.prepare(data)
-    if not isinstance(chosen, str):
-        ready = ready.replace(job_id=f"{owner.id}-{ready.job_id}")
+        limits.check_free(owner, chosen, data.get("output_prefix"))
+    ready, found = client.resolve(data, id_prefix=id_prefix(owner), found=upload)
     assert ready.job_id
+    seconds = limits.settings.api_presign_seconds
     entry = client.jobqueue.peek([ready.job_id])[0]
-    limits.claim(owner, ready.job_id)
-    if entry["state"].is_open and entry["has_record"]:
-        earlier = client.job_spec(ready.job_id)
-        if earlier is not None and earlier.to_dict() != ready.to_dict():
-            raise Problem(
-                409,
-                "job-id-conflict",
-                f"job_id={ready.job_id!r} is queued with other parameters: the same job_id "
-                "must come with the same body; choose another job_id",
-                field="job_id",
-            )
-        return view(client, ready.job_id, limits.settings.api_presign_seconds), False
+    if limits.owns_job(owner, ready.job_id):
+        if entry["state"].is_open and entry["has_record"]:
+            earlier = client.job_spec(ready.job_id)
+            if earlier is not None and earlier.to_dict() != ready.to_dict():
+                raise Problem(
+                    409,
+                    "job-id-conflict",
+                    f"job_id={ready.job_id!r} is queued with other parameters: the same "
+                    "job_id must come with the same body; choose another job_id",
+                    field="job_id",
+                )
+            return view(client, ready.job_id, seconds), False
+        if entry["state"] is JobState.SUCCEEDED:
+            return view(client, ready.job_id, seconds), False
+    limits.quota(owner)
+    limits.claim(owner, ready.job_id, ready.output_prefix)
+    put_input(client.store, found.key, found.data)
     handle = client.enqueue(ready)
-    if not handle.skipped:
-        limits.opened(owner, [ready.job_id])
-    return view(client, ready.job_id, limits.settings.api_presign_seconds), not handle.skipped
+    if handle.skipped:  # its result.json was there: answer with it
+        return view(client, ready.job_id, seconds), False
+    limits.opened(owner, [ready.job_id])
+    # Just queued: the answer needs no read back (Client.status would also look for a live
+    # consumer of the queue, a keyspace scan per submit; GET and the event stream say it).
+    return {
+        "job_id": ready.job_id,
+        "state": str(JobState.QUEUED),
+        "links": _links(ready.job_id),
+    }, True
 
 
 def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
@@ -74,7 +91,7 @@ def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
     status = client.status(job_id)
     out: dict[str, Any] = {k: v for k, v in status.items() if k != "result"}
     out["state"] = str(status["state"])
-    links = {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}
+    links = _links(job_id)
     result = status.get("result")
     if status["state"] is JobState.SUCCEEDED and isinstance(result, dict):
         out["result"] = result
@@ -82,6 +99,10 @@ def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
             links[kind] = client.store.presign(output["key"], presign_seconds)
     out["links"] = links
     return out
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}
 
 
 def cancel(client: Client, job_id: str) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from svdq.producer.inputs import URLS_OFF, put_input
+from svdq.producer.inputs import URLS_OFF, InputImage
 from svdq.producer.manifest import csv_value
-from svdq.shared.constants import RESULT_PREFIX, input_key
+from svdq.shared.constants import RESULT_PREFIX
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image
 from svdq.shared.settings import Settings
@@ -78,9 +78,12 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidJobError(f"the body is not valid JSON: {exc}", field="body") from None
 
 
-async def job_from_form(form: FormData, store: ObjectStore, settings: Settings) -> dict[str, Any]:
-    """A multipart job: the image file (checked as the CLI checks it, then stored under its
-    content address) and JobSpec fields as form values, typed as a CSV manifest's cells are."""
+async def job_from_form(
+    form: FormData, store: ObjectStore, settings: Settings
+) -> tuple[dict[str, Any], InputImage | None]:
+    """A multipart job: JobSpec fields as form values, typed as a CSV manifest's cells are, and
+    the image file checked as the CLI checks it (not stored yet: the job may still be refused;
+    `image` names the content address it will have)."""
     data: dict[str, Any] = {}
     for name in dict.fromkeys(form.keys()):
         if name == "image":
@@ -98,24 +101,21 @@ async def job_from_form(form: FormData, store: ObjectStore, settings: Settings) 
     image = form.get("image")
     if isinstance(image, UploadFile):
         blob = await image.read(settings.max_input_bytes + 1)
-        name = image.filename or ""
-        data["image"] = await run_in_threadpool(store_upload, blob, name, store, settings)
-    elif image is None:
+        found = await run_in_threadpool(check_upload, blob, image.filename or "", settings)
+        data["image"] = store.uri(found.key)
+        return data, found
+    if image is None:
         raise InvalidJobError(f"image is required: {allowed_images(settings)}", field="image")
-    else:
-        data["image"] = check_remote_image(image, settings)
-    return data
+    data["image"] = check_remote_image(image, settings)
+    return data, None
 
 
-def store_upload(blob: bytes, filename: str, store: ObjectStore, settings: Settings) -> str:
-    """Check an uploaded image as the CLI checks a file, store it under its content address
-    and return its URI. A refused file is never stored."""
+def check_upload(blob: bytes, filename: str, settings: Settings) -> InputImage:
+    """An uploaded image checked as the CLI checks a file (a refused one is never stored)."""
     info = check_image(
         blob,
         max_bytes=settings.max_input_bytes,
         max_pixels=settings.max_input_pixels,
         source=f"image (uploaded file {filename[:80]!r})",
     )
-    key = input_key(hashlib.sha256(blob).hexdigest(), info.ext)
-    put_input(store, key, blob)
-    return store.uri(key)
+    return InputImage(blob, hashlib.sha256(blob).hexdigest(), info)

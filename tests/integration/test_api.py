@@ -1,15 +1,15 @@
 """The HTTP API (`svdq api`) as a caller sees it: a real uvicorn server on a loopback port, real
-Redis, the S3 server and the session's real tiny worker. One API server for the module."""
+Redis, the S3 server and the session's real tiny worker. One API server for the session
+(tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,72 +17,17 @@ import pytest
 import redis as redis_lib
 import requests
 
-from svdq.shared.constants import deliveries_key, job_key
+from svdq.shared.constants import batch_jobs_key, deliveries_key, job_key, job_owner_key
 from svdq.shared.storage import S3Store
-from tests.conftest import REPO, TEST_BUCKET, run_svdq
-from tests.integration.helpers import FAST, free_port_block, make_image, png_bytes
+from tests.conftest import TEST_BUCKET, run_svdq
+from tests.integration.apiserver import Api, auth, events, upload
+from tests.integration.helpers import FAST, make_image, png_bytes
 from tests.media import mp4_info
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
 JOB = {**FAST, "num_frames": 3, "formats": ["mp4"]}
-
-
-@dataclass
-class Api:
-    url: str
-    env: dict[str, str]
-    log: Path
-
-    def token(self, name: str, *flags: str) -> str:
-        done = run_svdq(["token", "create", name, "--json", *flags], self.env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return str(json.loads(done.stdout)["token"])
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def api(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    port = free_port_block(1)
-    env = {
-        **svdq_env,
-        "SVDQ_API_PORT": str(port),
-        "SVDQ_API_MAX_BODY_BYTES": str(256 * 1024),
-        "SVDQ_ALLOW_URLS": "1",  # so hostile URLs meet the URL rules, not just "off"
-    }
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "svdq.producer.cli", "api"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"svdq api did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield Api(url, env, log)
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    text = log.read_text()
-    assert "Traceback" not in text, text[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -93,26 +38,6 @@ def alice(api: Api) -> str:
 @pytest.fixture(scope="module")
 def bob(api: Api) -> str:
     return api.token("bob")
-
-
-def events(api: Api, token: str, job_id: str, timeout: float = 120) -> list[dict[str, Any]]:
-    """Every SSE event of the job until the server ends the stream."""
-    out: list[dict[str, Any]] = []
-    with requests.get(
-        f"{api.url}/v1/jobs/{job_id}/events", headers=auth(token), stream=True, timeout=timeout
-    ) as r:
-        assert r.status_code == 200, r.text
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("data: "):
-                out.append(json.loads(line[6:]))
-    return out
-
-
-def upload(store: S3Store, name: str, color: int, tmp_path: Path) -> str:
-    data = make_image(tmp_path / name, (192, 128), color).read_bytes()
-    store.put_bytes(f"uploads/{name}", data, "image/png")
-    return f"s3://{TEST_BUCKET}/uploads/{name}"
 
 
 def test_multipart_submit_streams_to_succeeded_and_the_presigned_mp4_plays(
@@ -355,8 +280,11 @@ def test_rate_limit_and_quota_answer_429_with_retry_after(
 
     small = api.token("small", "--quota", "1")
     body = {**JOB, "num_inference_steps": 30, "image": upload(store, "q.png", 41, tmp_path)}
-    first = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(small), timeout=30)
+    first = requests.put(f"{api.url}/v1/jobs/quota-1", json=body, headers=auth(small), timeout=30)
     assert first.status_code == 202, first.text
+    # An idempotent repeat of the token's own job answers as the first did: never 429.
+    again = requests.put(f"{api.url}/v1/jobs/quota-1", json=body, headers=auth(small), timeout=30)
+    assert again.status_code == 200 and again.json()["job_id"] == "quota-1", again.text
     over = requests.post(
         f"{api.url}/v1/jobs", json={**body, "seed": 1}, headers=auth(small), timeout=30
     )
@@ -400,6 +328,12 @@ def test_schema_openapi_health_and_metrics(api: Api, alice: str) -> None:
     assert 'svdq_api_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
     missing = requests.get(f"{api.url}/nowhere")
     problem(missing, 404, "not-found")
+    # Both answer without a token, so neither may name a job or a token.
+    requests.get(f"{api.url}/v1/jobs/secret-job-name", headers=auth(alice))
+    text = requests.get(f"{api.url}/metrics").text
+    assert 'route="/v1/jobs/{job_id}"' in text
+    for secret in ("secret-job-name", "alice", alice.split("_")[1]):
+        assert secret not in text
 
 
 def test_tokens_are_stored_as_hashes_and_revoked(api: Api, redis_url: str) -> None:
@@ -412,3 +346,94 @@ def test_tokens_are_stored_as_hashes_and_revoked(api: Api, redis_url: str) -> No
     problem(requests.get(f"{api.url}/v1/schema", headers=auth(token)), 401, "invalid-token")
     listed = run_svdq(["token", "list", "--json"], api.env, timeout=60).stdout
     assert "carol" not in listed and "alice" in listed
+
+
+def token_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def test_batch_rows_get_token_scoped_ids_and_results_show_only_own_jobs(
+    api: Api, alice: str, bob: str, worker: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """The same row in two tokens' batches is two jobs; a row naming another token's job_id is
+    refused; and a batch record that names another token's job still never shows it."""
+    body = {**JOB, "image": upload(store, "scope.png", 71, tmp_path)}
+    assert requests.put(
+        f"{api.url}/v1/jobs/bob-chosen-1", json=body, headers=auth(bob), timeout=30
+    ).ok
+
+    def batch(token: str, *rows: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        r = requests.post(f"{api.url}/v1/batches", data=text, headers=auth(token), timeout=30)
+        assert r.status_code == 202, r.text
+        url = f"{api.url}/v1/batches/{r.json()['batch_id']}"
+        got = requests.get(f"{url}/results", headers=auth(token), timeout=30)
+        return url, [json.loads(x) for x in got.iter_lines()]
+
+    bob_url, bob_rows = batch(bob, body)
+    bob_job = bob_rows[0]["job_id"]
+    assert bob_job.startswith(token_id(bob) + "-"), bob_rows
+    alice_url, alice_rows = batch(alice, body, {**body, "job_id": "bob-chosen-1"})
+    assert alice_rows[0]["job_id"].startswith(token_id(alice) + "-"), alice_rows
+    assert alice_rows[0]["job_id"][17:] == bob_job[17:]  # the same content id, another token
+    assert alice_rows[1]["status"] == "invalid" and alice_rows[1]["field"] == "job_id"
+    assert "'bob-chosen-1' is not allowed: it is in use" in alice_rows[1]["reason"]
+    assert len(alice_rows) == 2
+    # A record naming bob's jobs (as a batch made before token-scoped ids could): not shown.
+    r = redis_lib.Redis.from_url(redis_url)
+    r.rpush(batch_jobs_key(alice_url.rsplit("/", 1)[1]), bob_job, "bob-chosen-1")
+    shown = [json.loads(x) for x in requests.get(f"{alice_url}/results", headers=auth(alice))
+             .iter_lines()]  # fmt: skip
+    assert [x.get("job_id") for x in shown] == [alice_rows[0]["job_id"], None], shown
+    counts = requests.get(alice_url, headers=auth(alice), timeout=10).json()["counts"]
+    assert sum(counts.values()) == 1, counts
+    # Ids in another token's derived form cannot be chosen either.
+    taken = requests.put(f"{api.url}/v1/jobs/{bob_job}", json=body, headers=auth(alice))
+    assert problem(taken, 400, "invalid-job")["field"] == "job_id"
+    for url, token in ((alice_url, alice), (bob_url, bob)):
+        assert requests.delete(url, headers=auth(token), timeout=10).status_code == 200
+    requests.delete(f"{api.url}/v1/jobs/bob-chosen-1", headers=auth(bob), timeout=10)
+
+
+def test_ownership_lasts_as_long_as_the_outputs(
+    api: Api, alice: str, bob: str, worker: str, store: S3Store, redis_url: str, tmp_path: Path
+) -> None:
+    """The owner record never expires, and an id whose result.json is in the store with no
+    owner recorded (Redis forgot it) cannot be claimed by another token: it would read the
+    first one's clip."""
+    body = {**JOB, "image": upload(store, "lapse.png", 81, tmp_path)}
+    url = f"{api.url}/v1/jobs/lapse-1"
+    assert requests.put(url, json=body, headers=auth(alice), timeout=30).status_code == 202
+    assert events(api, alice, "lapse-1")[-1]["state"] == "succeeded"
+    r = redis_lib.Redis.from_url(redis_url)
+    assert r.ttl(job_owner_key("lapse-1")) == -1  # no expiry
+    for key in list(r.scan_iter(match="*lapse-1*")):  # Redis forgets everything of the job
+        r.delete(key)
+    problem(requests.put(url, json=body, headers=auth(bob), timeout=30), 409, "job-id-taken")
+    problem(requests.get(url, headers=auth(bob), timeout=10), 404, "not-found")
+    assert not r.exists(job_owner_key("lapse-1"))
+
+
+def test_console_files_carry_a_strict_policy_and_no_inline_script(api: Api, alice: str) -> None:
+    page = requests.get(f"{api.url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"
+    assert directives["default-src"] == "'none'" and "unsafe" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    scripts = re.findall(r"<script[^>]*>", page.text)
+    assert scripts and all('src="/console/' in s for s in scripts)  # no inline script
+    assert (
+        "<style" not in page.text and "style=" not in page.text and "on" + "click" not in page.text
+    )
+    js = requests.get(f"{api.url}/console/app.js", timeout=10)
+    assert js.ok and "javascript" in js.headers["content-type"]
+    assert js.headers["x-content-type-options"] == "nosniff"
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in js.text  # server data goes in as text only
+    problem(requests.get(f"{api.url}/v1/fleet", timeout=10), 401, "unauthorized")
+    fleet = requests.get(f"{api.url}/v1/fleet", headers=auth(alice), timeout=10).json()
+    assert {"queues", "workers", "throughput", "failures_60m"} <= set(fleet)
+    assert requests.get(f"{api.url}/v1/batches", headers=auth(alice), timeout=10).ok
