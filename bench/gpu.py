@@ -84,6 +84,7 @@ def time_profile(
     from PIL import Image
 
     from svdq.worker import engine, models
+    from svdq.worker.compiled import forget_compiled
 
     cuda = profile.device == "cuda"
     row: dict[str, Any] = {"profile": profile.to_dict()}
@@ -121,6 +122,11 @@ def time_profile(
     if model is not None:
         models.evict(model)
     del model
+    if profile.compile:
+        # A compiled rung that failed (no model to evict) may have recorded CUDA graphs in
+        # its warm-up: torch/_dynamo/__init__.py `reset()` frees them ("Reset cudagraph trees
+        # unconditionally"), `empty_cache` cannot, and the next rung's peak would count them.
+        forget_compiled()
     models.free_memory()
     if cuda:
         row["reserved_after_gb"] = round(torch.cuda.memory_reserved() / 1e9, 2)

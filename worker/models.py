@@ -258,6 +258,13 @@ def load_first(
             {"profile": rung.name, "outcome": "load_failed", "seconds": seconds, "error": error}
         )
         failed.append(f"{rung.name} ({error})")
+        if rung.compile:
+            # Its warm-up may have compiled and recorded CUDA graphs before failing: dynamo's
+            # process-wide state keeps them, and their private memory pool, which
+            # `empty_cache` cannot return. torch/_dynamo/__init__.py `reset()`: "Reset
+            # cudagraph trees unconditionally since they are global state" ->
+            # `reset_cudagraph_trees()`. `evict` does this only for a pipeline that loaded.
+            forget_compiled()
         free_memory()
     raise WorkerFatalError(
         "no pipeline could be loaded in this worker process: "
