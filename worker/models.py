@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from svdq.shared import shapes, variants
 from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
@@ -238,7 +240,7 @@ def load_first(
     """Load the first of `rungs` that loads, with the rest below it as its ladder.
 
     A rung whose load raises (out of memory in `.to()` or in the compile warm-up, unreadable
-    files) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
+    files; not the job's soft time limit, which propagates) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
     "error"}` and the next one is tried. Raises WorkerFatalError, naming every rung and why it
     failed, when none loads: a process without a pipeline must never take a job.
     """
@@ -249,6 +251,13 @@ def load_first(
         error = ""
         try:
             return load_model(settings, rung, rungs[i + 1 :])
+        except SoftTimeLimitExceeded:
+            # The job's time is up, not the rung (billiard/pool.py `soft_timeout_sighandler`:
+            # `raise SoftTimeLimitExceeded()` wherever the child is, and billiard/exceptions.py
+            # `class SoftTimeLimitExceeded(Exception)`): it must reach worker/delivery.py, which
+            # ends the job as timed out. billiard's other ends (Terminated, TimeLimitExceeded)
+            # are raised in the parent, never here.
+            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         # Outside the except block: the traceback and its frames' tensors are gone.

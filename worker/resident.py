@@ -101,21 +101,28 @@ def ensure_variant(
     job_variant: str,
     job_id: str | None = None,
 ) -> models.LoadedModel:
-    """`model`, switched in place to `job_variant` when another one is loaded.
+    """`model`, switched in place to `job_variant` when another one is loaded, or loaded
+    again when its pipeline is empty: a job's soft time limit (SoftTimeLimitExceeded, which
+    `models.load_first` lets through) ended a step-down or switch between its eviction and
+    its load, and the job ended as timed out.
 
     When no rung of the wanted variant loads, the old pipeline is gone already: the process
     ends (stepdown.exit_poisoned), the job goes back to the queue, and a fresh process loads.
     """
     plan = process_plan(settings, worker_variant)
     wanted = plan.default_variant if job_variant == "auto" else job_variant
-    if wanted == model.info.name:
+    if wanted == model.info.name and model.pipe is not None:
         return model
-    try:
-        rungs = ladder_for(plan, wanted, settings)
-    except ConfigError as exc:
-        raise InvalidJobError(
-            f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"
-        ) from None
+    if wanted == model.info.name:
+        rungs = (model.profile, *model.lower)  # what was loaded or loading: the rest below
+        log.warning("job %s: this process's pipeline is empty: loading it again", job_id)
+    else:
+        try:
+            rungs = ladder_for(plan, wanted, settings)
+        except ConfigError as exc:
+            raise InvalidJobError(
+                f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"
+            ) from None
     lost: WorkerFatalError | None = None
     try:
         return models.swap(model, settings, rungs[0], rungs[1:])

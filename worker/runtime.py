@@ -70,8 +70,10 @@ class Runtime:
         return runtime
 
     def loaded(self) -> LoadedModel:
-        """The model; a child whose model did not load never takes a job."""
-        if self.model is None or self.model.pipe is None:
+        """The model; a child whose model did not load never takes a job. Its pipeline may be
+        empty (a job's time limit ended a reload after the eviction): the job's
+        `resident.ensure_variant` loads it again, or ends the process."""
+        if self.model is None:
             raise RuntimeError("no model loaded in this worker process")
         return self.model
 

@@ -23,11 +23,6 @@ from svdq.worker.profiles import GPU_TABLE
 XT_40G, XT_24G = GPU_TABLE[0][1], GPU_TABLE[1][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: load_first takes Celery's SoftTimeLimitExceeded for a failed "
-    "load and loads the next rung instead of letting the time limit end the job",
-)
 def test_a_soft_time_limit_during_a_reload_is_not_a_failed_rung(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
