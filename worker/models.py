@@ -46,6 +46,9 @@ class LoadedModel:
     lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
     warmed: tuple[shapes.Resolved, ...] = ()  # (width, height, frames) compiled at load
     warmup_by_shape: dict[str, float] = dataclasses.field(default_factory=dict)  # "WxHxF": s
+    # The ladder to load again before the next job (worker/resident.py): set while a job's
+    # out-of-memory step-downs have not ended in success (worker/stepdown.py); () otherwise.
+    resume: tuple[Profile, ...] = ()
 
 
 def model_source(settings: Settings, variant: str) -> Path:

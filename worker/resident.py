@@ -102,20 +102,35 @@ def ensure_variant(
     job_id: str | None = None,
 ) -> models.LoadedModel:
     """`model`, switched in place to `job_variant` when another one is loaded, or loaded
-    again when its pipeline is empty: a job's soft time limit (SoftTimeLimitExceeded, which
-    `models.load_first` lets through) ended a step-down or switch between its eviction and
-    its load, and the job ended as timed out.
+    again on the rungs it must return to (`model.resume`) or when its pipeline is empty.
+
+    `resume`: the last job stepped down on out of memory and failed anyway (worker/stepdown.py):
+    the rungs it started on are loaded again here, lazily, at the next job. Cheapest and
+    correct: an idle worker or one told to stop loads nothing; the failed job's record stays
+    what happened (a reload right after it would run under that job's time limit, and a limit
+    hit there would turn its ResourceError into a time-out); and the next job needs that
+    reload anyway to run on the rung it should.
+    Empty: a job's soft time limit (SoftTimeLimitExceeded, which `models.load_first` lets
+    through) ended a step-down or switch between its eviction and its load; that job ended
+    as timed out.
 
     When no rung of the wanted variant loads, the old pipeline is gone already: the process
     ends (stepdown.exit_poisoned), the job goes back to the queue, and a fresh process loads.
     """
     plan = process_plan(settings, worker_variant)
     wanted = plan.default_variant if job_variant == "auto" else job_variant
-    if wanted == model.info.name and model.pipe is not None:
+    if wanted == model.info.name and model.pipe is not None and not model.resume:
         return model
     if wanted == model.info.name:
-        rungs = (model.profile, *model.lower)  # what was loaded or loading: the rest below
-        log.warning("job %s: this process's pipeline is empty: loading it again", job_id)
+        # What was loaded or loading, and the rest below.
+        rungs = model.resume or (model.profile, *model.lower)
+        log.warning(
+            "job %s: loading %s/%s again (%s)",
+            job_id,
+            wanted,
+            rungs[0].name,
+            "back from the last job's step-downs" if model.resume else "the pipeline is empty",
+        )
     else:
         try:
             rungs = ladder_for(plan, wanted, settings)

@@ -78,9 +78,12 @@ class Runtime:
         return self.model
 
     def remember_rung(self) -> None:
-        """After a job: its rung (a step-down may have changed it) is where a restart starts."""
-        if self.model is not None and self.model.pipe is not None:
-            self.rungs.remember(self.model)
+        """After a job: its rung (a step-down may have changed it) is where a restart starts.
+        Not a rung the job stepped down to and then failed on (`resume` set: the next job goes
+        back up): one oversized job must not keep the GPU's workers low for RUNG_MEMORY_TTL."""
+        model = self.model
+        if model is not None and model.pipe is not None and not model.resume:
+            self.rungs.remember(model)
 
     def stop(self) -> None:
         """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""
