@@ -127,11 +127,6 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
 CU128 = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: after the README's `make install TORCH_SPEC=<cu128>`, every "
-    "later make target without TORCH_SPEC force-reinstalls torch from the default spec",
-)
 @pytest.mark.parametrize("target", ["gpu-check", "lint"])
 def test_make_keeps_the_cuda_torch_the_readme_installed(tmp_path: Path, target: str) -> None:
     """The stamp is named after TORCH_SPEC's hash and the rule deletes every other stamp, so
