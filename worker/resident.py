@@ -13,12 +13,16 @@ from typing import Any
 from svdq.shared.constants import RUNG_MEMORY_TTL, rung_key
 from svdq.shared.errors import ConfigError, InvalidJobError, WorkerFatalError
 from svdq.shared.settings import Settings
-from svdq.worker import models, stepdown
+from svdq.worker import models, profiles, stepdown
 from svdq.worker.devices import DevicePlan, ladder_for, local_plan
 from svdq.worker.identity import Identity
 from svdq.worker.profiles import Profile
 
 log = logging.getLogger(__name__)
+IN_JOB = (
+    "loaded inside a job (variant switch or reload): only start-up compiles, so it runs "
+    "eagerly until the worker process restarts"
+)
 
 
 @cache
@@ -138,6 +142,15 @@ def ensure_variant(
             raise InvalidJobError(
                 f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"
             ) from None
+    # Only start-up compiles: a pipeline loaded inside a job (this switch, or a reload) runs
+    # eagerly, and result.json's profile says so (`compile_unavailable`). A compiled rung's
+    # load warms the UNet at every SVDQ_WARM_SHAPES shape (models.warm_all), minutes of
+    # compiling and CUDA-graph recording on a GPU that this job would wait for, out of its
+    # time limit; engine's `set_stance("eager_on_recompile")` guards only the pipeline call,
+    # not this warm-up. Serving only the warmed variant instead would leave the other
+    # variants' queues, which this worker consumes, without it. The cost: after a switch, a
+    # compiled worker runs eagerly until its process restarts.
+    rungs = profiles.without_compile(rungs, IN_JOB)
     lost: WorkerFatalError | None = None
     try:
         return models.swap(model, settings, rungs[0], rungs[1:])
