@@ -182,6 +182,14 @@ def use_pci_bus_order(env: MutableMapping[str, str]) -> None:
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
 
 
+def pin_device(env: MutableMapping[str, str], device: Device) -> None:
+    """Make `device` the only GPU, and so `cuda` (device 0), of a process started with `env`
+    or of this one before torch first asks CUDA: PCI bus order, and CUDA_VISIBLE_DEVICES
+    naming it (its UUID when known: a MIG instance has no index)."""
+    use_pci_bus_order(env)
+    env["CUDA_VISIBLE_DEVICES"] = device.cuda_visible()
+
+
 def _from_nvidia_smi() -> list[Device]:
     """The fallback when NVML cannot be loaded. It lists whole GPUs only (no MIG instances)."""
     if shutil.which("nvidia-smi") is None:

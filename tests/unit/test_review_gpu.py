@@ -54,11 +54,6 @@ def _two_gpus() -> list[Device]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: gpu-check plans and reports one GPU (SVDQ_GPU_INDEX / NVML "
-    "order) while its pytest and bench processes run on whatever CUDA calls device 0",
-)
 def test_gpu_check_runs_its_torch_processes_on_the_gpu_it_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
