@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,6 @@ def test_gpu_check_runs_its_torch_processes_on_the_gpu_it_reports(
         assert env.get("CUDA_VISIBLE_DEVICES") in ("GPU-bbbb", "1"), argv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: bench/gpu.py samples NVML with svdq's device index, which is "
-    "not the NVML index once a MIG GPU is listed as its instances",
-)
 def test_the_bench_samples_nvml_on_the_card_it_benches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,6 +99,7 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
     ]
     monkeypatch.setenv("SVDQ_GPU_INDEX", "2")
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # main() sets it: restored after
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # main() pins the card: restored after
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench_gpu, "read_devices", lambda: devices)
     seen: list[Any] = []
@@ -117,6 +114,48 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
     for nvml in seen:
         index = getattr(nvml, "gpu_index", nvml)  # an int, or the Device itself once fixed
         assert index == 1
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-w"  # torch's "cuda" is that card too
+
+
+class _Nvml:
+    """pynvml's handle lookups and memory reading (pynvml.py), over made-up cards."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[Any] = []
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlShutdown(self) -> None: ...
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        self.looked_up.append(uuid)
+        return uuid
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        self.looked_up.append(index)
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
+        return type("Memory", (), {"used": 7 * 10**9})()
+
+
+def test_nvml_is_sampled_by_uuid_else_by_the_physical_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 7: a MIG instance has no NVML index of its own, and svdq's index is not
+    NVML's once a MIG GPU is listed as its instances."""
+    from bench.gpumem import NvmlPeak
+
+    nvml = _Nvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    for device in (
+        Device(1, "MIG 3g.40gb", 40 * 10**9, None, (8, 0), "MIG-b", 0, "GPU-p"),
+        Device(2, "whole, no UUID (nvidia-smi)", 80 * 10**9, None, (8, 0), None, 1),
+    ):
+        sampler = NvmlPeak(device)
+        sampler.start()
+        assert sampler.stop() == (7 * 10**9, 7 * 10**9)
+    assert nvml.looked_up == ["MIG-b", 1]
 
 
 CU128 = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
