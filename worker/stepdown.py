@@ -3,10 +3,11 @@
 On an out-of-memory error (any of the forms worker/oom.py knows) the attempt's memory is
 freed *outside* the `except` block (inside it, the traceback still holds the failed frames and
 their tensors), the pipeline is reloaded with the next rung's profile, and the job runs
-again — down to the last rung, after which the job fails with ResourceError. Every rung
-tried is recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`;
-a rung whose pipeline does not load is recorded as `"load_failed"` (with its `"error"`) and
-the one below it is tried. When no rung below loads, the process has no pipeline: it exits
+again — down to the last rung, after which the job fails with ResourceError. Every try is
+recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s,
+"decode_chunk_size": n}`, an "oom" with its `"phase"` ("denoise", or "decode" for each
+halving of the chunk, `Decoder`); a rung whose pipeline does not load is recorded as
+`"load_failed"` (with its `"error"`) and the one below it is tried. When no rung below loads, the process has no pipeline: it exits
 (the job goes back to the queue) and never takes another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
