@@ -243,9 +243,10 @@ def load_first(
     """Load the first of `rungs` that loads, with the rest below it as its ladder.
 
     A rung whose load raises (out of memory in `.to()` or in the compile warm-up, unreadable
-    files; not the job's soft time limit, which propagates) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
-    "error"}` and the next one is tried. Raises WorkerFatalError, naming every rung and why it
-    failed, when none loads: a process without a pipeline must never take a job.
+    files; not the job's soft time limit, which propagates) is recorded in `tried` as
+    `{"profile", "outcome": "load_failed", "seconds", "error"}` and the next one is tried.
+    Raises WorkerFatalError, naming every rung and why it failed, when none loads: a process
+    without a pipeline must never take a job.
     """
     tried = [] if tried is None else tried
     failed: list[str] = []

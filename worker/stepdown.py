@@ -7,8 +7,9 @@ again — down to the last rung, after which the job fails with ResourceError. E
 recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s,
 "decode_chunk_size": n}`, an "oom" with its `"phase"` ("denoise", or "decode" for each
 halving of the chunk, `Decoder`); a rung whose pipeline does not load is recorded as
-`"load_failed"` (with its `"error"`) and the one below it is tried. When no rung below loads, the process has no pipeline: it exits
-(the job goes back to the queue) and never takes another job.
+`"load_failed"` (with its `"error"`) and the one below it is tried. When no rung below
+loads, the process has no pipeline: it exits (the job goes back to the queue) and never takes
+another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
 the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
