@@ -18,7 +18,15 @@ $(BIN)/python:
 # a venv built with another spec installs torch again. --force-reinstall --no-deps: pip takes
 # 2.13.0+cpu as meeting torch==2.13.0 and would keep it; the second call adds the new build's
 # dependencies (the nvidia-* wheels of a CUDA build).
+# Only a TORCH_SPEC given on the command line or in the environment replaces the torch an earlier
+# install put in: a later `make lint`/`make test`/`make gpu-check` (TORCH_SPEC from this file)
+# keeps the CUDA build `make install TORCH_SPEC=...cu128` installed, whatever its stamp is named.
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha1sum | cut -c1-12)
+ifeq ($(origin TORCH_SPEC),file)
+ifneq ($(wildcard $(VENV)/.torch-*),)
+TORCH_STAMP := $(firstword $(wildcard $(VENV)/.torch-*))
+endif
+endif
 
 $(TORCH_STAMP): | $(BIN)/python
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/pip install -q --force-reinstall --no-deps $(TORCH_SPEC))

@@ -41,7 +41,7 @@ from bench.gpumem import NvmlPeak, budget_gb, verdict  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.shared.spec import JobSpec  # noqa: E402
 from svdq.worker.devices import device_plan, this_device  # noqa: E402
-from svdq.worker.gpuinfo import Device, read_devices, use_pci_bus_order  # noqa: E402
+from svdq.worker.gpuinfo import Device, pin_device, read_devices, use_pci_bus_order  # noqa: E402
 from svdq.worker.profiles import CPU_LADDER, GPU_TABLE, Profile, carries  # noqa: E402
 
 NO_CUDA = "no CUDA here"
@@ -77,17 +77,23 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def time_profile(
-    settings: Settings, profile: Profile, job: dict[str, Any], clips: int, nvml_index: int | None
+    settings: Settings,
+    profile: Profile,
+    job: dict[str, Any],
+    clips: int,
+    nvml_device: Device | None,
 ) -> dict[str, Any]:
-    """Load with `profile`, one untimed clip, then `clips` timed ones; free it all after."""
+    """Load with `profile`, one untimed clip, then `clips` timed ones; free it all after.
+    `nvml_device`: the card whose NVML memory is sampled (None: not sampled)."""
     import torch
     from PIL import Image
 
     from svdq.worker import engine, models
+    from svdq.worker.compiled import forget_compiled
 
     cuda = profile.device == "cuda"
     row: dict[str, Any] = {"profile": profile.to_dict()}
-    sampler = NvmlPeak(nvml_index if cuda else None)
+    sampler = NvmlPeak(nvml_device if cuda else None)
     if cuda:  # the previous rung was freed (below) before these counters start again
         torch.cuda.reset_peak_memory_stats()
         row["reserved_before_gb"] = round(torch.cuda.memory_reserved() / 1e9, 2)
@@ -121,6 +127,11 @@ def time_profile(
     if model is not None:
         models.evict(model)
     del model
+    if profile.compile:
+        # A compiled rung that failed (no model to evict) may have recorded CUDA graphs in
+        # its warm-up: torch/_dynamo/__init__.py `reset()` frees them ("Reset cudagraph trees
+        # unconditionally"), `empty_cache` cannot, and the next rung's peak would count them.
+        forget_compiled()
     models.free_memory()
     if cuda:
         row["reserved_after_gb"] = round(torch.cuda.memory_reserved() / 1e9, 2)
@@ -186,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="JSON path (default bench/results/gpu-<device>.json)")
     args = parser.parse_args(argv)
 
+    settings = Settings.from_env()
+    device = this_device(settings, read_devices())  # NVML or nvidia-smi: never torch
     use_pci_bus_order(os.environ)  # before torch first asks CUDA: NVML's numbering
+    if device is not None:
+        # "cuda" (device 0) is the card benched and sampled (SVDQ_GPU_INDEX, else the first
+        # visible one), not whichever CUDA would number 0.
+        pin_device(os.environ, device)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -194,17 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NO_CUDA}: torch {torch.__version__} sees no CUDA device; nothing to measure")
         print("(GPU host: make gpu-check; to time the CPU profiles: python bench/gpu.py --cpu)")
         return 0
-    settings = Settings.from_env()
     if cuda:
-        device = this_device(settings, read_devices())
         variant, rungs = gpu_rungs(device, settings, args.variant, args.all_rungs)
         rungs = with_eager_twins(rungs)
         label = f"{device.name} ({device.total_bytes / 1e9:.1f} GB)" if device else "GPU"
-        nvml_index = device.index if device else None
     else:
         print(f"{NO_CUDA}: timing the tiny pipeline on the CPU with each CPU profile")
         variant, rungs, device = "tiny", cpu_rungs(), None
-        label, nvml_index = "CPU (no CUDA): tiny pipeline, not GPU figures", None
+        label = "CPU (no CUDA): tiny pipeline, not GPU figures"
     width, height = (int(v) for v in (args.size or ("1024x576" if cuda else "128x64")).split("x"))
     job: dict[str, Any] = {
         "variant": variant,
@@ -221,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         # A compiled rung warms the benchmark's own shape: any other one runs eagerly.
         env["SVDQ_WARM_SHAPES"] = "x".join(str(v) for v in (width, height, args.frames) if v)
         settings = Settings.from_env(env)
-        rows = [time_profile(settings, p, job, args.clips, nvml_index) for p in rungs]
+        rows = [time_profile(settings, p, job, args.clips, device) for p in rungs]
     add_speedups(rows)
 
     print(f"\n{label}; {job}")

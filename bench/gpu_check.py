@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -36,14 +37,14 @@ from bench.gpu import NO_CUDA, slug  # noqa: E402
 from svdq.shared.errors import ConfigError, ModelNotFoundError  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.worker.devices import device_plan, this_device  # noqa: E402
-from svdq.worker.gpuinfo import Device, read_devices  # noqa: E402
+from svdq.worker.gpuinfo import Device, pin_device, read_devices  # noqa: E402
 from svdq.worker.models import model_source  # noqa: E402
 
 CUDA_TORCH = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 REAL = ("svd", "svd-xt")  # benched when their weights are here; tiny always is
 
 
-def torch_cuda(python: str = sys.executable) -> str | None:
+def torch_cuda(python: str = sys.executable, env: dict[str, str] | None = None) -> str | None:
     """The CUDA version the venv's torch was built for (None: a CPU build), asked of a fresh
     interpreter so a reinstall is seen."""
     probe = subprocess.run(
@@ -51,6 +52,7 @@ def torch_cuda(python: str = sys.executable) -> str | None:
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return probe.stdout.strip() or None
 
@@ -107,11 +109,13 @@ def summary(report: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def _run(argv: list[str], dry_run: bool) -> subprocess.CompletedProcess[str] | None:
+def _run(
+    argv: list[str], dry_run: bool, env: dict[str, str]
+) -> subprocess.CompletedProcess[str] | None:
     print("+ " + shlex.join(argv), flush=True)
     if dry_run:
         return None
-    return subprocess.run(argv, cwd=REPO, text=True, check=False)
+    return subprocess.run(argv, cwd=REPO, text=True, check=False, env=env)
 
 
 def main(argv: list[str] | None = None, devices: list[Device] | None = None) -> int:
@@ -126,14 +130,19 @@ def main(argv: list[str] | None = None, devices: list[Device] | None = None) -> 
         print(f"{NO_CUDA}: NVML and nvidia-smi report no GPU; gpu-check has nothing to check")
         return 0
     print(f"GPU {device.index}: {device.name}, {device.total_bytes / 1e9:.1f} GB")
-    if torch_cuda() is None:
+    # Every process below runs on the GPU reported here: tests/gpu and bench/gpu.py use
+    # "cuda" (device 0), which is this one only when it is the one CUDA sees.
+    env = dict(os.environ)
+    pin_device(env, device)
+    print(f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} CUDA_DEVICE_ORDER=PCI_BUS_ID")
+    if torch_cuda(env=env) is None:
         print(f"torch here is a CPU build: installing {args.torch_spec}")
-        _run(install_argv(args.torch_spec), args.dry_run)
-        if not args.dry_run and torch_cuda() is None:
+        _run(install_argv(args.torch_spec), args.dry_run, env)
+        if not args.dry_run and torch_cuda(env=env) is None:
             print(f"torch is still a CPU build after installing {args.torch_spec}", file=sys.stderr)
             return 1
     check = [sys.executable, "-c", "import torch, sys; sys.exit(not torch.cuda.is_available())"]
-    done = _run(check, args.dry_run)
+    done = _run(check, args.dry_run, env)
     if done is not None and done.returncode != 0:
         print(
             "torch has CUDA but cannot use this GPU: is the driver new enough for the wheel's "
@@ -141,7 +150,9 @@ def main(argv: list[str] | None = None, devices: list[Device] | None = None) -> 
             file=sys.stderr,
         )
         return 1
-    tests = _run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q"], args.dry_run)
+    tests = _run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q"], args.dry_run, env
+    )
     report: dict[str, Any] = {
         "benchmark": "gpu-check",
         "device": device.name,
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None, devices: list[Device] | None = None) -> 
                 continue
             out = Path(tmp) / f"{variant}.json"
             bench = [sys.executable, "bench/gpu.py", "--variant", variant, "--output", str(out)]
-            done = _run(bench, args.dry_run)
+            done = _run(bench, args.dry_run, env)
             if done is None:
                 continue
             if done.returncode != 0 or not out.is_file():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from svdq.worker.gpuinfo import Device
 from svdq.worker.profiles import BAND_TOLERANCE, ROW_FLOOR, Profile
 
 SVD_LOW_BUDGET_GB = 6.0  # SVD-NOTES.md: svd, fp16 with offloading, ~6 GB
@@ -52,10 +53,17 @@ class NvmlPeak:
     """Peak NVML used memory of one card between start() and stop() (a polling thread).
 
     `stop()` returns (used at start, peak used) in bytes, or None when NVML cannot be read
-    (no library, no driver, index None)."""
+    (no library, no driver, device None).
 
-    def __init__(self, index: int | None) -> None:
-        self.index = index
+    The card is found by its UUID (a GPU-… or MIG-… one), else by its physical GPU's NVML
+    index (`Device.gpu_index`), never by svdq's `Device.index`: once a GPU in MIG mode is
+    listed as its instances the two numberings differ, and a MIG instance has no NVML index
+    of its own. NVML's `nvmlDeviceGetHandleByUUID` takes "The UUID of the target GPU or MIG
+    instance" and returns "the device handle or MIG device handle"; pynvml.py wraps it as
+    `nvmlDeviceGetHandleByUUID(uuid)` (`@convertStrBytes`: a str is fine)."""
+
+    def __init__(self, device: Device | None) -> None:
+        self.device = device
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._before: int | None = None
@@ -68,13 +76,16 @@ class NvmlPeak:
         return int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
     def start(self) -> None:
-        if self.index is None:
+        if self.device is None:
             return
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+            if self.device.uuid:
+                self._handle = pynvml.nvmlDeviceGetHandleByUUID(self.device.uuid)
+            else:
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.gpu_index)
             self._before = self._peak = self._used()
         except Exception:  # no NVML here: torch's counters still report
             self._handle = None

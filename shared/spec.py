@@ -293,7 +293,9 @@ class JobResult:
     output_fps: int = 0
     decode_chunk_size: int = 0
     profile: dict[str, Any] = field(default_factory=dict)
-    # every memory profile tried, in order: {"profile", "outcome": "oom"|"succeeded", "seconds"}
+    # every try, in order: {"profile", "outcome": "oom"|"succeeded", "seconds",
+    # "decode_chunk_size"} ("phase": "denoise"|"decode" on an "oom"), or a rung that did not
+    # load: {"profile", "outcome": "load_failed", "seconds", "error"} (worker/stepdown.py)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     worker: str = ""
     input: dict[str, Any] = field(default_factory=dict)

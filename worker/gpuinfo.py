@@ -102,7 +102,8 @@ def _text(value: object) -> str:
 def from_nvml(nvml: Any) -> list[Device]:
     """The devices NVML (the `pynvml` module, or a stand-in with its API) reports. A GPU in
     MIG mode is listed as its MIG instances, each read through its own handle (memory, name,
-    UUID), never through the parent's: a 1g.10gb slice of an 80 GB card has 10 GB."""
+    UUID), never through the parent's: a 1g.10gb slice of an 80 GB card has 10 GB. One in MIG
+    mode without instances is left out, with a warning telling the operator what to do."""
     nvml.nvmlInit()
     try:
         devices: list[Device] = []
@@ -112,6 +113,21 @@ def from_nvml(nvml: Any) -> list[Device]:
             capability = (int(major), int(minor))
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
             migs = _mig_handles(nvml, handle)
+            if migs == []:
+                # MIG mode with no instance: CUDA has no device there (a worker planned on the
+                # whole card would crash at its first CUDA call, again at every restart).
+                log.warning(
+                    "GPU %d (%s, %s) is in MIG mode but has no MIG instances: CUDA sees no "
+                    "device there, so svdq leaves it out. Create instances (`nvidia-smi mig "
+                    "-lgip` lists the profiles; `nvidia-smi mig -i %d -cgi <profile> -C` "
+                    "creates one) or turn MIG off (`nvidia-smi -i %d -mig 0`)",
+                    i,
+                    _text(nvml.nvmlDeviceGetName(handle)),
+                    uuid,
+                    i,
+                    i,
+                )
+                continue
             for part in migs or [handle]:
                 mem = nvml.nvmlDeviceGetMemoryInfo(part)
                 devices.append(
@@ -131,16 +147,17 @@ def from_nvml(nvml: Any) -> list[Device]:
         nvml.nvmlShutdown()
 
 
-def _mig_handles(nvml: Any, handle: Any) -> list[Any]:
-    """The MIG instance handles of a GPU in MIG mode; [] otherwise. nvmlDeviceGetMigMode
+def _mig_handles(nvml: Any, handle: Any) -> list[Any] | None:
+    """The MIG instance handles of a GPU in MIG mode ([] when it has none); None when the GPU
+    is not in MIG mode. nvmlDeviceGetMigMode
     returns [current, pending] and raises NVMLError (not supported) on GPUs without MIG;
     nvmlDeviceGetMigDeviceHandleByIndex raises NVMLError (not found) for an empty slot."""
     try:
         current, _pending = nvml.nvmlDeviceGetMigMode(handle)
     except nvml.NVMLError:
-        return []
+        return None
     if current != nvml.NVML_DEVICE_MIG_ENABLE:
-        return []
+        return None
     found = []
     for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
         try:
@@ -180,6 +197,14 @@ def use_pci_bus_order(env: MutableMapping[str, str]) -> None:
     first, so on a mixed host CUDA device 0 could be another card than NVML's 0. CUDA reads it
     once, when it initialises: set it before anything touches CUDA."""
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+
+
+def pin_device(env: MutableMapping[str, str], device: Device) -> None:
+    """Make `device` the only GPU, and so `cuda` (device 0), of a process started with `env`
+    or of this one before torch first asks CUDA: PCI bus order, and CUDA_VISIBLE_DEVICES
+    naming it (its UUID when known: a MIG instance has no index)."""
+    use_pci_bus_order(env)
+    env["CUDA_VISIBLE_DEVICES"] = device.cuda_visible()
 
 
 def _from_nvidia_smi() -> list[Device]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from svdq.shared import shapes, variants
 from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.settings import Settings
@@ -44,6 +46,9 @@ class LoadedModel:
     lower: tuple[Profile, ...] = ()  # the ladder below `profile`, next rung first
     warmed: tuple[shapes.Resolved, ...] = ()  # (width, height, frames) compiled at load
     warmup_by_shape: dict[str, float] = dataclasses.field(default_factory=dict)  # "WxHxF": s
+    # The ladder to load again before the next job (worker/resident.py): set while a job's
+    # out-of-memory step-downs have not ended in success (worker/stepdown.py); () otherwise.
+    resume: tuple[Profile, ...] = ()
 
 
 def model_source(settings: Settings, variant: str) -> Path:
@@ -238,9 +243,10 @@ def load_first(
     """Load the first of `rungs` that loads, with the rest below it as its ladder.
 
     A rung whose load raises (out of memory in `.to()` or in the compile warm-up, unreadable
-    files) is recorded in `tried` as `{"profile", "outcome": "load_failed", "seconds",
-    "error"}` and the next one is tried. Raises WorkerFatalError, naming every rung and why it
-    failed, when none loads: a process without a pipeline must never take a job.
+    files; not the job's soft time limit, which propagates) is recorded in `tried` as
+    `{"profile", "outcome": "load_failed", "seconds", "error"}` and the next one is tried.
+    Raises WorkerFatalError, naming every rung and why it failed, when none loads: a process
+    without a pipeline must never take a job.
     """
     tried = [] if tried is None else tried
     failed: list[str] = []
@@ -249,6 +255,13 @@ def load_first(
         error = ""
         try:
             return load_model(settings, rung, rungs[i + 1 :])
+        except SoftTimeLimitExceeded:
+            # The job's time is up, not the rung (billiard/pool.py `soft_timeout_sighandler`:
+            # `raise SoftTimeLimitExceeded()` wherever the child is, and billiard/exceptions.py
+            # `class SoftTimeLimitExceeded(Exception)`): it must reach worker/delivery.py, which
+            # ends the job as timed out. billiard's other ends (Terminated, TimeLimitExceeded)
+            # are raised in the parent, never here.
+            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         # Outside the except block: the traceback and its frames' tensors are gone.
@@ -258,6 +271,13 @@ def load_first(
             {"profile": rung.name, "outcome": "load_failed", "seconds": seconds, "error": error}
         )
         failed.append(f"{rung.name} ({error})")
+        if rung.compile:
+            # Its warm-up may have compiled and recorded CUDA graphs before failing: dynamo's
+            # process-wide state keeps them, and their private memory pool, which
+            # `empty_cache` cannot return. torch/_dynamo/__init__.py `reset()`: "Reset
+            # cudagraph trees unconditionally since they are global state" ->
+            # `reset_cudagraph_trees()`. `evict` does this only for a pipeline that loaded.
+            forget_compiled()
         free_memory()
     raise WorkerFatalError(
         "no pipeline could be loaded in this worker process: "

@@ -13,12 +13,16 @@ from typing import Any
 from svdq.shared.constants import RUNG_MEMORY_TTL, rung_key
 from svdq.shared.errors import ConfigError, InvalidJobError, WorkerFatalError
 from svdq.shared.settings import Settings
-from svdq.worker import models, stepdown
+from svdq.worker import models, profiles, stepdown
 from svdq.worker.devices import DevicePlan, ladder_for, local_plan
 from svdq.worker.identity import Identity
 from svdq.worker.profiles import Profile
 
 log = logging.getLogger(__name__)
+IN_JOB = (
+    "loaded inside a job (variant switch or reload): only start-up compiles, so it runs "
+    "eagerly until the worker process restarts"
+)
 
 
 @cache
@@ -101,21 +105,52 @@ def ensure_variant(
     job_variant: str,
     job_id: str | None = None,
 ) -> models.LoadedModel:
-    """`model`, switched in place to `job_variant` when another one is loaded.
+    """`model`, switched in place to `job_variant` when another one is loaded, or loaded
+    again on the rungs it must return to (`model.resume`) or when its pipeline is empty.
+
+    `resume`: the last job stepped down on out of memory and failed anyway (worker/stepdown.py):
+    the rungs it started on are loaded again here, lazily, at the next job. Cheapest and
+    correct: an idle worker or one told to stop loads nothing; the failed job's record stays
+    what happened (a reload right after it would run under that job's time limit, and a limit
+    hit there would turn its ResourceError into a time-out); and the next job needs that
+    reload anyway to run on the rung it should.
+    Empty: a job's soft time limit (SoftTimeLimitExceeded, which `models.load_first` lets
+    through) ended a step-down or switch between its eviction and its load; that job ended
+    as timed out.
 
     When no rung of the wanted variant loads, the old pipeline is gone already: the process
     ends (stepdown.exit_poisoned), the job goes back to the queue, and a fresh process loads.
     """
     plan = process_plan(settings, worker_variant)
     wanted = plan.default_variant if job_variant == "auto" else job_variant
-    if wanted == model.info.name:
+    if wanted == model.info.name and model.pipe is not None and not model.resume:
         return model
-    try:
-        rungs = ladder_for(plan, wanted, settings)
-    except ConfigError as exc:
-        raise InvalidJobError(
-            f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"
-        ) from None
+    if wanted == model.info.name:
+        # What was loaded or loading, and the rest below.
+        rungs = model.resume or (model.profile, *model.lower)
+        log.warning(
+            "job %s: loading %s/%s again (%s)",
+            job_id,
+            wanted,
+            rungs[0].name,
+            "back from the last job's step-downs" if model.resume else "the pipeline is empty",
+        )
+    else:
+        try:
+            rungs = ladder_for(plan, wanted, settings)
+        except ConfigError as exc:
+            raise InvalidJobError(
+                f"variant={job_variant!r} cannot run on this worker: {exc}", field="variant"
+            ) from None
+    # Only start-up compiles: a pipeline loaded inside a job (this switch, or a reload) runs
+    # eagerly, and result.json's profile says so (`compile_unavailable`). A compiled rung's
+    # load warms the UNet at every SVDQ_WARM_SHAPES shape (models.warm_all), minutes of
+    # compiling and CUDA-graph recording on a GPU that this job would wait for, out of its
+    # time limit; engine's `set_stance("eager_on_recompile")` guards only the pipeline call,
+    # not this warm-up. Serving only the warmed variant instead would leave the other
+    # variants' queues, which this worker consumes, without it. The cost: after a switch, a
+    # compiled worker runs eagerly until its process restarts.
+    rungs = profiles.without_compile(rungs, IN_JOB)
     lost: WorkerFatalError | None = None
     try:
         return models.swap(model, settings, rungs[0], rungs[1:])

@@ -75,15 +75,20 @@ class Runtime:
         return runtime
 
     def loaded(self) -> LoadedModel:
-        """The model; a child whose model did not load never takes a job."""
-        if self.model is None or self.model.pipe is None:
+        """The model; a child whose model did not load never takes a job. Its pipeline may be
+        empty (a job's time limit ended a reload after the eviction): the job's
+        `resident.ensure_variant` loads it again, or ends the process."""
+        if self.model is None:
             raise RuntimeError("no model loaded in this worker process")
         return self.model
 
     def remember_rung(self) -> None:
-        """After a job: its rung (a step-down may have changed it) is where a restart starts."""
-        if self.model is not None and self.model.pipe is not None:
-            self.rungs.remember(self.model)
+        """After a job: its rung (a step-down may have changed it) is where a restart starts.
+        Not a rung the job stepped down to and then failed on (`resume` set: the next job goes
+        back up): one oversized job must not keep the GPU's workers low for RUNG_MEMORY_TTL."""
+        model = self.model
+        if model is not None and model.pipe is not None and not model.resume:
+            self.rungs.remember(model)
 
     def stop(self) -> None:
         """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""

@@ -3,17 +3,23 @@
 On an out-of-memory error (any of the forms worker/oom.py knows) the attempt's memory is
 freed *outside* the `except` block (inside it, the traceback still holds the failed frames and
 their tensors), the pipeline is reloaded with the next rung's profile, and the job runs
-again — down to the last rung, after which the job fails with ResourceError. Every rung
-tried is recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s}`;
-a rung whose pipeline does not load is recorded as `"load_failed"` (with its `"error"`) and
-the one below it is tried. When no rung below loads, the process has no pipeline: it exits
-(the job goes back to the queue) and never takes another job.
+again — down to the last rung, after which the job fails with ResourceError. Every try is
+recorded as `{"profile": name, "outcome": "oom" | "succeeded", "seconds": s,
+"decode_chunk_size": n}`, an "oom" with its `"phase"` ("denoise", or "decode" for each
+halving of the chunk, `Decoder`); a rung whose pipeline does not load is recorded as
+`"load_failed"` (with its `"error"`) and the one below it is tried. When no rung below
+loads, the process has no pipeline: it exits (the job goes back to the queue) and never takes
+another job.
 
 A CUDA error that breaks the context, or a third job in a row that no rung could hold, ends
 the pool child instead (acks_late: the job goes back to the queue; Celery starts a fresh child).
 
 The loaded model stays on the rung that worked: the next job would most likely run out of
-memory on the higher one too. A restarted worker starts from the top again.
+memory on the higher one too, and the rung is remembered (worker/resident.py `RungMemory`), so
+a restarted worker starts there. A job that steps down and then fails anyway (out of memory on
+every rung: one oversized job, up to 2048x2048) proves nothing about the rungs below: the
+model goes back to the rungs it had before the job (`LoadedModel.resume`, loaded again at the
+next job) and that rung is not remembered.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def generate(
     An out-of-memory error in the decode first halves the decode chunk (`Decoder`).
     """
     attempts: list[dict[str, Any]] = []
+    # Where the job started (or where an earlier such job started, if not resumed yet).
+    home = model.resume or (model.profile, *model.lower)
     while True:
         params = engine.params_for(spec, model)
         decoder = Decoder(spec, model, attempts)
@@ -89,6 +97,7 @@ def generate(
             params = dataclasses.replace(params, decode_chunk_size=used)
             attempts.append(_attempt(name, "succeeded", seconds, params.decode_chunk_size))
             _state["exhausted_in_a_row"] = 0
+            model.resume = ()  # a step-down that ended in success stays (and is remembered)
             return frames, timings, params, attempts
         if decoder.chunk is None:  # the denoise ran out (the decoder records its own tries)
             attempts.append(_attempt(name, "oom", seconds, params.decode_chunk_size, "denoise"))
@@ -110,10 +119,14 @@ def generate(
         log.warning("job %s: stepping down from %s to %s", spec.job_id, name, following.name)
         on_step_down(name, following.name)
         lost: WorkerFatalError | None = None
+        # Until a rung succeeds, the next job goes back to `home`. Set before the swap too: a
+        # time limit may end the job inside it (then the next job reloads from `home`).
+        model.resume = home
         try:  # a rung that does not load is in `attempts`, and the next one is tried
             models.swap(model, settings, following, rest, attempts)
         except WorkerFatalError as exc:
             lost = exc
+        model.resume = home  # `swap` put the fresh model's fields in place
         if lost is not None:  # no pipeline left: never take another job; this one is requeued
             exit_poisoned(spec.job_id, lost)
             raise lost  # not reached: exit_poisoned ends the process

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from svdq.shared.errors import WorkerFatalError
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
-from svdq.worker import models, stepdown
+from svdq.worker import models, resident, stepdown
 from svdq.worker.profiles import CPU_LEAN, CPU_PROFILE
 from tests.fixtures.faults import FaultyPipeline
 
@@ -111,3 +112,29 @@ def test_load_first_names_every_rung_and_why(tiny_settings, failing_loads) -> No
     failing_loads.clear()
     failing_loads.add("cpu")
     assert models.load_first(tiny_settings, (CPU_PROFILE, CPU_LEAN)).profile == CPU_LEAN
+
+
+def test_a_time_limit_in_a_reload_times_the_job_out_and_the_next_job_reloads(
+    tiny_settings, monkeypatch
+) -> None:
+    """Review finding 2: the job's soft time limit landing in a step-down's reload is the
+    job's end (worker/delivery.py records it as timed out), not a rung that failed to load.
+    The eviction has happened by then: the next job loads the pipeline again first."""
+    real = models.load_model
+    model = real(tiny_settings, CPU_PROFILE, (CPU_LEAN,))
+    spec = _spec("time-up")
+    model.pipe = FaultyPipeline(model.pipe, job=spec.to_dict)  # out of memory once
+
+    def time_up(*_: object, **__: object) -> models.LoadedModel:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(models, "load_model", time_up)
+    with pytest.raises(SoftTimeLimitExceeded):
+        stepdown.generate(model, tiny_settings, spec, IMAGE)
+    assert model.pipe is None  # evicted before the reload the time limit ended
+    monkeypatch.setattr(models, "load_model", real)
+    again = resident.ensure_variant(model, tiny_settings, "tiny", "tiny", "next")
+    assert again is model and model.pipe is not None
+    frames, _, _, attempts = stepdown.generate(model, tiny_settings, _spec("next"), IMAGE)
+    assert frames.shape == (4, 64, 64, 3)
+    assert [a["outcome"] for a in attempts] == ["succeeded"]

@@ -23,11 +23,13 @@ import pytest
 from PIL import Image
 from torch._dynamo.utils import counters
 
+from svdq.shared import variants
 from svdq.shared.constants import result_key
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import open_store
-from svdq.worker import compiled, engine, jobs, models
+from svdq.worker import compiled, engine, jobs, models, resident
+from svdq.worker.devices import DevicePlan
 from svdq.worker.profiles import CPU_PROFILE
 
 pytestmark = pytest.mark.integration
@@ -125,3 +127,29 @@ def test_an_eager_profile_says_nothing_about_shapes(model_dir) -> None:
         {"image": "x.png", "variant": "tiny", "width": 64, "height": 64, "seed": 3}
     )
     assert "shape_run" not in jobs._profile_record(model, spec, engine.params_for(spec, model))
+
+
+def test_a_variant_switch_inside_a_job_loads_eagerly(
+    model_dir, tmp_path, runs, monkeypatch
+) -> None:
+    """Review finding 5: a job of another variant switches the pipeline inside the job
+    (resident.ensure_variant -> models.swap -> load_model), and a compiling rung's load warms
+    up, i.e. compiles, inside that job. Only start-up compiles: the switched-to pipeline runs
+    eagerly, and result.json says why. Here a worker whose default is svd (the tiny weights
+    under svd's name) takes a tiny job whose ladder compiles."""
+    env = {"SVDQ_WARM_SHAPES": "64x64", "SVDQ_STORE": "local"}
+    settings = dataclasses.replace(Settings.from_env(env), model_dir=model_dir, local_dir=tmp_path)
+    store = open_store(settings)
+    model = models.load_model(settings, CPU_PROFILE)
+    model.info = variants.variant("svd")  # what the worker's default variant says it is
+    plan = DevicePlan(None, "svd", (dataclasses.replace(COMPILED, variant="svd"),), ("svdq.svd",))
+    monkeypatch.setattr(resident, "process_plan", lambda *_: plan)
+    monkeypatch.setattr(resident, "ladder_for", lambda *_: (COMPILED,))
+    before = _graphs()
+    switched = resident.ensure_variant(model, settings, "svd", "tiny", "switch")
+    assert switched.info.name == "tiny" and switched.warmed == ()
+    assert not switched.profile.compile and switched.profile.name == "cpu-compiled"
+    result = jobs.run_job(_spec(store, 64, 64, 14), switched, store, settings, "test-worker")
+    assert _graphs() == before and runs == []  # nothing compiled, no compiled graph ran
+    assert result["profile"]["compile"] is False
+    assert result["profile"]["compile_unavailable"] == resident.IN_JOB

@@ -29,11 +29,6 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
     return x + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: a compiled rung whose load fails (OOM in the warm-up) leaves "
-    "dynamo's compiled state, on CUDA the CUDA-graph trees and their private memory pool",
-)
 def test_a_failed_compiled_load_leaves_no_compiled_state(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

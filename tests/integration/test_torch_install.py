@@ -102,3 +102,27 @@ def test_the_download_command_is_hf_download(tmp_path: Path) -> None:
         text = (REPO / doc).read_text()
         assert "huggingface-cli" not in text and "hf download stabilityai/" in text
         assert "--include '*.json' --include '*.fp16.safetensors'" in text
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_only_a_given_torch_spec_replaces_an_installed_torch(tmp_path: Path) -> None:
+    """Review finding 4: over a venv `make install TORCH_SPEC=<cu128>` built, make without
+    TORCH_SPEC keeps that torch (tests/unit/test_review_gpu.py); TORCH_SPEC given in the
+    environment, as on the command line, still installs its torch."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    (venv / ".torch-0123456789ab").touch()  # what another spec's install left
+    (venv / ".installed").touch()
+    assert "pip" not in _dry_make(venv)
+    env = {**os.environ, "TORCH_SPEC": "torch==2.13.0"}
+    done = subprocess.run(
+        ["make", "-n", "install", f"VENV={venv}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert "pip install -q --force-reinstall --no-deps torch==2.13.0\n" in done.stdout

@@ -97,7 +97,7 @@ def test_a_rung_that_fails_is_freed_before_the_next(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(models, "load_model", lambda settings, p: model)
     del pipe
     job = {"variant": "tiny", "width": 128, "height": 64, "num_inference_steps": 2}
-    row = gpu.time_profile(DEFAULTS, profile, job, clips=1, nvml_index=None)
+    row = gpu.time_profile(DEFAULTS, profile, job, clips=1, nvml_device=None)
     assert row["error"].startswith("out of memory: CUDA out of memory")
     assert row["verdict"] == "error"
     assert model.pipe is None  # evicted by the bench itself, not left to the next rung

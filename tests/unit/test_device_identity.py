@@ -207,3 +207,30 @@ def test_nvidia_smi_not_available_fields() -> None:
     assert devices[0].total_bytes == 81920 * 2**20
     old = parse_nvidia_smi("0, NVIDIA GeForce RTX 4090, 24564, 24080, 8.9\n")  # no uuid column
     assert old[0].uuid is None and old[0].cuda_visible() == "0"
+
+
+def test_a_mig_gpu_without_instances_is_left_out_and_plan_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    """Review finding 8: MIG mode on, no instance created. CUDA has no device there; planned
+    as the whole card it was a worker crashing at its first CUDA call, restarted forever."""
+    nvml = host()
+    nvml.gpus[1].mig = []  # the A100: MIG on, its instances not created (yet)
+    devices = from_nvml(nvml)
+    assert [(d.index, d.gpu_index, d.uuid) for d in devices] == [
+        (0, 0, "GPU-h100h100-0000"),
+        (1, 2, "GPU-40904090-0000"),
+    ]
+    said = [r.getMessage() for r in caplog.records if r.name == "svdq.worker.gpuinfo"]
+    assert said == [
+        f"GPU 1 (NVIDIA A100-SXM4-80GB, {A100}) is in MIG mode but has no MIG instances: CUDA "
+        "sees no device there, so svdq leaves it out. Create instances (`nvidia-smi mig -lgip` "
+        "lists the profiles; `nvidia-smi mig -i 1 -cgi <profile> -C` creates one) or turn MIG "
+        "off (`nvidia-smi -i 1 -mig 0`)"
+    ]
+    caplog.clear()
+    monkeypatch.setattr(launch, "read_devices", lambda: from_nvml(nvml))
+    args = argparse.Namespace(vram=None, capability=None, variant=None, json=False)
+    assert launch.plan_command(args) == 0
+    assert "GPU 1: NVIDIA GeForce RTX 4090" in capsys.readouterr().out
+    assert any("no MIG instances" in r.getMessage() for r in caplog.records)

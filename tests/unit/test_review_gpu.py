@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,6 @@ from svdq.worker.profiles import GPU_TABLE
 XT_40G, XT_24G = GPU_TABLE[0][1], GPU_TABLE[1][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: load_first takes Celery's SoftTimeLimitExceeded for a failed "
-    "load and loads the next rung instead of letting the time limit end the job",
-)
 def test_a_soft_time_limit_during_a_reload_is_not_a_failed_rung(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -59,11 +55,6 @@ def _two_gpus() -> list[Device]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: gpu-check plans and reports one GPU (SVDQ_GPU_INDEX / NVML "
-    "order) while its pytest and bench processes run on whatever CUDA calls device 0",
-)
 def test_gpu_check_runs_its_torch_processes_on_the_gpu_it_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -91,11 +82,6 @@ def test_gpu_check_runs_its_torch_processes_on_the_gpu_it_reports(
         assert env.get("CUDA_VISIBLE_DEVICES") in ("GPU-bbbb", "1"), argv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: bench/gpu.py samples NVML with svdq's device index, which is "
-    "not the NVML index once a MIG GPU is listed as its instances",
-)
 def test_the_bench_samples_nvml_on_the_card_it_benches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,6 +99,7 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
     ]
     monkeypatch.setenv("SVDQ_GPU_INDEX", "2")
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # main() sets it: restored after
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # main() pins the card: restored after
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench_gpu, "read_devices", lambda: devices)
     seen: list[Any] = []
@@ -127,16 +114,53 @@ def test_the_bench_samples_nvml_on_the_card_it_benches(
     for nvml in seen:
         index = getattr(nvml, "gpu_index", nvml)  # an int, or the Device itself once fixed
         assert index == 1
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-w"  # torch's "cuda" is that card too
+
+
+class _Nvml:
+    """pynvml's handle lookups and memory reading (pynvml.py), over made-up cards."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[Any] = []
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlShutdown(self) -> None: ...
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        self.looked_up.append(uuid)
+        return uuid
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        self.looked_up.append(index)
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
+        return type("Memory", (), {"used": 7 * 10**9})()
+
+
+def test_nvml_is_sampled_by_uuid_else_by_the_physical_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 7: a MIG instance has no NVML index of its own, and svdq's index is not
+    NVML's once a MIG GPU is listed as its instances."""
+    from bench.gpumem import NvmlPeak
+
+    nvml = _Nvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    for device in (
+        Device(1, "MIG 3g.40gb", 40 * 10**9, None, (8, 0), "MIG-b", 0, "GPU-p"),
+        Device(2, "whole, no UUID (nvidia-smi)", 80 * 10**9, None, (8, 0), None, 1),
+    ):
+        sampler = NvmlPeak(device)
+        sampler.start()
+        assert sampler.stop() == (7 * 10**9, 7 * 10**9)
+    assert nvml.looked_up == ["MIG-b", 1]
 
 
 CU128 = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: after the README's `make install TORCH_SPEC=<cu128>`, every "
-    "later make target without TORCH_SPEC force-reinstalls torch from the default spec",
-)
 @pytest.mark.parametrize("target", ["gpu-check", "lint"])
 def test_make_keeps_the_cuda_torch_the_readme_installed(tmp_path: Path, target: str) -> None:
     """The stamp is named after TORCH_SPEC's hash and the rule deletes every other stamp, so
