@@ -4,7 +4,8 @@ here fails today and is marked xfail(strict=True) with the finding's number: fix
 turns it into a pass (and strict xfail into an error, so the mark must then go).
 
 One worker serves the module's tests where their settings agree (`live`), started again only
-when a finding killed it.
+when a finding killed it or a test needed other settings (`alone`); the test whose finding
+kills the worker runs last.
 """
 
 from __future__ import annotations
@@ -120,43 +121,6 @@ def envelope(properties: dict[str, Any] | None = None, **fields: Any) -> bytes:
     return json.dumps(item).encode()
 
 
-# Finding 1: queue items worker/brokerguard.py does not catch. Each made the worker's main
-# process log "Unrecoverable error" and exit (reproduced one by one against a real worker).
-UNCAUGHT_ITEMS = {
-    "deeply nested JSON (RecursionError)": b"[" * 200_000 + b"]" * 200_000,
-    "unknown body_encoding (AttributeError)": envelope({"body_encoding": "rot13"}),
-    "body_encoding not a string (AttributeError)": envelope({"body_encoding": 5}),
-    "delivery_tag a list (TypeError: unhashable)": envelope({"delivery_tag": [1]}),
-    "delivery_tag an object (TypeError: unhashable)": envelope({"delivery_tag": {"a": 1}}),
-    "delivery_info a string (TypeError)": envelope({"delivery_info": "x"}),
-}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: brokerguard catches only ValueError/NotAMessage; a queue item "
-    "that raises RecursionError, AttributeError or TypeError in kombu stops the worker",
-)
-def test_review_queue_items_kombu_chokes_on_never_stop_the_worker(
-    live: Worker, rclient: Client, rdb2: redis_lib.Redis, image: Path
-) -> None:
-    """Pushed by hand onto the tiny queue's list, then a good job: the same worker process
-    sets each item aside on the dead-letter list and runs the job."""
-    pid = live.proc.pid
-    before = len(dead_entries(rdb2))
-    for item in UNCAUGHT_ITEMS.values():
-        rdb2.lpush(QUEUE, item)
-    rclient.submit(str(image), job_id="rv-after-items", **FAST)
-    try:
-        assert final_state(rclient, "rv-after-items", live)["state"] == "succeeded"
-    finally:  # what a dead worker left unread must not kill the next test's worker
-        for key in rdb2.scan_iter(f"{QUEUE}*"):
-            rdb2.delete(key)
-    assert live.proc.pid == pid and "Unrecoverable error" not in live.text()
-    added = [d for d in dead_entries(rdb2)][before:]
-    assert len(dead_entries(rdb2)) - before == len(UNCAUGHT_ITEMS), [d["reason"] for d in added]
-
-
 def _peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -226,83 +190,6 @@ def test_review_a_hostile_timelimit_header_is_refused_or_overridden(
             assert time.monotonic() < deadline, st
             time.sleep(0.3)
         assert set_aside or st["state"] == "succeeded", (name, st)
-
-
-class BlackHole:
-    """A TCP proxy to the session's moto server that, once `swallow` is set, accepts
-    connections and reads what is sent but never answers nor closes: a black-holed store."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream_port = int(upstream.rsplit(":", 1)[1])
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.swallow = threading.Event()
-        self.closed = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.closed.is_set():
-            with contextlib.suppress(OSError):
-                conn, _ = self.sock.accept()
-                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, gate: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if gate and self.swallow.is_set():
-                    continue  # read and dropped: the client waits for an answer forever
-                dst.sendall(data)
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            if self.swallow.is_set():
-                while conn.recv(65536):
-                    pass
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with upstream:
-                threading.Thread(
-                    target=self._pump, args=(conn, upstream, True), daemon=True
-                ).start()
-                self._pump(upstream, conn, False)
-
-    def close(self) -> None:
-        self.closed.set()
-        self.sock.close()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: a store that accepts and never answers (read_timeout 60 s x 5 "
-    "attempts) outlasts the job's time limit: the job fails for good (TimeLimitExceeded, no "
-    "attempt recorded), never retried as a storage fault",
-)
-def test_review_a_black_holed_store_is_a_transient_fault_not_a_time_out(
-    pool: Workers,
-    review_env: dict[str, str],
-    store,
-    s3_endpoint: str,
-    image: Path,  # type: ignore[no-untyped-def]
-) -> None:
-    hole = BlackHole(s3_endpoint)
-    limits = {"SVDQ_TASK_TIME_LIMIT": "20", "SVDQ_TRANSIENT_BUDGET": "300"}
-    try:
-        worker = alone(pool, "blackhole", SVDQ_S3_ENDPOINT=hole.endpoint, **limits)
-        client = Client(Settings.from_env({**review_env, **limits}), store)
-        hole.swallow.set()  # the job's first store call (the marker check) meets silence
-        client.submit(str(image), job_id="rv-blackhole", **FAST)
-        deadline = time.monotonic() + 60  # past the job's hard limit (20 s) and a restart
-        while (st := client.status("rv-blackhole"))["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, st
-            time.sleep(0.3)
-        hole.swallow.clear()  # the store answers again
-        st = final_state(client, "rv-blackhole", worker, 90)
-        assert st["state"] == "succeeded", st
-    finally:
-        hole.close()
-        for w in pool.started:
-            if w.name == "blackhole":
-                w.stop()
 
 
 @pytest.mark.xfail(
@@ -419,6 +306,7 @@ class Receiver:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -527,6 +415,86 @@ def test_review_an_unusable_callback_url_is_recorded_as_given_up(callbacks, rdb2
     assert end["gave_up"] and "99999" in end["error"], end
 
 
+# --- a black-holed store ---------------------------------------------------------------------
+
+
+class BlackHole:
+    """A TCP proxy to the session's moto server that, once `swallow` is set, accepts
+    connections and reads what is sent but never answers nor closes: a black-holed store."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream_port = int(upstream.rsplit(":", 1)[1])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.swallow = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, gate: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if gate and self.swallow.is_set():
+                    continue  # read and dropped: the client waits for an answer forever
+                dst.sendall(data)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            if self.swallow.is_set():
+                while conn.recv(65536):
+                    pass
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with upstream:
+                threading.Thread(
+                    target=self._pump, args=(conn, upstream, True), daemon=True
+                ).start()
+                self._pump(upstream, conn, False)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding 3: a store that accepts and never answers (read_timeout 60 s x 5 "
+    "attempts) outlasts the job's time limit: the job fails for good (TimeLimitExceeded, no "
+    "attempt recorded), never retried as a storage fault",
+)
+def test_review_a_black_holed_store_is_a_transient_fault_not_a_time_out(
+    pool: Workers,
+    review_env: dict[str, str],
+    store,
+    s3_endpoint: str,
+    image: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    hole = BlackHole(s3_endpoint)
+    limits = {"SVDQ_TASK_TIME_LIMIT": "20", "SVDQ_TRANSIENT_BUDGET": "300"}
+    try:
+        worker = alone(pool, "blackhole", SVDQ_S3_ENDPOINT=hole.endpoint, **limits)
+        client = Client(Settings.from_env({**review_env, **limits}), store)
+        hole.swallow.set()  # the job's first store call (the marker check) meets silence
+        client.submit(str(image), job_id="rv-blackhole", **FAST)
+        deadline = time.monotonic() + 60  # past the job's hard limit (20 s) and a restart
+        while (st := client.status("rv-blackhole"))["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, st
+            time.sleep(0.3)
+        hole.swallow.clear()  # the store answers again
+        st = final_state(client, "rv-blackhole", worker, 90)
+        assert st["state"] == "succeeded", st
+    finally:
+        hole.close()
+        for w in pool.started:
+            if w.name == "blackhole":
+                w.stop()
+
+
 # --- the store away during upload for longer than the upload's own retries --------------------
 
 
@@ -555,9 +523,7 @@ def test_review_a_long_upload_outage_does_not_generate_twice(
     try:
         worker = alone(pool, "upload-outage", SVDQ_S3_ENDPOINT=switch.endpoint, **slow)
         client = Client(Settings.from_env({**review_env, **slow}), store)
-        client.submit(
-            str(image), job_id="rv-upload", metadata={"svdq_test_fault": "sleep:2"}, **FAST
-        )
+        client.submit(str(image), job_id="rv-upload", **FAST)
         wait_phase(client, "rv-upload", {"denoise", "decode", "encode"})
         switch.off()
         deadline = time.monotonic() + 60
@@ -565,11 +531,55 @@ def test_review_a_long_upload_outage_does_not_generate_twice(
             assert time.monotonic() < deadline, worker.text()[-3000:]
             time.sleep(0.2)
         switch.on()
-        st = final_state(client, "rv-upload", worker, 90)
+        deadline = time.monotonic() + 90
+        while (st := client.status("rv-upload"))["state"] not in ("succeeded", "failed"):
+            # Fails as soon as a second generation starts (it is counted before it runs).
+            assert int(rdb2.get(generations_key("rv-upload")) or 0) == 1, "generated twice"
+            assert time.monotonic() < deadline and worker.proc.poll() is None, st
+            time.sleep(0.2)
         assert st["state"] == "succeeded", st
-        assert int(rdb2.get(generations_key("rv-upload"))) == 1, "generated twice"
+        assert int(rdb2.get(generations_key("rv-upload")) or 0) == 1, "generated twice"
     finally:
         switch.off()
         for w in pool.started:
             if w.name == "upload-outage":
                 w.stop()
+
+
+# --- last: it kills the module's worker today ---------------------------------------------------
+
+# Finding 1: queue items worker/brokerguard.py does not catch. Each made the worker's main
+# process log "Unrecoverable error" and exit (reproduced one by one against a real worker).
+UNCAUGHT_ITEMS = {
+    "deeply nested JSON (RecursionError)": b"[" * 200_000 + b"]" * 200_000,
+    "unknown body_encoding (AttributeError)": envelope({"body_encoding": "rot13"}),
+    "body_encoding not a string (AttributeError)": envelope({"body_encoding": 5}),
+    "delivery_tag a list (TypeError: unhashable)": envelope({"delivery_tag": [1]}),
+    "delivery_tag an object (TypeError: unhashable)": envelope({"delivery_tag": {"a": 1}}),
+    "delivery_info a string (TypeError)": envelope({"delivery_info": "x"}),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding 1: brokerguard catches only ValueError/NotAMessage; a queue item "
+    "that raises RecursionError, AttributeError or TypeError in kombu stops the worker",
+)
+def test_review_queue_items_kombu_chokes_on_never_stop_the_worker(
+    live: Worker, rclient: Client, rdb2: redis_lib.Redis, image: Path
+) -> None:
+    """Pushed by hand onto the tiny queue's list, then a good job: the same worker process
+    sets each item aside on the dead-letter list and runs the job."""
+    pid = live.proc.pid
+    before = len(dead_entries(rdb2))
+    for item in UNCAUGHT_ITEMS.values():
+        rdb2.lpush(QUEUE, item)
+    rclient.submit(str(image), job_id="rv-after-items", **FAST)
+    try:
+        assert final_state(rclient, "rv-after-items", live)["state"] == "succeeded"
+    finally:  # what a dead worker left unread must not kill the next test's worker
+        for key in rdb2.scan_iter(f"{QUEUE}*"):
+            rdb2.delete(key)
+    assert live.proc.pid == pid and "Unrecoverable error" not in live.text()
+    added = [d for d in dead_entries(rdb2)][before:]
+    assert len(dead_entries(rdb2)) - before == len(UNCAUGHT_ITEMS), [d["reason"] for d in added]
