@@ -116,6 +116,9 @@ def _wait(
         results = client.wait(jobs, timeout=timeout, on_progress=printer)
     except (JobFailedError, WaitTimeoutError) as exc:
         print(f"svdq: {exc}", file=sys.stderr)
+        for job in jobs:  # an unknown job: never submitted, or did Redis lose it? Say.
+            if isinstance(exc, JobFailedError) and client.status(job)["state"] is JobState.UNKNOWN:
+                print(f"svdq: {job}: {unknown_job(client.jobqueue, job)}", file=sys.stderr)
         return 1
     for job_id, result in results.items():
         uris = {k: o["uri"] for k, o in result["outputs"].items()}
