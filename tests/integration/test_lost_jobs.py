@@ -56,7 +56,7 @@ def test_a_batch_missing_one_job_record_names_it_and_the_command(
     assert lost.text().endswith(lost.command)
 
     note = unknown_job(client.jobqueue, lost_id)
-    line = [n for n, text in enumerate(written.splitlines(), 1) if lost_id in text][0]
+    line = next(n for n, text in enumerate(written.splitlines(), 1) if lost_id in text)
     assert f"its record is gone: Redis lost state? It is in batch {batch}" in note
     assert f"line {line} of {path}" in note and "is in the store" in note
     assert note.endswith(lost.command)
