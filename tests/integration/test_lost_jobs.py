@@ -76,3 +76,15 @@ def test_a_job_no_journal_lists_says_where_its_spec_was(client):
     assert "Redis has no record of it and the store no result.json" in note
     assert "Its spec was kept only in Redis" in note
     assert str(client.settings.batch_dir) in note and "svdq submit IMAGE" in note
+
+
+def test_a_batch_unknown_everywhere_says_what_it_may_be(svdq_env, monkeypatch, capsys):
+    """No record in Redis, no journal here: never submitted, expired, lost elsewhere; exit 2."""
+    from svdq.producer.cli import main
+
+    for name, value in svdq_env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["wait", "--batch", "never-made-b7"]) == 2
+    err = capsys.readouterr().err
+    assert "batch 'never-made-b7' is unknown here" in err and "no journal of it" in err
+    assert "--batch-id never-made-b7" in err
