@@ -67,13 +67,20 @@ class BatchRecord:
         b = self.batch_id
         return (batch_key(b), batch_jobs_key(b), batch_sources_key(b), batch_rejects_key(b))
 
-    def start(self, source: str) -> None:
-        """Create (or reopen, on a re-run with the same id) the record."""
+    def start(self, source: str) -> bool:
+        """Create (or reopen, on a re-run with the same id) the record; True when reopened."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hsetnx(batch_key(self.batch_id), "created_at", time.time())
         pipe.hset(batch_key(self.batch_id), mapping={"source": source, "complete": 0})
         self._expire(pipe)
-        pipe.execute()
+        return not pipe.execute()[0]
+
+    def members(self, job_ids: list[str]) -> set[str]:
+        """Which of `job_ids` the batch lists already (a re-run into it adds each job once)."""
+        if not job_ids:
+            return set()
+        found = self.redis.hmget(batch_sources_key(self.batch_id), job_ids)
+        return {j for j, v in zip(job_ids, found, strict=True) if v is not None}
 
     def add_jobs(self, pipe: Any, jobs: Iterable[tuple[str, str]]) -> None:
         """Queue (on `pipe`) adding (job_id, source) pairs to the batch."""

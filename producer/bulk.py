@@ -24,6 +24,7 @@ from svdq.producer.batch import COUNTERS, BatchRecord, new_batch_id
 from svdq.producer.bulkrows import Prepared, RowPreparer, sort_rows
 from svdq.producer.doneindex import DoneIndex
 from svdq.producer.jobqueue import JobQueue
+from svdq.producer.journal import BatchJournal
 from svdq.producer.manifest import Row
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import result_key
@@ -70,6 +71,7 @@ class BulkSubmitter:
         keep_ids: bool = False,
         sent_events: bool | None = None,
         id_prefix: str = "",
+        journal: BatchJournal | None = None,
     ) -> None:
         self.jobqueue = jobqueue
         self.settings = jobqueue.settings
@@ -82,6 +84,8 @@ class BulkSubmitter:
         # Celery's task-sent event per job (monitors see a job from the moment it is queued)
         # is a second message each; None keeps the app's task_send_sent_event.
         self.sent_events = sent_events
+        # The local copy of every job's spec (producer/journal.py): what Redis may forget.
+        self.journal = journal
         self.redis = jobqueue.redis
         self.batch = BatchRecord(
             self.redis, batch_id or new_batch_id(), jobqueue.settings.result_expires
@@ -93,11 +97,12 @@ class BulkSubmitter:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="svdq-bulk")
         self.uploader = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="svdq-put")
         self._inflight: set[str] = set()  # job ids of the chunk whose uploads are under way
+        self._reopened = False  # the batch id was used before: its list may hold these jobs
 
     def run(self, rows: Iterable[Row], source: str = "") -> Summary:
         """Submit every row; the batch record says how far it got if this is interrupted."""
         t0 = time.perf_counter()
-        self.batch.start(source)
+        self._reopened = self.batch.start(source)
         try:
             with interrupt_flag() as self._stop:
                 # Two chunks overlap: while one's uploads run, the next one is read and hashed.
@@ -138,11 +143,12 @@ class BulkSubmitter:
             chunk.members,
             chunk.candidates,
         )
-        if self.keep_ids:
-            first: dict[str, JobSpec] = {}
+        first: dict[str, JobSpec] = {}
+        if self.keep_ids or self.journal:
             for p in prepared:
                 if p.spec and p.spec.job_id:
                     first.setdefault(p.spec.job_id, p.spec)
+        if self.keep_ids:
             self.specs.update((job_id, first[job_id]) for job_id, _ in members)
         # Each distinct input once (many rows may share an image), then result.json only for
         # jobs Redis does not know whose input was already there before this upload.
@@ -192,6 +198,8 @@ class BulkSubmitter:
         # in between, so every queued job is in the batch and a re-run finds it.
         self._check_stop()
         payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
+        if self.journal:  # before anything is published: every queued job is in it
+            self.journal.add(first[job_id].to_dict() for job_id, _ in members)
         publish_jobs(
             self.jobqueue.app,
             self.settings,
@@ -211,7 +219,8 @@ class BulkSubmitter:
                 payload=payloads[id(p)],
                 now=now,
             )
-        self.batch.add_jobs(pipe, members)
+        listed = self.batch.members([j for j, _ in members]) if self._reopened else set()
+        self.batch.add_jobs(pipe, [m for m in members if m[0] not in listed])
         self.batch.add_rejects(pipe, rejects)
         self.batch.count(pipe, counts)
         execute_confirmed(pipe, self.settings, f"the records of {len(sending)} job(s)")

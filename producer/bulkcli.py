@@ -10,13 +10,17 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from svdq.producer.batch import check_batch_id, new_batch_id
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.client import Client
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.journal import BatchJournal
+from svdq.producer.lost import lost_batch, no_journal
 from svdq.producer.manifest import Row, iter_source
 from svdq.producer.progress import BulkProgress, say
 from svdq.producer.report import report_rows, write_report
 from svdq.producer.services import require
+from svdq.shared.constants import batch_key
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
@@ -92,16 +96,18 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     # Redis or the store down now: one sentence (producer/cli.py), not a failure per row.
     require(client.settings)
     show = BulkProgress(as_json=args.json)
+    batch_id = args.batch_id or new_batch_id()
+    journal = BatchJournal(client.settings, check_batch_id(batch_id), str(args.source))
     bulk = BulkSubmitter(
         client.jobqueue,
-        batch_id=args.batch_id,
+        batch_id=batch_id,
         force=args.force,
         random_seed=random_seed,
         threads=args.threads,
         on_event=show.event,
         sent_events=False if args.no_sent_events else None,
+        journal=journal,
     )
-    batch_id = bulk.batch.batch_id
     follow = f"svdq wait --batch {batch_id}" + (f" --report {args.report}" if args.report else "")
     try:
         summary = bulk.run(rows, source=str(args.source))
@@ -114,6 +120,8 @@ def cmd_bulk(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        journal.close()
     show.finish()
     say(
         args.json,
@@ -158,6 +166,10 @@ def _wait_batch(client: Client, batch_id: str, args: argparse.Namespace, show: B
         )
         return 130
     show.finish()
+    # No job left at all (the batch's record went while we waited) or some unknown: did Redis
+    # lose them? Then say so, with the command that sends them again.
+    if (not counts or counts.get(JobState.UNKNOWN)) and _said_lost(client, batch_id, args.json):
+        return 1
     if args.report:
         written = write_report(args.report, report_rows(batch, args.presign))
         say(
@@ -174,16 +186,40 @@ def _wait_batch(client: Client, batch_id: str, args: argparse.Namespace, show: B
     return 1 if any(counts.get(s) for s in ended_badly) else 0
 
 
+def _said_lost(client: Client, batch_id: str, as_json: bool) -> bool:
+    """If Redis lost the batch's record or jobs that this machine's journal lists: say so,
+    with the one command that resubmits them, and return True."""
+    lost = lost_batch(client.jobqueue, batch_id)
+    if lost is None:
+        return False
+    say(as_json, lost.event(), f"svdq: {lost.text()}")
+    return True
+
+
+def _known(client: Client, batch_id: str, as_json: bool) -> bool:
+    """Whether Redis holds the batch; if not, say what this machine knows of it (its journal
+    and the store tell a lost batch from one never submitted) and return False."""
+    if client.jobqueue.redis.exists(batch_key(check_batch_id(batch_id))):
+        return True
+    if not _said_lost(client, batch_id, as_json):
+        raise InvalidJobError(no_journal(client.jobqueue, batch_id), field="batch_id")
+    return False
+
+
 def cmd_wait_batch(args: argparse.Namespace) -> int:
     """`svdq wait --batch ID [--report FILE]`: pick a batch up again from any process."""
     client = Client()
-    client.batch(args.batch).info()  # an unknown batch fails here, naming it
+    if not _known(client, args.batch, args.json):
+        return 1
     return _wait_batch(client, args.batch, args, BulkProgress(as_json=args.json))
 
 
 def cmd_status_batch(args: argparse.Namespace) -> int:
     """`svdq status --batch ID`: the submission record and how many jobs are in each state."""
-    batch = Client().batch(args.batch)
+    client = Client()
+    if not _known(client, args.batch, args.json):
+        return 1
+    batch = client.batch(args.batch)
     info, counts = batch.info(), batch.counts()
     if args.json:
         print(json.dumps({**info, "states": counts}))
@@ -196,4 +232,6 @@ def cmd_status_batch(args: argparse.Namespace) -> int:
                 f"  {info['invalid']:,} invalid rows, {info['skipped']:,} skipped files, "
                 f"{info['upload_failed']:,} inputs that could not be stored"
             )
+    if counts.get(JobState.UNKNOWN) and _said_lost(client, args.batch, args.json):
+        return 1
     return 1 if any(counts.get(s) for s in (JobState.FAILED, JobState.CANCELLED)) else 0

@@ -15,6 +15,7 @@ from typing import Any
 from svdq.producer import bulkcli
 from svdq.producer.client import Client
 from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.lost import unknown_job
 from svdq.producer.progress import JobProgress
 from svdq.shared.errors import InvalidJobError, JobFailedError, WaitTimeoutError
 from svdq.shared.spec import json_schema
@@ -115,6 +116,9 @@ def _wait(
         results = client.wait(jobs, timeout=timeout, on_progress=printer)
     except (JobFailedError, WaitTimeoutError) as exc:
         print(f"svdq: {exc}", file=sys.stderr)
+        for job in jobs:  # an unknown job: never submitted, or did Redis lose it? Say.
+            if isinstance(exc, JobFailedError) and client.status(job)["state"] is JobState.UNKNOWN:
+                print(f"svdq: {job}: {unknown_job(client.jobqueue, job)}", file=sys.stderr)
         return 1
     for job_id, result in results.items():
         uris = {k: o["uri"] for k, o in result["outputs"].items()}
@@ -134,6 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     client, code = Client(), 0
     for job in args.jobs:
         st = client.status(job)
+        if st["state"] is JobState.UNKNOWN:  # never submitted, or did Redis lose it? Say.
+            st["unknown"] = unknown_job(client.jobqueue, job)
         if st["state"] in (JobState.FAILED, JobState.CANCELLED, JobState.UNKNOWN):
             code = 1
         if args.json:
@@ -146,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f" — {st['error']}"
         if "waiting_for" in st:
             line += f" — {st['waiting_for']}"
+        if "unknown" in st:
+            line += f" — {st['unknown']}"
         for note in ("lost", "requeued"):  # a dead host's job: not running, and what follows
             if note in st:
                 line += f" — {note}: {st[note]}"

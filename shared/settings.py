@@ -24,6 +24,7 @@ from svdq.shared.errors import ConfigError
 from svdq.shared.variants import VARIANTS
 
 DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "svdq" / "models")
+DEFAULT_BATCH_DIR = str(Path.home() / ".local" / "state" / "svdq" / "batches")
 
 # name -> (default, meaning). The order is the order `svdq --help` shows them in.
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -49,6 +50,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_S3_BUCKET": ("svdq", "bucket for inputs/ and results/"),
     "SVDQ_S3_REGION": ("us-east-1", "S3 region"),
     "SVDQ_LOCAL_DIR": ("./svdq-store", "folder used when SVDQ_STORE=local"),
+    "SVDQ_BATCH_DIR": (
+        DEFAULT_BATCH_DIR,
+        "where `svdq bulk` keeps each batch's journal (<batch>.jsonl: every job's spec), so a "
+        "batch whose Redis record was lost can be resubmitted from it",
+    ),
     "SVDQ_MODEL_DIR": (DEFAULT_MODEL_DIR, "model weights: <dir>/<variant>/ (tiny is built here)"),
     "SVDQ_DEFAULT_VARIANT": ("auto", "variant a job gets when it names none"),
     "SVDQ_ALLOW_CPU": ("0", "1 lets a CPU-only worker run real variants (very slow)"),
@@ -212,6 +218,7 @@ class Settings:
     s3_bucket: str
     s3_region: str
     local_dir: Path
+    batch_dir: Path
     model_dir: Path
     default_variant: str
     allow_cpu: bool
@@ -274,6 +281,7 @@ class Settings:
             s3_bucket=get("SVDQ_S3_BUCKET"),
             s3_region=get("SVDQ_S3_REGION"),
             local_dir=Path(get("SVDQ_LOCAL_DIR")).expanduser().resolve(),
+            batch_dir=Path(get("SVDQ_BATCH_DIR")).expanduser(),
             model_dir=Path(get("SVDQ_MODEL_DIR")).expanduser(),
             default_variant=_choice("SVDQ_DEFAULT_VARIANT", get("SVDQ_DEFAULT_VARIANT"), VARIANTS),
             allow_cpu=_bool("SVDQ_ALLOW_CPU", get("SVDQ_ALLOW_CPU")),

@@ -58,8 +58,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def svdq_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str]:
-    """Environment for every svdq process in the tests."""
+def svdq_env(
+    redis_url: str, s3_endpoint: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for every svdq process in the tests (bulk journals in a temporary folder,
+    never the user's)."""
     return {
         **os.environ,
         "SVDQ_REDIS_URL": redis_url,
@@ -67,6 +70,7 @@ def svdq_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str
         "SVDQ_S3_ENDPOINT": s3_endpoint,
         "SVDQ_S3_BUCKET": TEST_BUCKET,
         "SVDQ_MODEL_DIR": str(model_dir),
+        "SVDQ_BATCH_DIR": str(tmp_path_factory.mktemp("batches")),
         "SVDQ_DEFAULT_VARIANT": "tiny",
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "svdq-local"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "svdq-local"),

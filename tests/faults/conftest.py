@@ -40,9 +40,11 @@ def assert_no_secrets(text: str, where: str) -> None:
 
 
 class PrivateRedis:
-    """A redis-server on a free loopback port with AOF on; `restart()` keeps its data dir."""
+    """A redis-server on a free loopback port with AOF on (`aof=False`: nothing on disk, a
+    restart empties it); `restart()` keeps its data dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, aof: bool = True) -> None:
+        self.aof = aof
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="svdq-faults-redis-")
         # A password, so the suite also proves passworded Redis URLs work end to end and that
@@ -61,7 +63,7 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "yes" if self.aof else "no",
                 "--appendfsync",
                 "always",
                 "--dir",
@@ -80,6 +82,13 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save (a host losing power)."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 

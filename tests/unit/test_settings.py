@@ -10,6 +10,7 @@ import pytest
 from svdq.shared.errors import ConfigError
 from svdq.shared.settings import (
     COMPILE_VARIABLES,
+    DEFAULT_BATCH_DIR,
     DEFAULT_MODEL_DIR,
     PROFILE_VARIABLES,
     VARIABLES,
@@ -43,6 +44,7 @@ def test_defaults_from_an_empty_env() -> None:
         s3_bucket="svdq",
         s3_region="us-east-1",
         local_dir=(Path.cwd() / "svdq-store").resolve(),
+        batch_dir=Path(DEFAULT_BATCH_DIR),
         model_dir=Path(DEFAULT_MODEL_DIR),
         default_variant="auto",
         allow_cpu=False,
