@@ -29,6 +29,7 @@ import pytest
 import redis as redis_lib
 import requests
 
+from svdq.producer.api.tokens import TokenStore
 from svdq.producer.stats import snapshot
 from svdq.shared.celery_app import make_celery
 from svdq.shared.constants import batch_key, deliveries_key, queue_for
@@ -77,6 +78,11 @@ def rdb(redis_url: str) -> redis_lib.Redis:
     return redis_lib.Redis.from_url(redis_url)
 
 
+def _token(redis_url: str, name: str, quota: int | None = None, rate: int | None = None) -> str:
+    """A token made as `svdq token create` makes it (TokenStore), without a process per call."""
+    return TokenStore(redis_lib.Redis.from_url(redis_url)).create(name, quota, rate)[0]
+
+
 def _put_image(store: S3Store, name: str, color: int, tmp_path: Path) -> str:
     data = make_image(tmp_path / name, (192, 128), color).read_bytes()
     store.put_bytes(f"uploads/review/{name}", data, "image/png")
@@ -115,10 +121,10 @@ def _purge(rdb: redis_lib.Redis, job_ids: set[str]) -> None:
     "every other token's batches (batches.py: loop.run_in_executor(None, bulk.run, ...))",
 )
 def test_slow_batch_uploads_do_not_block_other_tokens_batches(
-    lone: Lone, store: S3Store, tmp_path: Path
+    redis_url: str, lone: Lone, store: S3Store, tmp_path: Path
 ) -> None:
     api = lone.api
-    slow, other = api.token("rv-slow"), api.token("rv-other")
+    slow, other = _token(redis_url, "rv-slow"), _token(redis_url, "rv-other")
     line = json.dumps({**IDLE, "variant": "svd", "image": f"s3://{TEST_BUCKET}/none.png"})
     chunk = f"{len(line) + 1:x}\r\n{line}\n\r\n".encode()
     host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
@@ -132,11 +138,11 @@ def test_slow_batch_uploads_do_not_block_other_tokens_batches(
                 + chunk
             )  # ... and then nothing more: a slow (or hostile) client
             hold.append(s)
-        time.sleep(1.5)
+        time.sleep(1.0)
         try:
-            r = requests.post(f"{api.url}/v1/batches", data=line, headers=auth(other), timeout=6)
+            r = requests.post(f"{api.url}/v1/batches", data=line, headers=auth(other), timeout=4)
         except requests.Timeout:
-            pytest.fail("another token's one-line batch got no answer in 6 s")
+            pytest.fail("another token's one-line batch got no answer in 4 s")
         assert r.status_code == 202, r.text
     finally:
         for s in hold:
@@ -152,8 +158,10 @@ def test_slow_batch_uploads_do_not_block_other_tokens_batches(
     "sentence for SVDQ_RESULT_EXPIRES (7 days): '{}\\n' (3 bytes) becomes ~250 bytes, so one "
     "256 MiB body can put tens of GB into the broker's Redis",
 )
-def test_rejected_batch_lines_do_not_amplify_into_redis(api: Api, rdb: redis_lib.Redis) -> None:
-    token = api.token("rv-amplify")
+def test_rejected_batch_lines_do_not_amplify_into_redis(
+    redis_url: str, api: Api, rdb: redis_lib.Redis
+) -> None:
+    token = _token(redis_url, "rv-amplify")
     body = b"{}\n" * 20_000  # 60 KB
     r = requests.post(f"{api.url}/v1/batches", data=body, headers=auth(token), timeout=120)
     assert r.status_code == 202, r.text
@@ -172,8 +180,10 @@ def test_rejected_batch_lines_do_not_amplify_into_redis(api: Api, rdb: redis_lib
     reason="review finding 3: Limits.quota counts, then jobs.submit claims, uploads, enqueues "
     "and only then Limits.opened adds: N parallel POSTs all see room (limits.py quota/opened)",
 )
-def test_quota_holds_against_parallel_submissions(api: Api, rdb: redis_lib.Redis) -> None:
-    token = api.token("rv-quota", "--quota", "2", "--rate", "1000")
+def test_quota_holds_against_parallel_submissions(
+    redis_url: str, api: Api, rdb: redis_lib.Redis
+) -> None:
+    token = _token(redis_url, "rv-quota", quota=2, rate=1000)
     images = [png_bytes((192 + i, 128)) for i in range(12)]
 
     def post(blob: bytes) -> requests.Response:
@@ -199,9 +209,9 @@ def test_quota_holds_against_parallel_submissions(api: Api, rdb: redis_lib.Redis
     "(batches.submit_batch: room = limits.quota(owner)), so parallel batches each get it all",
 )
 def test_quota_holds_against_parallel_batches(
-    api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
+    redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
-    token = api.token("rv-quota-batch", "--quota", "2", "--rate", "1000")
+    token = _token(redis_url, "rv-quota-batch", quota=2, rate=1000)
     bodies = [
         "\n".join(
             json.dumps(
@@ -239,9 +249,9 @@ def test_quota_holds_against_parallel_batches(
     reason="review finding 4: requests.parse_json and csv_value catch JSONDecodeError only; "
     "json.loads raises RecursionError (deep nesting) and ValueError (over 4300 digits): 500",
 )
-def test_hostile_json_is_a_400_problem_not_a_500(lone: Lone) -> None:
+def test_hostile_json_is_a_400_problem_not_a_500(redis_url: str, lone: Lone) -> None:
     api = lone.api
-    token = api.token("rv-json")
+    token = _token(redis_url, "rv-json")
     image = f"s3://{TEST_BUCKET}/none.png"
     bodies = [
         b'{"image": "' + image.encode() + b'", "seed": 1' + b"0" * 5000 + b"}",
@@ -280,9 +290,9 @@ def test_hostile_json_is_a_400_problem_not_a_500(lone: Lone) -> None:
     "nested or 5000-digit line makes the whole POST /v1/batches a 500 (no batch id returned, "
     "rows already handed to the submitter queued anyway)",
 )
-def test_one_hostile_batch_line_is_reported_and_the_rest_run(lone: Lone) -> None:
+def test_one_hostile_batch_line_is_reported_and_the_rest_run(redis_url: str, lone: Lone) -> None:
     api = lone.api
-    token = api.token("rv-batch-line")
+    token = _token(redis_url, "rv-batch-line")
     good = json.dumps({**IDLE, "variant": "svd", "image": f"s3://{TEST_BUCKET}/none.png"})
     body = "\n".join([good, "[" * 5000 + "]" * 5000, good.replace('"svd"', '"svd-xt"')])
     r = requests.post(f"{api.url}/v1/batches", data=body, headers=auth(token), timeout=60)
@@ -300,9 +310,9 @@ def test_one_hostile_batch_line_is_reported_and_the_rest_run(lone: Lone) -> None
     "queue a message",
 )
 def test_concurrent_identical_puts_queue_one_job(
-    api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
+    redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
-    token = api.token("rv-put", "--rate", "1000")
+    token = _token(redis_url, "rv-put", rate=1000)
     body = {**IDLE, "variant": "svd", "image": _put_image(store, "put.png", 91, tmp_path)}
     url = f"{api.url}/v1/jobs/rv-put-race-1"
 
@@ -326,9 +336,14 @@ def test_concurrent_identical_puts_queue_one_job(
     "stats.snapshot's `lost` list as is (console.py fleet)",
 )
 def test_fleet_does_not_show_other_tokens_lost_jobs(
-    api: Api, svdq_env: dict[str, str], store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
+    redis_url: str,
+    api: Api,
+    svdq_env: dict[str, str],
+    store: S3Store,
+    rdb: redis_lib.Redis,
+    tmp_path: Path,
 ) -> None:
-    owner, stranger = api.token("rv-fleet-owner"), api.token("rv-fleet-stranger")
+    owner, stranger = _token(redis_url, "rv-fleet-owner"), _token(redis_url, "rv-fleet-stranger")
     variant = "svd-xt-1-1"  # a queue of its own: the message taken below is this job's
     body = {**IDLE, "variant": variant, "image": _put_image(store, "lost.png", 95, tmp_path)}
     r = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(owner), timeout=30)
@@ -375,9 +390,9 @@ def _take_and_die(app: Any, queue: str, rdb: redis_lib.Redis, job_id: str) -> No
     "172.16/12 and 192.168/16 services (a blind SSRF for another team)",
 )
 def test_api_refuses_callback_urls_into_private_networks(
-    api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
+    redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
-    token = api.token("rv-callback")
+    token = _token(redis_url, "rv-callback")
     body = {
         **IDLE,
         "variant": "svd",
@@ -422,9 +437,9 @@ def test_made_up_http_methods_do_not_grow_the_metrics(api: Api) -> None:
     "sentence (S3 endpoint host:port, bucket, object key, env names) to any token holder, "
     "where /healthz deliberately says only 'store is not reachable'",
 )
-def test_outage_problem_names_no_internal_address(lone: Lone) -> None:
+def test_outage_problem_names_no_internal_address(redis_url: str, lone: Lone) -> None:
     api = lone.api
-    token = api.token("rv-outage")
+    token = _token(redis_url, "rv-outage")
     lone.s3.stop()  # this module's own S3 server; the last test here
     body = {**IDLE, "variant": "svd", "image": f"s3://{TEST_BUCKET}/uploads/x.png"}
     r = requests.post(f"{api.url}/v1/jobs", json=body, headers=auth(token), timeout=60)
