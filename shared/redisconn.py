@@ -39,7 +39,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from svdq.shared.settings import Settings
 
@@ -102,13 +102,19 @@ class SentinelTarget:
 
     def celery_url(self) -> str:
         """The URL list Celery and kombu read: sentinel://[:pw@]h:p/db;sentinel://h:p/db
-        (no query: TLS goes in broker_use_ssl)."""
+        (no query: TLS goes in broker_use_ssl).
+
+        The login is percent-encoded again (it was decoded by sentinel_target), since both
+        readers decode it: kombu's `url_to_parts` ("unquote(parts.password) if parts.password
+        else None") and Celery's RedisBackend._params_from_url, which uses that same
+        kombu.utils.url._parse_url. An IPv6 host goes back in brackets: urlsplit's hostname
+        drops them, and "sentinel://::1:26379" is no URL either of them can split."""
         auth = ""
         if self.password:
-            auth = f"{self.username or ''}:{self.password}@"
-        first, *rest = self.sentinels
-        urls = [f"sentinel://{auth}{first[0]}:{first[1]}/{self.db}"]
-        urls += [f"sentinel://{h}:{p}/{self.db}" for h, p in rest]
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        hosts = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels]
+        urls = [f"sentinel://{auth}{hosts[0]}/{self.db}"]
+        urls += [f"sentinel://{h}/{self.db}" for h in hosts[1:]]
         return ";".join(urls)
 
 
