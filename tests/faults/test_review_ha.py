@@ -184,11 +184,6 @@ def test_an_ipv6_sentinel_reaches_celery(mini):
     assert queued(redis_lib.Redis("127.0.0.1", mini["plain"])) >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: a redis:// URL followed by ';sentinel://...' is accepted; svdq's "
-    "own client then silently uses DB 0 instead of the URL's DB, Celery a kombu failover list",
-)
 def test_a_mix_of_redis_and_sentinel_urls_is_refused(redis_url):
     mixed = f"{redis_url};sentinel://127.0.0.1:26379"
     with pytest.raises(ConfigError, match="SVDQ_REDIS_URL"):
@@ -198,11 +193,6 @@ def test_a_mix_of_redis_and_sentinel_urls_is_refused(redis_url):
         assert db == int(redis_url.rsplit("/", 1)[1]), f"svdq's client uses DB {db}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: a password or DB on a later sentinel:// entry is silently "
-    "ignored (only the first entry's are used): no error names the variable",
-)
 def test_a_password_on_a_later_sentinel_entry_is_not_ignored():
     url = "sentinel://127.0.0.1:26379/0;sentinel://:secret@127.0.0.1:26380/3"
     try:
