@@ -28,7 +28,7 @@ from svdq.producer.manifest import Row
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import result_key
 from svdq.shared.errors import SvdqError
-from svdq.shared.replication import execute_confirmed
+from svdq.shared.replication import ReplicationShortfall, execute_confirmed
 from svdq.shared.spec import JobSpec
 
 Event = Callable[[dict[str, Any]], None]
@@ -191,12 +191,29 @@ class BulkSubmitter:
         # in between, so every queued job is in the batch and a re-run finds it.
         self._check_stop()
         payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
-        publish_jobs(
-            self.jobqueue.app,
-            self.settings,
-            [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
-            self.sent_events,
-        )
+        try:
+            publish_jobs(
+                self.jobqueue.app,
+                self.settings,
+                [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
+                self.sent_events,
+            )
+        except ReplicationShortfall as exc:
+            # The chunk's messages were taken back off the queue (ReplicatedBatch.flush):
+            # not queued, not recorded, sent again by a re-run. Any a worker had taken
+            # already are queued in fact: record those, so their state tells the truth.
+            taken = [(p, k) for p, k in sending if p.spec and p.spec.job_id in exc.consumed]
+            if taken:
+                pipe = self.redis.pipeline(transaction=False)
+                for p, kind in taken:
+                    assert p.spec
+                    self.jobqueue.record_job(
+                        pipe, p.spec, rerun=kind == "resubmitted",
+                        batch_id=self.batch.batch_id, payload=payloads[id(p)],
+                    )  # fmt: skip
+                self.batch.add_jobs(pipe, [m for m in members if m[0] in exc.consumed])
+                pipe.execute()
+            raise
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for p, kind in sending:

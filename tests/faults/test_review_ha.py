@@ -60,11 +60,6 @@ def messages_for(r: redis_lib.Redis, job_id: str) -> list[bytes]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: a submit that failed with ReplicationShortfall leaves its "
-    "message on the queue; a worker runs the job the producer was told was not queued",
-)
 @pytest.mark.parametrize("how", ["single", "bulk"])
 def test_a_failed_submit_leaves_no_message_behind(ha, ha_env, image, store, how):
     client = Client(Settings.from_env(ha_env), store)
