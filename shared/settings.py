@@ -35,6 +35,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
     "SVDQ_REDIS_MASTER_NAME": ("svdq", "with sentinel://: the master's name in sentinel.conf"),
     "SVDQ_REDIS_SENTINEL_PASSWORD": ("", "with sentinel://: the sentinels' own password"),
+    "SVDQ_REDIS_SENTINEL_TIMEOUT": (
+        "1",
+        "with sentinel://: seconds one question to one sentinel may take (connect or answer) "
+        "before the next sentinel is asked; a sentinel that hangs costs each process this once",
+    ),
     "SVDQ_REDIS_MIN_REPLICAS": (
         "0",
         "replicas that must acknowledge every submit (Redis WAIT) before it counts as queued; "
@@ -205,6 +210,7 @@ class Settings:
     redis_url: str
     redis_master_name: str
     redis_sentinel_password: str
+    redis_sentinel_timeout: float
     redis_min_replicas: int  # 0: no WAIT
     redis_wait_timeout: int
     store: str
@@ -267,6 +273,9 @@ class Settings:
             redis_url=_redis_url(get("SVDQ_REDIS_URL")),
             redis_master_name=get("SVDQ_REDIS_MASTER_NAME"),
             redis_sentinel_password=get("SVDQ_REDIS_SENTINEL_PASSWORD"),
+            redis_sentinel_timeout=_seconds(
+                "SVDQ_REDIS_SENTINEL_TIMEOUT", get("SVDQ_REDIS_SENTINEL_TIMEOUT")
+            ),
             redis_min_replicas=_count("SVDQ_REDIS_MIN_REPLICAS", get("SVDQ_REDIS_MIN_REPLICAS")),
             redis_wait_timeout=integer("SVDQ_REDIS_WAIT_TIMEOUT"),
             store=_choice("SVDQ_STORE", get("SVDQ_STORE"), ("s3", "local")),
@@ -482,6 +491,16 @@ def _int(name: str, value: str) -> int:
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number") from None
     if number <= 0:
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0")
+    return number
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not allowed: a number of seconds") from None
+    if not 0 < number <= 60:
+        raise ConfigError(f"{name}={value!r} is not allowed: seconds above 0, at most 60")
     return number
 
 
