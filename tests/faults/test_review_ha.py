@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import redis as redis_lib
+from celery.exceptions import Reject
 
 from bench.redis_failover import FAILOVER_ENV, JOB
 from svdq.producer.client import Client
@@ -196,11 +197,6 @@ def test_a_password_on_a_later_sentinel_entry_is_not_ignored():
 # --- last: kills the module set's master (and restores the set) ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: the worker's own publishes (callbacks.dispatch, task.retry) skip "
-    "WAIT, so with SVDQ_REDIS_MIN_REPLICAS=1 a failover loses what they queued",
-)
 def test_a_worker_publish_survives_a_failover(ha, ha_env):
     settings = Settings.from_env(ha_env)
     assert settings.redis_min_replicas == 1
@@ -217,15 +213,29 @@ def test_a_worker_publish_survives_a_failover(ha, ha_env):
     # master dies before the replica reconnects: what the master took alone is gone.
     ha.pause(replica)
     ha.client(master).execute_command("CLIENT", "KILL", "TYPE", "replica")
-    callbacks.dispatch(app, job, {"job_id": job.job_id, "status": "succeeded"})
+    payload = {"job_id": job.job_id, "status": "succeeded"}
+    # The publish is not reported as done (as send_job's is not): the worker turns this into
+    # Reject(requeue=True) (callbacks.replicated), so the job's own message is not acked...
+    with pytest.raises(ReplicationShortfall):
+        callbacks.dispatch(app, job, payload)
+    # ...and nothing is left behind on the master that only it holds.
+    assert ha.client(master).llen("svdq.callbacks") == before
+    with pytest.raises(Reject) as rejected:
+        callbacks.replicated(callbacks.dispatch, app, job, payload)
+    assert rejected.value.requeue
     ha.kill_master()
     ha.resume(replica)
+    restarted = False
     try:
         ha.wait_new_master(master)
+        ha.restart(master)  # back as the new master's replica: MIN_REPLICAS=1 can be met
+        restarted = True
+        ha.caught_up(30)
+        # The job's message, redelivered after the failover, publishes its callback again.
+        callbacks.dispatch(app, job, payload)
         after = ha.client(ha.master()).llen("svdq.callbacks")
-        # send_job under the same conditions raises ReplicationShortfall instead; the worker's
-        # publish returned as if the callback were safely queued.
         assert after == before + 1, f"callback message lost: {before} before, {after} after"
     finally:
-        ha.restart(master)
-        ha.caught_up(30)
+        if not restarted:
+            ha.restart(master)
+            ha.caught_up(30)
