@@ -29,7 +29,7 @@ from svdq.producer.manifest import Row
 from svdq.producer.publish import publish_jobs
 from svdq.shared.constants import result_key
 from svdq.shared.errors import SvdqError
-from svdq.shared.replication import execute_confirmed
+from svdq.shared.replication import ReplicationShortfall, execute_confirmed
 from svdq.shared.spec import JobSpec
 
 Event = Callable[[dict[str, Any]], None]
@@ -200,12 +200,29 @@ class BulkSubmitter:
         payloads = {id(p): p.spec.to_dict() for p, _ in sending if p.spec}
         if self.journal:  # before anything is published: every queued job is in it
             self.journal.add(first[job_id].to_dict() for job_id, _ in members)
-        publish_jobs(
-            self.jobqueue.app,
-            self.settings,
-            [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
-            self.sent_events,
-        )
+        try:
+            publish_jobs(
+                self.jobqueue.app,
+                self.settings,
+                [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
+                self.sent_events,
+            )
+        except ReplicationShortfall as exc:
+            # The chunk's messages were taken back off the queue (ReplicatedBatch.flush):
+            # not queued, not recorded, sent again by a re-run. Any a worker had taken
+            # already are queued in fact: record those, so their state tells the truth.
+            taken = [(p, k) for p, k in sending if p.spec and p.spec.job_id in exc.consumed]
+            if taken:
+                pipe = self.redis.pipeline(transaction=False)
+                for p, kind in taken:
+                    assert p.spec
+                    self.jobqueue.record_job(
+                        pipe, p.spec, rerun=kind == "resubmitted",
+                        batch_id=self.batch.batch_id, payload=payloads[id(p)],
+                    )  # fmt: skip
+                self.batch.add_jobs(pipe, [m for m in members if m[0] in exc.consumed])
+                pipe.execute()
+            raise
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for p, kind in sending:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore, open_store
 
 __all__ = ["Client", "JobFailedError", "JobHandle", "WaitTimeoutError"]
+
+log = logging.getLogger("svdq.producer")
 
 _UNDER_WAY = (JobState.RUNNING, JobState.RETRYING)  # a worker holds it: submit sends no copy
 
@@ -156,8 +159,14 @@ class Client:
             # With SVDQ_REDIS_MIN_REPLICAS, send_job returns once the replicas hold the message;
             # replication is one ordered stream, so they hold the record written before it too.
             send_job(self.app, ready, self.settings)
-        except ReplicationShortfall:
-            # Not acknowledged: the job must not read as queued (its message may still run).
+        except ReplicationShortfall as exc:
+            if ready.job_id in exc.consumed:
+                # Its message could not be taken back: a worker had it already, so the job
+                # is queued (or running) in fact, and its record says so truthfully.
+                log.warning("job %s: %s", ready.job_id, exc)
+                return JobHandle(self, ready.job_id, ready, queue)
+            # Not acknowledged, and its message taken back off the queue (ReplicatedBatch):
+            # nothing will run it, so it must not read as queued either.
             self.jobqueue.redis.delete(job_key(ready.job_id))
             raise
         return JobHandle(self, ready.job_id, ready, queue)

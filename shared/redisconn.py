@@ -39,7 +39,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from svdq.shared.settings import Settings
 
@@ -53,7 +53,6 @@ _CERT_REQS = {
 }
 _SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _TLS_KEYS = ("ssl_cert_reqs", *_SSL_FILES)
-SENTINEL_TIMEOUT = 5.0  # seconds one question to one sentinel may take
 
 
 def redis_tls_options(url: str) -> dict[str, Any] | None:
@@ -93,7 +92,18 @@ class SentinelTarget:
         """Connection arguments for the sentinels themselves (not the master)."""
         kwargs: dict[str, Any] = {}
         if timeout is not None:
-            kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # No retries on one sentinel: the next sentinel is the retry. redis-py's default
+            # (redis/client.py, Redis.__init__: "retry: Retry = Retry(backoff=
+            # ExponentialWithJitterBackoff(base=DEFAULT_RETRY_BASE, cap=DEFAULT_RETRY_CAP),
+            # retries=DEFAULT_RETRY_COUNT)") would ask a hung one 4 times, with backoff.
+            kwargs.update(
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
         if self.sentinel_password:
             kwargs["password"] = self.sentinel_password
         if self.tls:
@@ -102,13 +112,19 @@ class SentinelTarget:
 
     def celery_url(self) -> str:
         """The URL list Celery and kombu read: sentinel://[:pw@]h:p/db;sentinel://h:p/db
-        (no query: TLS goes in broker_use_ssl)."""
+        (no query: TLS goes in broker_use_ssl).
+
+        The login is percent-encoded again (it was decoded by sentinel_target), since both
+        readers decode it: kombu's `url_to_parts` ("unquote(parts.password) if parts.password
+        else None") and Celery's RedisBackend._params_from_url, which uses that same
+        kombu.utils.url._parse_url. An IPv6 host goes back in brackets: urlsplit's hostname
+        drops them, and "sentinel://::1:26379" is no URL either of them can split."""
         auth = ""
         if self.password:
-            auth = f"{self.username or ''}:{self.password}@"
-        first, *rest = self.sentinels
-        urls = [f"sentinel://{auth}{first[0]}:{first[1]}/{self.db}"]
-        urls += [f"sentinel://{h}:{p}/{self.db}" for h, p in rest]
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        hosts = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels]
+        urls = [f"sentinel://{auth}{hosts[0]}/{self.db}"]
+        urls += [f"sentinel://{h}/{self.db}" for h in hosts[1:]]
         return ";".join(urls)
 
 
@@ -147,30 +163,42 @@ def redis_client(settings: Settings, timeout: float | None = 10) -> Any:
     if target is None:
         options.update(redis_tls_options(settings.redis_url) or {})
         return redis.Redis.from_url(settings.redis_url, **options)
-    from redis.sentinel import Sentinel
-
     if target.tls:
         options.update(ssl=True, **target.tls)
-    sentinel = Sentinel(
-        list(target.sentinels),
-        sentinel_kwargs=target.sentinel_kwargs(timeout),
-        username=target.username,
-        password=target.password,
-        db=target.db,
-        **options,
-    )
+    master = dict(username=target.username, password=target.password, db=target.db, **options)
+    sentinel = _shared_sentinel(target, settings.redis_sentinel_timeout, master)
     return sentinel.master_for(target.master_name)
 
 
-def sentinel_manager(settings: Settings, timeout: float = 3) -> Any:
+# One redis-py Sentinel per process and configuration, shared by every client svdq makes
+# here: Sentinel.discover_master moves the sentinel that answered to the front ("Put this
+# sentinel at the top of the list: self.sentinels[0], self.sentinels[sentinel_no] = sentinel,
+# self.sentinels[0]"), so a sentinel that hangs costs a process one SVDQ_REDIS_SENTINEL_TIMEOUT
+# once, not on every client and every reconnect (each SentinelManagedConnection asks
+# `get_master_address` -> discover_master when it connects). redis-py's pools notice a fork
+# (ConnectionPool._checkpid), so a forked pool child reconnects on its own sockets.
+_SENTINELS: dict[Any, Any] = {}
+
+
+def _shared_sentinel(target: SentinelTarget, timeout: float, master: dict[str, Any]) -> Any:
+    from redis.sentinel import Sentinel
+
+    key = repr((target, timeout, sorted(master.items())))  # tls is a dict: not hashable
+    sentinel = _SENTINELS.get(key)
+    if sentinel is None:
+        sentinel = _SENTINELS[key] = Sentinel(
+            list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(timeout), **master
+        )
+    return sentinel
+
+
+def sentinel_manager(settings: Settings) -> Any:
     """A redis-py Sentinel for asking the sentinels about the topology (`svdq doctor`), or
-    None without Sentinel."""
+    None without Sentinel; each sentinel may take SVDQ_REDIS_SENTINEL_TIMEOUT to answer."""
     target = sentinel_target(settings)
     if target is None:
         return None
-    from redis.sentinel import Sentinel
-
-    return Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(timeout))
+    return _shared_sentinel(target, settings.redis_sentinel_timeout, {})
 
 
 def celery_redis_conf(settings: Settings) -> dict[str, Any]:
@@ -189,11 +217,19 @@ def celery_redis_conf(settings: Settings) -> dict[str, Any]:
     }
     if target is not None:
         url = target.celery_url()
-        # Bounded, so one sentinel that stopped answering cannot hang a discovery (Celery
-        # would otherwise connect to the sentinels with `sentinel_kwargs={}`: no timeout).
+        # Bounded by SVDQ_REDIS_SENTINEL_TIMEOUT, so one sentinel that stopped answering
+        # costs a discovery that much, then the next is asked. Both readers hand the option
+        # to redis-py as is and nothing else bounds the sentinels' sockets: kombu's
+        # SentinelChannel._sentinel_managed_pool builds "sentinel.Sentinel(sentinels, ...,
+        # sentinel_kwargs=getattr(self, 'sentinel_kwargs', None), **additional_params)" (the
+        # master's connparams, its socket_timeout included, go only to master connections),
+        # and Celery's SentinelBackend._get_sentinel_instance "sentinel_kwargs =
+        # self._transport_options.get('sentinel_kwargs', {})"; redis-py's Sentinel uses
+        # them for its connections to the sentinels ("sentinel_kwargs ... used when
+        # connecting to sentinel instances"), with no timeout when they name none.
         options = {
             "master_name": target.master_name,
-            "sentinel_kwargs": target.sentinel_kwargs(SENTINEL_TIMEOUT),
+            "sentinel_kwargs": target.sentinel_kwargs(settings.redis_sentinel_timeout),
         }
         conf.update(
             broker_url=url,

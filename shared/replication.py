@@ -29,6 +29,7 @@ publish inside a batch; with SVDQ_REDIS_MIN_REPLICAS=0 the batch is kombu's own.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +45,14 @@ WAIT_TRIES = 3
 
 
 class ReplicationShortfall(TransientError):
-    """Raised when fewer replicas than SVDQ_REDIS_MIN_REPLICAS acknowledged a submit."""
+    """Raised when fewer replicas than SVDQ_REDIS_MIN_REPLICAS acknowledged a submit.
+
+    `consumed`: the task ids whose messages could not be taken back because a worker had
+    already taken them off the queue (ReplicatedBatch.flush): those jobs are queued in fact."""
+
+    def __init__(self, message: str, consumed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.consumed = consumed
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,9 @@ class ReplicatedBatch:
                 except TransientError as exc:  # with_retries' "failed N times"
                     jobs = sum(c[0] == "LPUSH" for c in commands)
                     what = f"the {jobs} job message(s) just published"
-                    raise ReplicationShortfall(policy.shortfall(acked[0], what)) from exc
+                    consumed = take_back(conn, commands)
+                    message = policy.shortfall(acked[0], what) + _consumed_note(consumed)
+                    raise ReplicationShortfall(message, consumed) from exc
             self.acked = acked[0]
         except BaseException:
             conn.disconnect()  # replies may be left unread: never hand this socket on
@@ -147,6 +157,40 @@ class ReplicatedBatch:
 
     def close(self) -> None:
         self._commands = []
+
+
+def take_back(conn: Any, commands: list[tuple[Any, ...]]) -> tuple[str, ...]:
+    """Remove the messages `commands` pushed (LPUSH key body: the exact key, priority list
+    included, that kombu's `_put` chose: "pri = self._get_message_priority(message,
+    reverse=False); key = self._q_for_pri(queue, pri) ... publish_batch.add('lpush', key,
+    dumps(message))") again, on
+    the same connection, so a submit that reports "not queued" leaves nothing a worker could
+    run later. Returns the task ids whose message was already gone (LREM removed 0): a worker
+    took it, so that job is queued in fact and its caller must say so."""
+    pushes = [(c[1], c[2]) for c in commands if c[0] == "LPUSH"]
+    if not pushes:
+        return ()
+    conn.send_packed_command(conn.pack_commands([("LREM", k, 1, b) for k, b in pushes]))
+    removed = [int(conn.read_response()) for _ in pushes]
+    return tuple(_task_id(body) for (_, body), n in zip(pushes, removed, strict=True) if not n)
+
+
+def _task_id(body: Any) -> str:
+    """The Celery task id of a kombu message body (protocol 2 keeps it in headers.id)."""
+    try:
+        message = json.loads(body)
+        return str(message["headers"].get("id") or message["properties"]["correlation_id"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "?"
+
+
+def _consumed_note(consumed: tuple[str, ...]) -> str:
+    if not consumed:
+        return "; every message was taken back off the queue"
+    return (
+        f"; taken back off the queue except {len(consumed)} a worker had already taken "
+        f"(queued in fact): {', '.join(consumed[:10])}"
+    )
 
 
 def execute_confirmed(pipe: Any, settings: Settings, what: str) -> list[Any]:

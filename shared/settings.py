@@ -36,6 +36,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
     "SVDQ_REDIS_MASTER_NAME": ("svdq", "with sentinel://: the master's name in sentinel.conf"),
     "SVDQ_REDIS_SENTINEL_PASSWORD": ("", "with sentinel://: the sentinels' own password"),
+    "SVDQ_REDIS_SENTINEL_TIMEOUT": (
+        "1",
+        "with sentinel://: seconds one question to one sentinel may take (connect or answer) "
+        "before the next sentinel is asked; a sentinel that hangs costs each process this once",
+    ),
     "SVDQ_REDIS_MIN_REPLICAS": (
         "0",
         "replicas that must acknowledge every submit (Redis WAIT) before it counts as queued; "
@@ -211,6 +216,7 @@ class Settings:
     redis_url: str
     redis_master_name: str
     redis_sentinel_password: str
+    redis_sentinel_timeout: float
     redis_min_replicas: int  # 0: no WAIT
     redis_wait_timeout: int
     store: str
@@ -274,6 +280,9 @@ class Settings:
             redis_url=_redis_url(get("SVDQ_REDIS_URL")),
             redis_master_name=get("SVDQ_REDIS_MASTER_NAME"),
             redis_sentinel_password=get("SVDQ_REDIS_SENTINEL_PASSWORD"),
+            redis_sentinel_timeout=_seconds(
+                "SVDQ_REDIS_SENTINEL_TIMEOUT", get("SVDQ_REDIS_SENTINEL_TIMEOUT")
+            ),
             redis_min_replicas=_count("SVDQ_REDIS_MIN_REPLICAS", get("SVDQ_REDIS_MIN_REPLICAS")),
             redis_wait_timeout=integer("SVDQ_REDIS_WAIT_TIMEOUT"),
             store=_choice("SVDQ_STORE", get("SVDQ_STORE"), ("s3", "local")),
@@ -372,11 +381,20 @@ def _redis_url(value: str) -> str:
             "unix:// URL, e.g. redis://:password@host:6379/0, or sentinels as "
             "sentinel://host1:26379;sentinel://host2:26379"
         )
+    if ";" in value:  # kombu would read a failover list, svdq's own client only the first
+        raise ConfigError(
+            f"SVDQ_REDIS_URL={_redact(value)!r} is not allowed: a ';' list is only for "
+            "sentinels (sentinel://host1:26379/0;sentinel://host2:26379); a redis://, "
+            "rediss:// or unix:// URL names one server"
+        )
     return value
 
 
 def _sentinel_urls(value: str) -> str:
-    """A ';'-separated list of sentinel://host:port[/db] URLs, each with a host."""
+    """A ';'-separated list of sentinel://host:port[/db] URLs, each with a host; the master's
+    login and DB are the first entry's (what kombu and Celery read), so a later entry may
+    repeat them but not name others."""
+    first = urlsplit(value.split(";", 1)[0].strip())
     for part in value.split(";"):
         problem = None
         try:
@@ -389,6 +407,19 @@ def _sentinel_urls(value: str) -> str:
                 problem = "each entry must be sentinel://host:port"
             elif parsed.path.strip("/") and not parsed.path.strip("/").isdigit():
                 problem = f"the database {parsed.path!r} is not a number"
+            elif (parsed.username or parsed.password) and (
+                (parsed.username, parsed.password) != (first.username, first.password)
+            ):
+                problem = (
+                    "a login on a later entry differs from the first's; the master's login "
+                    "goes on the first entry only (the sentinels' own password is "
+                    "SVDQ_REDIS_SENTINEL_PASSWORD)"
+                )
+            elif parsed.path.strip("/") not in ("", first.path.strip("/")):
+                problem = (
+                    f"the database {parsed.path!r} of a later entry differs from the first's "
+                    f"({first.path or '/0'!r}); the DB goes on the first entry"
+                )
         if problem:
             raise ConfigError(
                 f"SVDQ_REDIS_URL={_redact(value)!r} is not allowed: {problem}; e.g. "
@@ -399,7 +430,9 @@ def _sentinel_urls(value: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
+    """The URL (or ';' list of URLs) with any password replaced, for messages and logs."""
+    if ";" in url:
+        return ";".join(_redact(part) for part in url.split(";"))
     if "@" not in url or "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
@@ -466,6 +499,16 @@ def _int(name: str, value: str) -> int:
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number") from None
     if number <= 0:
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number above 0")
+    return number
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not allowed: a number of seconds") from None
+    if not 0 < number <= 60:
+        raise ConfigError(f"{name}={value!r} is not allowed: seconds above 0, at most 60")
     return number
 
 

@@ -28,7 +28,7 @@ from svdq.shared.errors import CallbackRefused, ConfigError
 from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
 from svdq.worker.brokerguard import worker_app
-from svdq.worker.callbacks import check_destination, post, should_retry
+from svdq.worker.callbacks import check_destination, post, retry, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
@@ -64,7 +64,7 @@ def deliver_callback(self: Task, url: str, payload: dict[str, Any]) -> dict[str,
     # Doubling from SVDQ_CALLBACK_BACKOFF, no jitter: one receiver, one queue of its own.
     wait = compute_backoff(attempt, settings.callback_backoff, jitter=False)
     log.warning("callback for %s: %s; retry in %ss", job_id, problem, wait)
-    raise self.retry(countdown=wait)
+    raise retry(self, wait)  # self.retry, replicated like a submit
 
 
 def record(job_id: str, end: dict[str, Any]) -> dict[str, Any]:

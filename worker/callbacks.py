@@ -23,9 +23,12 @@ import traceback
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery.exceptions import Reject, Retry
+
 from svdq.shared.constants import CALLBACK_SIGNATURE_HEADER, QUEUE_CALLBACKS, TASK_CALLBACK
 from svdq.shared.errors import CallbackRefused
 from svdq.shared.net import public_address
+from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
 
@@ -44,15 +47,65 @@ def failed_payload(job: JobSpec, exc: BaseException) -> dict[str, Any]:
 
 
 def dispatch(app: Any, job: JobSpec, payload: dict[str, Any]) -> None:
-    """Queue the POST of `payload` to the job's callback_url; never fails the job itself."""
+    """Queue the POST of `payload` to the job's callback_url; never fails the job itself.
+
+    Published inside a batch, so with SVDQ_REDIS_MIN_REPLICAS the message counts as queued
+    only once the replicas hold it (shared/replication.ReplicatedBatch), like a submit. A
+    shortfall raises ReplicationShortfall (the message taken back): the caller must leave
+    the job's own message unacknowledged so the callback is queued again (`replicated`)."""
     if not job.callback_url:
         return
     try:
-        app.send_task(
-            TASK_CALLBACK, args=[job.callback_url, payload], queue=QUEUE_CALLBACKS, priority=0
-        )
+        with app.producer_or_acquire() as producer, producer.batch(max_size=16):
+            app.send_task(
+                TASK_CALLBACK,
+                args=[job.callback_url, payload],
+                queue=QUEUE_CALLBACKS,
+                priority=0,
+                producer=producer,
+            )
+    except ReplicationShortfall:
+        raise
     except Exception:  # the clip is made; a lost callback must not turn it into a failure
         log.error("job %s: could not queue its callback:\n%s", job.job_id, traceback.format_exc())
+
+
+def retry(task: Any, countdown: float) -> Retry:
+    """`task.retry(countdown=...)`, its new message published in a batch so that with
+    SVDQ_REDIS_MIN_REPLICAS it WAITs for the replicas like a submit; return the Retry to
+    raise. On a shortfall raise Reject(requeue=True) instead: the message being run goes back
+    on its queue rather than being acknowledged with its only surviving copy unreplicated.
+
+    Why not let Celery handle it: Task.retry (celery/app/task.py) runs "try:
+    S.apply_async() except Exception as exc: raise Reject(exc, requeue=False)", and a Reject
+    without requeue acknowledges the message (kombu/transport/redis.py, QoS.reject: "if
+    requeue: self.restore_by_tag(delivery_tag, leftmost=True) else:
+    self._remove_from_indices(delivery_tag).execute()"), so the job would be gone; inside a
+    batch apply_async only buffers, and the shortfall comes from the batch's flush here.
+    Reject(requeue=True) reaches Request.on_failure ("elif isinstance(exc, Reject): ...
+    return self.reject(requeue=exc.requeue)"), which restores the message to its queue."""
+    retried: Retry | None = None
+    try:
+        with task.app.producer_or_acquire() as producer, producer.batch(max_size=16):
+            try:
+                task.retry(countdown=countdown, producer=producer)
+            except Retry as exc:
+                retried = exc
+    except ReplicationShortfall as exc:
+        if task.request.id not in exc.consumed:  # taken back: only the original remains
+            raise Reject(f"its retry was not replicated: {exc}", requeue=True) from exc
+    if retried is None:  # task.retry always raises Retry outside eager mode
+        raise RuntimeError("task.retry returned without a Retry")
+    return retried
+
+
+def replicated(publish: Any, *args: Any) -> None:
+    """Run a worker-side publish (`dispatch`); a ReplicationShortfall rejects the message being
+    run with requeue (see `retry`), so it runs again and publishes again."""
+    try:
+        publish(*args)
+    except ReplicationShortfall as exc:
+        raise Reject(f"a publish was not replicated: {exc}", requeue=True) from exc
 
 
 def signature(secret: str, body: bytes) -> str:

@@ -52,6 +52,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from svdq.shared.celery_app import send_job
 from svdq.shared.constants import STATE_PROGRESS, cancel_key
 from svdq.shared.errors import JobCancelledError, RetryLater
+from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import Outcome
@@ -104,17 +105,20 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
         )
     except JobCancelledError as exc:
         cancellation.record(task, exc)
-        callbacks.dispatch(rt.app, job, callbacks.cancelled_payload(job))  # 9.
+        # 9. (a shortfall: Reject(requeue=True), published again on redelivery)
+        callbacks.replicated(callbacks.dispatch, rt.app, job, callbacks.cancelled_payload(job))
         raise Ignore() from None
     except RetryLater as exc:  # a busy lease or a transient fault: back to the queue
         log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
-        raise task.retry(countdown=exc.wait) from None  # no limit: see worker/tasks.py
+        # no limit: see worker/tasks.py; replicated like a submit (callbacks.retry)
+        raise callbacks.retry(task, exc.wait) from None
     except Reject:
         raise
     except Exception as exc:
-        callbacks.dispatch(rt.app, job, callbacks.failed_payload(job, exc))  # 9.
+        failed = callbacks.failed_payload(job, exc)
+        callbacks.replicated(callbacks.dispatch, rt.app, job, failed)  # 9.
         raise
-    callbacks.dispatch(rt.app, job, result)  # 9.
+    callbacks.replicated(callbacks.dispatch, rt.app, job, result)  # 9.
     return result
 
 
@@ -237,7 +241,10 @@ def parent_saw_revoke(
     except Exception:
         job = None
     if job is not None:
-        callbacks.dispatch(app, job, callbacks.cancelled_payload(job))
+        try:
+            callbacks.dispatch(app, job, callbacks.cancelled_payload(job))
+        except ReplicationShortfall as exc:  # the revoked message is acked: nothing requeues
+            log.error("job %s: its cancelled callback may be lost: %s", job_id, exc)
     log.warning("job %s was %s: cancelled, not queued again", job_id, REVOKED_REASON)
 
 

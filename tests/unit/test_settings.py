@@ -37,6 +37,7 @@ def test_defaults_from_an_empty_env() -> None:
         redis_url="redis://127.0.0.1:6379/0",
         redis_master_name="svdq",
         redis_sentinel_password="",
+        redis_sentinel_timeout=1.0,
         redis_min_replicas=0,
         redis_wait_timeout=2,
         store="s3",
@@ -390,3 +391,9 @@ def test_api_cors_origins_are_checked() -> None:
     assert got.api_cors_origins == ("https://a.example", "http://b:8080")
     bad({"SVDQ_API_CORS_ORIGINS": "*"}, "SVDQ_API_CORS_ORIGINS", "'*'")
     bad({"SVDQ_API_HOST": "a b"}, "SVDQ_API_HOST=")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "61"])
+def test_a_bad_sentinel_timeout_is_refused(value):
+    with pytest.raises(ConfigError, match=f"SVDQ_REDIS_SENTINEL_TIMEOUT='{value}'"):
+        Settings.from_env({"SVDQ_REDIS_SENTINEL_TIMEOUT": value})
