@@ -43,14 +43,19 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/svdq demo
 
+# One pytest-xdist worker per CPU; each test file runs whole in one of them (its module
+# fixtures are started once), and each worker has its own redis-server, S3 server and session
+# worker (tests/conftest.py). PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides the count.
+XDIST := -n auto --dist loadfile
+
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit
 
 test-integration: install
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q $(XDIST) tests/integration
 
 lint: install
 	$(BIN)/ruff check .

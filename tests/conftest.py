@@ -3,6 +3,7 @@ the tiny model built once per session, and a real `svdq worker` subprocess."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,27 +15,42 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from svdq.producer.services import s3_server
+from svdq.producer.services import free_port, redis_server, s3_server
 from svdq.shared.constants import rung_key
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("SVDQ_TEST_REDIS_DB", "13"))
-TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
 TEST_BUCKET = "svdq-test"
+# Set by pytest-xdist in each of its worker processes ("gw0", "gw1", ...); unset in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def next_db(url: str) -> str:
+    """The same Redis, the next DB number: for tests whose jobs the session worker (which
+    consumes the svdq queues of `url`'s DB) must not take."""
+    base, db = url.rsplit("/", 1)
+    return f"{base}/{int(db) + 1}"
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """Redis on 127.0.0.1:6379, our own DB number, empty before and after."""
-    client = redis_lib.Redis.from_url(TEST_REDIS_URL)
+    """An empty Redis DB of this test process's own (DB 0 and 1 of a private redis-server
+    under pytest-xdist, one per xdist worker; otherwise DB SVDQ_TEST_REDIS_DB, default 13,
+    and the one after it, on 127.0.0.1:6379), empty before and after."""
+    if XDIST_WORKER:  # nothing answers on a free port: redis_server starts one there
+        with redis_server(f"redis://127.0.0.1:{free_port()}/0") as url:
+            yield url
+        return
+    url = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    client = redis_lib.Redis.from_url(url)
     try:
         client.ping()
     except redis_lib.ConnectionError:
         pytest.fail("Redis is not running on 127.0.0.1:6379 (see README: Requirements)")
     client.flushdb()
-    yield TEST_REDIS_URL
+    yield url
     client.flushdb()
     client.close()
 
@@ -49,11 +65,19 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder with the tiny pipeline saved in it (built once per session)."""
+    """A model folder with the tiny pipeline saved in it (built once per session; under
+    pytest-xdist once per run, by the first worker to get here, in the run's shared folder)."""
     from svdq.worker.tiny import ensure_tiny_model
 
-    root = tmp_path_factory.mktemp("models")
-    ensure_tiny_model(root / "tiny")
+    if not XDIST_WORKER:
+        root = tmp_path_factory.mktemp("models")
+        ensure_tiny_model(root / "tiny")
+        return root
+    root = tmp_path_factory.getbasetemp().parent / "models"  # pytest-of-<user>/pytest-N
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait rather than build it again
+        ensure_tiny_model(root / "tiny")
     return root
 
 
@@ -151,10 +175,12 @@ def worker(svdq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 def _forget_remembered_rungs(request: pytest.FixtureRequest) -> Iterator[None]:
     """A worker remembers the rung that last worked per host, GPU and variant (24 h): one
     test's out-of-memory step-down must not decide where the next test's worker starts."""
-    yield
     if "unit" in request.path.parts:
+        yield
         return
-    client = redis_lib.Redis.from_url(TEST_REDIS_URL)
+    url = request.getfixturevalue("redis_url")
+    yield
+    client = redis_lib.Redis.from_url(url)
     try:
         for key in client.scan_iter(rung_key("*", "*", "*")):  # type: ignore[arg-type]
             client.delete(key)

@@ -10,7 +10,7 @@ import pytest
 import redis as redis_lib
 
 from svdq.shared.constants import job_key
-from tests.conftest import TEST_REDIS_DB, run_svdq
+from tests.conftest import next_db, run_svdq
 from tests.integration.helpers import make_image, queued_messages
 from tests.media import gif_info, mp4_info
 
@@ -142,7 +142,7 @@ def test_submit_wait_status_results(svdq_env, worker, tmp_path):
 
 def test_demo_runs_to_completion(svdq_env, redis_url, tmp_path):
     # Its own Redis DB (the session worker must not take its jobs) and its own S3 server.
-    demo_redis = redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB + 1}"
+    demo_redis = next_db(redis_url)
     redis_lib.Redis.from_url(demo_redis).flushdb()
     env = {**svdq_env, "SVDQ_REDIS_URL": demo_redis}
     env.pop("SVDQ_S3_ENDPOINT")

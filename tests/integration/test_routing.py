@@ -15,15 +15,16 @@ from svdq.shared.constants import queue_for
 from svdq.shared.settings import Settings
 from svdq.shared.storage import S3Store
 from svdq.shared.variants import VARIANTS
+from tests.conftest import next_db
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration
-DB = "redis://127.0.0.1:6379/14"
 
 
 @pytest.fixture
-def empty_db() -> Iterator[redis_lib.Redis]:
-    r = redis_lib.Redis.from_url(DB)
+def empty_db(redis_url: str) -> Iterator[redis_lib.Redis]:
+    """The DB after the session's (tests/conftest.py: next_db): no worker consumes it."""
+    r = redis_lib.Redis.from_url(next_db(redis_url))
     r.flushdb()
     yield r
     r.flushdb()
@@ -44,7 +45,8 @@ def queued_ids(r: redis_lib.Redis) -> dict[str, set[str]]:
 def test_each_variant_lands_on_its_own_queue(
     svdq_env: dict[str, str], store: S3Store, empty_db: redis_lib.Redis, tmp_path: Path
 ) -> None:
-    settings = Settings.from_env({**svdq_env, "SVDQ_REDIS_URL": DB, "SVDQ_DEFAULT_VARIANT": "svd"})
+    url = next_db(svdq_env["SVDQ_REDIS_URL"])  # empty_db's
+    settings = Settings.from_env({**svdq_env, "SVDQ_REDIS_URL": url, "SVDQ_DEFAULT_VARIANT": "svd"})
     client = Client(settings, store)
     image = make_image(tmp_path / "route.png", (128, 96), color=5)
     expected: dict[str, set[str]] = {}
