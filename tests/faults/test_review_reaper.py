@@ -359,12 +359,6 @@ def test_last_seen_forgets_workers_gone_for_days(
 # --- finding 9: a huge SVDQ_REAP_INTERVAL is accepted and kills the reaper thread ------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 9: SVDQ_REAP_INTERVAL (and SVDQ_HEARTBEAT_TTL) above threading's "
-    "TIMEOUT_MAX are accepted; the reaper's first Event.wait raises OverflowError and its "
-    "thread dies without a word",
-)
 def test_huge_reap_interval_is_refused_with_a_clear_error(fault_env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="SVDQ_REAP_INTERVAL"):
         Settings.from_env({**fault_env, "SVDQ_REAP_INTERVAL": "100000000000"})
