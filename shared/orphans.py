@@ -50,6 +50,7 @@ class Held:
     job_id: str
     received_at: float  # its score in the unacked index: when a worker took it
     raw: bytes  # the hash's value, kombu's JSON [message, exchange, routing_key]
+    queue: str  # its routing key: the queue it was taken from
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,37 @@ def held_jobs(
     per message a worker has taken (a few per worker), so one HGETALL is cheap."""
     found = []
     for tag, raw in redis.hgetall(unacked_key).items():
-        try:
-            headers = json.loads(raw)[0]["headers"]
-            job_id, task = headers["id"], headers["task"]
-        except (ValueError, LookupError, TypeError):
-            continue  # not readable as a Celery message: not ours to judge
-        if task != TASK_GENERATE or not isinstance(job_id, str):
-            continue
+        shape = _shape(raw)
+        if shape is None:
+            continue  # not kombu's entry for a svdq.generate message: not ours to judge
+        job_id, queue = shape
         score = redis.zscore(index_key, tag)
         if score is None:
             continue  # acknowledged between the two reads
-        found.append(Held(_text(tag), job_id, float(score), raw))
+        found.append(Held(_text(tag), job_id, float(score), raw, queue))
     return found
+
+
+def _shape(raw: Any) -> tuple[str, str] | None:
+    """(job id, queue) of an unacked entry that is kombu's [message, exchange, routing_key]
+    for a svdq.generate message; None for anything else (a tampered or foreign entry, which
+    must stop neither a scan nor `svdq stats`)."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
+        return None
+    message, exchange, routing_key = entry
+    headers = message.get("headers")
+    if not isinstance(headers, dict) or headers.get("task") != TASK_GENERATE:
+        return None
+    job_id = headers.get("id")
+    if not (isinstance(job_id, str) and isinstance(exchange, str) and isinstance(routing_key, str)):
+        return None
+    if not isinstance(message.get("body"), str):
+        return None
+    return job_id, routing_key
 
 
 def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] | None:

@@ -223,10 +223,15 @@ def scan(broker: Broker, store: ObjectStore, reaper: str) -> list[Reaped]:
         channel = broker.channel
         reaped = []
         for orphan in orphans(client, channel.unacked_key, channel.unacked_index_key):
-            reason = reason_for(orphan, reaper, time.time(), result_written(store, orphan.held.raw))
-            if requeue(broker, orphan, reason):
-                log.warning("job %s: %s", orphan.held.job_id, reason)
-                reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
+            try:
+                reason = reason_for(
+                    orphan, reaper, time.time(), result_written(store, orphan.held.raw)
+                )
+                if requeue(broker, orphan, reason):
+                    log.warning("job %s: %s", orphan.held.job_id, reason)
+                    reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
+            except Exception as exc:  # one bad entry must not keep the others from their requeue
+                log.warning("job %s: could not requeue: %s", orphan.held.job_id, exc)
         return reaped
     finally:
         client.eval(_UNLOCK, 1, REAPER_LOCK_KEY, token)

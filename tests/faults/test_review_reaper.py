@@ -276,12 +276,6 @@ def test_requeue_does_nothing_once_a_live_delivery_holds_the_lease(
 # --- finding 6: one unreadable unacked entry stops the reaper and `svdq stats` ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: an unacked entry that parses as a svdq.generate message but is "
-    "not kombu's [message, exchange, routing_key] makes every scan raise before the orphans "
-    "after it (none is ever requeued) and makes svdq stats crash with IndexError",
-)
 def test_one_malformed_unacked_entry_stops_neither_the_reaper_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
