@@ -62,7 +62,13 @@ from celery import Celery
 from kombu.utils.json import dumps, loads
 
 from svdq.shared import records
-from svdq.shared.constants import REAPER_LOCK_KEY, REQUEUED_FIELD, deliveries_key, job_key
+from svdq.shared.constants import (
+    LAST_SEEN_KEY,
+    REAPER_LOCK_KEY,
+    REQUEUED_FIELD,
+    deliveries_key,
+    job_key,
+)
 from svdq.shared.orphans import Orphan, orphans
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import ObjectStore
@@ -232,9 +238,35 @@ def scan(broker: Broker, store: ObjectStore, reaper: str) -> list[Reaped]:
                     reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
             except Exception as exc:  # one bad entry must not keep the others from their requeue
                 log.warning("job %s: could not requeue: %s", orphan.held.job_id, exc)
+        forget_silent(client, _keep_seconds(broker.app), time.time())
         return reaped
     finally:
         client.eval(_UNLOCK, 1, REAPER_LOCK_KEY, token)
+
+
+def _keep_seconds(app: Celery) -> float:
+    """How long a worker's last beat is remembered: as long as task states (result_expires,
+    set from SVDQ_RESULT_EXPIRES by shared/celery_app.make_celery)."""
+    expires = app.conf.result_expires
+    return float(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
+
+
+def forget_silent(client: Any, keep: float, now: float) -> int:
+    """Drop from LAST_SEEN_KEY the workers silent for longer than `keep` seconds (every spot
+    instance or pod name ever seen would stay in it otherwise); return how many went."""
+    if keep <= 0:
+        return 0
+    old = [
+        name for name, raw in client.hgetall(LAST_SEEN_KEY).items() if _beat_at(raw) < now - keep
+    ]
+    return int(client.hdel(LAST_SEEN_KEY, *old)) if old else 0
+
+
+def _beat_at(raw: Any) -> float:
+    try:
+        return float(json.loads(raw)["at"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0  # unreadable: as good as forgotten
 
 
 class Reaper:

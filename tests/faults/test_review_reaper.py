@@ -334,11 +334,6 @@ def test_resubmitted_job_does_not_show_an_old_requeue_note(
 # --- finding 8: svdq:seen keeps every worker name forever ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 8: svdq:seen (last heartbeat per worker name) has no TTL and is "
-    "never trimmed: every spot instance / pod name ever seen stays in it",
-)
 def test_last_seen_forgets_workers_gone_for_days(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
