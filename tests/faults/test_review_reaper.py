@@ -356,12 +356,6 @@ def test_huge_reap_interval_is_refused_with_a_clear_error(fault_env: dict[str, s
 # --- finding 10: a store that hangs holds every requeue up for minutes -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 10: the scan asks the store about result.json (only to word the "
-    "reason) before each requeue, under the lock; a store that accepts and never answers "
-    "holds each orphan up to 5 attempts x 60 s read timeout, far past the 2-minute promise",
-)
 def test_a_hanging_store_does_not_hold_up_the_requeue(
     fault_env: dict[str, str], rdb: redis_lib.Redis
 ) -> None:
