@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from svdq.shared.constants import cancel_key, job_key, queue_for
+from svdq.shared.constants import REQUEUED_FIELD, cancel_key, job_key, queue_for
 from svdq.shared.records import read_result, result_problem
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
@@ -71,6 +71,7 @@ class JobQueue:
             record["batch"] = batch_id
         key = job_key(spec.job_id)
         pipe.hset(key, mapping=record)
+        pipe.hdel(key, REQUEUED_FIELD)  # an earlier run's "requeued by a reaper" is not this one's
         pipe.expire(key, self.settings.result_expires)
         if rerun:
             pipe.delete(self.state_key(spec.job_id), cancel_key(spec.job_id))

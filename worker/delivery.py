@@ -30,7 +30,13 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, job_key
+from svdq.shared.constants import (
+    DEAD_LETTER_KEY,
+    REQUEUED_FIELD,
+    deliveries_key,
+    generations_key,
+    job_key,
+)
 from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
@@ -161,6 +167,8 @@ def deliver(
     if lease is None:
         raise LeaseBusy(job_id, settings.lease_ttl)
     with lease:
+        # This delivery is the job's run now: a reaper's "requeued" note is history.
+        redis.hdel(job_key(job_id), REQUEUED_FIELD)
         # Looked for under the lease, so no other delivery can be writing it right now. One
         # look, not two: each costs a round trip to the store on every job.
         marker_fault: TransientError | None = None

@@ -299,12 +299,6 @@ def test_one_malformed_unacked_entry_stops_neither_the_reaper_nor_stats(
 # --- finding 7: a resubmitted job shows the last run's "requeued by a reaper" note -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: the reaper's 'requeued' note on the job record is never cleared; "
-    "a later submission of the same job id shows 'worker lost (host gone): requeued by ...' "
-    "while it waits in the queue",
-)
 def test_resubmitted_job_does_not_show_an_old_requeue_note(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any, tmp_path: Any
 ) -> None:
