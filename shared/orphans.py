@@ -9,9 +9,10 @@ acknowledged). Its job has lost its worker — it is an orphan — when all of t
   SVDQ_LEASE_TTL while the job runs, however long it runs, so only a holder that stopped
   renewing lets it expire;
 - the job's attempt list (worker/delivery.py) has an attempt still open (no reason yet): a
-  run began and nobody recorded its end. Its worker and pid name the holder;
+  run began and nobody recorded its end. Its worker, pid and process id name the holder;
 - that holder has no heartbeat: its worker's hash (svdq:worker:<name>) is gone, or belongs to
-  another process now (a restarted worker under the same name: a new pid);
+  another process now (a restarted worker under the same name: a new process id, even where
+  a container hands it its old pid);
 - the message was received at or before that attempt began (kombu stamps the receipt in the
   `unacked_index` sorted set, on the same host as the attempt's clock): a copy received later
   is some other worker's, and is left alone.
@@ -131,18 +132,33 @@ def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] |
     return None
 
 
-def holder_alive(redis: Any, worker: str, pid: Any) -> bool:
-    """Whether the worker process `worker`/`pid` still beats: its heartbeat hash exists and
-    names that process (a restarted worker under the same name beats with another pid)."""
-    beat = redis.hget(worker_key(worker), "pid")
-    return beat is not None and _text(beat) == str(pid)
+def _process(entry: dict[str, Any]) -> tuple[str, str | None]:
+    """The process an attempt (or a last-seen entry) names: its pid and its random process id
+    (worker/identity.process_id; None in entries written before it existed)."""
+    proc = entry.get("proc")
+    return str(entry.get("pid")), None if proc is None else str(proc)
 
 
-def last_seen(redis: Any, worker: str) -> float | None:
-    """When the worker's last heartbeat was written, if Redis still knows."""
+def holder_alive(redis: Any, worker: str, attempt: dict[str, Any]) -> bool:
+    """Whether the process that ran `attempt` still beats: the worker's heartbeat hash exists
+    and names that very process, by pid and by process id (a worker restarted under the same
+    name beats with another process id, even when a container hands it its old pid)."""
+    pid, proc = redis.hmget(worker_key(worker), "pid", "proc")
+    if pid is None:
+        return False
+    return (_text(pid), None if proc is None else _text(proc)) == _process(attempt)
+
+
+def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
+    """When the process that ran `attempt` last beat, if Redis still knows: the worker's
+    last-seen entry counts only while it is that process's (not a successor's under the
+    same name)."""
     raw = redis.hget(LAST_SEEN_KEY, worker)
     try:
-        return float(json.loads(raw)["at"]) if raw else None
+        seen = json.loads(raw) if raw else None
+        if not isinstance(seen, dict) or _process(seen) != _process(attempt):
+            return None
+        return float(seen["at"])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -163,7 +179,7 @@ def orphans(
             continue
         index, raw, entry = attempt
         worker = str(entry.get("worker") or "")
-        if holder_alive(redis, worker, entry.get("pid")):
+        if holder_alive(redis, worker, entry):
             continue
         started = float(entry.get("started_at") or 0)
         mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
@@ -171,7 +187,7 @@ def orphans(
             continue  # only copies taken after that run began: some other worker's
         # The run's own message is the last one received before it began.
         held = max(mine, key=lambda h: h.received_at)
-        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker)))
+        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker, entry)))
     return found
 
 
@@ -185,9 +201,9 @@ def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
         return None
     entry = attempt[2]
     worker = str(entry.get("worker") or "?")
-    if holder_alive(redis, worker, entry.get("pid")):
+    if holder_alive(redis, worker, entry):
         return None
-    since = last_seen(redis, worker) or float(entry.get("started_at") or now)
+    since = last_seen(redis, worker, entry) or float(entry.get("started_at") or now)
     return (
         f"its worker {worker} is gone (no heartbeat for {max(0.0, now - since):.0f} s): "
         "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"

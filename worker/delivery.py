@@ -51,6 +51,7 @@ from svdq.shared.retry import NEXT_TRY_AT, WAITING, transient_wait
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import StorageUnavailable
+from svdq.worker.identity import process_id
 from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Attempt:
         self.entry = {
             "worker": worker,
             "pid": os.getpid(),
+            "proc": process_id(),  # the process, by a name no restart reuses (a pid can be)
             "started_at": self.started_at,
             "reason": None,
         }

@@ -181,12 +181,6 @@ def test_dead_hosts_retry_waiting_on_its_countdown_is_requeued(
 # --- finding 3: a worker restarted in a container gets its old pid back --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: a process is named by worker name + pid; a worker restarted in a "
-    "container (fresh PID namespace) under the same name gets the same pid, and its "
-    "predecessor's job counts as alive: never reaped, status says running",
-)
 def test_restarted_worker_with_the_same_pid_does_not_keep_its_predecessors_job(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -403,12 +397,6 @@ def test_status_does_not_call_a_retaken_job_lost(
 # --- finding 12: the silence of a worker restarted under the same name ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 12: svdq:seen is keyed by worker name and its pid is ignored: after "
-    "a restart under the same name the lost run's silence is counted from the new process's "
-    "beat ('requeued ... after 0 s', stats 'silent 0s') instead of the dead process's last one",
-)
 def test_silence_is_counted_from_the_lost_process_not_its_successor(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
