@@ -164,17 +164,22 @@ def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
 
 
 def orphans(
-    redis: Any, unacked_key: str = UNACKED_KEY, index_key: str = UNACKED_INDEX_KEY
+    redis: Any,
+    unacked_key: str = UNACKED_KEY,
+    index_key: str = UNACKED_INDEX_KEY,
+    job_id: str | None = None,
 ) -> list[Orphan]:
-    """Messages whose job lost its worker (the rules above), at most one per job."""
+    """Messages whose job lost its worker (the rules above), at most one per job; only
+    `job_id`'s when given."""
     by_job: dict[str, list[Held]] = {}
     for held in held_jobs(redis, unacked_key, index_key):
-        by_job.setdefault(held.job_id, []).append(held)
+        if job_id is None or held.job_id == job_id:
+            by_job.setdefault(held.job_id, []).append(held)
     found = []
-    for job_id, copies in by_job.items():
-        if redis.exists(lease_key(job_id)):
+    for job, copies in by_job.items():
+        if redis.exists(lease_key(job)):
             continue  # a live delivery renews it (or it has not expired yet)
-        attempt = open_attempt(redis, job_id)
+        attempt = open_attempt(redis, job)
         if attempt is None:
             continue
         index, raw, entry = attempt
@@ -193,18 +198,13 @@ def orphans(
 
 def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
     """For `svdq status` of a job that looks running: why it is not, when its run's worker is
-    gone (lease lapsed, open attempt, no heartbeat from that process); None while it runs."""
-    if redis.exists(lease_key(job_id)):
+    gone; None while it runs. The very rules the reaper acts on (`orphans`), so status never
+    calls a job lost that the reaper rightly leaves."""
+    found = orphans(redis, job_id=job_id)
+    if not found:
         return None
-    attempt = open_attempt(redis, job_id)
-    if attempt is None:
-        return None
-    entry = attempt[2]
-    worker = str(entry.get("worker") or "?")
-    if holder_alive(redis, worker, entry):
-        return None
-    since = last_seen(redis, worker, entry) or float(entry.get("started_at") or now)
+    orphan = found[0]
     return (
-        f"its worker {worker} is gone (no heartbeat for {max(0.0, now - since):.0f} s): "
+        f"its worker {orphan.worker} is gone (no heartbeat for {orphan.silent_for(now):.0f} s): "
         "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"
     )

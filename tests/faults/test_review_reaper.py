@@ -369,12 +369,6 @@ def test_a_hanging_store_does_not_hold_up_the_requeue(
 # --- finding 11: status calls a job lost that a live worker took again ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 11: svdq status (orphans.lost_holder) skips the receipt-time rule the "
-    "reaper uses: a message a live worker took again after its pool child was killed reads "
-    "'its worker is gone (no heartbeat for 0 s): a reaper queues it again', which never happens",
-)
 def test_status_does_not_call_a_retaken_job_lost(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
