@@ -68,6 +68,8 @@ from svdq.shared.constants import (
     REQUEUED_FIELD,
     deliveries_key,
     job_key,
+    lease_key,
+    worker_key,
 )
 from svdq.shared.orphans import Orphan, orphans
 from svdq.shared.spec import JobSpec
@@ -79,17 +81,31 @@ LOCK_TTL = 60  # seconds: frees the lock of a scanner that died mid-scan
 HOST_GONE = "worker lost (host gone)"
 ALREADY_WRITTEN = " (its result.json was already written: the copy returns it, no GPU run)"
 
-# KEYS: unacked, unacked_index, deliveries, celery meta, job record, queue list(s)...
-# ARGV: tag, message, attempt index, attempt as stored, attempt closed, note, note's field
+# KEYS: unacked, unacked_index, deliveries, celery meta, job record, lease, holder's heartbeat,
+# queue list(s)...
+# ARGV: tag, message, attempt index ('' when none), attempt as the scan saw it, attempt
+# closed, note, note's field, holder's pid, holder's process id ('' when none)
+# The scan's decision is checked again here, atomically: nobody took the lease since, the
+# attempt is as the scan saw it, and the heartbeat still does not name its process.
 _REQUEUE = """
+if redis.call('exists', KEYS[6]) == 1 then
+  return 0
+end
+if ARGV[3] ~= '' and redis.call('lindex', KEYS[3], ARGV[3]) ~= ARGV[4] then
+  return 0
+end
+local beat = redis.call('hmget', KEYS[7], 'pid', 'proc')
+if beat[1] and beat[1] == ARGV[8] and (beat[2] or '') == ARGV[9] then
+  return 0
+end
 if redis.call('hdel', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('zrem', KEYS[2], ARGV[1])
-for i = 6, #KEYS do
+for i = 8, #KEYS do
   redis.call('rpush', KEYS[i], ARGV[2])
 end
-if redis.call('lindex', KEYS[3], ARGV[3]) == ARGV[4] then
+if ARGV[3] ~= '' then
   redis.call('lset', KEYS[3], ARGV[3], ARGV[5])
 end
 local meta = redis.call('get', KEYS[4])
@@ -217,6 +233,8 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
         deliveries_key(job_id),
         _text(broker.app.backend.get_key_for_task(job_id)),
         job_key(job_id),
+        lease_key(job_id),
+        worker_key(orphan.worker),
         *broker.queues_of(orphan.held.raw),
     ]
     note = json.dumps({"reason": reason, "at": time.time(), "worker": orphan.worker})
@@ -231,6 +249,8 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
         closed,
         note,
         REQUEUED_FIELD,
+        str(orphan.attempt.get("pid")),
+        str(orphan.attempt.get("proc") or ""),
     )
     return (closed, note) if won else None
 

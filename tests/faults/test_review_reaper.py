@@ -232,12 +232,6 @@ def test_host_dead_after_its_attempt_ended_is_not_shown_running(
 # --- finding 5: the requeue acts on a decision that went stale --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 5: the requeue script checks only that the message is still "
-    "unacked, not that the job is still an orphan: a delivery that took the lease since the "
-    "scan decided gets a duplicate queued, its PROGRESS state deleted and a 'requeued' note",
-)
 def test_requeue_does_nothing_once_a_live_delivery_holds_the_lease(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
