@@ -130,6 +130,12 @@ class JobCancelledError(SvdqError):
     """Raised inside a job that `svdq cancel` flagged: stop now, upload nothing, end cancelled."""
 
 
+class LeaseLost(SvdqError):
+    """Raised inside a run whose lease another delivery took (this worker was paused past the
+    lease TTL: SIGSTOP, a VM migration, a long GC, and a reaper queued the job again): stop
+    now, upload nothing, close nothing, send no callback; the other delivery has the job."""
+
+
 class AlreadyFailedError(SvdqError):
     """Raised when a late copy of a job's message arrives after the job failed for good."""
 

@@ -82,12 +82,6 @@ def wait_for(what: Any, seconds: float, why: str) -> Any:
 # --- finding 1: a worker that is merely paused is reaped, then finishes the job anyway -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: a worker paused past the lease and heartbeat TTLs (SIGSTOP, GC, "
-    "VM migration) is reaped; on SIGCONT it keeps running without its lease and finishes too: "
-    "two full GPU runs, result.json written twice, two callbacks, the reaper's record overwritten",
-)
 def test_worker_paused_past_its_ttls_does_not_finish_the_reaped_job_too(
     fault_env: dict[str, str], store: Any, rdb: redis_lib.Redis, workers: Any, tmp_path: Any
 ) -> None:
