@@ -22,6 +22,7 @@ person may send the job again.
 Over already: stop, run and upload nothing.
     JobCancelledError    `svdq cancel` flagged the job
     AlreadyFailedError   a late copy of a job that failed for good
+    LeaseLost            another delivery has the job (this one was paused past its lease)
 
 Process fatal: the process cannot go on.
     WorkerFatalError     the CUDA context is broken: the worker exits and is replaced
