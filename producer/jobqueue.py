@@ -17,7 +17,13 @@ from typing import Any
 
 from celery import Celery
 
-from svdq.shared.constants import cancel_key, job_key, queue_for
+from svdq.shared.constants import (
+    CALLBACK_QUEUED_FIELD,
+    REQUEUED_FIELD,
+    cancel_key,
+    job_key,
+    queue_for,
+)
 from svdq.shared.records import read_result, result_problem
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
@@ -71,6 +77,8 @@ class JobQueue:
             record["batch"] = batch_id
         key = job_key(spec.job_id)
         pipe.hset(key, mapping=record)
+        # An earlier run's "requeued by a reaper" and "callback queued" are not this one's.
+        pipe.hdel(key, REQUEUED_FIELD, CALLBACK_QUEUED_FIELD)
         pipe.expire(key, self.settings.result_expires)
         if rerun:
             pipe.delete(self.state_key(spec.job_id), cancel_key(spec.job_id))

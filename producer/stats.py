@@ -81,8 +81,10 @@ def in_flight(redis: Any) -> dict[str, int]:
     for raw in redis.hvals(UNACKED_KEY):
         try:
             queue = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError):
+        except (ValueError, IndexError, TypeError, KeyError):
             continue
+        if not isinstance(queue, str):
+            continue  # not kombu's entry: counted nowhere
         counts[queue] = counts.get(queue, 0) + 1
     return counts
 
@@ -154,7 +156,7 @@ def snapshot(redis: Any, now: float | None = None) -> dict[str, Any]:
     running = in_flight(redis)
     lost = []
     for orphan in orphans(redis):
-        queue = json.loads(orphan.held.raw)[2]  # kombu's [message, exchange, routing key]
+        queue = orphan.held.queue
         running[queue] = max(0, running.get(queue, 0) - 1)
         silent = round(orphan.silent_for(now))
         lost.append({"job_id": orphan.held.job_id, "worker": orphan.worker, "silent_s": silent})

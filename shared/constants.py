@@ -83,6 +83,7 @@ CALLBACK_SIGNATURE_HEADER = "X-Svdq-Signature"
 # Delivery bookkeeping (worker/delivery.py): at least once in, effects exactly once out.
 # hash outcome ("delivered", "gave_up") -> callbacks that ended so, for `svdq exporter`
 CALLBACKS_KEY = f"{KEY_PREFIX}callbacks"
+CALLBACK_QUEUED_FIELD = "callback_queued"  # field of a job's record: its callback was queued
 CALLBACK_FIELD = "callback"  # field of a job's record (job_key): how its callback ended, JSON
 DEAD_LETTER_KEY = f"{KEY_PREFIX}dead"  # hash job id -> JSON {spec, attempts, reason, dead_at}
 # The unreadable messages among its entries, by when they were set aside (sorted set key ->

@@ -22,6 +22,7 @@ person may send the job again.
 Over already: stop, run and upload nothing.
     JobCancelledError    `svdq cancel` flagged the job
     AlreadyFailedError   a late copy of a job that failed for good
+    LeaseLost            another delivery has the job (this one was paused past its lease)
 
 Process fatal: the process cannot go on.
     WorkerFatalError     the CUDA context is broken: the worker exits and is replaced
@@ -128,6 +129,12 @@ class EncodeError(SvdqError):
 
 class JobCancelledError(SvdqError):
     """Raised inside a job that `svdq cancel` flagged: stop now, upload nothing, end cancelled."""
+
+
+class LeaseLost(SvdqError):
+    """Raised inside a run whose lease another delivery took (this worker was paused past the
+    lease TTL: SIGSTOP, a VM migration, a long GC, and a reaper queued the job again): stop
+    now, upload nothing, close nothing, send no callback; the other delivery has the job."""
 
 
 class AlreadyFailedError(SvdqError):

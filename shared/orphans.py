@@ -9,9 +9,10 @@ acknowledged). Its job has lost its worker — it is an orphan — when all of t
   SVDQ_LEASE_TTL while the job runs, however long it runs, so only a holder that stopped
   renewing lets it expire;
 - the job's attempt list (worker/delivery.py) has an attempt still open (no reason yet): a
-  run began and nobody recorded its end. Its worker and pid name the holder;
+  run began and nobody recorded its end. Its worker, pid and process id name the holder;
 - that holder has no heartbeat: its worker's hash (svdq:worker:<name>) is gone, or belongs to
-  another process now (a restarted worker under the same name: a new pid);
+  another process now (a restarted worker under the same name: a new process id, even where
+  a container hands it its old pid);
 - the message was received at or before that attempt began (kombu stamps the receipt in the
   `unacked_index` sorted set, on the same host as the attempt's clock): a copy received later
   is some other worker's, and is left alone.
@@ -50,6 +51,7 @@ class Held:
     job_id: str
     received_at: float  # its score in the unacked index: when a worker took it
     raw: bytes  # the hash's value, kombu's JSON [message, exchange, routing_key]
+    queue: str  # its routing key: the queue it was taken from
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,37 @@ def held_jobs(
     per message a worker has taken (a few per worker), so one HGETALL is cheap."""
     found = []
     for tag, raw in redis.hgetall(unacked_key).items():
-        try:
-            headers = json.loads(raw)[0]["headers"]
-            job_id, task = headers["id"], headers["task"]
-        except (ValueError, LookupError, TypeError):
-            continue  # not readable as a Celery message: not ours to judge
-        if task != TASK_GENERATE or not isinstance(job_id, str):
-            continue
+        shape = _shape(raw)
+        if shape is None:
+            continue  # not kombu's entry for a svdq.generate message: not ours to judge
+        job_id, queue = shape
         score = redis.zscore(index_key, tag)
         if score is None:
             continue  # acknowledged between the two reads
-        found.append(Held(_text(tag), job_id, float(score), raw))
+        found.append(Held(_text(tag), job_id, float(score), raw, queue))
     return found
+
+
+def _shape(raw: Any) -> tuple[str, str] | None:
+    """(job id, queue) of an unacked entry that is kombu's [message, exchange, routing_key]
+    for a svdq.generate message; None for anything else (a tampered or foreign entry, which
+    must stop neither a scan nor `svdq stats`)."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
+        return None
+    message, exchange, routing_key = entry
+    headers = message.get("headers")
+    if not isinstance(headers, dict) or headers.get("task") != TASK_GENERATE:
+        return None
+    job_id = headers.get("id")
+    if not (isinstance(job_id, str) and isinstance(exchange, str) and isinstance(routing_key, str)):
+        return None
+    if not isinstance(message.get("body"), str):
+        return None
+    return job_id, routing_key
 
 
 def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] | None:
@@ -111,39 +132,59 @@ def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] |
     return None
 
 
-def holder_alive(redis: Any, worker: str, pid: Any) -> bool:
-    """Whether the worker process `worker`/`pid` still beats: its heartbeat hash exists and
-    names that process (a restarted worker under the same name beats with another pid)."""
-    beat = redis.hget(worker_key(worker), "pid")
-    return beat is not None and _text(beat) == str(pid)
+def _process(entry: dict[str, Any]) -> tuple[str, str | None]:
+    """The process an attempt (or a last-seen entry) names: its pid and its random process id
+    (worker/identity.process_id; None in entries written before it existed)."""
+    proc = entry.get("proc")
+    return str(entry.get("pid")), None if proc is None else str(proc)
 
 
-def last_seen(redis: Any, worker: str) -> float | None:
-    """When the worker's last heartbeat was written, if Redis still knows."""
+def holder_alive(redis: Any, worker: str, attempt: dict[str, Any]) -> bool:
+    """Whether the process that ran `attempt` still beats: the worker's heartbeat hash exists
+    and names that very process, by pid and by process id (a worker restarted under the same
+    name beats with another process id, even when a container hands it its old pid)."""
+    pid, proc = redis.hmget(worker_key(worker), "pid", "proc")
+    if pid is None:
+        return False
+    return (_text(pid), None if proc is None else _text(proc)) == _process(attempt)
+
+
+def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
+    """When the process that ran `attempt` last beat, if Redis still knows: the worker's
+    last-seen entry counts only while it is that process's (not a successor's under the
+    same name)."""
     raw = redis.hget(LAST_SEEN_KEY, worker)
     try:
-        return float(json.loads(raw)["at"]) if raw else None
+        seen = json.loads(raw) if raw else None
+        if not isinstance(seen, dict) or _process(seen) != _process(attempt):
+            return None
+        return float(seen["at"])
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def orphans(
-    redis: Any, unacked_key: str = UNACKED_KEY, index_key: str = UNACKED_INDEX_KEY
+    redis: Any,
+    unacked_key: str = UNACKED_KEY,
+    index_key: str = UNACKED_INDEX_KEY,
+    job_id: str | None = None,
 ) -> list[Orphan]:
-    """Messages whose job lost its worker (the rules above), at most one per job."""
+    """Messages whose job lost its worker (the rules above), at most one per job; only
+    `job_id`'s when given."""
     by_job: dict[str, list[Held]] = {}
     for held in held_jobs(redis, unacked_key, index_key):
-        by_job.setdefault(held.job_id, []).append(held)
+        if job_id is None or held.job_id == job_id:
+            by_job.setdefault(held.job_id, []).append(held)
     found = []
-    for job_id, copies in by_job.items():
-        if redis.exists(lease_key(job_id)):
+    for job, copies in by_job.items():
+        if redis.exists(lease_key(job)):
             continue  # a live delivery renews it (or it has not expired yet)
-        attempt = open_attempt(redis, job_id)
+        attempt = open_attempt(redis, job)
         if attempt is None:
             continue
         index, raw, entry = attempt
         worker = str(entry.get("worker") or "")
-        if holder_alive(redis, worker, entry.get("pid")):
+        if holder_alive(redis, worker, entry):
             continue
         started = float(entry.get("started_at") or 0)
         mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
@@ -151,24 +192,19 @@ def orphans(
             continue  # only copies taken after that run began: some other worker's
         # The run's own message is the last one received before it began.
         held = max(mine, key=lambda h: h.received_at)
-        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker)))
+        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker, entry)))
     return found
 
 
 def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
     """For `svdq status` of a job that looks running: why it is not, when its run's worker is
-    gone (lease lapsed, open attempt, no heartbeat from that process); None while it runs."""
-    if redis.exists(lease_key(job_id)):
+    gone; None while it runs. The very rules the reaper acts on (`orphans`), so status never
+    calls a job lost that the reaper rightly leaves."""
+    found = orphans(redis, job_id=job_id)
+    if not found:
         return None
-    attempt = open_attempt(redis, job_id)
-    if attempt is None:
-        return None
-    entry = attempt[2]
-    worker = str(entry.get("worker") or "?")
-    if holder_alive(redis, worker, entry.get("pid")):
-        return None
-    since = last_seen(redis, worker) or float(entry.get("started_at") or now)
+    orphan = found[0]
     return (
-        f"its worker {worker} is gone (no heartbeat for {max(0.0, now - since):.0f} s): "
+        f"its worker {orphan.worker} is gone (no heartbeat for {orphan.silent_for(now):.0f} s): "
         "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"
     )

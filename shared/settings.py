@@ -87,7 +87,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_REAP_INTERVAL": (
         "15",
         "seconds between a worker's scans for jobs of dead hosts (lease expired, heartbeat "
-        "gone): such a job is queued again within SVDQ_LEASE_TTL + this",
+        "gone): such a job is queued again within max(SVDQ_LEASE_TTL, SVDQ_HEARTBEAT_TTL) + "
+        "this",
     ),
     "SVDQ_MAX_DELIVERIES": ("3", "deliveries of one job before it goes to the dead-letter list"),
     "SVDQ_DEAD_LETTER_MAX": (
@@ -307,9 +308,9 @@ class Settings:
             ),
             metrics_host=_listen_host(get("SVDQ_METRICS_HOST")),
             metrics_port=integer("SVDQ_METRICS_PORT"),
-            lease_ttl=integer("SVDQ_LEASE_TTL"),
-            heartbeat_ttl=integer("SVDQ_HEARTBEAT_TTL"),
-            reap_interval=integer("SVDQ_REAP_INTERVAL"),
+            lease_ttl=_at_most("SVDQ_LEASE_TTL", integer("SVDQ_LEASE_TTL"), MAX_TIMER),
+            heartbeat_ttl=_at_most("SVDQ_HEARTBEAT_TTL", integer("SVDQ_HEARTBEAT_TTL"), MAX_TIMER),
+            reap_interval=_at_most("SVDQ_REAP_INTERVAL", integer("SVDQ_REAP_INTERVAL"), MAX_TIMER),
             max_deliveries=integer("SVDQ_MAX_DELIVERIES"),
             dead_letter_max=integer("SVDQ_DEAD_LETTER_MAX"),
             retry_backoff=integer("SVDQ_RETRY_BACKOFF"),
@@ -490,6 +491,18 @@ def _count(name: str, value: str) -> int:
     if not value.strip().isdigit():
         raise ConfigError(f"{name}={value!r} is not allowed: a whole number, 0 or more")
     return int(value)
+
+
+# The most seconds SVDQ_LEASE_TTL, SVDQ_HEARTBEAT_TTL and SVDQ_REAP_INTERVAL may be: each
+# becomes a threading wait in the worker, and a wait past threading.TIMEOUT_MAX raises
+# OverflowError in its thread, which then dies without a word. A day is far past any use.
+MAX_TIMER = 86400
+
+
+def _at_most(name: str, number: int, most: int) -> int:
+    if number > most:
+        raise ConfigError(f"{name}={number!r} is not allowed: a whole number from 1 to {most}")
+    return number
 
 
 def _int(name: str, value: str) -> int:

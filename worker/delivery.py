@@ -30,13 +30,20 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from svdq.shared.constants import DEAD_LETTER_KEY, deliveries_key, generations_key, job_key
+from svdq.shared.constants import (
+    DEAD_LETTER_KEY,
+    REQUEUED_FIELD,
+    deliveries_key,
+    generations_key,
+    job_key,
+)
 from svdq.shared.errors import (
     AlreadyFailedError,
     DeadLetteredError,
     InvalidJobError,
     JobTimeoutError,
     LeaseBusy,
+    LeaseLost,
     RetryLater,
     SvdqError,
     TransientError,
@@ -45,6 +52,7 @@ from svdq.shared.retry import NEXT_TRY_AT, WAITING, transient_wait
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import StorageUnavailable
+from svdq.worker.identity import process_id
 from svdq.worker.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,33 @@ def dead_letter(redis: Any, spec: JobSpec, reason: str, expires: int) -> dict[st
     return record
 
 
+# KEYS: deliveries. ARGV: index, the attempt as this delivery stored it, the closed attempt.
+_CLOSE = """
+if redis.call('lindex', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('lset', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+# KEYS: lease, deliveries. ARGV: lease value, attempt index, attempt as stored, lease TTL.
+# 1: the lease is this delivery's; 2: it had lapsed, nobody took the job since (this attempt
+# is still open, as stored), taken back; 0: another delivery has the job.
+_STILL_OURS = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+  return 1
+end
+if holder then
+  return 0
+end
+if redis.call('lindex', KEYS[2], ARGV[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[4])
+return 2
+"""
+
+
 class Attempt:
     """One delivery's record in the job's attempt list."""
 
@@ -120,18 +155,52 @@ class Attempt:
         self.entry = {
             "worker": worker,
             "pid": os.getpid(),
+            "proc": process_id(),  # the process, by a name no restart reuses (a pid can be)
             "started_at": self.started_at,
             "reason": None,
         }
         self.number = int(redis.rpush(key, json.dumps(self.entry)))
         self.entry["n"] = self.number
-        redis.lset(key, self.number - 1, json.dumps(self.entry))
+        self.stored = json.dumps(self.entry)  # as it is in Redis while open
+        redis.lset(key, self.number - 1, self.stored)
         redis.expire(key, expires)
 
-    def close(self, reason: str, final: bool = False) -> None:
-        """Record how this attempt ended; `final` means the job must never run again."""
-        self.entry.update(reason=reason, ended_at=_now(), final=final)
-        self.redis.lset(deliveries_key(self.job_id), self.number - 1, json.dumps(self.entry))
+    def close(self, reason: str, final: bool = False) -> bool:
+        """Record how this attempt ended; `final` means the job must never run again. Only
+        while it is still open as this delivery stored it (compare-and-set): a reaper that
+        closed it ("worker lost (host gone)") keeps its story. False when it was not."""
+        entry = {**self.entry, "reason": reason, "ended_at": _now(), "final": final}
+        key = deliveries_key(self.job_id)
+        closed = bool(
+            self.redis.eval(_CLOSE, 1, key, self.number - 1, self.stored, json.dumps(entry))
+        )
+        if not closed:
+            log.warning(
+                "job %s: attempt %d was closed by another: %s", self.job_id, self.number, reason
+            )
+        return closed
+
+
+class Guard:
+    """`guard()` raises LeaseLost once another delivery has the job: called by the run at
+    every denoising step and right before it uploads and writes result.json. A process paused
+    past the lease TTL (SIGSTOP, a VM migration) wakes up to find its job requeued by a reaper
+    (which closed this attempt) or taken by another delivery: it must not finish it too."""
+
+    def __init__(self, redis: Any, lease: Lease, attempt: Attempt) -> None:
+        self.redis, self.lease, self.attempt = redis, lease, attempt
+
+    def __call__(self) -> None:
+        attempt, lease = self.attempt, self.lease
+        keys = [lease.key, deliveries_key(attempt.job_id)]
+        args = [lease.value, attempt.number - 1, attempt.stored, lease.ttl]
+        held = self.redis.eval(_STILL_OURS, 2, *keys, *args)
+        if not held:
+            raise LeaseLost(f"lease lost: another delivery has job {attempt.job_id}")
+        if int(held) == 2:
+            log.warning(
+                "job %s: its lease had lapsed; nobody took the job: taken back", attempt.job_id
+            )
 
 
 def deliver(
@@ -144,11 +213,13 @@ def deliver(
     soft_limit: float | None = None,
     *,
     counts: Counts,
+    on_guard: Callable[[Guard], None] = lambda guard: None,
 ) -> dict[str, Any]:
     """Run one delivery of `spec` under the rules above; return the result record.
 
     `done()` is the commit-marker check (the recorded result or None), `run()` the work;
-    `counts` hears of lease renewals and dead-letters. Raises DeadLetteredError,
+    `counts` hears of lease renewals and dead-letters; `on_guard` is handed the run's Guard
+    before `run` starts (the run calls it at every step). Raises DeadLetteredError,
     InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater (the caller schedules the
     job again), or whatever else `run` raised (final).
     """
@@ -161,6 +232,8 @@ def deliver(
     if lease is None:
         raise LeaseBusy(job_id, settings.lease_ttl)
     with lease:
+        # This delivery is the job's run now: a reaper's "requeued" note is history.
+        redis.hdel(job_key(job_id), REQUEUED_FIELD)
         # Looked for under the lease, so no other delivery can be writing it right now. One
         # look, not two: each costs a round trip to the store on every job.
         marker_fault: TransientError | None = None
@@ -206,6 +279,7 @@ def deliver(
             raise _transient(
                 redis, spec, settings, attempt, (tries, first_fault_at), marker_fault, counts
             ) from marker_fault
+        on_guard(Guard(redis, lease, attempt))
         redis.incr(generations_key(job_id))
         redis.expire(generations_key(job_id), settings.result_expires)
         try:
@@ -224,6 +298,10 @@ def deliver(
             raise _transient(
                 redis, spec, settings, attempt, (tries, first_fault_at), exc, counts
             ) from exc
+        except LeaseLost:
+            # Another delivery has the job: its attempt is closed already (by the reaper that
+            # queued it again, or by the delivery that took over); close nothing, count nothing.
+            raise
         except (SystemExit, KeyboardInterrupt):
             # The process is being stopped (terminated by Celery, shut down): not the job's
             # fault. The attempt stays open; the next delivery records it as lost.

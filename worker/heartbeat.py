@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from svdq.shared.constants import FINISHED_STREAM, LAST_SEEN_KEY, worker_key
-from svdq.worker.identity import Identity
+from svdq.worker.identity import Identity, process_id
 
 log = logging.getLogger("svdq.metrics")
 STREAM_KEEP_SECONDS = 2 * 3600
@@ -47,6 +47,7 @@ class Presence:
         entry = {
             "hostname": self.identity.hostname,
             "pid": os.getpid(),
+            "proc": process_id(),
             "gpu": self.identity.gpu_index,
             "queues": ",".join(self.identity.queues),
             "metrics_port": self.metrics_port or "",
@@ -57,7 +58,7 @@ class Presence:
             **(fields or {}),
         }
         key = worker_key(self.identity.hostname)
-        seen = json.dumps({"pid": entry["pid"], "at": entry["beat_at"]})
+        seen = json.dumps({"pid": entry["pid"], "proc": entry["proc"], "at": entry["beat_at"]})
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping={k: str(v) for k, v in entry.items()})
         pipe.expire(key, self.ttl)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,19 @@ def gpu_index(configured: int | None, cuda_visible_devices: str = "") -> int:
         return configured
     value = cuda_visible_devices.strip()
     return int(value) if value.isdigit() else 0
+
+
+_process: tuple[int, str] | None = None  # (pid, id) of this process, made on first use
+
+
+def process_id() -> str:
+    """A random id for this process, new in every process (a forked pool child gets its own):
+    what the attempt and the heartbeat name a process by. A pid is no name: a worker
+    restarted in a container (a fresh PID namespace) gets its old pid back."""
+    global _process
+    if _process is None or _process[0] != os.getpid():
+        _process = (os.getpid(), uuid.uuid4().hex[:16])
+    return _process[1]
 
 
 @dataclass(frozen=True)

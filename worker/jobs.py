@@ -125,11 +125,13 @@ def run_job(
     worker_name: str,
     progress: engine.Progress | None = None,
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
+    still_ours: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Run `spec` (already checked) and return its result record, written last as result.json.
 
     The caller has looked for the commit marker under the job's lease (worker.delivery), so
-    this always generates.
+    this always generates. `still_ours()` raises when another delivery took the job
+    (worker/delivery.Guard): called right before the uploads and before result.json.
     """
     assert spec.job_id
     started_at, t0 = now(), time.perf_counter()
@@ -165,6 +167,7 @@ def run_job(
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
+    still_ours()
     outputs = upload_outputs(store, settings, spec, blobs)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
@@ -199,6 +202,7 @@ def run_job(
     ).to_dict()
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
+    still_ours()
     with_retries(
         lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
         f"upload of {marker}",

@@ -81,6 +81,7 @@ class Lease:
         self.redis, self.job_id, self.ttl, self.value = redis, job_id, ttl, value
         self.key = lease_key(job_id)
         self.on_renew = on_renew  # told of every renewal (the worker counts them)
+        self.lost = threading.Event()  # a renewal found the lease gone or another's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,9 +138,14 @@ class Lease:
         # Renew at a third of the TTL: two renewals may fail before the lease lapses.
         while not self._stop.wait(max(0.2, self.ttl / 3)):
             try:
-                if not self.renew():
-                    log.error("job %s: lease lost to another delivery", self.job_id)
-                    return
+                if self.renew():
+                    self.lost.clear()
+                elif not self.lost.is_set():
+                    # Remembered: the run checks it (worker/delivery.py, Guard) at every step
+                    # and before it uploads. Renewals go on: a lapsed lease the run takes
+                    # back (nobody else took the job) is kept again.
+                    log.error("job %s: lease lost (lapsed or taken by another)", self.job_id)
+                    self.lost.set()
             except Exception:
                 log.warning("job %s: lease renewal failed; retrying", self.job_id, exc_info=True)
 

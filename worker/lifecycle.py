@@ -43,6 +43,7 @@ adapters hand those to `parent_saw_failure`, `parent_saw_revoke` and `requeue_if
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +51,8 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from svdq.shared.celery_app import send_job
-from svdq.shared.constants import STATE_PROGRESS, cancel_key
-from svdq.shared.errors import JobCancelledError, RetryLater
+from svdq.shared.constants import CALLBACK_QUEUED_FIELD, STATE_PROGRESS, cancel_key, job_key
+from svdq.shared.errors import JobCancelledError, LeaseLost, RetryLater
 from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
@@ -78,6 +79,12 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
         raise
     except Reject:
         raise  # Redis went away mid-job: redelivered
+    except LeaseLost as exc:
+        # Another delivery has the job (a reaper queued it again while this process was
+        # paused): nothing uploaded, no attempt closed, no callback, no state stored (Ignore
+        # leaves the other delivery's state alone); not an end of the job, so not counted.
+        log.warning("job %s: %s: this run stops", job_id, exc)
+        raise Ignore() from None
     except Exception as exc:
         _failed(rt, job_id, task.request.hostname, variant, exc)  # 10.
         raise
@@ -91,6 +98,7 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
 def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
     """Steps 2 to 9; every end but a retry gets its callback."""
     worker = task.request.hostname or "worker"
+    guards: list[delivery.Guard] = []  # the run's, once deliver() has one
     try:
         cancellation.check(rt.redis, job.job_id)  # 2. cancelled while queued
         result = delivery.deliver(  # 3. lease and delivery record
@@ -99,15 +107,18 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
             rt.settings,
             worker,
             done=lambda: jobs.existing_result(rt.store, job),  # 4. commit marker
-            run=lambda: _generate(rt, task, job, worker),  # 5.–8.
+            run=lambda: _generate(rt, task, job, worker, guards[0]),  # 5.–8.
             soft_limit=_soft_limit(rt, task),
             counts=rt.metrics,
+            on_guard=guards.append,
         )
     except JobCancelledError as exc:
         cancellation.record(task, exc)
         # 9. (a shortfall: Reject(requeue=True), published again on redelivery)
-        callbacks.replicated(callbacks.dispatch, rt.app, job, callbacks.cancelled_payload(job))
+        _callback_once(rt, job, callbacks.cancelled_payload(job))
         raise Ignore() from None
+    except LeaseLost:
+        raise  # another delivery has the job, and its callback
     except RetryLater as exc:  # a busy lease or a transient fault: back to the queue
         log.warning("job %s: %s; again in %.1fs", job.job_id, exc, exc.wait)
         # no limit: see worker/tasks.py; replicated like a submit (callbacks.retry)
@@ -115,14 +126,43 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
     except Reject:
         raise
     except Exception as exc:
-        failed = callbacks.failed_payload(job, exc)
-        callbacks.replicated(callbacks.dispatch, rt.app, job, failed)  # 9.
+        _callback_once(rt, job, callbacks.failed_payload(job, exc))  # 9.
         raise
-    callbacks.replicated(callbacks.dispatch, rt.app, job, result)  # 9.
+    _callback_once(rt, job, result)  # 9.
     return result
 
 
-def _generate(rt: Runtime, task: Task, job: JobSpec, worker: str) -> dict[str, Any]:
+def _callback_once(rt: Runtime, job: JobSpec, payload: dict[str, Any]) -> None:
+    """Queue the job's callback unless a delivery of this submission queued one already (a
+    worker paused past its lease that finished anyway, a late copy finding result.json): the
+    job's record remembers it (HSETNX; the producer clears it when the job is recorded
+    again). Redis failing to say queues it: a callback twice beats none."""
+    if not job.callback_url or not job.job_id:
+        return
+    key = job_key(job.job_id)
+    try:
+        first = rt.redis.hsetnx(key, CALLBACK_QUEUED_FIELD, str(time.time()))
+        if rt.redis.ttl(key) < 0:  # a job recorded by no producer: kept no longer than states
+            rt.redis.expire(key, rt.settings.result_expires)
+    except Exception as exc:
+        log.warning("job %s: could not record its callback as queued: %s", job.job_id, exc)
+        first = True
+    if not first:
+        log.warning("job %s: its callback was queued by another delivery: not again", job.job_id)
+        return
+    try:  # a shortfall (SVDQ_REDIS_MIN_REPLICAS): Reject(requeue=True), queued on redelivery
+        callbacks.replicated(callbacks.dispatch, rt.app, job, payload)
+    except Reject:
+        try:  # not queued after all: the redelivery must be free to queue it
+            rt.redis.hdel(key, CALLBACK_QUEUED_FIELD)
+        except Exception as exc:
+            log.warning("job %s: could not clear its callback mark: %s", job.job_id, exc)
+        raise
+
+
+def _generate(
+    rt: Runtime, task: Task, job: JobSpec, worker: str, guard: Callable[[], None]
+) -> dict[str, Any]:
     """Steps 5 to 8, under the lease: the job's variant, then worker.jobs.run_job (generate
     with step-down, encode, upload, result.json last)."""
     # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
@@ -131,12 +171,13 @@ def _generate(rt: Runtime, task: Task, job: JobSpec, worker: str) -> dict[str, A
     )
 
     def progress(phase: str, step: int, steps: int) -> None:
+        guard()  # another delivery took the job (this process was paused): stop here
         # `svdq cancel` stops a running job here: at its next denoising step, before upload.
         cancellation.check(rt.redis, job.job_id)
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
     return jobs.run_job(
-        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down
+        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down, guard
     )
 
 

@@ -62,7 +62,15 @@ from celery import Celery
 from kombu.utils.json import dumps, loads
 
 from svdq.shared import records
-from svdq.shared.constants import REAPER_LOCK_KEY, REQUEUED_FIELD, deliveries_key, job_key
+from svdq.shared.constants import (
+    LAST_SEEN_KEY,
+    REAPER_LOCK_KEY,
+    REQUEUED_FIELD,
+    deliveries_key,
+    job_key,
+    lease_key,
+    worker_key,
+)
 from svdq.shared.orphans import Orphan, orphans
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import ObjectStore
@@ -71,18 +79,33 @@ log = logging.getLogger("svdq.reaper")
 
 LOCK_TTL = 60  # seconds: frees the lock of a scanner that died mid-scan
 HOST_GONE = "worker lost (host gone)"
+ALREADY_WRITTEN = " (its result.json was already written: the copy returns it, no GPU run)"
 
-# KEYS: unacked, unacked_index, deliveries, celery meta, job record, queue list(s)...
-# ARGV: tag, message, attempt index, attempt as stored, attempt closed, note, note's field
+# KEYS: unacked, unacked_index, deliveries, celery meta, job record, lease, holder's heartbeat,
+# queue list(s)...
+# ARGV: tag, message, attempt index ('' when none), attempt as the scan saw it, attempt
+# closed, note, note's field, holder's pid, holder's process id ('' when none)
+# The scan's decision is checked again here, atomically: nobody took the lease since, the
+# attempt is as the scan saw it, and the heartbeat still does not name its process.
 _REQUEUE = """
+if redis.call('exists', KEYS[6]) == 1 then
+  return 0
+end
+if ARGV[3] ~= '' and redis.call('lindex', KEYS[3], ARGV[3]) ~= ARGV[4] then
+  return 0
+end
+local beat = redis.call('hmget', KEYS[7], 'pid', 'proc')
+if beat[1] and beat[1] == ARGV[8] and (beat[2] or '') == ARGV[9] then
+  return 0
+end
 if redis.call('hdel', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('zrem', KEYS[2], ARGV[1])
-for i = 6, #KEYS do
+for i = 8, #KEYS do
   redis.call('rpush', KEYS[i], ARGV[2])
 end
-if redis.call('lindex', KEYS[3], ARGV[3]) == ARGV[4] then
+if ARGV[3] ~= '' then
   redis.call('lset', KEYS[3], ARGV[3], ARGV[5])
 end
 local meta = redis.call('get', KEYS[4])
@@ -94,6 +117,17 @@ if meta then
 end
 if redis.call('exists', KEYS[5]) == 1 then
   redis.call('hset', KEYS[5], ARGV[7], ARGV[6])
+end
+return 1
+"""
+# KEYS: deliveries, job record. ARGV: attempt index, attempt as stored, reworded, note as
+# stored, reworded, note's field
+_AMEND = """
+if redis.call('lindex', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('lset', KEYS[1], ARGV[1], ARGV[3])
+end
+if redis.call('hget', KEYS[2], ARGV[6]) == ARGV[4] then
+  redis.call('hset', KEYS[2], ARGV[6], ARGV[5])
 end
 return 1
 """
@@ -118,7 +152,7 @@ def reason_for(orphan: Orphan, reaper: str, now: float, done: bool) -> str:
     """The lost attempt's reason: who queued it again, after how long a silence."""
     text = f"{HOST_GONE}: requeued by {reaper} after {orphan.silent_for(now):.0f} s"
     if done:
-        text += " (its result.json was already written: the copy returns it, no GPU run)"
+        text += ALREADY_WRITTEN
     return text
 
 
@@ -181,12 +215,17 @@ def _text(value: Any) -> str:
 def requeue(broker: Broker, orphan: Orphan, reason: str) -> bool:
     """Put the orphan's message back at the front of its queue, close its lost attempt with
     `reason`; True for the one caller that did it, False when another got there first."""
+    return _requeue(broker, orphan, reason) is not None
+
+
+def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | None:
+    """requeue(); for the winner, the closed attempt and the job's note as stored."""
     channel = broker.channel
     message = loads(orphan.held.raw)[0]
     # As kombu's Channel._do_restore_message marks a restored message.
     message.get("headers", {})["redelivered"] = True
     message.get("properties", {}).get("delivery_info", {})["redelivered"] = True
-    closed = {**orphan.attempt, "reason": reason, "ended_at": round(time.time(), 3)}
+    closed = json.dumps({**orphan.attempt, "reason": reason, "ended_at": round(time.time(), 3)})
     job_id = orphan.held.job_id
     keys = [
         channel.unacked_key,
@@ -194,6 +233,8 @@ def requeue(broker: Broker, orphan: Orphan, reason: str) -> bool:
         deliveries_key(job_id),
         _text(broker.app.backend.get_key_for_task(job_id)),
         job_key(job_id),
+        lease_key(job_id),
+        worker_key(orphan.worker),
         *broker.queues_of(orphan.held.raw),
     ]
     note = json.dumps({"reason": reason, "at": time.time(), "worker": orphan.worker})
@@ -205,31 +246,86 @@ def requeue(broker: Broker, orphan: Orphan, reason: str) -> bool:
         dumps(message),
         orphan.attempt_index,
         orphan.attempt_raw,
-        json.dumps(closed),
+        closed,
         note,
         REQUEUED_FIELD,
+        str(orphan.attempt.get("pid")),
+        str(orphan.attempt.get("proc") or ""),
     )
-    return bool(won)
+    return (closed, note) if won else None
+
+
+def _amend(client: Any, orphan: Orphan, stored: tuple[str, str], reason: str) -> None:
+    """Reword a requeued attempt's reason and the job's note, if nobody changed them since."""
+    closed, note = stored
+    attempt, new_note = json.loads(closed), json.loads(note)
+    attempt["reason"] = new_note["reason"] = reason
+    keys = [deliveries_key(orphan.held.job_id), job_key(orphan.held.job_id)]
+    args = [orphan.attempt_index, closed, json.dumps(attempt), note, json.dumps(new_note)]
+    client.eval(_AMEND, 2, *keys, *args, REQUEUED_FIELD)
 
 
 def scan(broker: Broker, store: ObjectStore, reaper: str) -> list[Reaped]:
     """One pass, under the fleet-wide lock: queue every orphan again. Returns those this call
-    requeued (none when another scan holds the lock)."""
+    requeued (none when another scan holds the lock).
+
+    The store is asked whether a requeued job's result.json exists only after every requeue,
+    and after the lock is released: it only words the reason, and a store that hangs must
+    hold no requeue up."""
     client = broker.client()
     token = f"{reaper}:{uuid.uuid4().hex}"
     if not client.set(REAPER_LOCK_KEY, token, nx=True, ex=LOCK_TTL):
         return []
+    won = []
     try:
         channel = broker.channel
-        reaped = []
         for orphan in orphans(client, channel.unacked_key, channel.unacked_index_key):
-            reason = reason_for(orphan, reaper, time.time(), result_written(store, orphan.held.raw))
-            if requeue(broker, orphan, reason):
-                log.warning("job %s: %s", orphan.held.job_id, reason)
-                reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
-        return reaped
+            try:
+                reason = reason_for(orphan, reaper, time.time(), False)
+                stored = _requeue(broker, orphan, reason)
+                if stored is not None:
+                    log.warning("job %s: %s", orphan.held.job_id, reason)
+                    won.append((orphan, reason, stored))
+            except Exception as exc:  # one bad entry must not keep the others from their requeue
+                log.warning("job %s: could not requeue: %s", orphan.held.job_id, exc)
+        forget_silent(client, _keep_seconds(broker.app), time.time())
     finally:
         client.eval(_UNLOCK, 1, REAPER_LOCK_KEY, token)
+    reaped = []
+    for orphan, reason, stored in won:
+        if result_written(store, orphan.held.raw):
+            reason += ALREADY_WRITTEN
+            try:
+                _amend(client, orphan, stored, reason)
+            except Exception as exc:  # the requeue is done; only the wording is left as it was
+                log.warning("job %s: could not reword its requeue: %s", orphan.held.job_id, exc)
+        reaped.append(Reaped(orphan.held.job_id, orphan.worker, reason))
+    return reaped
+
+
+def _keep_seconds(app: Celery) -> float:
+    """How long a worker's last beat is remembered: as long as task states (result_expires,
+    set from SVDQ_RESULT_EXPIRES by shared/celery_app.make_celery)."""
+    expires = app.conf.result_expires
+    return float(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
+
+
+def forget_silent(client: Any, keep: float, now: float) -> int:
+    """Drop from LAST_SEEN_KEY the workers silent for longer than `keep` seconds (every spot
+    instance or pod name ever seen would stay in it otherwise); return how many went."""
+    if keep <= 0:
+        return 0
+    old = [
+        name for name, raw in client.hgetall(LAST_SEEN_KEY).items() if _beat_at(raw) < now - keep
+    ]
+    return int(client.hdel(LAST_SEEN_KEY, *old)) if old else 0
+
+
+def _beat_at(raw: Any) -> float:
+    try:
+        return float(json.loads(raw)["at"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0  # unreadable: as good as forgotten
 
 
 class Reaper:

@@ -82,12 +82,6 @@ def wait_for(what: Any, seconds: float, why: str) -> Any:
 # --- finding 1: a worker that is merely paused is reaped, then finishes the job anyway -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: a worker paused past the lease and heartbeat TTLs (SIGSTOP, GC, "
-    "VM migration) is reaped; on SIGCONT it keeps running without its lease and finishes too: "
-    "two full GPU runs, result.json written twice, two callbacks, the reaper's record overwritten",
-)
 def test_worker_paused_past_its_ttls_does_not_finish_the_reaped_job_too(
     fault_env: dict[str, str], store: Any, rdb: redis_lib.Redis, workers: Any, tmp_path: Any
 ) -> None:
@@ -181,12 +175,6 @@ def test_dead_hosts_retry_waiting_on_its_countdown_is_requeued(
 # --- finding 3: a worker restarted in a container gets its old pid back --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: a process is named by worker name + pid; a worker restarted in a "
-    "container (fresh PID namespace) under the same name gets the same pid, and its "
-    "predecessor's job counts as alive: never reaped, status says running",
-)
 def test_restarted_worker_with_the_same_pid_does_not_keep_its_predecessors_job(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -238,12 +226,6 @@ def test_host_dead_after_its_attempt_ended_is_not_shown_running(
 # --- finding 5: the requeue acts on a decision that went stale --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 5: the requeue script checks only that the message is still "
-    "unacked, not that the job is still an orphan: a delivery that took the lease since the "
-    "scan decided gets a duplicate queued, its PROGRESS state deleted and a 'requeued' note",
-)
 def test_requeue_does_nothing_once_a_live_delivery_holds_the_lease(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -276,12 +258,6 @@ def test_requeue_does_nothing_once_a_live_delivery_holds_the_lease(
 # --- finding 6: one unreadable unacked entry stops the reaper and `svdq stats` ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: an unacked entry that parses as a svdq.generate message but is "
-    "not kombu's [message, exchange, routing_key] makes every scan raise before the orphans "
-    "after it (none is ever requeued) and makes svdq stats crash with IndexError",
-)
 def test_one_malformed_unacked_entry_stops_neither_the_reaper_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -305,12 +281,6 @@ def test_one_malformed_unacked_entry_stops_neither_the_reaper_nor_stats(
 # --- finding 7: a resubmitted job shows the last run's "requeued by a reaper" note -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: the reaper's 'requeued' note on the job record is never cleared; "
-    "a later submission of the same job id shows 'worker lost (host gone): requeued by ...' "
-    "while it waits in the queue",
-)
 def test_resubmitted_job_does_not_show_an_old_requeue_note(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any, tmp_path: Any
 ) -> None:
@@ -340,11 +310,6 @@ def test_resubmitted_job_does_not_show_an_old_requeue_note(
 # --- finding 8: svdq:seen keeps every worker name forever ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 8: svdq:seen (last heartbeat per worker name) has no TTL and is "
-    "never trimmed: every spot instance / pod name ever seen stays in it",
-)
 def test_last_seen_forgets_workers_gone_for_days(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -359,12 +324,6 @@ def test_last_seen_forgets_workers_gone_for_days(
 # --- finding 9: a huge SVDQ_REAP_INTERVAL is accepted and kills the reaper thread ------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 9: SVDQ_REAP_INTERVAL (and SVDQ_HEARTBEAT_TTL) above threading's "
-    "TIMEOUT_MAX are accepted; the reaper's first Event.wait raises OverflowError and its "
-    "thread dies without a word",
-)
 def test_huge_reap_interval_is_refused_with_a_clear_error(fault_env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="SVDQ_REAP_INTERVAL"):
         Settings.from_env({**fault_env, "SVDQ_REAP_INTERVAL": "100000000000"})
@@ -373,12 +332,6 @@ def test_huge_reap_interval_is_refused_with_a_clear_error(fault_env: dict[str, s
 # --- finding 10: a store that hangs holds every requeue up for minutes -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 10: the scan asks the store about result.json (only to word the "
-    "reason) before each requeue, under the lock; a store that accepts and never answers "
-    "holds each orphan up to 5 attempts x 60 s read timeout, far past the 2-minute promise",
-)
 def test_a_hanging_store_does_not_hold_up_the_requeue(
     fault_env: dict[str, str], rdb: redis_lib.Redis
 ) -> None:
@@ -404,12 +357,6 @@ def test_a_hanging_store_does_not_hold_up_the_requeue(
 # --- finding 11: status calls a job lost that a live worker took again ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 11: svdq status (orphans.lost_holder) skips the receipt-time rule the "
-    "reaper uses: a message a live worker took again after its pool child was killed reads "
-    "'its worker is gone (no heartbeat for 0 s): a reaper queues it again', which never happens",
-)
 def test_status_does_not_call_a_retaken_job_lost(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -432,12 +379,6 @@ def test_status_does_not_call_a_retaken_job_lost(
 # --- finding 12: the silence of a worker restarted under the same name ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 12: svdq:seen is keyed by worker name and its pid is ignored: after "
-    "a restart under the same name the lost run's silence is counted from the new process's "
-    "beat ('requeued ... after 0 s', stats 'silent 0s') instead of the dead process's last one",
-)
 def test_silence_is_counted_from_the_lost_process_not_its_successor(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
