@@ -255,14 +255,16 @@ class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
 
 
-_BY_SCHEME = {
-    "redis": f"{__name__}:Transport",
-    "rediss": f"{__name__}:Transport",
-    "sentinel": f"{__name__}:SentinelTransport",
-}
+_CLASS_BY_SCHEME = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
+
+
+def transport_path(module: str, broker_url: str) -> str | None:
+    """`module`'s transport class for `broker_url`, as Celery's broker_transport wants it
+    ("module:Class"), or None to keep kombu's choice (a unix:// socket)."""
+    name = _CLASS_BY_SCHEME.get(urlsplit(broker_url).scheme)
+    return f"{module}:{name}" if name else None
 
 
 def transport_for(broker_url: str) -> str | None:
-    """svdq's transport for `broker_url` (Celery's broker_transport), or None to keep
-    kombu's choice (a unix:// socket)."""
-    return _BY_SCHEME.get(urlsplit(broker_url).scheme)
+    """svdq's replication-aware transport for `broker_url` (see `transport_path`)."""
+    return transport_path(__name__, broker_url)

@@ -30,7 +30,6 @@ import logging
 import socket
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
@@ -127,17 +126,10 @@ class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
 
 
-_BY_SCHEME = {
-    "redis": f"{__name__}:Transport",
-    "rediss": f"{__name__}:Transport",
-    "sentinel": f"{__name__}:SentinelTransport",
-}
-
-
 def transport_for(broker_url: str) -> str | None:
     """The guarded transport for `broker_url` (Celery's broker_transport), or None to keep
     kombu's choice (a unix:// socket, say)."""
-    return _BY_SCHEME.get(urlsplit(broker_url).scheme)
+    return replication.transport_path(__name__, broker_url)
 
 
 def worker_app(settings: Settings) -> Celery:
