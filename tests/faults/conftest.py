@@ -27,6 +27,7 @@ from svdq.producer.services import free_port, redis_answers
 from svdq.shared.constants import DEAD_LETTER_KEY, RESULT_FILE, generations_key, result_dir
 from svdq.shared.settings import Settings
 from tests.conftest import REPO
+from tests.fixtures.redisha import RedisHA
 
 REDIS_PASSWORD = "fault-suite-redis-pw-5e1d"
 S3_SECRET = "fault-suite-s3-secret-9b7c"
@@ -268,3 +269,23 @@ def check_end_state(
             f"{job_id}: {generations} generations, {injected} faults"
         )
     return states
+
+
+# ---- Redis high availability (tests/fixtures/redisha.py): one HA set per module -------------
+
+
+@pytest.fixture(scope="module")
+def ha() -> Iterator[RedisHA]:
+    """A real master, replica and three sentinels on loopback ports, for the module."""
+    ha = RedisHA().start()
+    yield ha
+    ha.stop()
+
+
+@pytest.fixture
+def ha_env(svdq_env: dict[str, str], ha: RedisHA) -> dict[str, str]:
+    """The suite's environment pointed at `ha` through its sentinels, with bench/
+    redis_failover.py's short limits (so a job cut off by a failover comes back in seconds)."""
+    from bench.redis_failover import FAILOVER_ENV
+
+    return {**svdq_env, **ha.env(**FAILOVER_ENV)}

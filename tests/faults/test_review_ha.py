@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 from celery.exceptions import Reject
 
-from bench.redis_failover import FAILOVER_ENV, JOB
+from bench.redis_failover import JOB
 from svdq.producer.client import Client
 from svdq.producer.services import free_port
 from svdq.shared.celery_app import make_celery, send_job
@@ -29,22 +29,9 @@ from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.worker import callbacks
 from tests.conftest import run_svdq
-from tests.fixtures.redisha import RedisHA
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ha() -> Iterator[RedisHA]:
-    ha = RedisHA().start()
-    yield ha
-    ha.stop()
-
-
-@pytest.fixture
-def ha_env(svdq_env: dict[str, str], ha: RedisHA) -> dict[str, str]:
-    return {**svdq_env, **ha.env(**FAILOVER_ENV)}
 
 
 @pytest.fixture

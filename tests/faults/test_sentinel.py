@@ -15,7 +15,6 @@ a master, a replica and three `redis-server --sentinel` processes on loopback po
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,22 +26,10 @@ from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from tests.conftest import run_svdq
 from tests.faults.conftest import Workers
-from tests.fixtures.redisha import REDIS_PASSWORD, SENTINEL_PASSWORD, RedisHA
+from tests.fixtures.redisha import REDIS_PASSWORD, SENTINEL_PASSWORD
 from tests.integration.helpers import make_image
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ha() -> Iterator[RedisHA]:
-    ha = RedisHA().start()
-    yield ha
-    ha.stop()
-
-
-@pytest.fixture
-def ha_env(svdq_env: dict[str, str], ha: RedisHA) -> dict[str, str]:
-    return {**svdq_env, **ha.env(**FAILOVER_ENV)}
 
 
 @pytest.fixture
