@@ -108,6 +108,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
         " or any (also loopback); link-local (169.254.169.254) never",
     ),
+    "SVDQ_API_CALLBACK_NETWORKS": (
+        "public",
+        "where an API caller's callback_url may go (checked at submit): public, private or "
+        "any; the workers' SVDQ_CALLBACK_NETWORKS still applies when the callback is sent",
+    ),
     # `svdq api` (producer/api/): TLS is the reverse proxy's job, so it binds loopback.
     "SVDQ_API_HOST": ("127.0.0.1", "address `svdq api` listens on (0.0.0.0 in containers)"),
     "SVDQ_API_PORT": ("8000", "port `svdq api` listens on"),
@@ -247,6 +252,7 @@ class Settings:
     callback_timeout: int
     callback_networks: str
     api_host: str
+    api_callback_networks: str
     api_port: int
     api_cors_origins: tuple[str, ...]
     api_rate_limit: int
@@ -314,6 +320,9 @@ class Settings:
             callback_timeout=integer("SVDQ_CALLBACK_TIMEOUT"),
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
+            ),
+            api_callback_networks=_choice(
+                "SVDQ_API_CALLBACK_NETWORKS", get("SVDQ_API_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),
             api_host=_listen_host(get("SVDQ_API_HOST"), "SVDQ_API_HOST"),
             api_port=integer("SVDQ_API_PORT"),

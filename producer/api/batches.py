@@ -24,13 +24,13 @@ from starlette.requests import Request
 
 from svdq.producer.api.limits import Limits, id_prefix
 from svdq.producer.api.problems import Problem
-from svdq.producer.api.requests import check_remote_image
+from svdq.producer.api.requests import check_callback, check_remote_image
 from svdq.producer.api.tokens import Owner
 from svdq.producer.batch import Batch, check_batch_id, new_batch_id
 from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.client import Client
-from svdq.producer.manifest import Row
+from svdq.producer.manifest import Row, loads
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME
 from svdq.shared.settings import Settings
@@ -50,8 +50,8 @@ def parse_line(text: bytes, number: int, settings: Settings) -> Row | None:
     if len(text) > MAX_LINE:
         return Row(where, number, error=f"{where} is {len(text):,} bytes: allowed {MAX_LINE:,}")
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = loads(text)
+    except ValueError as exc:  # manifest.loads: bad JSON, too deep, a number too long
         return Row(where, number, error=f"{where}: not valid JSON ({exc})")
     if not isinstance(data, dict):
         return Row(where, number, error=f"{where}: a JSON object is required")
@@ -121,6 +121,8 @@ async def submit_batch(
                 row = parse_line(text, number, settings)
                 if row is None:
                     continue
+                if row.data is not None and "callback_url" in row.data:
+                    row = await run_in_threadpool(_check_row_callback, row, settings)
                 if row.data is not None and isinstance(row.data.get("job_id"), str):
                     row = await run_in_threadpool(_claim_row, limits, owner, row)
                 if row.data is not None:
@@ -147,6 +149,17 @@ async def submit_batch(
         "counts": summary.counts,
         "links": _links(batch_id),
     }
+
+
+def _check_row_callback(row: Row, settings: Settings) -> Row:
+    """The row, or the row reporting that its callback_url goes where API callers may not
+    send one (requests.check_callback)."""
+    assert row.data is not None
+    try:
+        check_callback(row.data["callback_url"], settings.api_callback_networks)
+    except InvalidJobError as exc:
+        return Row(row.source, row.line, error=f"{row.source}: {exc}", field="callback_url")
+    return row
 
 
 def _claim_row(limits: Limits, owner: Owner, row: Row) -> Row:

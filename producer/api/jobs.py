@@ -8,6 +8,7 @@ from typing import Any
 
 from svdq.producer.api.limits import Limits, id_prefix
 from svdq.producer.api.problems import Problem
+from svdq.producer.api.requests import check_callback
 from svdq.producer.api.tokens import Owner
 from svdq.producer.client import Client
 from svdq.producer.inputs import InputImage, put_input
@@ -48,6 +49,7 @@ def submit(
                 field="job_id",
             )
         data = {**data, "job_id": job_id}
+    check_callback(data.get("callback_url"), limits.settings.api_callback_networks)
     chosen = data.get("job_id")
     if isinstance(chosen, str):
         limits.check_free(owner, chosen, data.get("output_prefix"))
