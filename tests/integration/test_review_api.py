@@ -244,11 +244,6 @@ def test_quota_holds_against_parallel_batches(
 # ---- 4. hostile JSON: 500 with a traceback, and one bad line sinks a whole batch -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: requests.parse_json and csv_value catch JSONDecodeError only; "
-    "json.loads raises RecursionError (deep nesting) and ValueError (over 4300 digits): 500",
-)
 def test_hostile_json_is_a_400_problem_not_a_500(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-json")
@@ -284,12 +279,6 @@ def test_hostile_json_is_a_400_problem_not_a_500(redis_url: str, lone: Lone) -> 
         assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: batches.parse_line catches JSONDecodeError only: one deeply "
-    "nested or 5000-digit line makes the whole POST /v1/batches a 500 (no batch id returned, "
-    "rows already handed to the submitter queued anyway)",
-)
 def test_one_hostile_batch_line_is_reported_and_the_rest_run(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-batch-line")
@@ -330,11 +319,6 @@ def test_concurrent_identical_puts_queue_one_job(
 # ---- 6. the fleet page shows other tokens' job ids under `lost` ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: /v1/fleet masks workers[].job_id of other tokens but returns "
-    "stats.snapshot's `lost` list as is (console.py fleet)",
-)
 def test_fleet_does_not_show_other_tokens_lost_jobs(
     redis_url: str,
     api: Api,
@@ -383,12 +367,6 @@ def _take_and_die(app: Any, queue: str, rdb: redis_lib.Redis, job_id: str) -> No
 # ---- 7. callback_url into the private network ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: the API accepts any http(s) callback_url; with the default "
-    "SVDQ_CALLBACK_NETWORKS=private every API token can make the workers POST to 10/8, "
-    "172.16/12 and 192.168/16 services (a blind SSRF for another team)",
-)
 def test_api_refuses_callback_urls_into_private_networks(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
@@ -409,11 +387,6 @@ def test_api_refuses_callback_urls_into_private_networks(
 # ---- 8. /metrics grows a series per made-up HTTP method, unauthenticated -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 8: middleware.Measure labels svdq_api_requests with the raw "
-    "scope['method']; any client (no token) makes new series without bound",
-)
 def test_made_up_http_methods_do_not_grow_the_metrics(api: Api) -> None:
     host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
     stamp = os.getpid()
@@ -431,12 +404,6 @@ def test_made_up_http_methods_do_not_grow_the_metrics(api: Api) -> None:
 # ---- 9. an outage's problem tells every caller the internal endpoints ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 9: app._errors answers an outage with services.outage's operator "
-    "sentence (S3 endpoint host:port, bucket, object key, env names) to any token holder, "
-    "where /healthz deliberately says only 'store is not reachable'",
-)
 def test_outage_problem_names_no_internal_address(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-outage")
