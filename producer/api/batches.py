@@ -68,23 +68,42 @@ async def submit_batch(
 ) -> dict[str, Any]:
     """Stream the body's rows into a new batch of `owner`'s; the batch's submission summary."""
     settings = client.settings
-    room = await run_in_threadpool(limits.quota, owner)
     batch_id = new_batch_id()
     await run_in_threadpool(limits.own_batch, owner, batch_id)
     hand: queue.Queue[list[Row]] = queue.Queue(maxsize=4)
     queued: list[str] = []
+    # Lines holding a reserved quota slot (Limits.reserve), until the submitter has said
+    # what became of them; `held` counts those it has, since the last chunk.
+    granted: set[int] = set()
+    held = 0
 
     def rows() -> Iterator[Row]:
         while chunk := hand.get():
             yield from chunk
 
     def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "row" and event["outcome"] in ("submitted", "resubmitted"):
-            queued.append(event["job_id"])
+        nonlocal held
+        if event["event"] == "row":
+            if event.get("line") in granted:
+                granted.discard(event["line"])
+                held += 1
+            if event["outcome"] in ("submitted", "resubmitted"):
+                queued.append(event["job_id"])
         elif event["event"] == "chunk":
-            limits.claim_many(owner, queued)
-            limits.opened(owner, queued)
+            limits.moved(owner, queued, held)
             queued.clear()
+            held = 0
+
+    async def reserved(chunk: list[Row]) -> list[Row]:
+        """The chunk with a quota slot held for each job row, or the row refused (over)."""
+        wanted = [r for r in chunk if r.data is not None]
+        got = await run_in_threadpool(limits.reserve, owner, len(wanted))
+        over = {id(r) for r in wanted[got:]}
+        granted.update(r.line for r in wanted[:got])
+        return [
+            Row(r.source, r.line, error=f"{r.source}: {_QUOTA}") if id(r) in over else r
+            for r in chunk
+        ]
 
     bulk = BulkSubmitter(
         client.jobqueue,
@@ -125,13 +144,9 @@ async def submit_batch(
                     row = await run_in_threadpool(_check_row_callback, row, settings)
                 if row.data is not None and isinstance(row.data.get("job_id"), str):
                     row = await run_in_threadpool(_claim_row, limits, owner, row)
-                if row.data is not None:
-                    if room <= 0:
-                        row = Row(row.source, number, error=f"{row.source}: {_QUOTA}")
-                    room -= 1
                 pending.append(row)
                 if len(pending) >= ROWS_PER_HAND:
-                    await give(pending)
+                    await give(await reserved(pending))
                     pending = []
         if buffer.strip():
             number += 1
@@ -139,10 +154,12 @@ async def submit_batch(
             if row is not None:
                 pending.append(row)
         if pending:
-            await give(pending)
+            await give(await reserved(pending))
     finally:
         await give(_END)
         summary = await running
+        # Slots of rows the submitter never reported (it stopped): give them back.
+        await run_in_threadpool(limits.moved, owner, [], len(granted))
     return {
         "batch_id": batch_id,
         "lines": number,

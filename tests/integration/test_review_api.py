@@ -175,11 +175,6 @@ def test_rejected_batch_lines_do_not_amplify_into_redis(
 # ---- 3. the queued-jobs quota is check-then-add, so parallel requests pass it ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: Limits.quota counts, then jobs.submit claims, uploads, enqueues "
-    "and only then Limits.opened adds: N parallel POSTs all see room (limits.py quota/opened)",
-)
 def test_quota_holds_against_parallel_submissions(
     redis_url: str, api: Api, rdb: redis_lib.Redis
 ) -> None:
@@ -203,11 +198,6 @@ def test_quota_holds_against_parallel_submissions(
     assert len(queued) <= 2, f"quota 2, {len(queued)} queued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: each batch reads the quota's room once at its start "
-    "(batches.submit_batch: room = limits.quota(owner)), so parallel batches each get it all",
-)
 def test_quota_holds_against_parallel_batches(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
@@ -292,12 +282,6 @@ def test_one_hostile_batch_line_is_reported_and_the_rest_run(redis_url: str, lon
 # ---- 5. the idempotent PUT queues one message per concurrent request ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 5: jobs.submit peeks, then Client.enqueue records and sends: "
-    "concurrent identical PUTs (a client retrying on a timeout) each answer 202 and each "
-    "queue a message",
-)
 def test_concurrent_identical_puts_queue_one_job(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
