@@ -126,6 +126,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         str(21 * 1024 * 1024),
         "largest request body the HTTP API reads (a job with its image); batches excepted",
     ),
+    "SVDQ_API_MAX_BATCH_LINES": ("100000", "lines one POST /v1/batches body may have"),
     "SVDQ_API_MAX_BATCH_BYTES": (
         str(256 * 1024 * 1024),
         "largest JSON-lines body POST /v1/batches reads (streamed, never held whole)",
@@ -259,6 +260,7 @@ class Settings:
     api_max_queued: int
     api_max_body_bytes: int
     api_max_batch_bytes: int
+    api_max_batch_lines: int
     api_presign_seconds: int
     worker: WorkerSettings
 
@@ -331,6 +333,7 @@ class Settings:
             api_max_queued=integer("SVDQ_API_MAX_QUEUED"),
             api_max_body_bytes=integer("SVDQ_API_MAX_BODY_BYTES"),
             api_max_batch_bytes=integer("SVDQ_API_MAX_BATCH_BYTES"),
+            api_max_batch_lines=integer("SVDQ_API_MAX_BATCH_LINES"),
             api_presign_seconds=integer("SVDQ_API_PRESIGN_SECONDS"),
             worker=_worker_settings(env),
         )

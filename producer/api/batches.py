@@ -31,6 +31,7 @@ from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.client import Client
 from svdq.producer.manifest import Row, loads
+from svdq.shared.constants import batch_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME
 from svdq.shared.settings import Settings
@@ -137,6 +138,8 @@ async def submit_batch(
                 buffer = b""
             for text in lines:
                 number += 1
+                if number > settings.api_max_batch_lines:
+                    break
                 row = parse_line(text, number, settings)
                 if row is None:
                     continue
@@ -148,7 +151,9 @@ async def submit_batch(
                 if len(pending) >= ROWS_PER_HAND:
                     await give(await reserved(pending))
                     pending = []
-        if buffer.strip():
+            if number > settings.api_max_batch_lines:
+                break
+        if buffer.strip() and number < settings.api_max_batch_lines:
             number += 1
             row = parse_line(buffer, number, settings)
             if row is not None:
@@ -160,6 +165,19 @@ async def submit_batch(
         summary = await running
         # Slots of rows the submitter never reported (it stopped): give them back.
         await run_in_threadpool(limits.moved, owner, [], len(granted))
+    if number > settings.api_max_batch_lines:
+        cap = settings.api_max_batch_lines
+        raise Problem(
+            413,
+            "batch-too-long",
+            f"the batch has more than {cap:,} lines: allowed up to {cap:,} "
+            f"(SVDQ_API_MAX_BATCH_LINES); its first {cap:,} lines were submitted as batch "
+            f"{batch_id} (see its links), the rest was not read: send it as another batch",
+            batch_id=batch_id,
+            lines=cap,
+            counts=summary.counts,
+            links=_links(batch_id),
+        )
     return {
         "batch_id": batch_id,
         "lines": number,
@@ -258,8 +276,15 @@ def results(client: Client, limits: Limits, owner: Owner, batch: Batch) -> Itera
                 for kind, output in (result.get("outputs") or {}).items()
             }
         yield (json.dumps(line, default=str) + "\n").encode()
+    kept = 0
     for reject in batch.record.rejects():
+        kept += 1
         yield (json.dumps(reject) + "\n").encode()
+    total = int(batch.record.redis.hget(batch_key(batch.batch_id), "rejected") or 0)
+    if total > kept:
+        line = {"status": "omitted", "rejected": total, "kept": kept}
+        line["reason"] = f"{total - kept} more rejected rows: only the first {kept} are kept"
+        yield (json.dumps(line) + "\n").encode()
 
 
 def cancel_batch(client: Client, limits: Limits, owner: Owner, batch: Batch) -> dict[str, int]:

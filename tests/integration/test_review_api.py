@@ -152,12 +152,6 @@ def test_slow_batch_uploads_do_not_block_other_tokens_batches(
 # ---- 2. a batch's rejected lines amplify into Redis ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: every rejected batch line is stored in Redis with a ~250-byte "
-    "sentence for SVDQ_RESULT_EXPIRES (7 days): '{}\\n' (3 bytes) becomes ~250 bytes, so one "
-    "256 MiB body can put tens of GB into the broker's Redis",
-)
 def test_rejected_batch_lines_do_not_amplify_into_redis(
     redis_url: str, api: Api, rdb: redis_lib.Redis
 ) -> None:
