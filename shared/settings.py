@@ -126,6 +126,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
         str(21 * 1024 * 1024),
         "largest request body the HTTP API reads (a job with its image); batches excepted",
     ),
+    "SVDQ_API_MAX_BATCHES": (
+        "4",
+        "batch uploads (POST /v1/batches) one token may have open at once",
+    ),
+    "SVDQ_API_BATCH_IDLE": ("30", "seconds a batch upload may send nothing before it is cut off"),
+    "SVDQ_API_MAX_CONNECTIONS": (
+        "4096",
+        "open connections and tasks `svdq api` serves at once (uvicorn limit_concurrency)",
+    ),
     "SVDQ_API_MAX_BATCH_LINES": ("100000", "lines one POST /v1/batches body may have"),
     "SVDQ_API_MAX_BATCH_BYTES": (
         str(256 * 1024 * 1024),
@@ -261,6 +270,9 @@ class Settings:
     api_max_body_bytes: int
     api_max_batch_bytes: int
     api_max_batch_lines: int
+    api_max_batches: int
+    api_batch_idle: int
+    api_max_connections: int
     api_presign_seconds: int
     worker: WorkerSettings
 
@@ -334,6 +346,9 @@ class Settings:
             api_max_body_bytes=integer("SVDQ_API_MAX_BODY_BYTES"),
             api_max_batch_bytes=integer("SVDQ_API_MAX_BATCH_BYTES"),
             api_max_batch_lines=integer("SVDQ_API_MAX_BATCH_LINES"),
+            api_max_batches=integer("SVDQ_API_MAX_BATCHES"),
+            api_batch_idle=integer("SVDQ_API_BATCH_IDLE"),
+            api_max_connections=integer("SVDQ_API_MAX_CONNECTIONS"),
             api_presign_seconds=integer("SVDQ_API_PRESIGN_SECONDS"),
             worker=_worker_settings(env),
         )

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -64,10 +65,62 @@ def parse_line(text: bytes, number: int, settings: Settings) -> Row | None:
     return Row(where, number, data=data)
 
 
+# Batch submitters run in a pool of their own, never the event loop's default executor (which
+# the routes' other blocking work shares): a slow upload holds one of these threads for as long
+# as it sends, so the pool is bounded, each token may hold SVDQ_API_MAX_BATCHES of them, and
+# an upload that sends nothing for SVDQ_API_BATCH_IDLE seconds is cut off.
+BATCH_THREADS = 32
+_POOL = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="svdq-batch")
+_open: dict[str, int] = {}  # token id -> batch uploads open in this process
+
+
+def _busy(detail: str, status: int = 429) -> Problem:
+    return Problem(status, "batches-busy", detail, headers={"Retry-After": "10"})
+
+
 async def submit_batch(
     request: Request, client: Client, limits: Limits, owner: Owner
 ) -> dict[str, Any]:
     """Stream the body's rows into a new batch of `owner`'s; the batch's submission summary."""
+    settings = client.settings
+    if _open.get(owner.id, 0) >= settings.api_max_batches:
+        raise _busy(
+            f"token {owner.name!r} has {_open[owner.id]} batch uploads open: allowed up to "
+            f"{settings.api_max_batches} at once (SVDQ_API_MAX_BATCHES); try again when one "
+            "is done"
+        )
+    if sum(_open.values()) >= BATCH_THREADS:
+        raise _busy(f"{BATCH_THREADS} batch uploads are open here; try again soon", 503)
+    _open[owner.id] = _open.get(owner.id, 0) + 1
+    try:
+        return await _submit_batch(request, client, limits, owner)
+    finally:
+        _open[owner.id] -= 1
+        if not _open[owner.id]:
+            del _open[owner.id]
+
+
+async def _chunks(request: Request, idle: float) -> AsyncIterator[bytes]:
+    """The body a piece at a time; Problem 408 when nothing comes for `idle` seconds."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            piece = await asyncio.wait_for(stream.__anext__(), idle)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Problem(
+                408,
+                "body-idle",
+                f"the batch body sent nothing for {idle:g}s: allowed up to {idle:g}s between "
+                "pieces (SVDQ_API_BATCH_IDLE); the lines read so far were submitted",
+            ) from None
+        yield piece
+
+
+async def _submit_batch(
+    request: Request, client: Client, limits: Limits, owner: Owner
+) -> dict[str, Any]:
     settings = client.settings
     batch_id = new_batch_id()
     await run_in_threadpool(limits.own_batch, owner, batch_id)
@@ -114,7 +167,7 @@ async def submit_batch(
         id_prefix=id_prefix(owner),
     )
     loop = asyncio.get_running_loop()
-    running = loop.run_in_executor(None, bulk.run, rows(), "POST /v1/batches")
+    running = loop.run_in_executor(_POOL, bulk.run, rows(), "POST /v1/batches")
 
     async def give(chunk: list[Row]) -> None:
         while True:
@@ -130,7 +183,7 @@ async def submit_batch(
     number = 0
     try:
         buffer = b""
-        async for piece in request.stream():
+        async for piece in _chunks(request, settings.api_batch_idle):
             buffer += piece
             *lines, buffer = buffer.split(b"\n")
             if len(buffer) > MAX_LINE:  # a line that never ends: report it, drop its bytes

@@ -114,12 +114,6 @@ def _purge(rdb: redis_lib.Redis, job_ids: set[str]) -> None:
 # ---- 1. slow batch uploads starve every other token's batches ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: each POST /v1/batches holds a thread of the event loop's default "
-    "executor (min(32, cpus+4)) for as long as its body takes; one token's slow uploads block "
-    "every other token's batches (batches.py: loop.run_in_executor(None, bulk.run, ...))",
-)
 def test_slow_batch_uploads_do_not_block_other_tokens_batches(
     redis_url: str, lone: Lone, store: S3Store, tmp_path: Path
 ) -> None:
