@@ -64,6 +64,9 @@ def cmd_api(args: Any) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=False,  # the reverse proxy in front terminates TLS; trust no header
         server_header=False,
+        # Past this many open connections and tasks uvicorn answers 503 at once, so no flood
+        # of slow clients can take every file descriptor (SSE watchers count: keep it high).
+        limit_concurrency=settings.api_max_connections,
     )
     return 0
 

@@ -27,6 +27,7 @@ from svdq.shared.poll import poll as poll_until
 from svdq.shared.states import JobState
 
 CHUNK = 500
+MAX_REJECTS = 1000  # rejected rows a batch keeps the reasons of (the rest are counted)
 COUNTERS = (
     "submitted",
     "already_done",
@@ -90,10 +91,14 @@ class BatchRecord:
             pipe.hset(batch_sources_key(self.batch_id), mapping=dict(pairs))
 
     def add_rejects(self, pipe: Any, rows: Iterable[dict[str, Any]]) -> None:
-        """Queue (on `pipe`) rows that did not become jobs, kept for reports."""
+        """Queue (on `pipe`) rows that did not become jobs, kept for reports: the first
+        MAX_REJECTS of them, and how many there were in all (`rejected`), so a body of bad
+        lines cannot fill Redis (each kept one is a sentence, ~250 bytes, for days)."""
         blobs = [json.dumps(r) for r in rows]
         if blobs:
             pipe.rpush(batch_rejects_key(self.batch_id), *blobs)
+            pipe.ltrim(batch_rejects_key(self.batch_id), 0, MAX_REJECTS - 1)
+            pipe.hincrby(batch_key(self.batch_id), "rejected", len(blobs))
 
     def count(self, pipe: Any, counts: dict[str, int]) -> None:
         """Queue (on `pipe`) adding `counts` to the batch's submission counters."""
@@ -120,6 +125,7 @@ class BatchRecord:
         out["created_at"] = float(data.get("created_at", 0))
         out["complete"] = data.get("complete") == "1"
         out.update({name: int(data.get(name, 0)) for name in COUNTERS})
+        out["rejected"] = int(data.get("rejected", 0))
         out["jobs"] = int(self.redis.llen(batch_jobs_key(self.batch_id)))
         return out
 

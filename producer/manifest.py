@@ -18,6 +18,42 @@ from typing import Any
 from svdq.shared.fields import FIELD_BY_NAME
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MAX_DEPTH = 32  # nesting of a JSON value from outside (a JobSpec needs 3: metadata's own)
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON from outside (a manifest line, a request body, a form cell), or ValueError with
+    the reason: not JSON, nested deeper than MAX_DEPTH, or a number Python refuses (over
+    4300 digits). json.loads itself raises RecursionError (not a ValueError) past about
+    1000 levels, and a value nested a little less breaks later code that recurses on it; so
+    the depth is checked before parsing, on the brackets outside strings."""
+    raw = text.encode() if isinstance(text, str) else text
+    depth = 0
+    quoted = escaped = False
+    for byte in raw:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # "
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(exc.msg if isinstance(text, str) else str(exc)) from None
+    except (ValueError, RecursionError) as exc:  # a number over 4300 digits; a bad encoding
+        raise ValueError(str(exc)[:200] or type(exc).__name__) from None
+
+
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".ndjson")
 
 
@@ -81,9 +117,9 @@ def iter_jsonl(path: Path, defaults: dict[str, Any]) -> Iterator[Row]:
                 continue
             where = f"{path}:{number}"
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield Row(where, number, error=f"line {number}: not valid JSON ({exc.msg})")
+                value = loads(text)
+            except ValueError as exc:
+                yield Row(where, number, error=f"line {number}: not valid JSON ({exc})")
                 continue
             if not isinstance(value, dict):
                 yield Row(where, number, error=f"line {number}: a JSON object is required")
@@ -126,15 +162,17 @@ def csv_value(name: str, cell: str) -> Any:
             return int(cell)
         if f.type == "number":
             return float(cell)
-    except ValueError:
-        raise ValueError(f"{name}={cell!r} is not allowed: {f.allowed()}") from None
+    except ValueError:  # also int() of over 4300 digits
+        raise ValueError(f"{name}={cell[:80]!r} is not allowed: {f.allowed()}") from None
     if f.type == "array":  # formats: "mp4|gif", "mp4 gif" or "mp4;gif"
         return [p for p in cell.replace(";", "|").replace(" ", "|").split("|") if p]
     if f.type == "object":
         try:
-            return json.loads(cell)
-        except json.JSONDecodeError:
-            raise ValueError(f"{name}={cell[:80]!r} is not allowed: a JSON object") from None
+            return loads(cell)
+        except ValueError as exc:
+            raise ValueError(
+                f"{name}={cell[:80]!r} is not allowed: a JSON object ({exc})"
+            ) from None
     return cell
 
 

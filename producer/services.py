@@ -101,6 +101,17 @@ def outage(exc: BaseException, settings: Settings | None = None) -> str | None:
     return None
 
 
+def outage_service(exc: BaseException) -> str | None:
+    """Which service an outage error is about, in words fit for any caller (no address,
+    bucket or key: `outage` gives the operator those), or None for any other error."""
+    for link in _chain(exc):
+        if _redis_problem(link):
+            return "the queue (Redis) is not reachable"
+        if _store_problem(link):
+            return "the object store is not reachable"
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().rstrip(".") or type(exc).__name__
     return text if len(text) <= 300 else text[:300] + "…"

@@ -69,6 +69,15 @@ owner_open_key = RedisKey(
     "owner:{}:open",
     "Sorted set of the jobs an API token queued that were not yet seen to end (its quota).",
 )
+owner_pending_key = RedisKey(
+    "owner:{}:pending",
+    "String: quota slots an API token's running batch uploads hold for rows not yet queued.",
+)
+job_admit_key = RedisKey(
+    "admit:job:{}",
+    "String (short expiry): the API request queueing this job now; a concurrent identical "
+    "request waits for it rather than queueing the job again.",
+)
 owner_batches_key = RedisKey(
     "owner:{}:batches",
     "Sorted set of an API token's batch ids by creation time (the console lists them).",

@@ -46,6 +46,24 @@ def public_address(address: str) -> bool:
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local)
 
 
+def destination_allowed(address: str, networks: str) -> bool:
+    """Whether a callback may be sent to `address` under SVDQ_CALLBACK_NETWORKS=`networks`.
+
+    Link-local (where clouds serve instance credentials: 169.254.169.254), multicast,
+    unspecified and reserved addresses never; IPv6-mapped IPv4 is judged as the IPv4.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:  # before is_reserved: ::1 sits in IPv6's reserved ::/8
+        return networks == "any"
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return False
+    if public_address(str(ip)):
+        return True
+    return networks in ("private", "any") and ip.is_private
+
+
 def check_url(url: str, resolver: Resolver = resolve) -> tuple[str, int, str, str]:
     """Refuse what svdq must never fetch; return (host, port, path, address to connect to)."""
     parts = urlsplit(url)

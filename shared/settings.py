@@ -114,6 +114,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "where callbacks may go: public, private (public + 10/8, 172.16/12, 192.168/16, fc00::/7)"
         " or any (also loopback); link-local (169.254.169.254) never",
     ),
+    "SVDQ_API_CALLBACK_NETWORKS": (
+        "public",
+        "where an API caller's callback_url may go (checked at submit): public, private or "
+        "any; the workers' SVDQ_CALLBACK_NETWORKS still applies when the callback is sent",
+    ),
     # `svdq api` (producer/api/): TLS is the reverse proxy's job, so it binds loopback.
     "SVDQ_API_HOST": ("127.0.0.1", "address `svdq api` listens on (0.0.0.0 in containers)"),
     "SVDQ_API_PORT": ("8000", "port `svdq api` listens on"),
@@ -127,6 +132,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
         str(21 * 1024 * 1024),
         "largest request body the HTTP API reads (a job with its image); batches excepted",
     ),
+    "SVDQ_API_MAX_BATCHES": (
+        "4",
+        "batch uploads (POST /v1/batches) one token may have open at once",
+    ),
+    "SVDQ_API_BATCH_IDLE": ("30", "seconds a batch upload may send nothing before it is cut off"),
+    "SVDQ_API_MAX_CONNECTIONS": (
+        "4096",
+        "open connections and tasks `svdq api` serves at once (uvicorn limit_concurrency)",
+    ),
+    "SVDQ_API_MAX_BATCH_LINES": ("100000", "lines one POST /v1/batches body may have"),
     "SVDQ_API_MAX_BATCH_BYTES": (
         str(256 * 1024 * 1024),
         "largest JSON-lines body POST /v1/batches reads (streamed, never held whole)",
@@ -254,12 +269,17 @@ class Settings:
     callback_timeout: int
     callback_networks: str
     api_host: str
+    api_callback_networks: str
     api_port: int
     api_cors_origins: tuple[str, ...]
     api_rate_limit: int
     api_max_queued: int
     api_max_body_bytes: int
     api_max_batch_bytes: int
+    api_max_batch_lines: int
+    api_max_batches: int
+    api_batch_idle: int
+    api_max_connections: int
     api_presign_seconds: int
     worker: WorkerSettings
 
@@ -325,6 +345,9 @@ class Settings:
             callback_networks=_choice(
                 "SVDQ_CALLBACK_NETWORKS", get("SVDQ_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
             ),
+            api_callback_networks=_choice(
+                "SVDQ_API_CALLBACK_NETWORKS", get("SVDQ_API_CALLBACK_NETWORKS"), CALLBACK_NETWORKS
+            ),
             api_host=_listen_host(get("SVDQ_API_HOST"), "SVDQ_API_HOST"),
             api_port=integer("SVDQ_API_PORT"),
             api_cors_origins=_origins(get("SVDQ_API_CORS_ORIGINS")),
@@ -332,6 +355,10 @@ class Settings:
             api_max_queued=integer("SVDQ_API_MAX_QUEUED"),
             api_max_body_bytes=integer("SVDQ_API_MAX_BODY_BYTES"),
             api_max_batch_bytes=integer("SVDQ_API_MAX_BATCH_BYTES"),
+            api_max_batch_lines=integer("SVDQ_API_MAX_BATCH_LINES"),
+            api_max_batches=integer("SVDQ_API_MAX_BATCHES"),
+            api_batch_idle=integer("SVDQ_API_BATCH_IDLE"),
+            api_max_connections=integer("SVDQ_API_MAX_CONNECTIONS"),
             api_presign_seconds=integer("SVDQ_API_PRESIGN_SECONDS"),
             worker=_worker_settings(env),
         )

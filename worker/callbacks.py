@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import json
 import logging
 import socket
@@ -27,7 +26,7 @@ from celery.exceptions import Reject, Retry
 
 from svdq.shared.constants import CALLBACK_SIGNATURE_HEADER, QUEUE_CALLBACKS, TASK_CALLBACK
 from svdq.shared.errors import CallbackRefused
-from svdq.shared.net import public_address
+from svdq.shared.net import destination_allowed  # (shared with the API's check)
 from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
@@ -116,24 +115,6 @@ def signature(secret: str, body: bytes) -> str:
 def encode(payload: dict[str, Any]) -> bytes:
     """The exact bytes POSTed (and signed)."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-def destination_allowed(address: str, networks: str) -> bool:
-    """Whether a callback may be sent to `address` under SVDQ_CALLBACK_NETWORKS=`networks`.
-
-    Link-local (where clouds serve instance credentials: 169.254.169.254), multicast,
-    unspecified and reserved addresses never; IPv6-mapped IPv4 is judged as the IPv4.
-    """
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:  # before is_reserved: ::1 sits in IPv6's reserved ::/8
-        return networks == "any"
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
-        return False
-    if public_address(str(ip)):
-        return True
-    return networks in ("private", "any") and ip.is_private
 
 
 def check_destination(url: str, networks: str) -> None:

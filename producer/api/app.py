@@ -8,7 +8,7 @@ console's own calls carry the token; console.py).
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -24,14 +24,14 @@ from svdq.producer.api import batches, jobs
 from svdq.producer.api.console import SecurityHeaders, add_console, policy, store_origin
 from svdq.producer.api.hub import RESYNC, EventHub
 from svdq.producer.api.limits import Limits
-from svdq.producer.api.middleware import BodyCap, Measure, Metrics
+from svdq.producer.api.middleware import BodyCap, Failures, Measure, Metrics
 from svdq.producer.api.models import BATCH_BODY, JOB_BODY, PROBLEMS, BatchView, CancelView, JobView
 from svdq.producer.api.problems import Problem, problem_response
 from svdq.producer.api.requests import job_from_form, job_from_json, parse_json
 from svdq.producer.api.tokens import Owner, TokenStore
 from svdq.producer.client import Client
 from svdq.producer.inputs import InputImage
-from svdq.producer.services import outage
+from svdq.producer.services import outage, outage_service
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME
 from svdq.shared.settings import Settings
@@ -252,7 +252,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     add_console(app, client, limits, owner_of)
-    _errors(app, settings, metrics)
+    on_error = _errors(app, settings, metrics)
+    app.add_middleware(Failures, on_error=on_error)
     app.add_middleware(BodyCap, settings=settings, metrics=metrics)
     if settings.api_cors_origins:
         app.add_middleware(
@@ -266,7 +267,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     return app
 
 
-def _errors(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+def _errors(app: FastAPI, settings: Settings, metrics: Metrics) -> Callable[..., Response]:
     """Every error as problem+json; a failure of ours is logged here, never shown."""
 
     def answer(request: Request, problem: Problem) -> Response:
@@ -292,10 +293,14 @@ def _errors(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         reason = {404: "not-found", 405: "method"}.get(exc.status_code, "http")
         return answer(request, Problem(exc.status_code, reason, str(exc.detail)))
 
-    @app.exception_handler(Exception)
-    async def on_error(request: Request, exc: Exception) -> Response:
-        down = outage(exc, settings)
+    def on_error(request: Request, exc: Exception) -> Response:
+        down = outage_service(exc)
         if down is not None:
+            # The operator's sentence (endpoint, bucket, key, Redis URL) goes to the log only;
+            # a caller learns which service is down, as /healthz says it.
+            log.warning("%s %s: %s", request.method, request.url.path, outage(exc, settings))
             return answer(request, Problem(503, "unavailable", down))
         log.exception("%s %s failed", request.method, request.url.path)
         return answer(request, Problem(500, "internal", "the server failed; see its log"))
+
+    return on_error

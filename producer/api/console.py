@@ -106,13 +106,18 @@ def add_console(
     @app.get("/v1/fleet")
     def fleet(owner: Caller) -> dict[str, Any]:
         """What `svdq stats` shows: queues, workers and what each runs, throughput, failures.
-        A worker's job id shows only to the token that owns the job."""
+        A worker's job id, and a lost job, show only to the token that owns the job."""
         snap = stats.snapshot(client.jobqueue.redis, time.time())
         running = [w["job_id"] for w in snap["workers"] if w.get("job_id")]
-        mine = set(limits.owned_jobs(owner, running)) if running else set()
+        lost = [j["job_id"] for j in snap.get("lost", [])]
+        seen = running + lost
+        mine = set(limits.owned_jobs(owner, seen)) if seen else set()
         for worker in snap["workers"]:
             if worker.get("job_id") and worker["job_id"] not in mine:
                 worker["job_id"] = "(another token's job)"
+        # A lost job is listed only to its owner (the others see how many there are).
+        snap["lost"] = [j for j in snap.get("lost", []) if j["job_id"] in mine]
+        snap["lost_others"] = len(lost) - len(snap["lost"])
         return snap
 
     @app.get("/v1/batches")

@@ -4,10 +4,12 @@ calls); the routes run these in the thread pool."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from svdq.producer.api.limits import Limits, id_prefix
+from svdq.producer.api.limits import ADMIT_SECONDS, Limits, id_prefix
 from svdq.producer.api.problems import Problem
+from svdq.producer.api.requests import check_callback
 from svdq.producer.api.tokens import Owner
 from svdq.producer.client import Client
 from svdq.producer.inputs import InputImage, put_input
@@ -48,40 +50,62 @@ def submit(
                 field="job_id",
             )
         data = {**data, "job_id": job_id}
+    check_callback(data.get("callback_url"), limits.settings.api_callback_networks)
     chosen = data.get("job_id")
     if isinstance(chosen, str):
         limits.check_free(owner, chosen, data.get("output_prefix"))
     ready, found = client.resolve(data, id_prefix=id_prefix(owner), found=upload)
-    assert ready.job_id
+    job_id = ready.job_id
+    assert job_id
     seconds = limits.settings.api_presign_seconds
-    entry = client.jobqueue.peek([ready.job_id])[0]
-    if limits.owns_job(owner, ready.job_id):
-        if entry["state"].is_open and entry["has_record"]:
-            earlier = client.job_spec(ready.job_id)
-            if earlier is not None and earlier.to_dict() != ready.to_dict():
-                raise Problem(
-                    409,
-                    "job-id-conflict",
-                    f"job_id={ready.job_id!r} is queued with other parameters: the same "
-                    "job_id must come with the same body; choose another job_id",
-                    field="job_id",
-                )
-            return view(client, ready.job_id, seconds), False
-        if entry["state"] is JobState.SUCCEEDED:
-            return view(client, ready.job_id, seconds), False
-    limits.quota(owner)
-    limits.claim(owner, ready.job_id, ready.output_prefix)
-    put_input(client.store, found.key, found.data)
-    handle = client.enqueue(ready)
-    if handle.skipped:  # its result.json was there: answer with it
-        return view(client, ready.job_id, seconds), False
-    limits.opened(owner, [ready.job_id])
+    deadline = time.monotonic() + ADMIT_SECONDS
+    while True:
+        entry = client.jobqueue.peek([job_id])[0]
+        if limits.owns_job(owner, job_id):
+            if entry["state"].is_open and entry["has_record"]:
+                earlier = client.job_spec(job_id)
+                if earlier is not None and earlier.to_dict() != ready.to_dict():
+                    raise Problem(
+                        409,
+                        "job-id-conflict",
+                        f"job_id={job_id!r} is queued with other parameters: the same "
+                        "job_id must come with the same body; choose another job_id",
+                        field="job_id",
+                    )
+                return view(client, job_id, seconds), False
+            if entry["state"] is JobState.SUCCEEDED:
+                return view(client, job_id, seconds), False
+        # The claim, the quota slot and the right to queue it, in one step (Limits.admit):
+        # of concurrent identical requests one queues the job, the others wait for it and
+        # answer with it (above).
+        busy, counted = limits.admit(owner, job_id)
+        if not busy:
+            break
+        if time.monotonic() > deadline:
+            raise Problem(
+                409,
+                "job-busy",
+                f"job_id={job_id!r} is being queued by another request; try again",
+                field="job_id",
+                headers={"Retry-After": "5"},
+            )
+        time.sleep(0.05)
+    try:
+        put_input(client.store, found.key, found.data)
+        handle = client.enqueue(ready)
+    except BaseException:
+        limits.release(owner, job_id, counted)
+        raise
+    # Queued (or its result.json was there: then it holds no slot).
+    limits.release(owner, job_id, counted and handle.skipped)
+    if handle.skipped:
+        return view(client, job_id, seconds), False
     # Just queued: the answer needs no read back (Client.status would also look for a live
     # consumer of the queue, a keyspace scan per submit; GET and the event stream say it).
     return {
-        "job_id": ready.job_id,
+        "job_id": job_id,
         "state": str(JobState.QUEUED),
-        "links": _links(ready.job_id),
+        "links": _links(job_id),
     }, True
 
 

@@ -25,10 +25,12 @@ from svdq.producer.jobqueue import JobQueue
 from svdq.shared.constants import (
     OWNER_FIELD,
     batch_key,
+    job_admit_key,
     job_key,
     job_owner_key,
     owner_batches_key,
     owner_open_key,
+    owner_pending_key,
     rate_key,
 )
 from svdq.shared.errors import InvalidJobError
@@ -49,6 +51,49 @@ if ARGV[2] ~= '1' and redis.call('exists', KEYS[2]) == 1 then return '' end
 redis.call('set', KEYS[1], ARGV[1])
 return ARGV[1]
 """
+# Admit one job (KEYS: the owner's open jobs, its batches' pending slots, the job's owner
+# key, its record, its admission marker; ARGV: token id, "1" for a derived id, the quota,
+# now, the job id, the marker's seconds, the open set's expiry). {status, jobs counted}:
+# taken (another's id, as _CLAIM), busy (another request is queueing it: the marker), full,
+# counted (a slot taken) or held (the job already had one). The marker goes when the request
+# that set it is done (Limits.release), or after ADMIT_SECONDS if that process died.
+_ADMIT = """
+local owner = redis.call('get', KEYS[3])
+if owner then
+  if owner ~= ARGV[1] then return {'taken', 0} end
+elseif ARGV[2] ~= '1' and redis.call('exists', KEYS[4]) == 1 then
+  return {'taken', 0}
+end
+if not redis.call('set', KEYS[5], ARGV[1], 'NX', 'EX', tonumber(ARGV[6])) then
+  return {'busy', 0}
+end
+local status = 'held'
+if not redis.call('zscore', KEYS[1], ARGV[5]) then
+  local used = redis.call('zcard', KEYS[1]) + tonumber(redis.call('get', KEYS[2]) or '0')
+  if used >= tonumber(ARGV[3]) then
+    redis.call('del', KEYS[5])
+    return {'full', used}
+  end
+  redis.call('zadd', KEYS[1], ARGV[4], ARGV[5])
+  redis.call('expire', KEYS[1], tonumber(ARGV[7]))
+  status = 'counted'
+end
+if owner then redis.call('persist', KEYS[3]) else redis.call('set', KEYS[3], ARGV[1]) end
+return {status, 0}
+"""
+# Reserve quota slots for batch rows (KEYS: open jobs, pending slots; ARGV: the quota, how
+# many wanted, the pending counter's expiry): how many were granted.
+_RESERVE = """
+local used = redis.call('zcard', KEYS[1]) + tonumber(redis.call('get', KEYS[2]) or '0')
+local got = math.max(0, math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used))
+if got > 0 then
+  redis.call('incrby', KEYS[2], got)
+  redis.call('expire', KEYS[2], tonumber(ARGV[3]))
+end
+return got
+"""
+ADMIT_SECONDS = 120  # a request that set the marker and died: others wait this long at most
+PENDING_SECONDS = 3600  # a batch upload's slots, if its process died holding them
 # The form of the ids the API derives: the token's id (16 hex digits), "-", the content id.
 _DERIVED = re.compile(r"^[0-9a-f]{16}-")
 
@@ -75,6 +120,8 @@ class Limits:
         self.redis = jobqueue.redis
         self.settings = jobqueue.settings
         self._claim = self.redis.register_script(_CLAIM)
+        self._admit = self.redis.register_script(_ADMIT)
+        self._reserve = self.redis.register_script(_RESERVE)
 
     def rate(self, owner: Owner, now: float | None = None) -> None:
         """Count one request; Problem 429 with Retry-After past SVDQ_API_RATE_LIMIT a minute."""
@@ -97,43 +144,118 @@ class Limits:
                 headers={"Retry-After": str(wait)},
             )
 
-    def quota(self, owner: Owner, adding: int = 1) -> int:
-        """Room left for `owner`'s queued jobs; Problem 429 when adding `adding` would pass the
-        token's quota. Jobs seen to have ended leave the count here (checked only when full)."""
-        cap = owner.quota or self.settings.api_max_queued
-        key = owner_open_key(owner.id)
-        count = int(self.redis.zcard(key))
-        if count + adding > cap:
-            ids = [_s(i) for i in self.redis.zrange(key, 0, -1)]
-            ended = [e["job_id"] for e in self._peek(ids) if not e["state"].is_open]
-            if ended:
-                self.redis.zrem(key, *ended)
-            count = len(ids) - len(ended)
-        if count + adding > cap:
-            raise Problem(
-                429,
-                "quota",
-                f"token {owner.name!r} has {count} queued or running jobs: allowed up to {cap} "
-                "(svdq token create --quota, SVDQ_API_MAX_QUEUED); wait for some to end",
-                headers={"Retry-After": "30"},
+    def cap(self, owner: Owner) -> int:
+        """The most queued or running jobs `owner` may have."""
+        return owner.quota or self.settings.api_max_queued
+
+    def admit(self, owner: Owner, job_id: str) -> tuple[bool, bool]:
+        """Claim `job_id` for `owner` and take a quota slot for it, atomically (one script, so
+        parallel requests cannot all see the same free slot, nor all queue the same job):
+        (busy, counted). busy: another request is queueing this job now (wait, then look at it
+        again); counted: a slot was taken here (give it back with `release` if queueing
+        fails). Problem 409 when the id is someone else's (see `claim`), 429 past the quota."""
+        derived = "1" if job_id.startswith(id_prefix(owner)) else "0"
+        for attempt in (0, 1):
+            status, used = self._admit(
+                keys=[
+                    owner_open_key(owner.id),
+                    owner_pending_key(owner.id),
+                    job_owner_key(job_id),
+                    job_key(job_id),
+                    job_admit_key(job_id),
+                ],
+                args=[
+                    owner.id,
+                    derived,
+                    self.cap(owner),
+                    time.time(),
+                    job_id,
+                    ADMIT_SECONDS,
+                    self.settings.result_expires,
+                ],
             )
-        return cap - count
+            status = _s(status)
+            if status == "full" and attempt == 0 and self._prune(owner):
+                continue
+            break
+        if status == "taken":
+            raise _taken(job_id)
+        if status == "full":
+            raise self._over(owner, int(used))
+        return status == "busy", status == "counted"
+
+    def release(self, owner: Owner, job_id: str, counted: bool) -> None:
+        """End `admit`'s hold on `job_id`: it is queued (or failed to be: then `counted`
+        gives its quota slot back)."""
+        pipe = self.redis.pipeline(transaction=False)
+        if counted:
+            pipe.zrem(owner_open_key(owner.id), job_id)
+        pipe.delete(job_admit_key(job_id))
+        pipe.execute()
+
+    def reserve(self, owner: Owner, wanted: int) -> int:
+        """Hold up to `wanted` quota slots for a batch's rows (their job ids are not known
+        until the submitter makes them): how many it got, atomically. `moved` hands them to
+        the jobs queued, `unreserve` gives back the rest."""
+        if wanted <= 0:
+            return 0
+        got = 0
+        for attempt in (0, 1):
+            got = int(
+                self._reserve(
+                    keys=[owner_open_key(owner.id), owner_pending_key(owner.id)],
+                    args=[self.cap(owner), wanted, PENDING_SECONDS],
+                )
+            )
+            if got < wanted and attempt == 0 and self._prune(owner):
+                continue
+            break
+        return got
+
+    def moved(self, owner: Owner, job_ids: list[str], held: int) -> None:
+        """`held` reserved slots are over: `job_ids` (the batch's rows just queued) now count
+        against the quota as jobs; the owner is recorded on them (claim_many)."""
+        pipe = self.redis.pipeline(transaction=False)
+        if job_ids:
+            for job_id in job_ids:
+                pipe.set(job_owner_key(job_id), owner.id, nx=True)
+            pipe.zadd(owner_open_key(owner.id), dict.fromkeys(job_ids, time.time()))
+            pipe.expire(owner_open_key(owner.id), self.settings.result_expires)
+        if held:  # after the zadd: a reader in between counts the jobs twice, never zero times
+            pipe.decrby(owner_pending_key(owner.id), held)
+        pipe.execute()
+
+    def _prune(self, owner: Owner) -> bool:
+        """Forget jobs of the owner's quota seen to have ended; whether any were."""
+        key = owner_open_key(owner.id)
+        since = {_s(i): t for i, t in self.redis.zrange(key, 0, -1, withscores=True)}
+        # A job admitted a moment ago has no record yet (its input is uploading): it has not
+        # ended. One with no record for longer than ADMIT_SECONDS never got queued.
+        young = time.time() - ADMIT_SECONDS
+        ended = [
+            e["job_id"]
+            for e in self._peek(list(since))
+            if not e["state"].is_open and (e["has_record"] or since[e["job_id"]] < young)
+        ]
+        if ended:
+            self.redis.zrem(key, *ended)
+        return bool(ended)
+
+    def _over(self, owner: Owner, count: int) -> Problem:
+        cap = self.cap(owner)
+        return Problem(
+            429,
+            "quota",
+            f"token {owner.name!r} has {count} queued or running jobs: allowed up to {cap} "
+            "(svdq token create --quota, SVDQ_API_MAX_QUEUED); wait for some to end",
+            headers={"Retry-After": "30"},
+        )
 
     def _peek(self, ids: list[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for start in range(0, len(ids), 500):
             out.extend(self.jobqueue.peek(ids[start : start + 500]))
         return out
-
-    def opened(self, owner: Owner, job_ids: list[str]) -> None:
-        """Count jobs just queued against the owner's quota."""
-        if job_ids:
-            now = time.time()
-            key = owner_open_key(owner.id)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zadd(key, dict.fromkeys(job_ids, now))
-            pipe.expire(key, self.settings.result_expires)
-            pipe.execute()
 
     def claim(self, owner: Owner, job_id: str, output_prefix: str | None = None) -> None:
         """Make `owner` the job's owner, or Problem 409 when it is someone else's, was queued
@@ -173,15 +295,6 @@ class Limits:
             for prefix in dict.fromkeys((output_prefix, None))
         ):
             raise _taken(job_id)
-
-    def claim_many(self, owner: Owner, job_ids: list[str]) -> None:
-        """Record `owner` on jobs a batch of theirs queued (only where no owner is recorded:
-        the ids are this token's derived ones, or chosen ones claimed row by row)."""
-        if job_ids:
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.set(job_owner_key(job_id), owner.id, nx=True)
-            pipe.execute()
 
     def owns_job(self, owner: Owner, job_id: str) -> bool:
         """Whether the job's record names `owner` (a job it cannot see is one it cannot touch)."""

@@ -10,10 +10,12 @@ every refusal by its reason (the problem's `reason`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +24,7 @@ from svdq.shared.errors import SvdqError
 from svdq.shared.settings import Settings
 
 BATCH_PATH = "/v1/batches"
+log = logging.getLogger("svdq.api")
 
 
 class BodyTooLarge(SvdqError):
@@ -100,6 +103,43 @@ class BodyCap:
         await send({"type": "http.response.body", "body": body})
 
 
+class Failures:
+    """Answers an exception no route handled with the problem `on_error` makes of it, here,
+    so it goes no further: Starlette's ServerErrorMiddleware would answer it too but then
+    re-raise it, and uvicorn would log a traceback for an error already handled (an outage,
+    logged as one line by `on_error`). A client that hung up mid-request (ClientDisconnect)
+    is answered with nothing and counted as 499, as nginx counts it."""
+
+    def __init__(self, app: ASGIApp, on_error: Any) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except BodyTooLarge:
+            raise  # BodyCap (outside this layer) answers it
+        except ClientDisconnect:
+            log.info("%s %s: the client hung up mid-request", scope["method"], scope["path"])
+            scope.setdefault("state", {})["status"] = 499
+        except Exception as exc:
+            if started:  # mid-stream: nothing more can be said to the client
+                log.exception("%s %s failed mid-answer", scope["method"], scope["path"])
+                return
+            response = self.on_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 class Metrics:
     """The API's Prometheus metrics, in a registry of its own (GET /metrics)."""
 
@@ -130,6 +170,17 @@ class Metrics:
         self.rejections.labels(reason).inc()
 
 
+# The methods that get a label of their own; any other (a client may send any token as a
+# method, and uvicorn passes it on) is counted as "other", so no client grows /metrics.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(scope: Scope) -> str:
+    """The request's method as a metric label: a standard one, else "other"."""
+    method = str(scope.get("method", ""))
+    return method if method in METHODS else "other"
+
+
 class Measure:
     """Counts and times every request under its route template (never the raw path)."""
 
@@ -139,10 +190,14 @@ class Measure:
         self.routes = routes
 
     def _route(self, scope: Scope) -> str:
+        """The template of the route that matched (path and method), else "other": a label
+        never comes from what the client sent. A PARTIAL match (the path, another method: a
+        405) counts as "other" too."""
         for route in self.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return str(getattr(route, "path", "other"))
+                path = getattr(route, "path", None)
+                return path if isinstance(path, str) else "other"
         return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,6 +216,7 @@ class Measure:
         try:
             await self.app(scope, receive, watched)
         finally:
+            status = scope.get("state", {}).get("status", status)
             route = self._route(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(route, method_label(scope), str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)

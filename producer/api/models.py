@@ -44,6 +44,7 @@ class BatchView(BaseModel):
     counts: dict[str, int] = Field(description="the batch's jobs by state now")
     submitted: int = 0
     invalid: int = 0
+    rejected: int = Field(0, description="rows that were not jobs (the first 1000 are kept)")
     links: dict[str, str]
 
 

@@ -9,17 +9,19 @@ Anything else is refused with the field, the value and what is allowed.
 from __future__ import annotations
 
 import hashlib
-import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from svdq.producer.inputs import URLS_OFF, InputImage
-from svdq.producer.manifest import csv_value
+from svdq.producer.manifest import csv_value, loads
 from svdq.shared.constants import RESULT_PREFIX
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import check_image
+from svdq.shared.net import destination_allowed
 from svdq.shared.settings import Settings
 from svdq.shared.storage import ObjectStore
 
@@ -60,6 +62,40 @@ def check_remote_image(image: Any, settings: Settings, *, urls: bool = True) -> 
     )
 
 
+def check_callback(url: Any, networks: str) -> None:
+    """InvalidJobError when an API caller's callback_url would reach where
+    SVDQ_API_CALLBACK_NETWORKS (default public) does not allow: every address its host resolves
+    to now must be allowed (shared.net.destination_allowed, the workers' own rule), so no token
+    holder can make the workers POST into the private network. Blocking (DNS): call it in a
+    thread. A URL that is not one at all is left to JobSpec's own check."""
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return
+    parts = urlsplit(url)
+    where = f"callback_url={url[:100]!r}"
+    allowed = f"SVDQ_API_CALLBACK_NETWORKS={networks} allows only {_NETWORKS[networks]}"
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError):
+        raise InvalidJobError(
+            f"{where} is not allowed: its host does not resolve here; {allowed}",
+            field="callback_url",
+        ) from None
+    for address in sorted({str(info[4][0]) for info in infos}):
+        if not destination_allowed(address, networks):
+            raise InvalidJobError(
+                f"{where} is not allowed: it resolves to {address}; {allowed}",
+                field="callback_url",
+            )
+
+
+_NETWORKS = {
+    "public": "public addresses",
+    "private": "public and private (10/8, 172.16/12, 192.168/16, fc00::/7) addresses",
+    "any": "any address but link-local",
+}
+
+
 def job_from_json(data: Any, settings: Settings) -> dict[str, Any]:
     """A JSON job body: JobSpec fields, `image` checked above (the rest by JobSpec)."""
     if not isinstance(data, dict):
@@ -73,8 +109,8 @@ def job_from_json(data: Any, settings: Settings) -> dict[str, Any]:
 def parse_json(raw: bytes) -> Any:
     """A request body as JSON, or InvalidJobError saying where it broke."""
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return loads(raw)
+    except ValueError as exc:  # manifest.loads: bad JSON, too deep, a number too long
         raise InvalidJobError(f"the body is not valid JSON: {exc}", field="body") from None
 
 

@@ -114,12 +114,6 @@ def _purge(rdb: redis_lib.Redis, job_ids: set[str]) -> None:
 # ---- 1. slow batch uploads starve every other token's batches ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: each POST /v1/batches holds a thread of the event loop's default "
-    "executor (min(32, cpus+4)) for as long as its body takes; one token's slow uploads block "
-    "every other token's batches (batches.py: loop.run_in_executor(None, bulk.run, ...))",
-)
 def test_slow_batch_uploads_do_not_block_other_tokens_batches(
     redis_url: str, lone: Lone, store: S3Store, tmp_path: Path
 ) -> None:
@@ -152,12 +146,6 @@ def test_slow_batch_uploads_do_not_block_other_tokens_batches(
 # ---- 2. a batch's rejected lines amplify into Redis ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: every rejected batch line is stored in Redis with a ~250-byte "
-    "sentence for SVDQ_RESULT_EXPIRES (7 days): '{}\\n' (3 bytes) becomes ~250 bytes, so one "
-    "256 MiB body can put tens of GB into the broker's Redis",
-)
 def test_rejected_batch_lines_do_not_amplify_into_redis(
     redis_url: str, api: Api, rdb: redis_lib.Redis
 ) -> None:
@@ -175,11 +163,6 @@ def test_rejected_batch_lines_do_not_amplify_into_redis(
 # ---- 3. the queued-jobs quota is check-then-add, so parallel requests pass it ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: Limits.quota counts, then jobs.submit claims, uploads, enqueues "
-    "and only then Limits.opened adds: N parallel POSTs all see room (limits.py quota/opened)",
-)
 def test_quota_holds_against_parallel_submissions(
     redis_url: str, api: Api, rdb: redis_lib.Redis
 ) -> None:
@@ -203,11 +186,6 @@ def test_quota_holds_against_parallel_submissions(
     assert len(queued) <= 2, f"quota 2, {len(queued)} queued"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 3: each batch reads the quota's room once at its start "
-    "(batches.submit_batch: room = limits.quota(owner)), so parallel batches each get it all",
-)
 def test_quota_holds_against_parallel_batches(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
@@ -244,11 +222,6 @@ def test_quota_holds_against_parallel_batches(
 # ---- 4. hostile JSON: 500 with a traceback, and one bad line sinks a whole batch -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: requests.parse_json and csv_value catch JSONDecodeError only; "
-    "json.loads raises RecursionError (deep nesting) and ValueError (over 4300 digits): 500",
-)
 def test_hostile_json_is_a_400_problem_not_a_500(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-json")
@@ -284,12 +257,6 @@ def test_hostile_json_is_a_400_problem_not_a_500(redis_url: str, lone: Lone) -> 
         assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: batches.parse_line catches JSONDecodeError only: one deeply "
-    "nested or 5000-digit line makes the whole POST /v1/batches a 500 (no batch id returned, "
-    "rows already handed to the submitter queued anyway)",
-)
 def test_one_hostile_batch_line_is_reported_and_the_rest_run(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-batch-line")
@@ -303,12 +270,6 @@ def test_one_hostile_batch_line_is_reported_and_the_rest_run(redis_url: str, lon
 # ---- 5. the idempotent PUT queues one message per concurrent request ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 5: jobs.submit peeks, then Client.enqueue records and sends: "
-    "concurrent identical PUTs (a client retrying on a timeout) each answer 202 and each "
-    "queue a message",
-)
 def test_concurrent_identical_puts_queue_one_job(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
@@ -330,11 +291,6 @@ def test_concurrent_identical_puts_queue_one_job(
 # ---- 6. the fleet page shows other tokens' job ids under `lost` ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: /v1/fleet masks workers[].job_id of other tokens but returns "
-    "stats.snapshot's `lost` list as is (console.py fleet)",
-)
 def test_fleet_does_not_show_other_tokens_lost_jobs(
     redis_url: str,
     api: Api,
@@ -383,12 +339,6 @@ def _take_and_die(app: Any, queue: str, rdb: redis_lib.Redis, job_id: str) -> No
 # ---- 7. callback_url into the private network ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 7: the API accepts any http(s) callback_url; with the default "
-    "SVDQ_CALLBACK_NETWORKS=private every API token can make the workers POST to 10/8, "
-    "172.16/12 and 192.168/16 services (a blind SSRF for another team)",
-)
 def test_api_refuses_callback_urls_into_private_networks(
     redis_url: str, api: Api, store: S3Store, rdb: redis_lib.Redis, tmp_path: Path
 ) -> None:
@@ -409,11 +359,6 @@ def test_api_refuses_callback_urls_into_private_networks(
 # ---- 8. /metrics grows a series per made-up HTTP method, unauthenticated -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 8: middleware.Measure labels svdq_api_requests with the raw "
-    "scope['method']; any client (no token) makes new series without bound",
-)
 def test_made_up_http_methods_do_not_grow_the_metrics(api: Api) -> None:
     host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
     stamp = os.getpid()
@@ -431,12 +376,6 @@ def test_made_up_http_methods_do_not_grow_the_metrics(api: Api) -> None:
 # ---- 9. an outage's problem tells every caller the internal endpoints ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 9: app._errors answers an outage with services.outage's operator "
-    "sentence (S3 endpoint host:port, bucket, object key, env names) to any token holder, "
-    "where /healthz deliberately says only 'store is not reachable'",
-)
 def test_outage_problem_names_no_internal_address(redis_url: str, lone: Lone) -> None:
     api = lone.api
     token = _token(redis_url, "rv-outage")
