@@ -81,6 +81,11 @@ def test_defaults_from_an_empty_env() -> None:
         api_max_body_bytes=21 * 1024 * 1024,
         api_max_batch_bytes=256 * 1024 * 1024,
         api_presign_seconds=3600,
+        api_callback_networks="public",  # an API caller's callback_url: public addresses only
+        api_max_batch_lines=100_000,
+        api_max_batches=4,
+        api_batch_idle=30,
+        api_max_connections=4096,
         worker=WorkerSettings(
             gpu_index=None,
             worker_variant="tiny",
