@@ -222,9 +222,11 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str, cap: int) -> s
 
 
 def set_aside_raw(redis: Any, raw: str, reason: str, worker: str, cap: int) -> str:
-    """Record an item that never became a message (worker/brokerguard.py); return its key."""
+    """Record an item that never became a message (worker/brokerguard.py); return its key.
+    An item whose text could not be kept (`raw` empty) gets a key of its own each time."""
     data = raw.encode("utf-8", "replace")
-    return _record(redis, cap, data, b"", f"queue item set aside unread: {reason}", worker)
+    salt = b"" if raw else f"{reason}@{time.time()}".encode()
+    return _record(redis, cap, data, salt, f"queue item set aside unread: {reason}", worker)
 
 
 def _record(

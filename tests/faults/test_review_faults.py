@@ -560,11 +560,6 @@ UNCAUGHT_ITEMS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 1: brokerguard catches only ValueError/NotAMessage; a queue item "
-    "that raises RecursionError, AttributeError or TypeError in kombu stops the worker",
-)
 def test_review_queue_items_kombu_chokes_on_never_stop_the_worker(
     live: Worker, rclient: Client, rdb2: redis_lib.Redis, image: Path
 ) -> None:

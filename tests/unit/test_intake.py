@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from kombu import Message
 from kombu.serialization import prepare_accept_content
+from kombu.transport.virtual import Channel as VirtualChannel
 
 from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
 from svdq.shared.errors import InvalidJobError
-from svdq.worker.brokerguard import CheckedMessage, NotAMessage, transport_for
+from svdq.worker.brokerguard import CheckedMessage, NotAMessage, _envelope_problem, transport_for
 from svdq.worker.intake import (
     ARGUMENT_CHECKS,
     MAX_MESSAGE_BYTES,
@@ -101,6 +102,40 @@ def test_a_queue_item_that_is_not_a_message(payload: Any, says: str) -> None:
     with pytest.raises(NotAMessage, match=re.escape(says)) as caught:
         CheckedMessage(payload)
     assert json.loads(caught.value.raw) == payload
+
+
+def envelope(**properties: Any) -> dict[str, Any]:
+    """What kombu's Redis publisher LPUSHes, with `properties` overriding its own."""
+    info = {"exchange": "", "routing_key": "svdq.tiny"}
+    props = {"delivery_tag": "t", "body_encoding": "base64", "delivery_info": info}
+    return {
+        "body": "eA==",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": {**props, **properties},
+    }
+
+
+@pytest.mark.parametrize(
+    ("properties", "says"),
+    [  # each made kombu raise in the worker's main process (review finding 1)
+        ({"body_encoding": "rot13"}, "body_encoding='rot13' is not allowed: one of base64, utf-8"),
+        ({"body_encoding": 5}, "body_encoding=5 is not allowed"),
+        ({"delivery_tag": [1]}, "delivery_tag=[1] is not allowed: a string"),
+        ({"delivery_tag": {"a": 1}}, "delivery_tag={'a': 1} is not allowed"),
+        ({"delivery_info": "x"}, "delivery_info='x' is not allowed: an object with string"),
+        ({"delivery_info": {"exchange": ""}}, "delivery_info={'exchange': ''} is not allowed"),
+    ],
+)
+def test_an_envelope_kombu_would_trip_on(properties: dict[str, Any], says: str) -> None:
+    with pytest.raises(NotAMessage, match=re.escape(says)):
+        CheckedMessage(envelope(**properties))
+
+
+def test_what_kombu_publishes_passes_the_envelope_check() -> None:
+    codecs = VirtualChannel.codecs
+    assert _envelope_problem(envelope(), codecs) is None
+    assert _envelope_problem(envelope(body_encoding="UTF-8", delivery_tag="u"), codecs) is None
 
 
 def test_the_guarded_transport_follows_the_url_scheme() -> None:
