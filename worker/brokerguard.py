@@ -29,6 +29,10 @@ publisher writes is refused before kombu reads it (`_envelope_problem`), and any
 while the item becomes a message is caught too; either way the item is recorded and dropped,
 and the worker reads the next one. Lost connections (the channel's connection and channel
 errors) and kombu's own `Empty` still propagate as before.
+
+A compressed message (a `compression` header) is refused here too, unread: kombu would inflate
+it in the worker's main process while building the message (kombu/message.py), before
+worker/intake.py could look at its size: a zip bomb.
 """
 
 from __future__ import annotations
@@ -93,6 +97,14 @@ def _envelope_problem(payload: Any, codecs: Any = ()) -> str | None:
     headers = payload.get("headers")
     if headers is not None and not isinstance(headers, dict):
         return f"headers={headers!r:.80} is not allowed: an object"
+    if headers and headers.get("compression") is not None:
+        # kombu/message.py, Message.__init__, inflates it as the message is built, before any
+        # size check: `body = decompress(body, compression)` (zlib, bzip2, lzma, zstd). 177
+        # bytes of bzip2 are 200 MiB there. svdq never compresses: refused unread.
+        return (
+            f"compression={headers['compression']!r:.80} is not allowed: svdq messages are "
+            "never compressed (none)"
+        )
     for key in ("body", "content-type", "content-encoding"):
         value = payload.get(key)
         if value is not None and not isinstance(value, str):

@@ -128,11 +128,6 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: a compressed message (headers.compression) is inflated by kombu "
-    "in the worker's main process before MAX_MESSAGE_BYTES is checked: a zip bomb",
-)
 def test_review_a_compression_bomb_is_not_inflated_in_the_main_process(
     live: Worker, rclient: Client, review_env: dict[str, str], rdb2: redis_lib.Redis
 ) -> None:

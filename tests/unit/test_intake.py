@@ -3,6 +3,8 @@ and the reason it gives (field, value, what is allowed)."""
 
 from __future__ import annotations
 
+import base64
+import bz2
 import json
 import re
 from typing import Any
@@ -130,6 +132,15 @@ def envelope(**properties: Any) -> dict[str, Any]:
 def test_an_envelope_kombu_would_trip_on(properties: dict[str, Any], says: str) -> None:
     with pytest.raises(NotAMessage, match=re.escape(says)):
         CheckedMessage(envelope(**properties))
+
+
+def test_a_compressed_message_is_refused_before_kombu_inflates_it() -> None:
+    """Review finding 2: kombu's Message.__init__ decompresses any registered codec."""
+    bomb = envelope()
+    bomb["headers"] = {"compression": "application/x-bz2"}
+    bomb["body"] = base64.b64encode(bz2.compress(b"0" * 2**20)).decode()
+    with pytest.raises(NotAMessage, match="compression='application/x-bz2' is not allowed"):
+        CheckedMessage(bomb)
 
 
 def test_what_kombu_publishes_passes_the_envelope_check() -> None:
