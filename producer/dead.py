@@ -31,7 +31,9 @@ def dead_jobs(redis: Any) -> list[dict[str, Any]]:
 
 def retry_dead(client: Client, job_id: str) -> JobHandle:
     """Take `job_id` off the dead-letter list and queue it again with a fresh delivery count;
-    return its JobHandle. Raises InvalidJobError when the job is not dead-lettered."""
+    return its JobHandle. Raises InvalidJobError when the job is not dead-lettered, or when
+    the spec its entry holds is not that job's (an edited entry must not delete another job's
+    result.json and run it again: the retry is queued with force)."""
     redis = client.jobqueue.redis
     raw = redis.hget(DEAD_LETTER_KEY, job_id)
     if raw is None:
@@ -47,6 +49,13 @@ def retry_dead(client: Client, job_id: str) -> JobHandle:
             field="job_id",
         )
     spec = JobSpec.from_dict(record["spec"])
+    if spec.job_id != job_id:
+        raise InvalidJobError(
+            f"the dead-letter entry {job_id!r} holds a spec with job_id={spec.job_id!r}: a "
+            "retry runs only the job the entry is for; submit that spec yourself if it is "
+            "what you mean",
+            field="job_id",
+        )
     # Forget the old attempts first, so the new delivery is number 1, not number 4.
     redis.delete(deliveries_key(job_id), generations_key(job_id), lease_key(job_id))
     # Off the list before it is queued: a worker refuses a job it finds on the list.

@@ -216,11 +216,6 @@ def test_review_a_marker_whose_outputs_point_elsewhere_is_not_believed(
     assert st["result"]["outputs"]["mp4"]["key"] == "results/rv-forged/clip.mp4", st
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 6: `svdq dead retry X` submits whatever spec the entry holds with "
-    "force=True: an edited entry deletes another job's result.json and runs it again",
-)
 def test_review_dead_retry_does_not_trust_the_entry_s_job_id(
     rclient: Client,
     rdb2: redis_lib.Redis,
