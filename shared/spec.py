@@ -217,7 +217,8 @@ def _check_image(value: str) -> str:
     return value
 
 
-def _check_job_id(value: str) -> str:
+def check_job_id(value: str) -> str:
+    """`value` if it is an allowed job id; InvalidJobError naming it and the rule if not."""
     if not SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` allows a final "\n"
         allowed = "1–128 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'"
         raise _refused("job_id", value, allowed, shown=140)
@@ -245,7 +246,7 @@ def _check_callback(value: str) -> str:
 
 _STRING_CHECKS = {
     "image": _check_image,
-    "job_id": _check_job_id,
+    "job_id": check_job_id,
     "output_prefix": _check_prefix,
     "callback_url": _check_callback,
 }
