@@ -41,8 +41,8 @@ import functools
 import json
 import logging
 import socket
-from queue import Empty
 from collections.abc import Callable
+from queue import Empty
 from typing import Any
 from urllib.parse import urlsplit
 

@@ -45,7 +45,7 @@ from vine import promise
 
 from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
 from svdq.shared.errors import InvalidJobError
-from svdq.shared.spec import JobSpec
+from svdq.shared.spec import JobSpec, check_job_id
 from svdq.worker import deadletter
 
 log = logging.getLogger("svdq.worker")
@@ -95,14 +95,24 @@ def check_generate(task_id: str, args: list[Any], kwargs: dict[str, Any]) -> Non
         )
 
 
+CALLBACK_ENDS = ("succeeded", "failed", "cancelled")  # shared.states.JobState's final states
+
+
 def check_callback(task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """svdq.callback takes (url, payload): a string and a JSON object."""
-    if len(args) != 2 or kwargs or not isinstance(args[0], str) or not isinstance(args[1], dict):
+    """svdq.callback takes (job_id, status): the job whose recorded callback to send, and the
+    end it is for (worker/callbacks.py: the message carries no URL and no payload)."""
+    if (
+        len(args) != 2
+        or kwargs
+        or not all(isinstance(a, str) for a in args)
+        or args[1] not in CALLBACK_ENDS
+    ):
         raise _refuse(
             f"args={_shown(args)} kwargs={_shown(kwargs)} is not allowed: "
-            f"{TASK_CALLBACK} takes (url: str, payload: object)",
+            f"{TASK_CALLBACK} takes (job_id: str, status: one of {', '.join(CALLBACK_ENDS)})",
             "args",
         )
+    check_job_id(args[0])  # InvalidJobError naming job_id
 
 
 ARGUMENT_CHECKS: Mapping[str, ArgumentCheck] = {

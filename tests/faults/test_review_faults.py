@@ -17,7 +17,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,30 +349,25 @@ def callbacks(review_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     print(f"--- svdq callbacks log (tail) ---\n{log.read_text()[-3000:]}")
 
 
-def send_callback(env: dict[str, str], url: str, payload: dict[str, Any]) -> None:
+def send_callback(env: dict[str, str], args: list[Any]) -> None:
     """A svdq.callback message as any producer with the queue's address can send one."""
     from svdq.shared.celery_app import make_celery
     from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
 
-    make_celery(Settings.from_env(env)).send_task(
-        TASK_CALLBACK, args=[url, payload], queue=QUEUE_CALLBACKS
-    )
+    make_celery(Settings.from_env(env)).send_task(TASK_CALLBACK, args=args, queue=QUEUE_CALLBACKS)
 
 
-def consumed(rdb: redis_lib.Redis, seconds: float = 20) -> None:
-    """Wait until svdq.callbacks is empty and nothing is unacknowledged, then a moment more."""
+def consumed(rdb: redis_lib.Redis, done: Callable[[], bool], seconds: float = 20) -> None:
+    """Wait until svdq.callbacks is empty, nothing is unacknowledged and `done()` holds."""
     deadline = time.monotonic() + seconds
     while any(rdb.llen(k) for k in rdb.scan_iter("svdq.callbacks*")) or rdb.hlen("unacked"):
         assert time.monotonic() < deadline, "the callback message was never taken"
-        time.sleep(0.2)
-    time.sleep(3)
+        time.sleep(0.1)
+    while not done():
+        assert time.monotonic() < deadline, "the callback consumer never got to it"
+        time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: `svdq callbacks` signs and POSTs any (url, payload) a queue "
-    "message carries: anyone who can publish gets validly signed, forged results delivered",
-)
 def test_review_the_callback_consumer_is_no_signing_oracle(callbacks, rdb2) -> None:  # type: ignore[no-untyped-def]
     """A message straight onto svdq.callbacks claiming that a job nobody submitted succeeded,
     with a clip on another host. The receiver got it with a valid X-Svdq-Signature: the
@@ -380,15 +375,18 @@ def test_review_the_callback_consumer_is_no_signing_oracle(callbacks, rdb2) -> N
     that ran it, to the job's own callback_url) may be signed."""
     from svdq.worker.callbacks import signature
 
-    env, receiver, _ = callbacks
+    env, receiver, log = callbacks
     forged = {
         "job_id": "rv-never-submitted",
         "status": "succeeded",
         "outputs": {"mp4": {"uri": "https://attacker.example/clip.mp4"}},
     }
     before = len(receiver.posts)
-    send_callback(env, receiver.url, forged)
-    consumed(rdb2)
+    send_callback(env, [receiver.url, forged])  # the old form: (url, payload)
+    send_callback(env, ["rv-never-submitted", "succeeded"])  # no worker recorded it
+    said = log.read_text
+    consumed(rdb2, lambda: "callback for rv-never-submitted (succeeded) not sent" in said())
+    assert "set aside a message from queue svdq.callbacks" in said(), said()[-2000:]
     signed = [
         body
         for headers, body in receiver.posts[before:]
@@ -403,18 +401,22 @@ def test_review_the_callback_consumer_is_no_signing_oracle(callbacks, rdb2) -> N
     "the callback task raise ValueError: the end is not recorded on the job or counted",
 )
 def test_review_an_unusable_callback_url_is_recorded_as_given_up(callbacks, rdb2) -> None:  # type: ignore[no-untyped-def]
+    from svdq.shared.constants import callback_payload_key
+    from svdq.shared.errors import InvalidJobError
     from svdq.shared.spec import JobSpec
 
     env, _, log = callbacks
     url = "http://127.0.0.1:99999/hook"
-    JobSpec.from_dict({"image": "s3://b/k.png", "callback_url": url})  # the producer takes it
+    with pytest.raises(InvalidJobError, match="callback_url="):  # the producer refuses it now
+        JobSpec.from_dict({"image": "s3://b/k.png", "callback_url": url})
+    # ...and the consumer copes with one a worker recorded before it did.
     rdb2.hset("svdq:job:rv-cb-port", "queue", QUEUE)  # a job the producer recorded
-    send_callback(env, url, {"job_id": "rv-cb-port", "status": "failed"})
-    consumed(rdb2)
-    raw = rdb2.hget("svdq:job:rv-cb-port", "callback")
-    assert raw is not None, f"not recorded; consumer said:\n{log.read_text()[-1500:]}"
-    end = json.loads(raw)
-    assert end["gave_up"] and "99999" in end["error"], end
+    payload = {"job_id": "rv-cb-port", "status": "failed"}
+    rdb2.set(callback_payload_key("rv-cb-port"), json.dumps({"url": url, "payload": payload}))
+    send_callback(env, ["rv-cb-port", "failed"])
+    consumed(rdb2, lambda: rdb2.hget("svdq:job:rv-cb-port", "callback") is not None)
+    end = json.loads(rdb2.hget("svdq:job:rv-cb-port", "callback") or b"{}")
+    assert end["gave_up"] and "99999" in end["error"], (end, log.read_text()[-1500:])
 
 
 # --- a black-holed store ---------------------------------------------------------------------

@@ -86,9 +86,14 @@ def test_pickle_is_refused_unread() -> None:
 def test_a_callback_message() -> None:
     served = {TASK_CALLBACK: ARGUMENT_CHECKS[TASK_CALLBACK]}
     headers = {"task": TASK_CALLBACK, "id": "cb-1"}
-    check_message(message([["https://x/hook", {"job_id": "j"}], {}, EMBED], headers), served)
-    with pytest.raises(InvalidJobError, match="takes \\(url: str, payload: object\\)"):
-        check_message(message([["https://x/hook"], {}, EMBED], headers), served)
+    check_message(message([["job-1", "succeeded"], {}, EMBED], headers), served)
+    takes = "takes \\(job_id: str, status: one of succeeded, failed, cancelled\\)"
+    # Review finding 4: a URL and a payload in the message are what made it a signing oracle.
+    for args in (["https://x/hook", {"job_id": "j"}], ["job-1"], ["job-1", "running"]):
+        with pytest.raises(InvalidJobError, match=takes):
+            check_message(message([args, {}, EMBED], headers), served)
+    with pytest.raises(InvalidJobError, match=re.escape("job_id='../x' is not allowed")):
+        check_message(message([["../x", "failed"], {}, EMBED], headers), served)
 
 
 @pytest.mark.parametrize(
