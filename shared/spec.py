@@ -14,6 +14,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from svdq.shared import SCHEMA_VERSION
 from svdq.shared.errors import InvalidJobError
@@ -238,8 +239,18 @@ def _check_prefix(value: str) -> str:
 
 
 def _check_callback(value: str) -> str:
+    allowed = (
+        f"an http(s):// URL of at most {MAX_URL_LEN} characters with a host, a port (if any) "
+        "of 1–65535 and an IPv6 address in brackets"
+    )
     if len(value) > MAX_URL_LEN or not value.lower().startswith(("https://", "http://")):
-        allowed = f"an http(s):// URL of at most {MAX_URL_LEN} characters"
+        raise _refused("callback_url", value, allowed)
+    try:  # what `svdq callbacks` reads it with (worker/callbacks.py): it must parse there
+        parts = urlsplit(value)
+        port, host = parts.port, parts.hostname
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL", ...
+        raise _refused("callback_url", value, f"{allowed} ({exc})") from None
+    if not host or port == 0:
         raise _refused("callback_url", value, allowed)
     return value
 

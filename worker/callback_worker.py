@@ -64,6 +64,10 @@ def deliver_callback(self: Task, job_id: str, status: str) -> dict[str, Any]:
     except CallbackRefused as exc:
         log.error("callback for %s not sent: %s", job_id, exc)
         return record(job_id, {**end, "status": 0, "gave_up": True, "error": str(exc)})
+    except ValueError as exc:  # a URL urlsplit cannot read: .port raises "Port out of range"
+        error = f"callback_url={url[:100]!r} cannot be used: {exc}"
+        log.error("callback for %s not sent: %s", job_id, error)
+        return record(job_id, {**end, "status": 0, "gave_up": True, "error": error})
     except OSError as exc:  # refused, reset, timed out (past the deadline too), DNS
         code, problem = 0, f"{type(exc).__name__}: {exc}"
     end.update(status=code)

@@ -395,11 +395,6 @@ def test_review_the_callback_consumer_is_no_signing_oracle(callbacks, rdb2) -> N
     assert not signed, f"a forged result was delivered, signed: {signed[0][:200]!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 9: a callback_url with an invalid port (accepted by JobSpec) makes "
-    "the callback task raise ValueError: the end is not recorded on the job or counted",
-)
 def test_review_an_unusable_callback_url_is_recorded_as_given_up(callbacks, rdb2) -> None:  # type: ignore[no-untyped-def]
     from svdq.shared.constants import callback_payload_key
     from svdq.shared.errors import InvalidJobError
