@@ -153,11 +153,6 @@ def test_review_a_compression_bomb_is_not_inflated_in_the_main_process(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 8: intake accepts any numbers as the timelimit header (NaN, "
-    "negative, far beyond SVDQ_TASK_TIME_LIMIT): the job 'times out' at once with a lying reason",
-)
 def test_review_a_hostile_timelimit_header_is_refused_or_overridden(
     live: Worker, rclient: Client, review_env: dict[str, str], rdb2: redis_lib.Redis, image: Path
 ) -> None:

@@ -20,6 +20,7 @@ from svdq.worker.brokerguard import CheckedMessage, NotAMessage, _envelope_probl
 from svdq.worker.intake import (
     ARGUMENT_CHECKS,
     MAX_MESSAGE_BYTES,
+    capped_timelimit,
     check_message,
 )
 
@@ -75,6 +76,21 @@ def test_what_a_worker_refuses(body: Any, headers: Any, says: str) -> None:
     with pytest.raises(InvalidJobError) as caught:
         check_message(message(body, headers), GENERATE)
     assert says in str(caught.value)
+
+
+@pytest.mark.parametrize("limits", [[float("nan")] * 2, [-5, -5], [0, 10], [float("inf"), None]])
+def test_a_time_limit_that_would_end_the_job_at_once_is_refused(limits: list[Any]) -> None:
+    """Review finding 8: NaN or a negative limit made the job 'time out' at once."""
+    headers = {"task": TASK_GENERATE, "id": "job-1", "timelimit": limits}
+    with pytest.raises(InvalidJobError, match=r"timelimit=.* is not allowed: \[hard, soft\]"):
+        check_message(message([[SPEC], {}, EMBED], headers), GENERATE)
+
+
+def test_time_limits_above_the_worker_s_own_are_capped() -> None:
+    assert capped_timelimit([1e9, 1e9], 300, 270) == [300, 270]
+    assert capped_timelimit([100, 90], 300, 270) == [100, 90]
+    assert capped_timelimit([None, 1e9], 300, 270) == [None, 270]
+    assert capped_timelimit([1e9, 1e9], None, None) == [1e9, 1e9]
 
 
 def test_pickle_is_refused_unread() -> None:
