@@ -182,11 +182,6 @@ def test_review_a_hostile_timelimit_header_is_refused_or_overridden(
         assert set_aside or st["state"] == "succeeded", (name, st)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 5: result.json is believed though its outputs name other objects "
-    "(another job's clip, the input PNG as 'mp4'): records.py never checks the output keys",
-)
 def test_review_a_marker_whose_outputs_point_elsewhere_is_not_believed(
     live: Worker,
     rclient: Client,
@@ -194,15 +189,28 @@ def test_review_a_marker_whose_outputs_point_elsewhere_is_not_believed(
     store,
     image: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    """A real job's result.json, copied under another job id with job_id rewritten and its
-    mp4 pointed at the input image (sizes made to agree). The worker returned it as that job's
-    result (no generation) and the producer skipped the job as done: a clip that is a PNG."""
-    rclient.submit(str(image), job_id="rv-real", **FAST)
-    assert final_state(rclient, "rv-real", live)["state"] == "succeeded"
-    record = json.loads(store.get_bytes(result_key("rv-real")))
-    stolen = store.key_from_uri(record["input"]["uri"])
-    record["job_id"] = "rv-forged"
-    record["outputs"]["mp4"].update(key=stolen, bytes=store.head(stolen).size)
+    """Review finding 5: a whole result.json for job rv-forged whose mp4 is another object
+    (an input PNG, sizes made to agree; the review copied a real job's record, crafted here).
+    The worker returned it as the job's result (no generation) and the producer skipped the
+    job as done: a clip that is a PNG."""
+    stolen = "inputs/rv-stolen.png"
+    store.put_bytes(stolen, image.read_bytes(), "image/png")
+    record = {
+        "job_id": "rv-forged",
+        "status": "succeeded",
+        "spec": {"image": store.uri(stolen), "job_id": "rv-forged"},
+        "variant": "tiny",
+        "num_frames": 2,
+        "width": 64,
+        "height": 64,
+        "output_fps": 7,
+        "seed": 1,
+        "worker": "someone",
+        "outputs": {
+            "mp4": {"key": stolen, "uri": store.uri(stolen), "bytes": store.head(stolen).size}
+        },
+        "timings": {"total": 1.0},
+    }
     store.put_bytes(result_key("rv-forged"), json.dumps(record).encode(), "application/json")
     handle = rclient.submit(str(image), job_id="rv-forged", **FAST)
     st = final_state(rclient, "rv-forged", live)
