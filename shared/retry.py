@@ -9,7 +9,9 @@ restarted by the supervisor. They differ only in their base, their cap and wheth
 One policy per kind of fault (fault → who retries, how → until when):
 
 - one S3 request fails (refused, 5xx, SlowDown, time-out) → botocore's "standard" retry mode,
-  inside the request → 5 attempts (shared/storage/s3.py), then StorageUnavailable;
+  inside the request → 3 attempts of at most 2 × SVDQ_S3_TIMEOUT each (shared/storage/s3.py,
+  `call_bound`), then StorageUnavailable; a job whose soft time limit comes while it waits on
+  the store gets StorageUnavailable too (worker/delivery.py, `on_the_store`);
 - an output upload fails → `with_retries`, in place, the frames kept → 5 tries, then the
   job's rule below;
 - the store or the network fails a job (input fetch, marker check, upload: any

@@ -23,6 +23,7 @@ from svdq.shared.spec import JobResult, JobSpec
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore
 from svdq.worker import engine, export, stepdown
+from svdq.worker.delivery import on_the_store
 from svdq.worker.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ def existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
 
     Only a valid marker counts (shared/records.py): an invalid one is set aside, logged, and
     the job runs again. Called under the job's lease, so no other delivery is writing it."""
+    assert spec.job_id
+    with on_the_store("looking for result.json"):
+        return _existing_result(store, spec)
+
+
+def _existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
     assert spec.job_id
     record, problem = records.read_result(store, spec.job_id, spec.output_prefix)
     if problem is not None:
@@ -141,7 +148,8 @@ def run_job(
         return moment
 
     params = engine.params_for(spec, model)
-    data = fetch_input(store, settings, spec.image)
+    with on_the_store("input fetch"):
+        data = fetch_input(store, settings, spec.image)
     t = phase("fetch", t0)
     limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
     info = check_image(data, source=spec.image, **limits)
@@ -165,7 +173,8 @@ def run_job(
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
-    outputs = upload_outputs(store, settings, spec, blobs)
+    with on_the_store("upload"):
+        outputs = upload_outputs(store, settings, spec, blobs)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(
@@ -199,9 +208,10 @@ def run_job(
     ).to_dict()
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
-    with_retries(
-        lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
-        f"upload of {marker}",
-        settings,
-    )
+    with on_the_store(f"upload of {marker}"):
+        with_retries(
+            lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
+            f"upload of {marker}",
+            settings,
+        )
     return result

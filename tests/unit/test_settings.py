@@ -42,6 +42,7 @@ def test_defaults_from_an_empty_env() -> None:
         s3_endpoint=None,
         s3_bucket="svdq",
         s3_region="us-east-1",
+        s3_timeout=10,
         local_dir=(Path.cwd() / "svdq-store").resolve(),
         model_dir=Path(DEFAULT_MODEL_DIR),
         default_variant="auto",
