@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -14,7 +15,7 @@ from typing import Any
 
 from svdq.shared import formats, records
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
-from svdq.shared.errors import InvalidJobError
+from svdq.shared.errors import InvalidJobError, TransientError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.inputs import addressed_sha256, read_stored
 from svdq.shared.retry import with_retries
@@ -89,19 +90,36 @@ def upload_outputs(
     to the store costs more than the work); return their records. result.json comes after."""
     assert spec.job_id
     keys = {kind: output_key(spec.job_id, kind, spec.output_prefix) for kind in blobs}
+    # Set when this job stops waiting for its uploads (its soft time limit came): a thread
+    # still retrying gives up at its next pause, so it neither writes over a later delivery's
+    # clip nor holds one of the pool's threads from the next job.
+    abandoned = threading.Event()
+
+    def pause(seconds: float) -> None:
+        if abandoned.wait(seconds):
+            raise TransientError("upload abandoned: the job stopped waiting for it")
 
     def put(kind: str) -> None:
-        # A storage hiccup retries this upload only; the frames are already made.
+        # A storage outage retries this upload only, for as long as the job's transient
+        # budget (or, before that, its soft time limit) allows: the frames are already made,
+        # and making them again is what a store outage must not cost.
         with_retries(
             functools.partial(
                 store.put_bytes, keys[kind], blobs[kind], formats.output(kind).content_type
             ),
             f"upload of {keys[kind]}",
             settings,
+            tries=None,
+            sleep=pause,
+            budget=settings.transient_budget,
         )
 
     futures = [_UPLOADS.submit(put, kind) for kind in blobs]
-    wait(futures)  # every upload ends before result.json can follow, or the job fails
+    try:
+        wait(futures)  # every upload ends before result.json can follow, or the job fails
+    except BaseException:
+        abandoned.set()
+        raise
     for future in futures:
         future.result()  # the first failure, if any
     return {
@@ -213,5 +231,7 @@ def run_job(
             lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
             f"upload of {marker}",
             settings,
+            tries=None,
+            budget=settings.transient_budget,
         )
     return result
