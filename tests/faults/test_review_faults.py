@@ -1,11 +1,11 @@
-"""Issue 10's independent adversary pass, after the first fixes: what still breaks, through a
-real `svdq worker` (tiny model), the fault suite's own Redis and a moto S3 server. Every test
-here fails today and is marked xfail(strict=True) with the finding's number: fixing the defect
-turns it into a pass (and strict xfail into an error, so the mark must then go).
+"""Issue 10's independent adversary pass, after the first fixes: what broke, through a real
+`svdq worker` (tiny model), the fault suite's own Redis and a moto S3 server, or, where the
+mechanism is the same without one, a crafted state or a single unit (a black-holed store's
+call, billiard's soft-limit signal during a marker check, an upload against a store that
+comes back). Each test names its finding; each failed before its fix.
 
-One worker serves the module's tests where their settings agree (`live`), started again only
-when a finding killed it or a test needed other settings (`alone`); the test whose finding
-kills the worker runs last.
+One worker serves the module's tests (`live`), started again only if a finding killed it;
+the test whose finding killed the worker runs last.
 """
 
 from __future__ import annotations
@@ -63,13 +63,6 @@ def live(pool: Workers) -> Worker:
     """The module's worker on the default settings, started again if a finding killed it."""
     alive = [w for w in pool.started if w.name == "review" and w.proc.poll() is None]
     return alive[0] if alive else pool.start("review")
-
-
-def alone(pool: Workers, name: str, **env: str) -> Worker:
-    """Start worker `name` with `env` as the only one consuming: the others are stopped."""
-    for w in pool.started:
-        w.stop()
-    return pool.start(name, True, **env)
 
 
 @pytest.fixture(scope="module")
