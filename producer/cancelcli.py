@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from svdq.producer.client import Client
+from svdq.producer.jobflags import job_id_arg
 from svdq.producer.progress import say
 from svdq.shared.errors import InvalidJobError
 
@@ -14,7 +15,7 @@ from svdq.shared.errors import InvalidJobError
 def add_cancel(sub: Any) -> None:
     """`svdq cancel JOB... | --batch ID [--json]`."""
     cancel = sub.add_parser("cancel", help="cancel jobs: queued ones never run, running ones stop")
-    cancel.add_argument("jobs", nargs="*", metavar="JOB")
+    cancel.add_argument("jobs", nargs="*", metavar="JOB", type=job_id_arg)
     cancel.add_argument("--batch", help="cancel every unfinished job of this batch")
     cancel.add_argument("--json", action="store_true", help="JSON lines on stdout")
     cancel.set_defaults(handler=cmd_cancel)

@@ -24,14 +24,30 @@ from svdq.shared.spec import JobSpec
 
 
 def dead_jobs(redis: Any) -> list[dict[str, Any]]:
-    """Every dead-lettered job's record, oldest first."""
-    records = [json.loads(raw) for raw in redis.hvals(DEAD_LETTER_KEY)]
-    return sorted(records, key=lambda r: (r.get("dead_at") or 0, r.get("job_id", "")))
+    """Every dead-lettered job's record, oldest first (an unreadable one as a stand-in record
+    saying so)."""
+    records = [_entry(key, raw) for key, raw in redis.hgetall(DEAD_LETTER_KEY).items()]
+    return sorted(records, key=lambda r: (r.get("dead_at") or 0, str(r.get("job_id", ""))))
+
+
+def _entry(key: Any, raw: Any) -> dict[str, Any]:
+    """The entry `raw` under `key`, or, when it is not a JSON object, a stand-in that says so
+    (a hand edit or a truncated write must not make `svdq dead list` fail)."""
+    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+    try:
+        record = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        record = exc
+    if isinstance(record, dict):
+        return record
+    return {"job_id": name, "reason": f"unreadable dead-letter entry ({record!r:.100})"}
 
 
 def retry_dead(client: Client, job_id: str) -> JobHandle:
     """Take `job_id` off the dead-letter list and queue it again with a fresh delivery count;
-    return its JobHandle. Raises InvalidJobError when the job is not dead-lettered."""
+    return its JobHandle. Raises InvalidJobError when the job is not dead-lettered, when its
+    entry cannot be read, or when the spec it holds is not that job's (an edited entry must
+    not delete another job's result.json and run it again: the retry is queued with force)."""
     redis = client.jobqueue.redis
     raw = redis.hget(DEAD_LETTER_KEY, job_id)
     if raw is None:
@@ -39,14 +55,22 @@ def retry_dead(client: Client, job_id: str) -> JobHandle:
             f"job {job_id!r} is not on the dead-letter list; `svdq dead list` shows those that are",
             field="job_id",
         )
-    record = json.loads(raw)
+    record = _entry(job_id, raw)
     if "spec" not in record:  # a message set aside unread (worker/intake.py): no job to run
         raise InvalidJobError(
-            f"{job_id!r} is a message no worker could read, not a job, so it cannot be "
-            f"retried ({record.get('reason')}): fix its sender and send the job again",
+            f"{job_id!r} is a message no worker could read, or an unreadable entry, not a job, "
+            f"so it cannot be retried ({record.get('reason')}): fix its sender and send the "
+            "job again",
             field="job_id",
         )
     spec = JobSpec.from_dict(record["spec"])
+    if spec.job_id != job_id:
+        raise InvalidJobError(
+            f"the dead-letter entry {job_id!r} holds a spec with job_id={spec.job_id!r}: a "
+            "retry runs only the job the entry is for; submit that spec yourself if it is "
+            "what you mean",
+            field="job_id",
+        )
     # Forget the old attempts first, so the new delivery is number 1, not number 4.
     redis.delete(deliveries_key(job_id), generations_key(job_id), lease_key(job_id))
     # Off the list before it is queued: a worker refuses a job it finds on the list.
@@ -74,8 +98,13 @@ def cap_note(redis: Any, cap: int) -> str | None:
 
 def describe(record: dict[str, Any]) -> str:
     """A dead job in a few lines a person can act on."""
-    lines = [f"{record['job_id']}: {record['reason']}"]
-    for attempt in record.get("attempts", []):
+    reason = record.get("reason") or "(no reason recorded)"
+    lines = [f"{record.get('job_id', '?')}: {reason}"]
+    attempts = record.get("attempts")
+    for attempt in attempts if isinstance(attempts, list) else []:
+        if not isinstance(attempt, dict):
+            lines.append(f"  {attempt!r:.100}")
+            continue
         lines.append(
             f"  #{attempt.get('n')} {attempt.get('worker')} (pid {attempt.get('pid')}): "
             f"{attempt.get('reason')}"

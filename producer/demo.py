@@ -93,7 +93,9 @@ def run_demo(output_dir: str = "demo-output") -> int:
         print(
             f"redis   {redis_url}\ns3      {endpoint} bucket {settings.s3_bucket}", file=sys.stderr
         )
-        store = S3Store(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
+        store = S3Store(
+            settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_timeout
+        )
         store.ensure_bucket()
 
         logs = stack.enter_context(tempfile.TemporaryDirectory(prefix="svdq-demo-"))

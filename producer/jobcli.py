@@ -14,7 +14,7 @@ from typing import Any
 
 from svdq.producer import bulkcli
 from svdq.producer.client import Client
-from svdq.producer.jobflags import add_job_flags, spec_params
+from svdq.producer.jobflags import add_job_flags, job_id_arg, spec_params
 from svdq.producer.lost import unknown_job
 from svdq.producer.progress import JobProgress
 from svdq.shared.errors import InvalidJobError, JobFailedError, WaitTimeoutError
@@ -52,7 +52,7 @@ def _add_jobs_command(
 ) -> argparse.ArgumentParser:
     """A command over JOB ids or a whole --batch (status, wait)."""
     cmd: argparse.ArgumentParser = sub.add_parser(name, help=text)
-    cmd.add_argument("jobs", nargs="*", metavar="JOB")
+    cmd.add_argument("jobs", nargs="*", metavar="JOB", type=job_id_arg)
     cmd.add_argument("--json", action="store_true", help="JSON lines on stdout")
     bulkcli.add_batch_flags(cmd, name)
     cmd.set_defaults(handler=handler)
@@ -62,7 +62,7 @@ def _add_jobs_command(
 def add_results(sub: Any) -> None:
     """`svdq results JOB [--presign SECONDS] [--download DIR]`."""
     results = sub.add_parser("results", help="a finished job's outputs and links")
-    results.add_argument("job", metavar="JOB")
+    results.add_argument("job", metavar="JOB", type=job_id_arg)
     results.add_argument(
         "--presign",
         type=int,

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from svdq.shared import formats
+from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELDS, Field
+from svdq.shared.spec import check_job_id
 
 SKIP = {"image"}
 
@@ -25,6 +27,16 @@ def _seed(value: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not allowed: a whole number 0–4294967295 or 'random'"
         ) from None
+
+
+def job_id_arg(value: str) -> str:
+    """A JOB argument (status, wait, cancel, results): a job id by the spec's rule, so an
+    empty or hostile one gets argparse's one-line error, not a traceback from Celery
+    (celery/result.py refuses an empty task id with ValueError)."""
+    try:
+        return check_job_id(value)
+    except InvalidJobError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _meta(value: str) -> tuple[str, str]:

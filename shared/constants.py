@@ -100,6 +100,11 @@ DEAD_LETTER_KEY = f"{KEY_PREFIX}dead"  # hash job id -> JSON {spec, attempts, re
 DEAD_MESSAGES_KEY = f"{KEY_PREFIX}dead:messages"
 DEAD_DROPPED_KEY = f"{KEY_PREFIX}dead:dropped"
 
+callback_payload_key = RedisKey(
+    "callback:{}",
+    "String, JSON {url, payload}: the callback the worker that ended the job recorded (its "
+    "own callback_url, its own end); `svdq callbacks` signs and sends only this.",
+)
 lease_key = RedisKey(
     "lease:{}", "String held (SET NX, TTL renewed) by the one delivery running the job right now."
 )

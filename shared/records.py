@@ -4,7 +4,8 @@ result.json is the commit marker: its presence means the job is done, so a worke
 instead of running the job, and a producer skips the job and shows the record. Anything can
 end up under that key (a hand edit, a truncated copy, another job's record, `{}`), so a record
 is valid only if it parses, has the fields every reader uses with their types, names this job,
-and every output it lists is in the store with its recorded size. An invalid one counts as
+and every output it lists has this job's key for its kind, a URI naming that key, and is in
+the store with its recorded size and sha256. An invalid one counts as
 absent: the worker sets it aside (results/<job>/invalid-<time>.json, kept for a person to
 read) and runs the job again; a producer shows the job as not done.
 
@@ -18,7 +19,7 @@ import json
 import time
 from typing import Any
 
-from svdq.shared.constants import result_dir, result_key
+from svdq.shared.constants import output_key, result_dir, result_key
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 
 # The fields every reader of a result record uses (CLI, reports, callbacks), with their types.
@@ -40,9 +41,14 @@ OUTPUT_FIELDS: dict[str, type] = {"key": str, "uri": str, "bytes": int}
 INVALID_PREFIX = "invalid-"
 
 
-def result_problem(record: Any, job_id: str) -> str | None:
+_FROM_SPEC: Any = object()  # result_problem's output_prefix: the record's own spec's
+
+
+def result_problem(record: Any, job_id: str, output_prefix: Any = _FROM_SPEC) -> str | None:
     """Why `record` is not a valid succeeded-result record of job `job_id`; None if it is.
-    Checks its shape only (no store): see `read_result` for the outputs."""
+    Checks its shape, and that each output's key is the one this job's output of that kind
+    has (under `output_prefix`; by default the one the record's spec names), so a record
+    cannot pass another object off as its clip. No store: see `read_result` for the rest."""
     if not isinstance(record, dict):
         return f"a result record must be a JSON object, not {type(record).__name__}"
     for name, kind in REQUIRED.items():
@@ -63,6 +69,14 @@ def result_problem(record: Any, job_id: str) -> str | None:
         for name, want in OUTPUT_FIELDS.items():
             if not isinstance(output.get(name), want) or isinstance(output.get(name), bool):
                 return f"outputs[{kind!r}].{name} is {output.get(name)!r:.60}, not {want.__name__}"
+    prefix = record["spec"].get("output_prefix") if output_prefix is _FROM_SPEC else output_prefix
+    for kind, output in record["outputs"].items():
+        try:
+            expected = output_key(job_id, kind, prefix if isinstance(prefix, str) else None)
+        except KeyError:
+            return f"outputs has {kind!r:.40}, which is no output svdq writes"
+        if output["key"] != expected:
+            return f"outputs[{kind!r}].key={output['key']!r:.120} is not this job's {expected!r}"
     return None
 
 
@@ -85,22 +99,33 @@ def read_result(
         record = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         return None, f"not JSON ({exc})"
-    problem = result_problem(record, job_id)
+    problem = result_problem(record, job_id, output_prefix)
     if problem is None:
         problem = _missing_output(store, record["outputs"])
     return (None, problem) if problem else (record, None)
 
 
 def _missing_output(store: ObjectStore, outputs: dict[str, dict[str, Any]]) -> str | None:
-    """Why the outputs a record lists are not all in the store as recorded; None if they are."""
+    """Why the outputs a record lists are not all in the store as recorded (its URI, size
+    and sha256); None if they are."""
     for kind, output in outputs.items():
-        info = store.head(output["key"])
+        key = output["key"]
+        if output["uri"] != store.uri(key):
+            return f"its {kind} uri={output['uri']!r:.120} does not name its key {key}"
+        info = store.head(key)
         if info is None:
-            return f"its {kind} output {output['key']} is not in the store"
+            return f"its {kind} output {key} is not in the store"
         if info.size != output["bytes"]:
             return (
-                f"its {kind} output {output['key']} is {info.size} bytes, "
-                f"the record says {output['bytes']}"
+                f"its {kind} output {key} is {info.size} bytes, the record says {output['bytes']}"
+            )
+        recorded = output.get("sha256")
+        if recorded is not None and info.sha256 != recorded:
+            # svdq writes the sha256 beside every object (S3 metadata; LocalStore computes
+            # it): another object, or one not written by svdq, under the output's key.
+            return (
+                f"its {kind} output {key} has sha256 {info.sha256}, the record says "
+                f"{str(recorded)[:64]}"
             )
     return None
 

@@ -9,9 +9,12 @@ restarted by the supervisor. They differ only in their base, their cap and wheth
 One policy per kind of fault (fault → who retries, how → until when):
 
 - one S3 request fails (refused, 5xx, SlowDown, time-out) → botocore's "standard" retry mode,
-  inside the request → 5 attempts (shared/storage/s3.py), then StorageUnavailable;
-- an output upload fails → `with_retries`, in place, the frames kept → 5 tries, then the
-  job's rule below;
+  inside the request → 3 attempts of at most 2 × SVDQ_S3_TIMEOUT each (shared/storage/s3.py,
+  `call_bound`), then StorageUnavailable; a job whose soft time limit comes while it waits on
+  the store gets StorageUnavailable too (worker/delivery.py, `on_the_store`);
+- an output upload fails → `with_retries`, in place, the frames kept → until
+  SVDQ_TRANSIENT_BUDGET is spent, or the job's soft time limit comes (then the job's rule
+  below: the one case where the clip is made again);
 - the store or the network fails a job (input fetch, marker check, upload: any
   TransientError) → the job goes back on its queue after `transient_wait` (SVDQ_RETRY_BACKOFF
   doubling, capped at SVDQ_RETRY_BACKOFF_MAX, jittered), shown by `svdq status` as "waiting:
@@ -79,25 +82,34 @@ def with_retries(
     action: Callable[[], Any],
     what: str,
     settings: Settings,
-    tries: int = 5,
+    tries: int | None = 5,
     sleep: Callable[[float], None] = time.sleep,
+    budget: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Any:
-    """Run `action`, retrying a TransientError up to `tries` times in all, waiting
-    `compute_backoff` (SVDQ_RETRY_BACKOFF, capped at SVDQ_RETRY_BACKOFF_MAX) between tries.
+    """Run `action`, retrying a TransientError up to `tries` times in all (None: no count)
+    and, with a `budget`, only while the next try would start within `budget` seconds of the
+    first failure, waiting `compute_backoff` (SVDQ_RETRY_BACKOFF, capped at
+    SVDQ_RETRY_BACKOFF_MAX) between tries.
 
-    Used for uploads, so a storage hiccup redoes the upload and never the generation."""
-    for attempt in range(1, tries + 1):
+    Used for uploads, so a storage hiccup redoes the upload and never the generation: they
+    retry on the job's transient budget, in place (worker/jobs.py)."""
+    first_failure: float | None = None
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return action()
         except TransientError as exc:
-            if attempt == tries:
-                raise TransientError(f"{what} failed {tries} times; last: {exc}") from exc
+            first_failure = clock() if first_failure is None else first_failure
             wait = compute_backoff(attempt, settings.retry_backoff, settings.retry_backoff_max)
-            log.warning(
-                "%s failed (%s); try %d of %d in %.1fs", what, exc, attempt + 1, tries, wait
-            )
+            over_budget = budget is not None and clock() + wait - first_failure > budget
+            if attempt == tries or over_budget:
+                spent = f" in {clock() - first_failure:.0f}s" if budget is not None else ""
+                raise TransientError(f"{what} failed {attempt} times{spent}; last: {exc}") from exc
+            of = f" of {tries}" if tries else ""
+            log.warning("%s failed (%s); try %d%s in %.1fs", what, exc, attempt + 1, of, wait)
             sleep(wait)
-    raise AssertionError("not reached")
 
 
 def transient_wait(

@@ -54,6 +54,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_S3_ENDPOINT": ("", "S3-compatible endpoint URL (MinIO, moto); empty means AWS"),
     "SVDQ_S3_BUCKET": ("svdq", "bucket for inputs/ and results/"),
     "SVDQ_S3_REGION": ("us-east-1", "S3 region"),
+    "SVDQ_S3_TIMEOUT": (
+        "10",
+        "seconds one S3 try may wait to connect, and for each answer; 3 tries in all, so a "
+        "store that never answers fails a call (a transient fault) within about 6× this",
+    ),
     "SVDQ_LOCAL_DIR": ("./svdq-store", "folder used when SVDQ_STORE=local"),
     "SVDQ_BATCH_DIR": (
         DEFAULT_BATCH_DIR,
@@ -239,6 +244,7 @@ class Settings:
     s3_endpoint: str | None
     s3_bucket: str
     s3_region: str
+    s3_timeout: int
     local_dir: Path
     batch_dir: Path
     model_dir: Path
@@ -310,6 +316,7 @@ class Settings:
             s3_endpoint=get("SVDQ_S3_ENDPOINT") or None,
             s3_bucket=get("SVDQ_S3_BUCKET"),
             s3_region=get("SVDQ_S3_REGION"),
+            s3_timeout=integer("SVDQ_S3_TIMEOUT"),
             local_dir=Path(get("SVDQ_LOCAL_DIR")).expanduser().resolve(),
             batch_dir=Path(get("SVDQ_BATCH_DIR")).expanduser(),
             model_dir=Path(get("SVDQ_MODEL_DIR")).expanduser(),

@@ -14,6 +14,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from svdq.shared import SCHEMA_VERSION
 from svdq.shared.errors import InvalidJobError
@@ -217,7 +218,8 @@ def _check_image(value: str) -> str:
     return value
 
 
-def _check_job_id(value: str) -> str:
+def check_job_id(value: str) -> str:
+    """`value` if it is an allowed job id; InvalidJobError naming it and the rule if not."""
     if not SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` allows a final "\n"
         allowed = "1–128 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'"
         raise _refused("job_id", value, allowed, shown=140)
@@ -237,15 +239,25 @@ def _check_prefix(value: str) -> str:
 
 
 def _check_callback(value: str) -> str:
+    allowed = (
+        f"an http(s):// URL of at most {MAX_URL_LEN} characters with a host, a port (if any) "
+        "of 1–65535 and an IPv6 address in brackets"
+    )
     if len(value) > MAX_URL_LEN or not value.lower().startswith(("https://", "http://")):
-        allowed = f"an http(s):// URL of at most {MAX_URL_LEN} characters"
+        raise _refused("callback_url", value, allowed)
+    try:  # what `svdq callbacks` reads it with (worker/callbacks.py): it must parse there
+        parts = urlsplit(value)
+        port, host = parts.port, parts.hostname
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL", ...
+        raise _refused("callback_url", value, f"{allowed} ({exc})") from None
+    if not host or port == 0:
         raise _refused("callback_url", value, allowed)
     return value
 
 
 _STRING_CHECKS = {
     "image": _check_image,
-    "job_id": _check_job_id,
+    "job_id": check_job_id,
     "output_prefix": _check_prefix,
     "callback_url": _check_callback,
 }

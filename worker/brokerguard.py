@@ -16,10 +16,23 @@ message with none either:
 so a JSONDecodeError, or a KeyError for a missing 'properties', leaves the worker's main
 process: "Unrecoverable error", the worker exits (the item is gone by then: it was popped and
 never reached the unacked hash, so the next worker does not die of it too, but every such
-item costs a worker restart). Here the channel's BRPOP handler (Channel.handlers['BRPOP'],
-called by MultiChannelPoller.on_readable) is wrapped: an undecodable item is recorded and
-dropped, and the worker reads the next one. Lost connections and everything else still
-propagate as before.
+item costs a worker restart). So does anything else kombu trips on while it builds the
+message: JSON nested 200 000 deep (RecursionError in `loads`), a body_encoding it has no codec
+for (`self.codecs.get(encoding).decode(body)` in Channel.decode_body: AttributeError on None,
+or on an int's missing .lower()), a delivery_tag that cannot be a dict key (the QoS keeps
+`self._delivered[delivery_tag] = message`: TypeError), a delivery_info that is not an object
+(the Redis QoS.append reads `delivery['exchange'], delivery['routing_key']`).
+
+Here the channel's BRPOP handler (Channel.handlers['BRPOP'], called by
+MultiChannelPoller.on_readable) is wrapped: an item whose envelope is not what kombu's
+publisher writes is refused before kombu reads it (`_envelope_problem`), and any other error
+while the item becomes a message is caught too; either way the item is recorded and dropped,
+and the worker reads the next one. Lost connections (the channel's connection and channel
+errors) and kombu's own `Empty` still propagate as before.
+
+A compressed message (a `compression` header) is refused here too, unread: kombu would inflate
+it in the worker's main process while building the message (kombu/message.py), before
+worker/intake.py could look at its size: a zip bomb.
 """
 
 from __future__ import annotations
@@ -29,10 +42,12 @@ import json
 import logging
 import socket
 from collections.abc import Callable
+from queue import Empty
 from typing import Any
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Channel as VirtualChannel
 from kombu.transport.virtual import Message as VirtualMessage
 
 from svdq.shared import replication
@@ -60,36 +75,71 @@ class CheckedMessage(VirtualMessage):  # type: ignore[misc]
     """kombu's message, refusing an envelope it could not read, with the raw item kept."""
 
     def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
-        problem = _envelope_problem(payload)
+        problem = _envelope_problem(payload, getattr(channel, "codecs", VirtualChannel.codecs))
         if problem:
             raise NotAMessage(problem, json.dumps(payload, default=repr)[:KEPT_BODY_CHARS])
         super().__init__(payload, channel=channel, **kwargs)
 
 
-def _envelope_problem(payload: Any) -> str | None:
-    """What is wrong with a raw item's envelope as kombu's virtual transport reads it."""
+def _envelope_problem(payload: Any, codecs: Any = ()) -> str | None:
+    """What is wrong with a raw item's envelope as kombu's virtual transport reads it: what
+    kombu's own publisher writes (kombu/transport/virtual/base.py, Channel.basic_publish and
+    prepare_message) is the only shape allowed. `codecs`: the channel's body codecs."""
     if not isinstance(payload, dict):
         return f"an item of type {type(payload).__name__} is not a message: a JSON object"
     properties = payload.get("properties")
     if not isinstance(properties, dict) or "delivery_tag" not in properties:
         return f"properties={properties!r:.80} is not allowed: an object with a delivery_tag"
+    tag = properties["delivery_tag"]
+    if not isinstance(tag, str):
+        return f"delivery_tag={tag!r:.80} is not allowed: a string (kombu writes a uuid)"
     headers = payload.get("headers")
     if headers is not None and not isinstance(headers, dict):
         return f"headers={headers!r:.80} is not allowed: an object"
-    body = payload.get("body")
-    if body is not None and not isinstance(body, str):
-        return f"body={body!r:.80} is not allowed: a string"
+    if headers and headers.get("compression") is not None:
+        # kombu/message.py, Message.__init__, inflates it as the message is built, before any
+        # size check: `body = decompress(body, compression)` (zlib, bzip2, lzma, zstd). 177
+        # bytes of bzip2 are 200 MiB there. svdq never compresses: refused unread.
+        return (
+            f"compression={headers['compression']!r:.80} is not allowed: svdq messages are "
+            "never compressed (none)"
+        )
+    for key in ("body", "content-type", "content-encoding"):
+        value = payload.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key}={value!r:.80} is not allowed: a string"
+    encoding = properties.get("body_encoding")
+    allowed = sorted({"utf-8", *codecs})
+    if encoding is not None and (
+        not isinstance(encoding, str) or (encoding.lower() != "utf-8" and encoding not in codecs)
+    ):
+        return f"body_encoding={encoding!r:.80} is not allowed: one of {', '.join(allowed)}"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(k), str) for k in ("exchange", "routing_key")
+    ):
+        return (
+            f"delivery_info={info!r:.80} is not allowed: an object with string exchange and "
+            "routing_key"
+        )
     return None
 
 
 def _guarded(channel: Any, read: Callable[..., Any], **options: Any) -> Any:
-    """`read` (the channel's _brpop_read), with an undecodable item set aside."""
+    """`read` (the channel's _brpop_read), with an item that could not become a message set
+    aside. A lost connection and kombu's Empty (nothing to read) go on as before."""
+    transport = channel.connection
+    keep_raising = (Empty, *transport.connection_errors, *transport.channel_errors)
     try:
         return read(**options)
+    except keep_raising:
+        raise
     except NotAMessage as exc:
         reason, raw = str(exc), exc.raw
-    except ValueError as exc:  # json.JSONDecodeError keeps the text it could not read
-        reason, raw = f"not JSON ({exc})", str(getattr(exc, "doc", ""))[:KEPT_BODY_CHARS]
+    except json.JSONDecodeError as exc:  # keeps the text it could not read
+        reason, raw = f"not JSON ({exc})", str(exc.doc)[:KEPT_BODY_CHARS]
+    except Exception as exc:  # RecursionError in loads, anything kombu trips on: item not kept
+        reason, raw = f"kombu could not read it ({type(exc).__name__}: {exc})"[:500], ""
     try:
         cap = deadletter.cap_of(channel.connection.client.transport_options)
         with channel.conn_or_acquire() as client:

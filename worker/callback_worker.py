@@ -1,5 +1,6 @@
 """`svdq callbacks`: the consumer of queue svdq.callbacks. It POSTs each ended job's result
-JSON to the job's callback_url, signed, retrying with exponential backoff (shared/retry.py).
+JSON (as the worker that ended it recorded it) to the job's callback_url, signed, retrying
+with exponential backoff (shared/retry.py).
 
 No torch and no GPU: run it anywhere that reaches Redis and the receivers, e.g.
 `svdq callbacks --concurrency 16`. It needs SVDQ_CALLBACK_SECRET (receivers check the
@@ -28,7 +29,7 @@ from svdq.shared.errors import CallbackRefused, ConfigError
 from svdq.shared.retry import compute_backoff
 from svdq.shared.settings import Settings
 from svdq.worker.brokerguard import worker_app
-from svdq.worker.callbacks import check_destination, post, retry, should_retry
+from svdq.worker.callbacks import check_destination, post, recorded, retry, should_retry
 
 log = logging.getLogger("svdq.callbacks")
 settings = Settings.from_env()
@@ -36,26 +37,44 @@ app = worker_app(settings)  # unreadable messages and queue items are set aside,
 
 
 @app.task(name=TASK_CALLBACK, bind=True, acks_late=True, max_retries=None)
-def deliver_callback(self: Task, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """POST `payload` to `url`; retry on 5xx, 408, 425, 429, network errors and a POST past
-    SVDQ_CALLBACK_TIMEOUT in all. How it ended is recorded (`record`)."""
+def deliver_callback(self: Task, job_id: str, status: str) -> dict[str, Any]:
+    """POST the callback a worker recorded for `job_id`'s end with `status` (worker/callbacks.py
+    `dispatch`) to the job's own callback_url; retry on 5xx, 408, 425, 429, network errors and
+    a POST past SVDQ_CALLBACK_TIMEOUT in all. How it ended is recorded (`record`).
+
+    Only what a worker recorded is signed: the message names a job, nothing more. A message
+    for a job no worker recorded a callback for (forged, or its end replaced by a later one)
+    sends nothing."""
+    found = recorded(app.backend.client, job_id, status)
+    if found is None:
+        log.error(
+            "callback for %s (%s) not sent: no worker recorded such a callback (a message "
+            "nobody's job sent, or a later end of the job replaced it)",
+            job_id,
+            status,
+        )
+        return {"sent": False, "job_id": job_id, "status": status}
+    url, payload = found
     attempt = self.request.retries + 1
-    job_id = str(payload.get("job_id", ""))
     end: dict[str, Any] = {"url": url, "attempts": attempt}
     try:
         check_destination(url, settings.callback_networks)
-        status = post(url, payload, settings.callback_secret, attempt, settings.callback_timeout)
-        problem = f"HTTP {status}"
+        code = post(url, payload, settings.callback_secret, attempt, settings.callback_timeout)
+        problem = f"HTTP {code}"
     except CallbackRefused as exc:
         log.error("callback for %s not sent: %s", job_id, exc)
         return record(job_id, {**end, "status": 0, "gave_up": True, "error": str(exc)})
+    except ValueError as exc:  # a URL urlsplit cannot read: .port raises "Port out of range"
+        error = f"callback_url={url[:100]!r} cannot be used: {exc}"
+        log.error("callback for %s not sent: %s", job_id, error)
+        return record(job_id, {**end, "status": 0, "gave_up": True, "error": error})
     except OSError as exc:  # refused, reset, timed out (past the deadline too), DNS
-        status, problem = 0, f"{type(exc).__name__}: {exc}"
-    end.update(status=status)
-    if 200 <= status < 300:
+        code, problem = 0, f"{type(exc).__name__}: {exc}"
+    end.update(status=code)
+    if 200 <= code < 300:
         log.info("callback for %s delivered (attempt %d)", job_id, attempt)
         return record(job_id, end)
-    if status and not should_retry(status):
+    if code and not should_retry(code):
         log.warning("callback for %s refused: %s; not retried", job_id, problem)
         return record(job_id, {**end, "gave_up": True, "error": problem})
     if self.request.retries >= settings.callback_retries:

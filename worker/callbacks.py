@@ -1,9 +1,11 @@
 """Result callbacks: the GPU worker queues one, `svdq callbacks` POSTs it.
 
 The GPU worker never talks to a callback receiver itself: when a job with a callback_url ends
-it publishes one small message to queue svdq.callbacks (`dispatch`) and moves on; `svdq
-callbacks` (worker/callback_worker.py) checks the destination, signs the body, POSTs it and
-retries with backoff, so a slow receiver never holds a GPU.
+it records the callback (the job's own URL and end) in Redis and publishes one small message
+naming the job to queue svdq.callbacks (`dispatch`), and moves on; `svdq callbacks`
+(worker/callback_worker.py) reads what was recorded, checks the destination, signs the body,
+POSTs it and retries with backoff, so a slow receiver never holds a GPU. What the message says
+beyond the job id and its status is never signed: the queue is not trusted.
 
 No torch here: the callback consumer imports this module too.
 """
@@ -24,7 +26,12 @@ from urllib.parse import urlsplit
 
 from celery.exceptions import Reject, Retry
 
-from svdq.shared.constants import CALLBACK_SIGNATURE_HEADER, QUEUE_CALLBACKS, TASK_CALLBACK
+from svdq.shared.constants import (
+    CALLBACK_SIGNATURE_HEADER,
+    QUEUE_CALLBACKS,
+    TASK_CALLBACK,
+    callback_payload_key,
+)
 from svdq.shared.errors import CallbackRefused
 from svdq.shared.net import destination_allowed  # (shared with the API's check)
 from svdq.shared.replication import ReplicationShortfall
@@ -46,19 +53,28 @@ def failed_payload(job: JobSpec, exc: BaseException) -> dict[str, Any]:
 
 
 def dispatch(app: Any, job: JobSpec, payload: dict[str, Any]) -> None:
-    """Queue the POST of `payload` to the job's callback_url; never fails the job itself.
+    """Record the callback of the job's end (`payload`, to the job's own callback_url) and
+    queue a message naming only the job and the end's status; never fails the job itself.
+
+    The message carries no URL and no payload: `svdq callbacks` signs and POSTs only what a
+    worker recorded here (`recorded`), so a message anyone with the queue's address can
+    publish gets nothing signed that no worker wrote.
 
     Published inside a batch, so with SVDQ_REDIS_MIN_REPLICAS the message counts as queued
     only once the replicas hold it (shared/replication.ReplicatedBatch), like a submit. A
     shortfall raises ReplicationShortfall (the message taken back): the caller must leave
     the job's own message unacknowledged so the callback is queued again (`replicated`)."""
-    if not job.callback_url:
+    if not job.callback_url or not job.job_id:
         return
+    record = {"url": job.callback_url, "payload": payload}
     try:
+        app.backend.client.set(
+            callback_payload_key(job.job_id), json.dumps(record), ex=app.conf.result_expires
+        )
         with app.producer_or_acquire() as producer, producer.batch(max_size=16):
             app.send_task(
                 TASK_CALLBACK,
-                args=[job.callback_url, payload],
+                args=[job.job_id, str(payload.get("status", ""))],
                 queue=QUEUE_CALLBACKS,
                 priority=0,
                 producer=producer,
@@ -105,6 +121,24 @@ def replicated(publish: Any, *args: Any) -> None:
         publish(*args)
     except ReplicationShortfall as exc:
         raise Reject(f"a publish was not replicated: {exc}", requeue=True) from exc
+
+
+def recorded(redis: Any, job_id: str, status: str) -> tuple[str, dict[str, Any]] | None:
+    """(url, payload) of the callback a worker recorded for `job_id`'s end with `status`;
+    None when there is none (no worker ended such a job, or a later end replaced it)."""
+    raw = redis.get(callback_payload_key(job_id))
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        url, payload = record["url"], record["payload"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(url, str) or not isinstance(payload, dict):
+        return None
+    if payload.get("job_id") != job_id or payload.get("status") != status:
+        return None
+    return url, payload
 
 
 def signature(secret: str, body: bytes) -> str:

@@ -6,7 +6,9 @@ Order, for every delivery Celery hands us:
 2. take the job's lease (`SET NX` + TTL, renewed from a thread) → another live delivery holds
    it: come back later without counting a delivery;
 3. result.json exists → return the recorded result, no GPU touched (the commit marker); the
-   store failing to answer is a transient fault of this delivery (step 5's rule), not an end;
+   store failing to answer (an error, every S3 try timed out, or the soft time limit reached
+   while waiting on it: `on_the_store`) is a transient fault of this delivery (step 5's rule),
+   not an end;
 4. count the delivery in Redis (Celery's retry count never sees a killed process); an attempt
    left open by an earlier delivery was lost with its process and gets that reason; past
    `SVDQ_MAX_DELIVERIES` the job goes to the dead-letter list with every attempt;
@@ -22,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -70,6 +72,22 @@ class Counts(Protocol):
     def lease_renewed(self) -> None: ...
 
     def dead_lettered(self, kind: str) -> None: ...
+
+
+@contextlib.contextmanager
+def on_the_store(what: str) -> Iterator[None]:
+    """Around a wait on the store: the job's soft time limit reached in it is the store's
+    fault (it did not answer in time), not the job's, so it is StorageUnavailable: retried on
+    the transient budget ("waiting: storage unavailable"), not failed as a time-out.
+
+    Celery raises SoftTimeLimitExceeded in the pool child's main thread, wherever it is
+    (billiard's soft timeout handler), so a wait in boto or on the upload threads ends here."""
+    try:
+        yield
+    except SoftTimeLimitExceeded:
+        raise StorageUnavailable(
+            f"{what}: the store had not answered when the job reached its soft time limit"
+        ) from None
 
 
 def _now() -> float:

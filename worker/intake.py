@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,7 +46,7 @@ from vine import promise
 
 from svdq.shared.constants import TASK_CALLBACK, TASK_GENERATE
 from svdq.shared.errors import InvalidJobError
-from svdq.shared.spec import JobSpec
+from svdq.shared.spec import JobSpec, check_job_id
 from svdq.worker import deadletter
 
 log = logging.getLogger("svdq.worker")
@@ -95,14 +96,24 @@ def check_generate(task_id: str, args: list[Any], kwargs: dict[str, Any]) -> Non
         )
 
 
+CALLBACK_ENDS = ("succeeded", "failed", "cancelled")  # shared.states.JobState's final states
+
+
 def check_callback(task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """svdq.callback takes (url, payload): a string and a JSON object."""
-    if len(args) != 2 or kwargs or not isinstance(args[0], str) or not isinstance(args[1], dict):
+    """svdq.callback takes (job_id, status): the job whose recorded callback to send, and the
+    end it is for (worker/callbacks.py: the message carries no URL and no payload)."""
+    if (
+        len(args) != 2
+        or kwargs
+        or not all(isinstance(a, str) for a in args)
+        or args[1] not in CALLBACK_ENDS
+    ):
         raise _refuse(
             f"args={_shown(args)} kwargs={_shown(kwargs)} is not allowed: "
-            f"{TASK_CALLBACK} takes (url: str, payload: object)",
+            f"{TASK_CALLBACK} takes (job_id: str, status: one of {', '.join(CALLBACK_ENDS)})",
             "args",
         )
+    check_job_id(args[0])  # InvalidJobError naming job_id
 
 
 ARGUMENT_CHECKS: Mapping[str, ArgumentCheck] = {
@@ -135,14 +146,12 @@ def check_headers(headers: Any, served: Mapping[str, ArgumentCheck]) -> tuple[st
         raise _refuse(f"retries={_shown(retries)} is not allowed: an integer", "retries")
     limits = headers.get("timelimit")
     if limits is not None and not (
-        isinstance(limits, list)
-        and len(limits) == 2
-        and all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in limits
-        )
+        isinstance(limits, list) and len(limits) == 2 and all(_a_limit(v) for v in limits)
     ):
+        # NaN, a negative or zero limit would "time out" the job at once, with a lying reason.
         raise _refuse(
-            f"timelimit={_shown(limits)} is not allowed: [soft, hard], numbers or null",
+            f"timelimit={_shown(limits)} is not allowed: [hard, soft] seconds, each a finite "
+            "number above 0 or null",
             "timelimit",
         )
     for key in ("eta", "expires"):
@@ -154,6 +163,31 @@ def check_headers(headers: Any, served: Mapping[str, ArgumentCheck]) -> tuple[st
                     f"{key}={_shown(headers[key])} is not allowed: an ISO 8601 time", key
                 ) from None
     return name, task_id
+
+
+def _a_limit(value: Any) -> bool:
+    """Whether `value` may be one of a message's time limits: null, or seconds above 0."""
+    if value is None:
+        return True
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def capped_timelimit(limits: Any, hard_cap: float | None, soft_cap: float | None) -> Any:
+    """A checked `timelimit` header ([hard, soft], celery/worker/request.py: `time_limit,
+    soft_time_limit = self.time_limits`) with neither limit above this worker's own: a message
+    asking for a billion seconds gets the worker's limits (null keeps the task's default)."""
+    if not limits:
+        return limits
+    hard, soft = limits
+    return [
+        min(hard, hard_cap) if hard is not None and hard_cap else hard,
+        min(soft, soft_cap) if soft is not None and soft_cap else soft,
+    ]
 
 
 def check_body(payload: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -222,9 +256,11 @@ def set_aside(redis: Any, message: Any, reason: str, worker: str, cap: int) -> s
 
 
 def set_aside_raw(redis: Any, raw: str, reason: str, worker: str, cap: int) -> str:
-    """Record an item that never became a message (worker/brokerguard.py); return its key."""
+    """Record an item that never became a message (worker/brokerguard.py); return its key.
+    An item whose text could not be kept (`raw` empty) gets a key of its own each time."""
     data = raw.encode("utf-8", "replace")
-    return _record(redis, cap, data, b"", f"queue item set aside unread: {reason}", worker)
+    salt = b"" if raw else f"{reason}@{time.time()}".encode()
+    return _record(redis, cap, data, salt, f"queue item set aside unread: {reason}", worker)
 
 
 def _record(
@@ -262,12 +298,17 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         celery_handler = super().create_task_handler(promise)
         served = {n: c for n, c in ARGUMENT_CHECKS.items() if n in self.app.tasks}
         keep_raising = tuple(self.connection_errors) + tuple(self.channel_errors)
+        hard_cap, soft_cap = self.app.conf.task_time_limit, self.app.conf.task_soft_time_limit
 
         def on_task_received(message: Any) -> Any:
             try:
                 check_message(message, served)
             except InvalidJobError as exc:
                 return self._set_aside(message, str(exc))
+            if message.headers.get("timelimit"):  # Request reads message.headers.copy()
+                message.headers["timelimit"] = capped_timelimit(
+                    message.headers["timelimit"], hard_cap, soft_cap
+                )
             try:
                 return celery_handler(message)
             except keep_raising:

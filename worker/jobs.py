@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -14,7 +15,7 @@ from typing import Any
 
 from svdq.shared import formats, records
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
-from svdq.shared.errors import InvalidJobError
+from svdq.shared.errors import InvalidJobError, TransientError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.inputs import addressed_sha256, read_stored
 from svdq.shared.retry import with_retries
@@ -23,6 +24,7 @@ from svdq.shared.spec import JobResult, JobSpec
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore
 from svdq.worker import engine, export, stepdown
+from svdq.worker.delivery import on_the_store
 from svdq.worker.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,12 @@ def existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
 
     Only a valid marker counts (shared/records.py): an invalid one is set aside, logged, and
     the job runs again. Called under the job's lease, so no other delivery is writing it."""
+    assert spec.job_id
+    with on_the_store("looking for result.json"):
+        return _existing_result(store, spec)
+
+
+def _existing_result(store: ObjectStore, spec: JobSpec) -> dict[str, Any] | None:
     assert spec.job_id
     record, problem = records.read_result(store, spec.job_id, spec.output_prefix)
     if problem is not None:
@@ -82,19 +90,36 @@ def upload_outputs(
     to the store costs more than the work); return their records. result.json comes after."""
     assert spec.job_id
     keys = {kind: output_key(spec.job_id, kind, spec.output_prefix) for kind in blobs}
+    # Set when this job stops waiting for its uploads (its soft time limit came): a thread
+    # still retrying gives up at its next pause, so it neither writes over a later delivery's
+    # clip nor holds one of the pool's threads from the next job.
+    abandoned = threading.Event()
+
+    def pause(seconds: float) -> None:
+        if abandoned.wait(seconds):
+            raise TransientError("upload abandoned: the job stopped waiting for it")
 
     def put(kind: str) -> None:
-        # A storage hiccup retries this upload only; the frames are already made.
+        # A storage outage retries this upload only, for as long as the job's transient
+        # budget (or, before that, its soft time limit) allows: the frames are already made,
+        # and making them again is what a store outage must not cost.
         with_retries(
             functools.partial(
                 store.put_bytes, keys[kind], blobs[kind], formats.output(kind).content_type
             ),
             f"upload of {keys[kind]}",
             settings,
+            tries=None,
+            sleep=pause,
+            budget=settings.transient_budget,
         )
 
     futures = [_UPLOADS.submit(put, kind) for kind in blobs]
-    wait(futures)  # every upload ends before result.json can follow, or the job fails
+    try:
+        wait(futures)  # every upload ends before result.json can follow, or the job fails
+    except BaseException:
+        abandoned.set()
+        raise
     for future in futures:
         future.result()  # the first failure, if any
     return {
@@ -143,7 +168,8 @@ def run_job(
         return moment
 
     params = engine.params_for(spec, model)
-    data = fetch_input(store, settings, spec.image)
+    with on_the_store("input fetch"):
+        data = fetch_input(store, settings, spec.image)
     t = phase("fetch", t0)
     limits = {"max_bytes": settings.max_input_bytes, "max_pixels": settings.max_input_pixels}
     info = check_image(data, source=spec.image, **limits)
@@ -168,7 +194,8 @@ def run_job(
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
     still_ours()
-    outputs = upload_outputs(store, settings, spec, blobs)
+    with on_the_store("upload"):
+        outputs = upload_outputs(store, settings, spec, blobs)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(
@@ -203,9 +230,12 @@ def run_job(
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
     still_ours()
-    with_retries(
-        lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
-        f"upload of {marker}",
-        settings,
-    )
+    with on_the_store(f"upload of {marker}"):
+        with_retries(
+            lambda: store.put_bytes(marker, record, RESULT_CONTENT_TYPE),
+            f"upload of {marker}",
+            settings,
+            tries=None,
+            budget=settings.transient_budget,
+        )
     return result

@@ -21,4 +21,6 @@ def open_store(settings: Settings) -> ObjectStore:
     """The store the settings name."""
     if settings.store == "local":
         return LocalStore(settings.local_dir)
-    return S3Store(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
+    return S3Store(
+        settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_timeout
+    )

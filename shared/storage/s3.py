@@ -23,11 +23,32 @@ _TAKEN = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _NO_CONDITIONAL = {"NotImplemented", "501"}
 
 
+# Tries per S3 call, the first included (botocore's "total_max_attempts"; its "max_attempts"
+# counts retries only: botocore/args.py, `retries['total_max_attempts'] = value + 1`).
+ATTEMPTS = 3
+
+
+def call_bound(timeout: float) -> float:
+    """Seconds one S3 call can take at most against a store that accepts connections and never
+    answers: each try waits `timeout` to connect and `timeout` for an answer, and botocore's
+    standard mode waits between tries `rand(0, 1) * min(base_scale * 2 ** i, 20)` with a base
+    scale of 1 at most (botocore/retries/standard.py, ExponentialBackoff.delay_amount)."""
+    return ATTEMPTS * 2 * timeout + sum(min(2**i, 20) for i in range(ATTEMPTS - 1))
+
+
 class S3Store:
-    """One bucket. Credentials come from the standard AWS_* variables or the instance role."""
+    """One bucket. Credentials come from the standard AWS_* variables or the instance role.
+
+    Every call is bounded (`call_bound`, SVDQ_S3_TIMEOUT): a store that accepts and never
+    answers raises StorageUnavailable, retried on the job's transient budget, well before the
+    job's time limit (botocore's defaults, 60 s a read and 5 tries, outlasted it)."""
 
     def __init__(
-        self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1"
+        self,
+        bucket: str,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        timeout: float = 10,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -39,14 +60,15 @@ class S3Store:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             signature_version="s3v4",
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
+            connect_timeout=timeout,
+            read_timeout=timeout,
             s3={"addressing_style": "path"} if endpoint_url else {},
         )
         self.client: Any = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=config
         )
+        self.client.meta.events.register_first("needs-retry.s3", _a_time_limit_is_no_fault)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._call("put_object", **self._put_args(key, data, content_type))
@@ -160,6 +182,21 @@ class S3Store:
                 "SVDQ_S3_ENDPOINT and the AWS_* credentials"
             )
         return StorageUnavailable(f"S3 {op} failed: {code or exc}")
+
+
+def _a_time_limit_is_no_fault(caught_exception: Any = None, **_: Any) -> None:
+    """botocore's needs-retry hook: a job's soft time limit is raised as itself, not retried.
+
+    Celery's pool raises SoftTimeLimitExceeded from a signal handler wherever the pool child
+    is (billiard/pool.py, soft_timeout_sighandler), and botocore wraps any exception raised
+    while urllib3 sends (botocore/httpsession.py: `except Exception as e: ... raise
+    HTTPClientError(error=e)`), which its standard mode retries as a network fault: the job
+    would go on waiting on the store past its soft limit, into the hard one."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    inner = getattr(caught_exception, "kwargs", {}).get("error")
+    if isinstance(inner, SoftTimeLimitExceeded):
+        raise inner
 
 
 def _code(exc: Any) -> str:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from svdq.shared.celery_app import make_celery
-from svdq.shared.constants import QUEUE_CALLBACKS, TASK_CALLBACK
 from svdq.shared.settings import Settings
-from svdq.worker.callbacks import post
+from svdq.shared.spec import JobSpec
+from svdq.worker.callbacks import dispatch, post
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -106,11 +106,11 @@ def test_a_slow_receiver_is_given_up_and_recorded(fault_env, tmp_path, dribbler)
             warnings.simplefilter("ignore", DeprecationWarning)
             client.app.backend.store_result("cb-slow", RuntimeError("failed"), "FAILURE")
         sent = time.monotonic()
-        make_celery(settings).send_task(
-            TASK_CALLBACK,
-            args=[dribbler.url, {"job_id": "cb-slow", "status": "failed"}],
-            queue=QUEUE_CALLBACKS,
+        # What a worker does when the job ends: records the callback, queues its job id.
+        job = JobSpec.from_dict(
+            {"image": "s3://b/k.png", "job_id": "cb-slow", "callback_url": dribbler.url}
         )
+        dispatch(make_celery(settings), job, {"job_id": "cb-slow", "status": "failed"})
         while "callback" not in client.status("cb-slow"):
             assert time.monotonic() - sent < 30, log.read_text()[-3000:]
             time.sleep(0.2)

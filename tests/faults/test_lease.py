@@ -121,6 +121,32 @@ def test_upload_retries_only_the_upload_and_gives_up_bounded() -> None:
     assert len(calls) == 5
 
 
+def test_uploads_retry_on_a_time_budget_not_a_count() -> None:
+    """Review finding 7: with tries=None and a budget, with_retries goes on past five tries
+    while the next one would start within the budget, then says how long it tried."""
+    settings = Settings.from_env({"SVDQ_RETRY_BACKOFF": "1", "SVDQ_RETRY_BACKOFF_MAX": "1"})
+    now = [0.0]
+    calls: list[int] = []
+
+    def down_for_nine() -> str:
+        calls.append(1)
+        if len(calls) <= 9:
+            raise TransientError("S3 put_object failed: connection refused")
+        return "ok"
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    clock = lambda: now[0]  # noqa: E731
+    assert with_retries(down_for_nine, "k", settings, None, sleep, 60, clock) == "ok"
+    assert len(calls) == 10
+    calls.clear()
+    now[0] = 0.0
+    with pytest.raises(TransientError, match=r"k failed \d+ times in \d+s"):
+        with_retries(down_for_nine, "k", settings, None, sleep, 3, clock)
+    assert 3 <= len(calls) <= 7 and now[0] <= 3  # waits of 0.5-1 s, none past the 3 s budget
+
+
 def test_time_limits_sit_below_the_visibility_timeout() -> None:
     settings = Settings.from_env(
         {"SVDQ_TASK_TIME_LIMIT": "3600", "SVDQ_VISIBILITY_TIMEOUT": "7200"}

@@ -46,6 +46,19 @@ def test_a_whole_record_of_this_job_is_valid() -> None:
         (good(outputs={}), "outputs is empty"),
         (good(outputs={"mp4": "x"}), "outputs['mp4'] is 'x', not an object"),
         (good(outputs={"mp4": {"key": "k", "uri": "u"}}), "outputs['mp4'].bytes is None"),
+        # Review finding 5: outputs that name other objects.
+        (
+            good(outputs={"mp4": {"key": "inputs/abc.png", "uri": "s3://b/r", "bytes": 10}}),
+            "outputs['mp4'].key='inputs/abc.png' is not this job's 'results/j1/clip.mp4'",
+        ),
+        (
+            good(outputs={"mp4": {"key": "results/j2/clip.mp4", "uri": "s3://b/r", "bytes": 1}}),
+            "is not this job's 'results/j1/clip.mp4'",
+        ),
+        (
+            good(outputs={"exe": {"key": "results/j1/x.exe", "uri": "s3://b/r", "bytes": 1}}),
+            "outputs has 'exe', which is no output svdq writes",
+        ),
     ],
 )
 def test_what_makes_a_record_invalid_is_named(record: Any, said: str) -> None:
@@ -78,7 +91,8 @@ def test_bulk_counts_a_job_done_only_for_a_valid_marker(tmp_path: Any, limit: in
         return JobSpec.from_dict(spec)
 
     def whole(job_id: str, prefix: str | None = None) -> dict[str, Any]:
-        mp4 = {"key": output_key(job_id, "mp4", prefix), "uri": "s3://b/r", "bytes": 10}
+        key = output_key(job_id, "mp4", prefix)
+        mp4 = {"key": key, "uri": store.uri(key), "bytes": 10}
         return good(job_id=job_id, outputs={"mp4": mp4})
 
     jobs = {
@@ -95,3 +109,31 @@ def test_bulk_counts_a_job_done_only_for_a_valid_marker(tmp_path: Any, limit: in
     assert {name: index.done(spec) for name, (spec, _) in jobs.items()} == {
         name: done for name, (_, done) in jobs.items()
     }
+
+
+def test_a_record_whose_outputs_are_not_its_objects_is_not_believed(tmp_path: Any) -> None:
+    """Review finding 5: the record's uri must name its key, and the stored object must have
+    the recorded sha256 as well as the recorded size."""
+    import hashlib
+    import json
+
+    from svdq.shared.constants import output_key, result_key
+    from svdq.shared.records import read_result
+    from svdq.shared.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    key = output_key("j1", "mp4")
+    store.put_bytes(key, b"0123456789", "video/mp4")
+    sha = hashlib.sha256(b"0123456789").hexdigest()
+
+    def problem(**mp4: Any) -> str | None:
+        output = {"key": key, "uri": store.uri(key), "bytes": 10, "sha256": sha, **mp4}
+        store.put_bytes(result_key("j1"), json.dumps(good(outputs={"mp4": output})).encode(), "a")
+        return read_result(store, "j1")[1]
+
+    assert problem() is None
+    assert "uri='s3://elsewhere/x.mp4' does not name its key" in (
+        problem(uri="s3://elsewhere/x.mp4") or ""
+    )
+    said = problem(sha256="0" * 64) or ""
+    assert f"has sha256 {sha}, the record says {'0' * 64}" in said

@@ -44,6 +44,7 @@ def test_defaults_from_an_empty_env() -> None:
         s3_endpoint=None,
         s3_bucket="svdq",
         s3_region="us-east-1",
+        s3_timeout=10,
         local_dir=(Path.cwd() / "svdq-store").resolve(),
         batch_dir=Path(DEFAULT_BATCH_DIR),
         model_dir=Path(DEFAULT_MODEL_DIR),

@@ -383,6 +383,24 @@ def test_callback_url_rejected(url: str) -> None:
     rejected("callback_url", url, "http(s)://", str(MAX_URL_LEN))
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [  # review finding 9: each passed, then made `svdq callbacks` raise ValueError
+        ("http://127.0.0.1:99999/hook", "Port out of range"),
+        ("http://[::1/hook", "Invalid IPv6 URL"),
+        ("http://::1/hook", "Port could not be cast"),
+        ("http://h:0/hook", "1–65535"),
+        ("https:///hook", "with a host"),
+    ],
+)
+def test_a_callback_url_that_does_not_parse_is_rejected(url: str, why: str) -> None:
+    rejected("callback_url", url, why)
+
+
+def test_callback_url_with_ipv6_and_port_accepted() -> None:
+    assert spec(callback_url="http://[::1]:8080/x").callback_url == "http://[::1]:8080/x"
+
+
 def test_callback_url_too_long_rejected() -> None:
     url = "https://e.com/" + "a" * (MAX_URL_LEN - len("https://e.com/") + 1)
     with pytest.raises(InvalidJobError) as info:
