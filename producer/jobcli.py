@@ -16,6 +16,7 @@ from svdq.producer import bulkcli
 from svdq.producer.client import Client
 from svdq.producer.jobflags import add_job_flags, spec_params
 from svdq.producer.progress import JobProgress
+from svdq.shared import scores
 from svdq.shared.errors import InvalidJobError, JobFailedError, WaitTimeoutError
 from svdq.shared.spec import json_schema
 from svdq.shared.states import JobState
@@ -151,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 line += f" — {note}: {st[note]}"
         if "result" in st:
             line += " — " + " ".join(o["uri"] for o in st["result"]["outputs"].values())
+            if text := scores.summary(st["result"].get("scores") or {}):
+                line += f" — {text}"
         print(line)
     return code
 
@@ -184,6 +187,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         f"{result['width']}×{result['height']} @ {result['output_fps']} fps, seed "
         f"{result['seed']}, {result['timings'].get('total', 0):.1f}s on {result['worker']}"
     )
+    if text := scores.summary(result.get("scores") or {}):
+        print(f"scores: {text}")
     if result.get("note"):
         print(f"note: {result['note']}")
     for kind, out in result["outputs"].items():

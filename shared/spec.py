@@ -301,7 +301,9 @@ class JobResult:
     input: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    motion: float | None = None
+    motion: float | None = None  # = scores["motion"], kept for readers of older records
+    # shared/scores.py: motion, displacement, flicker, chunk_jump, psnr, ssim
+    scores: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
     note: str = ""

@@ -75,6 +75,7 @@ def test_folder_bulk_waits_reports_and_a_rerun_submits_nothing(
         assert set(r["outputs"]) == {"mp4", "poster"}
         assert store.exists(result_key(r["job_id"]))
         assert r["presigned"]["mp4"].startswith("http") and r["seconds"] > 0
+        assert 0 < r["motion"] <= 1 and r["psnr"] > 0 and -1 <= r["ssim"] <= 1
     skipped = {Path(r["source"]).name: r["reason"] for r in rows if r["status"] == "skipped"}
     assert set(skipped) == {"notes.txt", "README", "data.json"}
     assert skipped["data.json"].startswith("not an image file: extension '.json'")
@@ -102,6 +103,7 @@ def test_folder_bulk_waits_reports_and_a_rerun_submits_nothing(
     assert [r["status"] for r in table].count("skipped") == 3
     first = next(r for r in table if r["status"] == "succeeded")
     assert "mp4=s3://svdq-test/results/" in first["outputs"]
+    assert float(first["displacement"]) >= 0 and float(first["flicker"]) >= 0
 
     status = run_svdq(["status", "--batch", batch_id, "--json"], svdq_env)
     record = json.loads(status.stdout)
