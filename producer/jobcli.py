@@ -87,7 +87,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     specs = [
         client.prepare({"image": img, **params}, random_seed=random_seed) for img in args.images
     ]
-    handles = [client.enqueue(spec, force=args.force) for spec in specs]
+    handles = [
+        client.enqueue(spec, force=args.force, image_name=image)
+        for spec, image in zip(specs, args.images, strict=True)
+    ]
     for image, h in zip(args.images, handles, strict=True):
         if args.json:
             event = {
