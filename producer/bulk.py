@@ -206,6 +206,12 @@ class BulkSubmitter:
                 self.settings,
                 [(p.spec, payloads[id(p)]) for p, _ in sending if p.spec],
                 self.sent_events,
+                # The image as the row named it, for the line Flower shows (not the content hash).
+                {
+                    str(p.spec.job_id): str(p.row.data["image"])
+                    for p, _ in sending
+                    if p.spec and p.row.data and isinstance(p.row.data.get("image"), str)
+                },
             )
         except ReplicationShortfall as exc:
             # The chunk's messages were taken back off the queue (ReplicatedBatch.flush):

@@ -138,10 +138,15 @@ class Client:
             spec: JobSpec | dict[str, Any] = {"image": image, **params}
         else:
             spec = image if not params else {**_as_dict(image), **params}
-        return self.enqueue(self.prepare(spec, random_seed=random_seed), force=force)
+        named = spec.get("image") if isinstance(spec, dict) else spec.image
+        ready = self.prepare(spec, random_seed=random_seed)
+        return self.enqueue(ready, force=force, image_name=str(named))
 
-    def enqueue(self, ready: JobSpec, *, force: bool = False) -> JobHandle:
-        """Queue a job `prepare` returned (image in the store, id and seed filled in)."""
+    def enqueue(
+        self, ready: JobSpec, *, force: bool = False, image_name: str | None = None
+    ) -> JobHandle:
+        """Queue a job `prepare` returned (image in the store, id and seed filled in);
+        `image_name`: the image as the submitter named it, for monitors (Flower)."""
         assert ready.job_id and ready.variant
         queue = queue_for(ready.variant)
         if force:  # regenerate: while result.json exists a worker returns it instead
@@ -158,7 +163,7 @@ class Client:
         try:
             # With SVDQ_REDIS_MIN_REPLICAS, send_job returns once the replicas hold the message;
             # replication is one ordered stream, so they hold the record written before it too.
-            send_job(self.app, ready, self.settings)
+            send_job(self.app, ready, self.settings, image_name)
         except ReplicationShortfall as exc:
             if ready.job_id in exc.consumed:
                 # Its message could not be taken back: a worker had it already, so the job

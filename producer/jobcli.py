@@ -17,6 +17,7 @@ from svdq.producer.client import Client
 from svdq.producer.jobflags import add_job_flags, job_id_arg, spec_params
 from svdq.producer.lost import unknown_job
 from svdq.producer.progress import JobProgress
+from svdq.shared import scores
 from svdq.shared.errors import InvalidJobError, JobFailedError, WaitTimeoutError
 from svdq.shared.spec import json_schema
 from svdq.shared.states import JobState
@@ -87,7 +88,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     specs = [
         client.prepare({"image": img, **params}, random_seed=random_seed) for img in args.images
     ]
-    handles = [client.enqueue(spec, force=args.force) for spec in specs]
+    handles = [
+        client.enqueue(spec, force=args.force, image_name=image)
+        for spec, image in zip(specs, args.images, strict=True)
+    ]
     for image, h in zip(args.images, handles, strict=True):
         if args.json:
             event = {
@@ -159,6 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 line += f" — {note}: {st[note]}"
         if "result" in st:
             line += " — " + " ".join(o["uri"] for o in st["result"]["outputs"].values())
+            if text := scores.summary(st["result"].get("scores") or {}):
+                line += f" — {text}"
         print(line)
     return code
 
@@ -192,6 +198,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         f"{result['width']}×{result['height']} @ {result['output_fps']} fps, seed "
         f"{result['seed']}, {result['timings'].get('total', 0):.1f}s on {result['worker']}"
     )
+    if text := scores.summary(result.get("scores") or {}):
+        print(f"scores: {text}")
     if result.get("note"):
         print(f"note: {result['note']}")
     for kind, out in result["outputs"].items():

@@ -17,7 +17,7 @@ from typing import Any
 
 from svdq.shared.fields import FIELD_BY_NAME
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_DEPTH = 32  # nesting of a JSON value from outside (a JobSpec needs 3: metadata's own)
 
 

@@ -3,11 +3,12 @@ with Celery's task-sent event for each, as monitors expect."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery.events.dispatcher import EventDispatcher
 
-from svdq.shared.celery_app import celery_priority
+from svdq.shared.celery_app import celery_priority, job_argsrepr
 from svdq.shared.constants import TASK_GENERATE, queue_for
 from svdq.shared.limits import time_limits
 from svdq.shared.settings import Settings
@@ -19,14 +20,17 @@ def publish_jobs(
     settings: Settings,
     specs: list[tuple[JobSpec, dict[str, Any]]],
     sent_events: bool | None = None,
+    image_names: Mapping[str, str] | None = None,
 ) -> None:
     """All of the chunk's messages (spec, its JSON form) through one producer, one pipeline.
 
     This is app.send_task without its per-message round trips: send_task subscribes to
     each task's result channel (backend.on_task_call) and builds an AsyncResult that
     unsubscribes again when collected; a bulk submitter never reads results that way.
-    `sent_events` None keeps the app's task_send_sent_event.
+    `sent_events` None keeps the app's task_send_sent_event. `image_names`: job id → the
+    image as the row named it, for the short description monitors show (`job_argsrepr`).
     """
+    names = image_names or {}
     if not specs:
         return
     amqp = app.amqp
@@ -44,8 +48,8 @@ def publish_jobs(
                 # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
                 soft_time_limit=limits[str(spec.variant)][0],
                 time_limit=limits[str(spec.variant)][1],
-                # Celery would saferepr() the whole spec for monitors; the id says enough.
-                argsrepr=f"[{spec.job_id}]",
+                # Celery would saferepr() the whole spec, metadata and all, for monitors.
+                argsrepr=job_argsrepr(spec, names.get(str(spec.job_id))),
                 kwargsrepr="{}",
             )
             amqp.send_task_message(

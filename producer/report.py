@@ -1,7 +1,9 @@
 """The bulk report: one row per source (image or manifest line), as JSON lines or CSV.
 
 Columns: source, job_id, status, reason, outputs (S3 URIs), presigned (with --presign),
-seconds (the job's total time). Rows stream out of the batch record: nothing is held.
+seconds (the job's total time), then one column per clip score (shared/scores.py: motion,
+displacement, flicker, chunk_jump, psnr, ssim; empty when the job has none), so a
+spreadsheet can sort a batch by them. Rows stream out of the batch record: nothing is held.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from svdq.producer.batch import Batch
+from svdq.shared.scores import SCORES
 from svdq.shared.states import JobState
 
-COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds")
+COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds", *SCORES)
 
 
 def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, Any]]:
@@ -33,6 +36,7 @@ def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, 
             "outputs": outputs,
             "presigned": {},
             "seconds": result.get("timings", {}).get("total"),
+            **{name: (result.get("scores") or {}).get(name) for name in SCORES},
         }
         if entry["state"] is JobState.CANCELLED:
             row["reason"] = "cancelled"
@@ -50,6 +54,7 @@ def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, 
             "outputs": {},
             "presigned": {},
             "seconds": None,
+            **dict.fromkeys(SCORES),
         }
 
 
@@ -68,7 +73,8 @@ def write_report(path: str | Path, rows: Iterator[dict[str, Any]]) -> dict[str, 
                 # In CSV the maps become space-separated "kind=value" cells.
                 for name in ("outputs", "presigned"):
                     flat[name] = " ".join(f"{k}={v}" for k, v in row[name].items())
-                flat["seconds"] = "" if row["seconds"] is None else row["seconds"]
+                for name in ("seconds", *SCORES):
+                    flat[name] = "" if row.get(name) is None else row[name]
                 writer.writerow(flat)
             else:
                 fh.write(json.dumps(row) + "\n")

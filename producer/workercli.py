@@ -24,7 +24,7 @@ from svdq.shared.settings import Settings
 def add_run(sub: Any) -> None:
     """`svdq run IMAGE -o OUT [job flags]`."""
     run = sub.add_parser("run", help="generate one clip in this process, no queue")
-    run.add_argument("image", help="input image file (PNG, JPEG, WebP)")
+    run.add_argument("image", help="input image file (PNG, JPEG, WebP, GIF, BMP, TIFF)")
     run.add_argument(
         "-o",
         "--output",

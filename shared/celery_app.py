@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -13,6 +15,10 @@ from svdq.shared.replication import POLICY_OPTION, ReplicaPolicy, transport_for
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.variants import VARIANTS
+
+# What a monitor shows of a job's arguments is bounded: Flower lists thousands of tasks.
+ARGSREPR_MAX = 160
+_NAME_MAX = 60
 
 # kombu's Redis transport serves lower numbers first; svdq's priority 9 means "run first".
 PRIORITY_STEPS = list(range(10))
@@ -86,9 +92,41 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_job(app: Celery, spec: JobSpec, settings: Settings) -> str:
+def job_argsrepr(spec: JobSpec, image_name: str | None = None) -> str:
+    """What Flower's Tasks page (and `celery events`) shows as a job's arguments, in place of
+    Celery's saferepr of the whole spec: variant, size, frames, steps, motion bucket and the
+    input's file name, e.g. "svd-xt 1024x576 25f 25 steps motion 127 cat.png".
+
+    Celery puts it in the message's `argsrepr` header and the task-sent event ("argsrepr":
+    what `saferepr(args)` would give otherwise, celery/app/amqp.py as_task_v2). It never holds
+    the metadata, the callback URL or a URL's query (a presigned URL's signature): a monitor
+    is read by more people than the job's owner. `image_name`: the image as the submitter
+    named it (a path or URL); by default the stored input's key, a content hash."""
+    frames = f"{spec.num_frames}f" if spec.num_frames else "default frames"
+    text = (
+        f"{spec.variant or 'auto'} {spec.width}x{spec.height} {frames} "
+        f"{spec.num_inference_steps} steps motion {spec.motion_bucket_id} "
+        f"{_file_name(image_name or spec.image)}"
+    )
+    return text[:ARGSREPR_MAX]
+
+
+def _file_name(image: str) -> str:
+    """The last part of a path or URL's path (no query, no fragment), printable characters
+    only, its start and end kept when it is longer than _NAME_MAX."""
+    path = urlsplit(image).path if "://" in image else image
+    name = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in name) or "?"
+    if len(name) > _NAME_MAX:
+        half = (_NAME_MAX - 1) // 2
+        name = f"{name[:half]}…{name[-half:]}"
+    return name
+
+
+def send_job(app: Celery, spec: JobSpec, settings: Settings, image_name: str | None = None) -> str:
     """Publish one ready job (variant, seed and id filled in) on its variant's queue, with its
-    priority and per-variant time limits; return the queue's name."""
+    priority, per-variant time limits and a short description for monitors (`job_argsrepr`,
+    with the submitter's `image_name`); return the queue's name."""
     if not spec.job_id or not spec.variant:
         missing = "job_id" if not spec.job_id else "variant"
         raise InvalidJobError(
@@ -112,5 +150,7 @@ def send_job(app: Celery, spec: JobSpec, settings: Settings) -> str:
             soft_time_limit=soft,
             time_limit=hard,
             producer=producer,
+            argsrepr=job_argsrepr(spec, image_name),
+            kwargsrepr="{}",
         )
     return queue

@@ -17,6 +17,10 @@ SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 MAX_PREFIX_LEN = 200
 MAX_URL_LEN = 2048
 MAX_METADATA_BYTES = 16 * 1024
+# diffusers' defaults for SVD's per-frame guidance ramp (see the fields below).
+MIN_GUIDANCE_SCALE = 1.0
+MAX_GUIDANCE_SCALE = 3.0
+MAX_GUIDANCE = 20
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,31 @@ FIELDS: tuple[Field, ...] = (
         "moves more and drifts further from the source",
         minimum=0,
         maximum=1,
+    ),
+    # diffusers 0.42, StableVideoDiffusionPipeline.__call__: "min_guidance_scale (`float`,
+    # *optional*, defaults to 1.0): The minimum guidance scale. Used for the classifier free
+    # guidance with first frame." / "max_guidance_scale (`float`, *optional*, defaults to
+    # 3.0): ... with last frame."; the ramp is `torch.linspace(min_guidance_scale,
+    # max_guidance_scale, num_frames)`, one scale per frame, and classifier-free guidance (a
+    # second UNet pass on every step) runs only when `guidance_scale.max() > 1`.
+    Field(
+        "min_guidance_scale",
+        "number",
+        MIN_GUIDANCE_SCALE,
+        "classifier-free guidance on the first frame; it rises linearly to max_guidance_scale "
+        "on the last. Higher follows the input image more closely on that frame",
+        minimum=0,
+        maximum=MAX_GUIDANCE,
+    ),
+    Field(
+        "max_guidance_scale",
+        "number",
+        MAX_GUIDANCE_SCALE,
+        "classifier-free guidance on the last frame (>= min_guidance_scale); higher keeps "
+        "late frames closer to the image, lower lets them move more; 1 or less on both skips "
+        "guidance (about twice as fast, usually worse)",
+        minimum=0,
+        maximum=MAX_GUIDANCE,
     ),
     Field("fps", "integer", 7, "conditioning frame rate the model is told", minimum=1, maximum=60),
     Field(

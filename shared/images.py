@@ -2,6 +2,12 @@
 
 Everything that decodes user bytes goes through `open_image`, which keeps Pillow's
 decompression-bomb guard on and turns its warning into an error.
+
+GIF, BMP and TIFF are what people have besides PNG, JPEG and WebP. The same limits hold for
+all: the bytes (SVDQ_MAX_INPUT_BYTES), the pixels of the image as its header declares it
+(SVDQ_MAX_INPUT_PIXELS, before anything is decoded; a GIF's logical screen, a TIFF's first
+page) and Pillow's bomb guard. Only the first frame is decoded: an animated GIF or WebP and a
+multi-page TIFF are animated from their first frame (page).
 """
 
 from __future__ import annotations
@@ -15,7 +21,16 @@ from PIL import Image, ImageOps
 from svdq.shared.errors import InvalidJobError
 
 # Pillow format name -> file extension used in inputs/<sha256>.<ext>.
-ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+ALLOWED_FORMATS = {
+    "PNG": "png",
+    "JPEG": "jpg",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tif",
+}
+# For messages: "PNG, JPEG, WebP, GIF, BMP or TIFF".
+FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 MIN_SIDE = 64
 MAX_ASPECT = 8.0
 
@@ -59,7 +74,7 @@ def open_image(
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InvalidJobError(f"{source} refused as a decompression bomb: {exc}", "image") from exc
     except Image.UnidentifiedImageError:
-        raise InvalidJobError(f"{source} is not a PNG, JPEG or WebP image", field="image") from None
+        raise InvalidJobError(f"{source} is not a {FORMATS_TEXT} image", field="image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidJobError(
             f"{source} could not be decoded (truncated or corrupt): {exc}", field="image"
@@ -97,9 +112,20 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """First frame, EXIF orientation applied, as 8-bit RGB (alpha composited on white)."""
-    image.seek(0)  # animated inputs: the first frame is the still we animate
+    try:
+        return _to_rgb(image)
+    except (OSError, ValueError) as exc:  # a mode Pillow cannot convert: the input's fault
+        raise InvalidJobError(
+            f"image in mode {image.mode!r} cannot be converted to RGB: {exc}", field="image"
+        ) from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image.seek(0)  # animated inputs and multi-page TIFFs: the first frame is the still
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF in either byte order)
+        image = image.convert("I")  # point() has no I;16B: TIFF's big-endian 16 bit
+    if image.mode == "I":
         image = image.point(lambda v: v / 256).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA")

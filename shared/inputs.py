@@ -18,7 +18,14 @@ from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 
 # The extension of a stored input (the values of shared.images.ALLOWED_FORMATS) -> the
 # content type it is stored with.
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+}
 
 # inputs/<sha256>.<ext>: already content-addressed, so the name gives the hash and nothing
 # needs reading to know the job's id (the worker checks the image itself before it runs).

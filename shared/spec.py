@@ -21,9 +21,11 @@ from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import (
     FIELD_BY_NAME,
     FIELDS,
+    MAX_GUIDANCE_SCALE,
     MAX_METADATA_BYTES,
     MAX_PREFIX_LEN,
     MAX_URL_LEN,
+    MIN_GUIDANCE_SCALE,
     SAFE_ID,
     SAFE_PREFIX,
     SEED_MAX,
@@ -34,6 +36,13 @@ from svdq.shared.formats import expand as expand_format
 
 # Fields that do not change the clip and so stay out of the job id and derived seed.
 _NOT_IDENTITY = {"priority", "callback_url", "metadata", "job_id", "image"}
+# Fields added after job ids were first derived, with the value every job had before they
+# existed: at that value they stay out of the identity, so a resubmission still finds the
+# results stored before (tests/unit/test_spec.py's golden id); any other value changes it.
+_IDENTITY_UNLESS = {
+    "min_guidance_scale": MIN_GUIDANCE_SCALE,
+    "max_guidance_scale": MAX_GUIDANCE_SCALE,
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class JobSpec:
     num_inference_steps: int = 25
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
+    min_guidance_scale: float = MIN_GUIDANCE_SCALE
+    max_guidance_scale: float = MAX_GUIDANCE_SCALE
     fps: int = 7
     output_fps: int | None = None
     decode_chunk_size: int | None = None
@@ -90,6 +101,10 @@ class JobSpec:
             for name, value in data.items()
             if name != "schema_version"
         }
+        _check_guidance(
+            values.get("min_guidance_scale", MIN_GUIDANCE_SCALE),
+            values.get("max_guidance_scale", MAX_GUIDANCE_SCALE),
+        )
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +166,18 @@ def check_field(f: Field, value: Any) -> Any:
     if f.choices and value not in f.choices:
         raise InvalidJobError(bad, field=f.name)
     return _STRING_CHECKS.get(f.name, lambda v: v)(value)
+
+
+def _check_guidance(low: float, high: float) -> None:
+    """The guidance ramp rises from the first frame to the last: min ≤ max."""
+    if low > high:
+        raise InvalidJobError(
+            f"min_guidance_scale={low!r} is above max_guidance_scale={high!r}: guidance rises "
+            "linearly from min_guidance_scale on the first frame to max_guidance_scale on the "
+            "last, so min_guidance_scale must be <= max_guidance_scale; lower the first or "
+            "raise the second",
+            field="min_guidance_scale",
+        )
 
 
 def _check_formats(f: Field, value: Any) -> tuple[str, ...]:
@@ -265,7 +292,11 @@ _STRING_CHECKS = {
 
 def identity(spec: JobSpec, input_sha256: str) -> str:
     """sha256 of the input's content and every parameter that changes the clip."""
-    params = {k: v for k, v in spec.to_dict().items() if k not in _NOT_IDENTITY}
+    params = {
+        k: v
+        for k, v in spec.to_dict().items()
+        if k not in _NOT_IDENTITY and not (k in _IDENTITY_UNLESS and v == _IDENTITY_UNLESS[k])
+    }
     blob = json.dumps({"input": input_sha256, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -313,7 +344,9 @@ class JobResult:
     input: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    motion: float | None = None
+    motion: float | None = None  # = scores["motion"], kept for readers of older records
+    # shared/scores.py: motion, displacement, flicker, chunk_jump, psnr, ssim
+    scores: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
     note: str = ""

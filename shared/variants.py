@@ -32,8 +32,6 @@ class Variant:
     decode_chunk_size: int | None = None
     note: str = ""  # recorded in every result this variant makes
     revision: str | None = None  # pinned Hugging Face revision (None: what is in the cache)
-    min_guidance_scale: float = 1.0  # diffusers' defaults for SVD
-    max_guidance_scale: float = 3.0
 
 
 AUTO = "auto"

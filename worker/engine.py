@@ -104,8 +104,8 @@ def generate(
             width=spec.width,
             num_frames=params.num_frames,
             num_inference_steps=steps,
-            min_guidance_scale=model.info.min_guidance_scale,
-            max_guidance_scale=model.info.max_guidance_scale,
+            min_guidance_scale=spec.min_guidance_scale,
+            max_guidance_scale=spec.max_guidance_scale,
             fps=spec.fps,
             motion_bucket_id=spec.motion_bucket_id,
             noise_aug_strength=spec.noise_aug_strength,
@@ -162,11 +162,3 @@ def decode_latents(
         video = model.pipe.decode_latents(latents, num_frames, decode_chunk_size)
         frames = model.pipe.video_processor.postprocess_video(video=video, output_type="np")
     return np.asarray(frames[0])
-
-
-def motion_score(frames_u8: np.ndarray) -> float:
-    """Mean absolute change between consecutive frames, 0–1: near 0 means a static clip."""
-    if len(frames_u8) < 2:
-        return 0.0
-    diffs = np.abs(np.diff(frames_u8.astype(np.int16), axis=0))
-    return float(diffs.mean() / 255.0)

@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
-from svdq.shared import formats, records
+import numpy as np
+
+from svdq.shared import formats, records, scores
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
 from svdq.shared.errors import InvalidJobError, TransientError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
@@ -187,6 +189,9 @@ def run_job(
     if progress:
         progress("encode", spec.num_inference_steps, spec.num_inference_steps)
     frames_u8 = export.to_uint8(frames)
+    # Scored on the frames as delivered, against the input as fitted (shared/scores.py).
+    clip_scores = scores.score_clip(frames_u8, np.asarray(fitted), params.decode_chunk_size)
+    t = phase("score", t)
     blobs = {formats.POSTER.name: export.encode_poster(frames_u8[0])}
     for kind in spec.formats:  # each a row of shared/formats.py, encoded by its ENCODERS entry
         blobs[kind] = export.encode(kind, frames_u8, params.output_fps)
@@ -222,7 +227,8 @@ def run_job(
         },
         outputs=outputs,
         timings=timings,
-        motion=round(engine.motion_score(frames_u8), 5),
+        motion=clip_scores["motion"],
+        scores=clip_scores,
         started_at=started_at,
         finished_at=now(),
         note=model.info.note,  # tiny's clips say they are noise

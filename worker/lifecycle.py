@@ -12,8 +12,8 @@ Celery hands the pool child a message; `process` takes it through these steps:
  5. generate with step-down: the job's variant is loaded if another one is (worker/resident.py),
                 out of memory steps down a rung (worker/stepdown.py); cancellation is looked
                 at on every denoising step;
- 6. encode      the motion score, the clip in every format asked for, and the poster
-                (worker/jobs.py);
+ 6. score, encode  the clip's scores (shared/scores.py), the clip in every format asked
+                for and the poster (worker/jobs.py);
  7. upload      the outputs; a failed upload is retried alone, never the generation;
  8. marker      result.json, written last;
  9. callback    queued for `svdq callbacks` when the job has a callback_url, for a failed or

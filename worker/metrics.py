@@ -26,12 +26,13 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from svdq.shared.scores import SCORES
 from svdq.shared.states import Outcome
 from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
 
-PHASES = ("load", "fetch", "preprocess", "denoise", "decode", "encode", "upload", "total")
+PHASES = ("load", "fetch", "preprocess", "denoise", "decode", "score", "encode", "upload", "total")
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 
 JOBS = Counter(
@@ -53,6 +54,12 @@ OOM_STEPDOWNS = Counter(
 PEAK_VRAM = Gauge(
     "svdq_job_peak_vram_bytes", "torch.cuda.max_memory_allocated during the last job (CUDA only)"
 )
+# One histogram per clip score (shared/scores.py), svdq_clip_<score>: a fleet whose clips
+# turn static or start to flicker shows as a shift in these.
+CLIP_SCORES = {
+    name: Histogram(f"svdq_clip_{name}", f"Clip score: {text}", ["variant"], buckets=buckets)
+    for name, (text, buckets) in SCORES.items()
+}
 BUSY = Gauge("svdq_worker_busy", "1 while a job runs on this worker")
 LEASE_RENEWALS = Counter("svdq_lease_renewals", "Job leases this worker renewed")
 REAPED = Counter(
@@ -174,6 +181,9 @@ class WorkerMetrics:
             if phase in PHASES:
                 PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
         FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
+        for name, value in (result.get("scores") or {}).items():
+            if name in CLIP_SCORES and value is not None:
+                CLIP_SCORES[name].labels(variant).observe(float(value))
         self._peak_vram()
         return Outcome.SUCCEEDED
 

@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from svdq.shared import shapes, variants
 from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
+from svdq.shared.fields import MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
 from svdq.worker.compiled import compile_unet, forget_compiled
@@ -152,8 +153,11 @@ def warm_up(model: LoadedModel, width: int, height: int, frames: int, steps: int
     """Denoise once on a blank image of this shape so torch.compile builds the UNet's graph
     for it now, not during a job. Returns the seconds it took.
 
-    It calls the pipeline as a job does (engine.generate): the same guidance scales decide
-    whether classifier-free guidance doubles the UNet's batch, so the graph's guards match.
+    It calls the pipeline as a job does (engine.generate), with the JobSpec's default
+    guidance scales: they decide whether classifier-free guidance doubles the UNet's batch
+    (diffusers: `do_classifier_free_guidance` is `guidance_scale.max() > 1`), so the graph's
+    guards match a job at the defaults. A job with max_guidance_scale <= 1 runs a batch of one,
+    which this graph does not cover: it runs eagerly (engine._no_compile_in_jobs).
     Only the UNet is compiled (`apply_profile`), so the warm-up stops at the latents
     (`output_type="latent"`: diffusers skips `decode_latents`): a full-clip VAE decode beside
     the CUDA-graph pool is what ran out of memory at start-up. Jobs decode in chunks that
@@ -172,8 +176,8 @@ def warm_up(model: LoadedModel, width: int, height: int, frames: int, steps: int
             height=height,
             num_frames=frames,
             num_inference_steps=steps,
-            min_guidance_scale=model.info.min_guidance_scale,
-            max_guidance_scale=model.info.max_guidance_scale,
+            min_guidance_scale=MIN_GUIDANCE_SCALE,
+            max_guidance_scale=MAX_GUIDANCE_SCALE,
             generator=torch.Generator(device="cpu").manual_seed(0),
             output_type="latent",
         )

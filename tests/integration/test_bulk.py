@@ -34,11 +34,14 @@ QUICK_SPEC = {
     "height": 64,
 }
 
+# Every input format a folder of photos may hold (shared/images.py), each through the worker.
+FOLDER_FORMATS = ("png", "jpg", "webp", "gif", "bmp", "tif")
+
 
 def photo_folder(root: Path) -> Path:
-    """30 different images (PNG, JPEG, WebP, in sub-folders) and 3 files that are not images."""
+    """30 different images (every input format, in sub-folders) and 3 files that are not images."""
     for i in range(30):
-        ext = ("png", "jpg", "webp")[i % 3]
+        ext = FOLDER_FORMATS[i % len(FOLDER_FORMATS)]
         sub = root / ("" if i < 10 else f"set{i // 10}")
         path = make_image(sub / f"img{i:02d}.png", (96 + i, 80), color=i * 7)
         if ext != "png":
@@ -70,11 +73,12 @@ def test_folder_bulk_waits_reports_and_a_rerun_submits_nothing(
     assert len(rows) == 33
     done = [r for r in rows if r["status"] == "succeeded"]
     assert len(done) == 30
-    assert {Path(r["source"]).suffix for r in done} == {".png", ".jpg", ".webp"}
+    assert {Path(r["source"]).suffix for r in done} == {f".{x}" for x in FOLDER_FORMATS}
     for r in done:
         assert set(r["outputs"]) == {"mp4", "poster"}
         assert store.exists(result_key(r["job_id"]))
         assert r["presigned"]["mp4"].startswith("http") and r["seconds"] > 0
+        assert 0 < r["motion"] <= 1 and r["psnr"] > 0 and -1 <= r["ssim"] <= 1
     skipped = {Path(r["source"]).name: r["reason"] for r in rows if r["status"] == "skipped"}
     assert set(skipped) == {"notes.txt", "README", "data.json"}
     assert skipped["data.json"].startswith("not an image file: extension '.json'")
@@ -102,6 +106,7 @@ def test_folder_bulk_waits_reports_and_a_rerun_submits_nothing(
     assert [r["status"] for r in table].count("skipped") == 3
     first = next(r for r in table if r["status"] == "succeeded")
     assert "mp4=s3://svdq-test/results/" in first["outputs"]
+    assert float(first["displacement"]) >= 0 and float(first["flicker"]) >= 0
 
     status = run_svdq(["status", "--batch", batch_id, "--json"], svdq_env)
     record = json.loads(status.stdout)

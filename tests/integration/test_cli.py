@@ -129,6 +129,9 @@ def test_submit_wait_status_results(svdq_env, worker, tmp_path):
 
     status = run_svdq(["status", job_id, "--json"], svdq_env, timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "succeeded"
+    line = run_svdq(["status", job_id], svdq_env, timeout=60).stdout
+    assert line.startswith(f"{job_id}: succeeded — s3://") and " — motion 0." in line
+    assert all(f" {name} " in line for name in ("displacement", "flicker", "psnr", "ssim"))
     results = run_svdq(
         ["results", job_id, "--presign", "3600", "--json", "--download", str(tmp_path / "dl")],
         svdq_env,

@@ -27,9 +27,16 @@ def test_submit_produces_clip_gif_poster_and_result_last(client, store, worker, 
     assert set(result["outputs"]) == {"mp4", "gif", "poster"}
     assert result["spec"]["image"].startswith("s3://svdq-test/inputs/")
     assert result["worker"].startswith("test@")
-    assert {"fetch", "preprocess", "denoise", "decode", "encode", "upload", "total"} <= set(
-        result["timings"]
+    assert {"fetch", "preprocess", "denoise", "decode", "score", "encode", "upload", "total"} <= (
+        set(result["timings"])
     )
+    # Every clip is scored (shared/scores.py); tiny's frames are noise: they move, and the
+    # first one is far from the input.
+    scores = result["scores"]
+    assert set(scores) == {"motion", "displacement", "flicker", "chunk_jump", "psnr", "ssim"}
+    assert scores["motion"] == result["motion"] and 0 < scores["motion"] <= 1
+    assert scores["displacement"] > 0 and scores["flicker"] > 0
+    assert 0 < scores["psnr"] < 30 and scores["ssim"] < 0.9
 
     mp4 = mp4_info(store.get_bytes(result["outputs"]["mp4"]["key"]))
     assert (mp4["frames"], mp4["width"], mp4["height"]) == (14, 128, 64)

@@ -3,7 +3,7 @@
 from the test side by `python -m tests.fixtures.launcher`).
 
 Flower's API must refuse a caller without credentials and, with them, list both workers and
-the task with the columns on-call reads (job id, state, the spec with its variant, the worker).
+the task with the columns on-call reads (job id, state, what the job is, the worker).
 Each worker serves /metrics on SVDQ_METRICS_PORT + its GPU index."""
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ def test_flower_refuses_without_credentials_and_shows_workers_and_task(
     assert status == 200
     assert (task["uuid"], task["name"], task["state"]) == (job.job_id, "svdq.generate", "SUCCESS")
     assert task["worker"] == result["worker"] == f"gpu0@{HOST}"
-    assert "'variant': 'svd-xt'" in task["args"]  # the spec, as the task columns show it
+    # What the Tasks page shows for the job: the message's argsrepr (shared/celery_app.py).
+    assert task["args"] == "svd-xt 128x64 6f 2 steps motion 127 f.png"
     assert f"'name': '{result['profile']['name']}'" in task["result"]
 
 

@@ -254,9 +254,14 @@ def test_worker_exporter_and_stats_agree_after_real_jobs(
     assert value(worker, "svdq_jobs_total", status="failed", variant="tiny") == 1
     assert value(worker, "svdq_job_failures_total", reason="InvalidJobError") == 1
     assert value(worker, "svdq_frames_generated_total", variant="tiny") == 3 * 14
-    for phase in ("fetch", "preprocess", "denoise", "decode", "encode", "upload", "total"):
+    phases = ("fetch", "preprocess", "denoise", "decode", "score", "encode", "upload", "total")
+    for phase in phases:
         labels = {"phase": phase, "variant": "tiny", "profile": "cpu"}
         assert value(worker, "svdq_job_phase_seconds_count", **labels) == 3
+    # One histogram per clip score (shared/scores.py), each job counted once.
+    for score in ("motion", "displacement", "flicker", "psnr", "ssim"):
+        assert value(worker, f"svdq_clip_{score}_count", variant="tiny") == 3, score
+        assert value(worker, f"svdq_clip_{score}_sum", variant="tiny") > 0, score
     load = {"phase": "load", "variant": "tiny", "profile": "cpu"}
     assert value(worker, "svdq_job_phase_seconds_count", **load) == 1
     info = [dict(lbl) for (n, lbl) in worker if n == "svdq_worker_info"]

@@ -83,3 +83,26 @@ def test_wrong_variant_is_refused(tiny):
 
     with pytest.raises(InvalidJobError, match="variant='svd-xt' cannot run here"):
         engine.params_for(_spec(variant="svd-xt"), tiny)
+
+
+def test_guidance_ramp_reaches_the_pipeline(tiny):
+    # diffusers 0.42 runs classifier-free guidance (the UNet on a doubled batch) only when
+    # `guidance_scale.max() > 1`, the ramp being linspace(min_guidance_scale,
+    # max_guidance_scale, num_frames): the UNet's batch shows which scales the job passed.
+    batches: list[int] = []
+
+    def seen(_module, args, kwargs):  # type: ignore[no-untyped-def]
+        batches.append(int((args[0] if args else kwargs["sample"]).shape[0]))
+
+    hook = tiny.pipe.unet.register_forward_pre_hook(seen, with_kwargs=True)
+    try:
+        default = _run(tiny, _spec(num_frames=4))
+        assert set(batches) == {2}  # 1.0 → 3.0: guided
+        batches.clear()
+        unguided = _run(tiny, _spec(num_frames=4, min_guidance_scale=1, max_guidance_scale=1))
+        assert set(batches) == {1}  # max <= 1: no guidance, one pass a step
+        steeper = _run(tiny, _spec(num_frames=4, max_guidance_scale=6))
+    finally:
+        hook.remove()
+    assert np.abs(default - unguided).max() > 1e-3
+    assert np.abs(default - steeper).max() > 1e-3

@@ -74,6 +74,9 @@ ROWS = [
         "outputs": {"mp4": "s3://b/results/j1/clip.mp4"},
         "presigned": {"mp4": "https://x"},
         "seconds": 1.5,
+        "motion": 0.012,
+        "flicker": 0.0004,
+        "psnr": 31.5,
     },
     {
         "source": "m.csv:3",
@@ -94,6 +97,9 @@ def test_report_csv_and_jsonl(tmp_path: Path) -> None:
     assert table[0]["outputs"] == "mp4=s3://b/results/j1/clip.mp4"
     assert table[0]["presigned"] == "mp4=https://x" and table[0]["seconds"] == "1.5"
     assert (table[1]["status"], table[1]["seconds"]) == ("invalid", "")
+    # One column per score, to sort a batch by: empty where a job has none.
+    assert (table[0]["motion"], table[0]["psnr"], table[0]["ssim"]) == ("0.012", "31.5", "")
+    assert table[1]["motion"] == ""
     write_report(tmp_path / "r.jsonl", iter(ROWS))
     assert [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()] == ROWS
 

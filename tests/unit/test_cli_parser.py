@@ -23,6 +23,8 @@ FLAGS: dict[str, tuple[str, list[str], Any]] = {
     "num_inference_steps": ("--steps", ["30"], 30),
     "motion_bucket_id": ("--motion-bucket-id", ["180"], 180),
     "noise_aug_strength": ("--noise-aug-strength", ["0.1"], 0.1),
+    "min_guidance_scale": ("--min-guidance-scale", ["1.5"], 1.5),
+    "max_guidance_scale": ("--max-guidance-scale", ["2.5"], 2.5),
     "fps": ("--fps", ["6"], 6),
     "output_fps": ("--output-fps", ["12"], 12),
     "decode_chunk_size": ("--decode-chunk-size", ["4"], 4),
@@ -185,6 +187,25 @@ def test_out_of_range_values_pass_the_parser_and_fail_the_spec() -> None:
     assert params == {"priority": 10}
     with pytest.raises(InvalidJobError, match=r"priority=10 is out of range: an integer 0–9"):
         JobSpec.from_dict({"image": "x", **params})
+
+
+def test_guidance_flags_reach_the_spec_and_a_falling_ramp_is_refused() -> None:
+    params, _ = spec_params(submit("--min-guidance-scale", "2", "--max-guidance-scale", "4.5"))
+    ramp = JobSpec.from_dict({"image": "x", **params})
+    assert (ramp.min_guidance_scale, ramp.max_guidance_scale) == (2.0, 4.5)
+    params, _ = spec_params(submit("--min-guidance-scale", "5", "--max-guidance-scale", "4"))
+    with pytest.raises(InvalidJobError, match=r"min_guidance_scale=5\.0 is above max_guidance_"):
+        JobSpec.from_dict({"image": "x", **params})
+    schema = json_schema()["properties"]
+    assert schema["min_guidance_scale"] | {"description": ""} == {
+        "description": "",
+        "type": "number",
+        "minimum": 0,
+        "maximum": 20,
+        "default": 1.0,
+    }
+    assert schema["max_guidance_scale"]["default"] == 3.0
+    assert "last frame" in schema["max_guidance_scale"]["description"]
 
 
 def test_schema_command_prints_the_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

@@ -54,7 +54,33 @@ def animated_gif() -> bytes:
     return enc(frames[0], "GIF", save_all=True, append_images=frames[1:])
 
 
-NOT_ALLOWED = "is not a PNG, JPEG or WebP image"
+def gif_screen(side: int) -> bytes:
+    """A valid 64×64 GIF whose logical screen (the size Pillow reports) is side×side."""
+    data = bytearray(enc(rgb(64, 64), "GIF"))
+    data[6:10] = struct.pack("<HH", side, side)
+    return bytes(data)
+
+
+def tiff_claims(side: int) -> bytes:
+    """A valid 64×64 uncompressed TIFF whose ImageWidth/ImageLength tags claim side×side."""
+    data = bytearray(enc(rgb(64, 64), "TIFF"))
+    assert data[:4] == b"II*\x00"
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for at in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        tag, kind = struct.unpack("<HH", data[at : at + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            value = struct.pack("<I", side) if kind == 4 else struct.pack("<HH", side, 0)
+            data[at + 8 : at + 12] = value
+    return bytes(data)
+
+
+def tiff_deflated(side: int) -> bytes:
+    """A real decompression bomb: side×side black pixels, deflated to a few tens of KB."""
+    return enc(Image.new("L", (side, side)), "TIFF", compression="tiff_deflate")
+
+
+NOT_ALLOWED = "is not a PNG, JPEG, WebP, GIF, BMP or TIFF image"
 CORRUPT = "could not be decoded (truncated or corrupt)"
 
 # name, file name, bytes, reason the person reads
@@ -63,14 +89,20 @@ FILES: list[tuple[str, str, Callable[[], bytes], str]] = [
     ("over the size cap", "big.png", noisy_png, "allowed up to 300,000 (SVDQ_MAX_INPUT_BYTES)"),
     ("pixel bomb", "bomb.png", lambda: claims_huge(30000), "refused as a decompression bomb"),
     ("over the pixel cap", "huge.png", lambda: claims_huge(8000), "allowed up to 40,000,000"),
-    ("gif", "a.gif", lambda: enc(rgb(), "GIF"), NOT_ALLOWED),
-    ("animated gif", "anim.gif", animated_gif, NOT_ALLOWED),
-    ("bmp", "a.bmp", lambda: enc(rgb(), "BMP"), NOT_ALLOWED),
-    ("tiff", "a.tiff", lambda: enc(rgb(), "TIFF"), NOT_ALLOWED),
+    ("gif bomb: huge logical screen", "screen.gif", lambda: gif_screen(65535), "bomb"),
+    ("gif screen over the pixel cap", "big.gif", lambda: gif_screen(8000), "up to 40,000,000"),
+    ("tiff bomb: huge dimensions", "dims.tif", lambda: tiff_claims(30000), "bomb"),
+    ("tiff over the pixel cap", "big.tiff", lambda: tiff_claims(8000), "up to 40,000,000"),
+    ("tiff decompression bomb", "zeros.tif", lambda: tiff_deflated(6500), "up to 40,000,000"),
+    ("truncated bmp", "cut.bmp", lambda: enc(rgb(), "BMP")[:-500], CORRUPT),
+    ("truncated gif", "cut.gif", lambda: enc(rgb(), "GIF")[:-20], CORRUPT),
+    ("truncated tiff", "cut.tif", lambda: enc(rgb(), "TIFF")[:-500], CORRUPT),
+    ("tiny gif", "tiny.gif", lambda: enc(rgb(32, 32), "GIF"), "must be at least 64 pixels"),
+    ("extreme aspect bmp", "wide.bmp", lambda: enc(rgb(1000, 64), "BMP"), "up to 8:1"),
+    ("pcx (not allowed)", "a.pcx", lambda: enc(rgb(), "PCX"), NOT_ALLOWED),
     ("svg", "a.svg", lambda: b'<svg xmlns="http://www.w3.org/2000/svg"/>', NOT_ALLOWED),
     ("html", "a.png", lambda: b"<html><script>alert(1)</script></html>", NOT_ALLOWED),
     ("elf binary", "a.jpg", lambda: b"\x7fELF\x02\x01\x01" + bytes(200), NOT_ALLOWED),
-    ("gif named .png", "fake.png", lambda: enc(rgb(), "GIF"), NOT_ALLOWED),
     ("truncated png", "cut.png", lambda: enc(rgb(), "PNG")[:-30], CORRUPT),
     ("truncated jpeg", "cut.jpg", lambda: enc(rgb(), "JPEG")[:300], CORRUPT),
     ("png signature, then junk", "junk.png", lambda: b"\x89PNG\r\n\x1a\n" + bytes(100), "PNG"),
@@ -172,6 +204,16 @@ def animated_webp() -> bytes:
     return enc(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
 
 
+def multipage_tiff() -> bytes:
+    blue = Image.new("RGB", (128, 96), (0, 0, 255))
+    return enc(rgb(), "TIFF", save_all=True, append_images=[blue])
+
+
+def tiff16_big_endian() -> bytes:
+    """Opens in mode I;16B, which Pillow's point() does not take."""
+    return enc(Image.new("I;16B", (128, 96), 65535), "TIFF")
+
+
 # name, file name, bytes, stored extension, pixel (0, 0) after conversion to RGB
 ACCEPTED = [
     ("png named .jpg", "photo.jpg", lambda: enc(rgb(), "PNG"), "png", (200, 40, 90)),
@@ -186,6 +228,20 @@ ACCEPTED = [
         (255, 255, 255),
     ),
     ("animated webp: first frame", "m.webp", animated_webp, "webp", (200, 40, 90)),
+    ("gif", "a.gif", lambda: enc(rgb(), "GIF"), "gif", (200, 40, 90)),
+    ("animated gif: first frame", "anim.gif", animated_gif, "gif", (200, 40, 90)),
+    ("gif named .png", "fake.png", lambda: enc(rgb(), "GIF"), "gif", (200, 40, 90)),
+    ("bmp", "a.bmp", lambda: enc(rgb(), "BMP"), "bmp", (200, 40, 90)),
+    ("tiff", "a.tiff", lambda: enc(rgb(), "TIFF"), "tif", (200, 40, 90)),
+    ("multi-page tiff: first page", "pages.tif", multipage_tiff, "tif", (200, 40, 90)),
+    ("16-bit big-endian tiff", "be.tif", tiff16_big_endian, "tif", (255, 255, 255)),
+    (
+        "cmyk tiff",
+        "c.tif",
+        lambda: enc(Image.new("CMYK", (128, 96), (0, 255, 255, 0)), "TIFF"),
+        "tif",
+        (255, 0, 0),
+    ),
 ]
 
 

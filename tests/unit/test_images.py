@@ -164,14 +164,21 @@ def test_fit_unknown_mode_rejected() -> None:
 # --- check_image ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "ext"), [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")])
+@pytest.mark.parametrize(("fmt", "ext"), sorted(ALLOWED_FORMATS.items()))
 def test_good_image_accepted(fmt: str, ext: str) -> None:
     info = check_image(encode(rgb(128, 96), fmt), **BIG)
     assert info == ImageInfo(format=fmt, ext=ext, width=128, height=96, frames=1)
 
 
 def test_allowed_formats() -> None:
-    assert ALLOWED_FORMATS == {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+    assert ALLOWED_FORMATS == {
+        "PNG": "png",
+        "JPEG": "jpg",
+        "WEBP": "webp",
+        "GIF": "gif",
+        "BMP": "bmp",
+        "TIFF": "tif",
+    }
 
 
 def test_empty_bytes_refused() -> None:
@@ -194,14 +201,14 @@ def test_truncated_jpeg_refused() -> None:
     refused(data[: len(data) // 2], "truncated or corrupt")
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["PCX", "PPM", "TGA", "ICO"])
 def test_other_formats_refused(fmt: str) -> None:
-    refused(encode(rgb(128, 96), fmt), "not a PNG, JPEG or WebP image")
+    refused(encode(rgb(128, 96), fmt), "not a PNG, JPEG, WebP, GIF, BMP or TIFF image")
 
 
 @pytest.mark.parametrize("data", [b"hello, I am a text file\n" * 20, b"\x00" * 100, b"x"])
 def test_not_an_image_refused(data: bytes) -> None:
-    assert refused(data) == "image is not a PNG, JPEG or WebP image"
+    assert refused(data) == "image is not a PNG, JPEG, WebP, GIF, BMP or TIFF image"
 
 
 def test_png_signature_then_garbage_refused() -> None:

@@ -24,8 +24,9 @@ SHA = "ab" * 32
 def test_every_accepted_format_has_a_content_type() -> None:
     assert set(CONTENT_TYPES) == set(ALLOWED_FORMATS.values())
     assert content_type(f"inputs/{SHA}.jpg") == "image/jpeg"
-    with pytest.raises(InvalidJobError, match=r"'gif'.*png, jpg, webp"):
-        content_type(f"inputs/{SHA}.gif")
+    assert content_type(f"inputs/{SHA}.tif") == "image/tiff"
+    with pytest.raises(InvalidJobError, match=r"'pcx'.*png, jpg, webp, gif, bmp, tif"):
+        content_type(f"inputs/{SHA}.pcx")
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,9 @@ def test_every_accepted_format_has_a_content_type() -> None:
     [
         (f"inputs/{SHA}.png", SHA),
         (f"inputs/{SHA}.webp", SHA),
-        (f"inputs/{SHA}.gif", None),  # not a format svdq stores
+        (f"inputs/{SHA}.gif", SHA),
+        (f"inputs/{SHA}.tiff", None),  # stored as .tif
+        (f"inputs/{SHA}.pcx", None),  # not a format svdq stores
         (f"inputs/{SHA[:-1]}.png", None),  # not a whole sha256
         (f"other/{SHA}.png", None),
         (f"inputs/{SHA.upper()}.png", None),

@@ -26,7 +26,8 @@ def test_folder_is_walked_recursively_in_name_order_and_non_images_skipped(tmp_p
     skipped = {Path(r.source).name: r.skipped for r in rows if r.skipped}
     assert set(skipped) == {"README", "notes.txt"}
     assert skipped["notes.txt"] == (
-        "not an image file: extension '.txt' is not one of .png, .jpg, .jpeg, .webp"
+        "not an image file: extension '.txt' is not one of .png, .jpg, .jpeg, .webp, .gif, "
+        ".bmp, .tif, .tiff"
     )
 
 

@@ -56,6 +56,12 @@ def num(x: float) -> str:
 # --- generated from the field table -------------------------------------------------------
 
 NUMERIC = [f for f in FIELDS if f.type in ("integer", "number")]
+# Fields bound to another (the guidance ramp: min <= max): what the other must be for any value
+# of this one within its bounds to be accepted.
+PARTNER = {
+    "min_guidance_scale": {"max_guidance_scale": 20},
+    "max_guidance_scale": {"min_guidance_scale": 0},
+}
 
 
 def _inside(f: Field) -> list[Any]:
@@ -81,7 +87,7 @@ def _outside(f: Field) -> list[Any]:
     [(f.name, v) for f in NUMERIC for v in _inside(f)],
 )
 def test_numeric_bound_inside_is_accepted(name: str, value: Any) -> None:
-    assert getattr(spec(**{name: value}), name) == value
+    assert getattr(spec(**PARTNER.get(name, {}), **{name: value}), name) == value
 
 
 @pytest.mark.parametrize(
@@ -617,6 +623,32 @@ def test_derived_id_and_seed_are_stable_across_releases() -> None:
     assert done.job_id == GOLDEN_JOB_ID
 
 
+def test_guidance_at_diffusers_defaults_keeps_the_ids_derived_before_it_existed() -> None:
+    # min/max_guidance_scale came later: at 1.0/3.0 (what every job ran with before) they
+    # stay out of the identity; any other value is another clip, so another job.
+    default = finalize(JobSpec.from_dict({"image": "in.png"}), SHA)
+    explicit = finalize(spec(min_guidance_scale=1, max_guidance_scale=3.0), SHA)
+    assert explicit.job_id == default.job_id == GOLDEN_JOB_ID
+    ramp = finalize(spec(max_guidance_scale=2.0), SHA)
+    assert ramp.job_id != default.job_id and ramp.seed != default.seed
+
+
+def test_guidance_min_above_max_names_both_fields() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        spec(min_guidance_scale=4.0)  # above the default max, 3.0
+    assert info.value.field == "min_guidance_scale"
+    assert str(info.value).startswith(
+        "min_guidance_scale=4.0 is above max_guidance_scale=3.0: guidance rises linearly"
+    )
+    with pytest.raises(InvalidJobError, match=r"min_guidance_scale=2\.0 is above max_guid"):
+        spec(min_guidance_scale=2, max_guidance_scale=1.5)
+    flat = spec(min_guidance_scale=2.5, max_guidance_scale=2.5)  # a flat ramp is fine
+    assert (flat.min_guidance_scale, flat.max_guidance_scale) == (2.5, 2.5)
+    base = spec(max_guidance_scale=5)
+    with pytest.raises(InvalidJobError, match=r"min_guidance_scale=6\.0 is above"):
+        base.replace(min_guidance_scale=6)
+
+
 GOLDEN_SEED = 3950034775
 GOLDEN_JOB_ID = "6d5c40f61fbebe8d74e757f9"
 
@@ -647,8 +679,9 @@ def test_id_does_not_depend_on_the_image_path() -> None:
 
 @pytest.mark.parametrize("name", sorted(n for n in IDENTITY if n not in ("schema_version", "seed")))
 def test_clip_changing_param_changes_id_and_seed(name: str) -> None:
-    base = finalize(spec(), SHA)
-    changed = finalize(spec(**{name: _other_value(FIELD_BY_NAME[name])}), SHA)
+    base = finalize(spec(**PARTNER.get(name, {})), SHA)
+    other = _other_value(FIELD_BY_NAME[name])
+    changed = finalize(spec(**PARTNER.get(name, {}), **{name: other}), SHA)
     assert changed.job_id != base.job_id
     assert changed.seed != base.seed
 
@@ -724,6 +757,8 @@ FULL = {
     "num_inference_steps": 30,
     "motion_bucket_id": 200,
     "noise_aug_strength": 0.1,
+    "min_guidance_scale": 1.5,
+    "max_guidance_scale": 2.5,
     "fps": 6,
     "output_fps": 12,
     "decode_chunk_size": 4,
