@@ -132,7 +132,14 @@ def _generate(rt: Runtime, task: Task, job: JobSpec, worker: str) -> dict[str, A
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
     return jobs.run_job(
-        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down
+        job,
+        model,
+        rt.store,
+        rt.settings,
+        worker,
+        progress,
+        rt.metrics.stepped_down,
+        rt.metrics.gpu.running,
     )
 
 
