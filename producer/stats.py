@@ -11,8 +11,9 @@ Where each number comes from:
   queues them again: a dead host's job never shows as running.
 - oldest waiting job: the message at the consuming end of each list, aged by the
   `submitted_at` the producer recorded in svdq:job:<id>.
-- workers: the heartbeat hashes svdq:worker:<name> each worker refreshes (worker/metrics.py),
-  the running job's step from its Celery PROGRESS state.
+- workers: the heartbeat hashes svdq:worker:<name> each worker refreshes (worker/heartbeat.py),
+  the running job's step from its Celery PROGRESS state, this start's load and warm-up seconds
+  and the GPU's busy ratio since it was ready (worker/gpuclock.py).
 - throughput and failures: the svdq:finished stream (one entry per finished job, 2 h kept).
 """
 
@@ -89,6 +90,14 @@ def in_flight(redis: Any) -> dict[str, int]:
     return counts
 
 
+def _number(value: str | None) -> float | None:
+    """A heartbeat field as a number; None when absent or empty (a worker still loading)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def workers(redis: Any, now: float) -> list[dict[str, Any]]:
     """Live workers from their heartbeats, with the running job's phase and step."""
     out = []
@@ -105,6 +114,9 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
             "queues": [q for q in record.get("queues", "").split(",") if q],
             "metrics_port": record.get("metrics_port", ""),
             "job_id": record.get("job_id") or None,
+            "load_s": _number(record.get("load_s")),
+            "warmup_s": _number(record.get("warmup_s")),
+            "gpu_busy_ratio": _number(record.get("gpu_busy_ratio")),
         }
         if entry["job_id"]:
             started = float(record.get("job_started_at") or now)
@@ -212,7 +224,10 @@ def render(snap: dict[str, Any]) -> str:
             doing = f"job {w['job_id']} {w.get('job_seconds', 0):.0f}s"
             if w.get("phase"):
                 doing += f" ({w['phase']} {w.get('step')}/{w.get('steps')})"
-        lines.append(f"  {w['name']:<24} {where:<5} {w['variant']}/{w['profile']:<10} {doing}")
+        lines.append(
+            f"  {w['name']:<24} {where:<5} {w['variant']}/{w['profile']:<10} {doing}"
+            + _start_and_busy(w)
+        )
     for window in WINDOWS:
         t = snap["throughput"][window]
         lines.append(
@@ -232,6 +247,15 @@ def render(snap: dict[str, Any]) -> str:
         f"{b['submitted']} submitted"
     )
     return "\n".join(lines)
+
+
+def _start_and_busy(worker: dict[str, Any]) -> str:
+    """What a worker line ends with: "  (busy 74%, start: load 3.1s, warm-up 0.0s)"; "" for
+    a worker still loading."""
+    ratio, load, warmup = (worker.get(k) for k in ("gpu_busy_ratio", "load_s", "warmup_s"))
+    if ratio is None or load is None:
+        return ""
+    return f"  (busy {ratio:.0%}, start: load {load:.1f}s, warm-up {warmup or 0:.1f}s)"
 
 
 def print_stats(settings: Settings, as_json: bool, every: float | None) -> int:

@@ -27,7 +27,7 @@ class Presence:
     """One worker's heartbeat hash and its entries on the finished-jobs stream.
 
     `model()` gives the loaded pipeline (or None: not yet, or the parent), read at every beat
-    so a step-down or a variant switch shows at once.
+    so a step-down or a variant switch shows at once; `extra()` adds fields to every beat.
     """
 
     def __init__(
@@ -36,8 +36,10 @@ class Presence:
         identity: Identity,
         ttl: int,
         model: Callable[[], Any] = lambda: None,
+        extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.redis, self.identity, self.ttl, self.model = redis, identity, ttl, model
+        self.extra = extra  # more fields for every beat (the child's load, warm-up, busy ratio)
         self.metrics_port: int | None = None  # set once /metrics is served
         self._stopping = threading.Event()
 
@@ -55,6 +57,7 @@ class Presence:
             "profile": model.profile.name if model else "",
             "device": model.profile.device if model else "",
             "beat_at": time.time(),
+            **self.extra(),
             **(fields or {}),
         }
         key = worker_key(self.identity.hostname)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -153,12 +154,15 @@ def run_job(
     progress: engine.Progress | None = None,
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
     still_ours: Callable[[], None] = lambda: None,
+    gpu: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """Run `spec` (already checked) and return its result record, written last as result.json.
 
     The caller has looked for the commit marker under the job's lease (worker.delivery), so
     this always generates. `still_ours()` raises when another delivery took the job
-    (worker/delivery.Guard): called right before the uploads and before result.json.
+    (worker/delivery.Guard): called right before the uploads and before result.json. `gpu()`
+    encloses the generation (the worker's GPU clock, worker/gpuclock.py: the time the GPU is
+    busy).
     """
     assert spec.job_id
     started_at, t0 = now(), time.perf_counter()
@@ -181,9 +185,10 @@ def run_job(
     if progress:
         progress("denoise", 0, spec.num_inference_steps)
     # Out of memory: steps down the profile ladder and retries; `model` ends on the rung used.
-    frames, gen_timings, params, attempts = stepdown.generate(
-        model, settings, spec, fitted, progress, on_step_down
-    )
+    with gpu():
+        frames, gen_timings, params, attempts = stepdown.generate(
+            model, settings, spec, fitted, progress, on_step_down
+        )
     timings.update({k: round(v, 4) for k, v in gen_timings.items()})
     t = time.perf_counter()
     if progress:

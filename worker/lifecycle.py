@@ -177,7 +177,15 @@ def _generate(
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
     return jobs.run_job(
-        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down, guard
+        job,
+        model,
+        rt.store,
+        rt.settings,
+        worker,
+        progress,
+        rt.metrics.stepped_down,
+        guard,
+        rt.metrics.gpu.running,
     )
 
 

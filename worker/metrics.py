@@ -8,7 +8,8 @@ prometheus_client's multiprocess mode because the child is the only process that
 its result record and its CUDA memory; multiprocess mode would add a shared directory, file
 cleanup and no Info metric for nothing, with one child per worker. The cost: counters restart
 at 0 when the child is replaced (a crash, a lost worker), which Prometheus' rate()/increase()
-treat as a counter reset. Failures only the parent sees (a killed child, a hard time limit)
+treat as a counter reset (and `svdq_gpu_busy_ratio` starts again from the new child's ready
+moment, worker/gpuclock.py). Failures only the parent sees (a killed child, a hard time limit)
 still reach `svdq stats` and the exporter through the Redis stream FINISHED_STREAM
 (worker/heartbeat.py), which both processes write to.
 """
@@ -23,11 +24,17 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from svdq.shared.scores import SCORES
 from svdq.shared.states import Outcome
+from svdq.worker.gpuclock import GpuClock
 from svdq.worker.identity import Identity
 
 log = logging.getLogger("svdq.metrics")
@@ -116,6 +123,38 @@ class _WorkerInfo(Collector):
         yield loaded
 
 
+class _Duty(Collector):
+    """How busy the GPU is kept and what this start cost, read at scrape time."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        gpu, start = self.metrics.gpu, self.metrics.start_seconds
+        busy = CounterMetricFamily(
+            "svdq_gpu_busy_seconds",
+            "Seconds inside the pipeline call (denoise and decode) since the worker was ready; "
+            "rate() of it is the busy ratio over a window",
+        )
+        busy.add_metric([], gpu.busy_seconds())
+        yield busy
+        if (ratio := gpu.ratio()) is not None:
+            gauge = GaugeMetricFamily(
+                "svdq_gpu_busy_ratio",
+                "Seconds inside the pipeline call over wall seconds since the worker was ready",
+            )
+            gauge.add_metric([], ratio)
+            yield gauge
+        for phase, help_ in (
+            ("load", "Seconds this worker process took to load its model at start"),
+            ("warmup", "Seconds this worker process spent warming up (compiling) at start"),
+        ):
+            if phase in start:
+                family = GaugeMetricFamily(f"svdq_worker_{phase}_seconds", help_)
+                family.add_metric([], start[phase])
+                yield family
+
+
 class WorkerMetrics:
     """What one worker process counts. One per process; the series are process-wide."""
 
@@ -123,6 +162,27 @@ class WorkerMetrics:
         self.started = 0.0  # when the running job started (time.time())
         self._load_seen: tuple[Any, ...] | None = None
         self._info: _WorkerInfo | None = None
+        self.gpu = GpuClock()  # time inside the pipeline call, wall time since ready
+        self.start_seconds: dict[str, float] = {}  # this start's "load" and "warmup" seconds
+
+    def ready(self, load_seconds: float, warmup_seconds: float) -> None:
+        """The model is loaded and warmed up: record what that cost, and start the GPU's wall
+        clock (the busy ratio counts from here)."""
+        self.start_seconds = {
+            "load": round(load_seconds, 3),
+            "warmup": round(warmup_seconds, 3),
+        }
+        self.gpu.ready()
+
+    def beat_fields(self) -> dict[str, Any]:
+        """What the heartbeat carries for `svdq stats`: this start's load and warm-up seconds
+        and the busy ratio so far ("" until the worker is ready)."""
+        ratio = self.gpu.ratio()
+        return {
+            "load_s": self.start_seconds.get("load", ""),
+            "warmup_s": self.start_seconds.get("warmup", ""),
+            "gpu_busy_ratio": "" if ratio is None else round(ratio, 4),
+        }
 
     def serve(
         self, port: int, identity: Identity, model: Callable[[], Any], host: str = "127.0.0.1"
@@ -133,6 +193,7 @@ class WorkerMetrics:
         if self._info is None:
             self._info = _WorkerInfo(identity, model)
             REGISTRY.register(self._info)
+            REGISTRY.register(_Duty(self))
         try:
             start_http_server(port, addr=host)
         except OSError as exc:

@@ -14,6 +14,7 @@ the parent knows (the worker's name, queues, GPU and variant: `Identity`) it lea
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,13 @@ class Runtime:
         self.reaper = Reaper(
             app, store, identity.hostname, settings.reap_interval, self.metrics.reaped
         )
-        self.presence = Presence(self.redis, identity, settings.heartbeat_ttl, lambda: self.model)
+        self.presence = Presence(
+            self.redis,
+            identity,
+            settings.heartbeat_ttl,
+            lambda: self.model,
+            self.metrics.beat_fields,
+        )
 
     @classmethod
     def start(
@@ -68,10 +75,20 @@ class Runtime:
             runtime.presence.metrics_port = port
         runtime.presence.start()
         runtime.reaper.start()
+        began = time.perf_counter()
         runtime.model = load(settings, identity.variant, runtime.rungs)
         # The model and libraries live as long as the process (until a swap evicts the model):
         # keep them out of the garbage collector's full passes.
         settle()
+        # This start's cost: the load (rungs that failed to load included) and the warm-up
+        # (models.warm_all; 0 when the profile does not compile); the GPU's busy ratio counts
+        # from here.
+        warmup = runtime.model.warmup_seconds
+        runtime.metrics.ready(time.perf_counter() - began - warmup, warmup)
+        try:  # `svdq stats` shows the start's cost at once, not at the next beat
+            runtime.presence.beat()
+        except Exception as exc:  # Redis away for a moment: the heartbeat thread beats again
+            log.warning("worker heartbeat failed: %s", exc)
         return runtime
 
     def loaded(self) -> LoadedModel:

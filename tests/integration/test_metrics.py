@@ -269,6 +269,16 @@ def test_worker_exporter_and_stats_agree_after_real_jobs(
     assert info[0]["worker"].startswith("metrics@") and info[0]["queues"] == "svdq.tiny"
     assert value(worker, "svdq_worker_busy") == 0
     assert value(worker, "svdq_job_peak_vram_bytes") == 0  # CPU: never set
+    # Issue 15: the GPU's busy time is the 3 jobs' generation (denoise and decode, as their
+    # records time it), never more than their whole time; the failed job never reached it.
+    records = list(results.values())
+    generating = sum(r["timings"]["denoise"] + r["timings"]["decode"] for r in records)
+    busy = value(worker, "svdq_gpu_busy_seconds_total")
+    assert generating - 0.001 <= busy <= sum(r["timings"]["total"] for r in records)
+    assert 0 < value(worker, "svdq_gpu_busy_ratio") < 1
+    load = value(worker, "svdq_worker_load_seconds")
+    assert load > 0
+    assert value(worker, "svdq_worker_warmup_seconds") == 0  # tiny on the CPU: no compile
 
     exported_text = scrape_text(exporter_port)  # the real `svdq exporter` over HTTP
     exported = parse(exported_text)
@@ -295,10 +305,13 @@ def test_worker_exporter_and_stats_agree_after_real_jobs(
     [w] = stats["workers"]
     assert (w["variant"], w["profile"], w["device"], w["job_id"]) == ("tiny", "cpu", "cpu", None)
     assert w["metrics_port"] == str(metrics_worker)
+    assert (w["load_s"], w["warmup_s"]) == (load, 0)  # this start's cost, as /metrics has it
+    assert 0 < w["gpu_busy_ratio"] < 1
     assert conn.ttl(worker_key(w["name"])) > 0
 
     text = run_svdq(["stats"], fleet["env"], timeout=60)
     assert "last 5m: 3 succeeded, 1 failed" in text.stdout
+    assert f"start: load {load:.1f}s, warm-up 0.0s)" in text.stdout
     assert "InvalidJobError 1" in text.stdout
 
     # Every series the dashboard and the alert rules query is one the code exports.

@@ -174,3 +174,88 @@ def test_a_cancelled_job_is_counted_cancelled() -> None:
     before = sample("svdq_jobs_total", status="cancelled", variant="tiny")
     metrics.WorkerMetrics().cancelled("tiny")
     assert sample("svdq_jobs_total", status="cancelled", variant="tiny") == before + 1
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_gpu_busy_ratio_counts_the_pipeline_call_over_wall_time_since_ready() -> None:
+    from svdq.worker.gpuclock import GpuClock
+
+    clock = _Clock()
+    gpu = GpuClock(clock)
+    assert gpu.ratio() is None and gpu.busy_seconds() == 0  # loading: no ratio yet
+    gpu.ready()
+    clock.now += 1.0  # fetch and fit
+    with gpu.running():
+        clock.now += 3.0
+        assert gpu.busy_seconds() == 3.0  # a call still running counts up to now
+        assert gpu.ratio() == 0.75
+    clock.now += 1.0  # encode and upload
+    assert gpu.busy_seconds() == 3.0 and gpu.ratio() == 0.6
+    with pytest.raises(RuntimeError), gpu.running():  # a failed call held the GPU too
+        clock.now += 5.0
+        raise RuntimeError("out of memory")
+    assert gpu.busy_seconds() == 8.0 and gpu.ratio() == 0.8
+
+
+def test_start_seconds_and_busy_are_exported_and_beaten() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    counted = metrics.WorkerMetrics()
+    clock = _Clock()
+    counted.gpu = metrics.GpuClock(clock)
+    registry = CollectorRegistry()
+    registry.register(metrics._Duty(counted))
+    before = generate_latest(registry).decode()
+    assert "svdq_gpu_busy_seconds_total 0.0" in before
+    assert "svdq_gpu_busy_ratio" not in before and "svdq_worker_load_seconds" not in before
+    assert counted.beat_fields() == {"load_s": "", "warmup_s": "", "gpu_busy_ratio": ""}
+    counted.ready(12.34567, 61.5)
+    clock.now += 10
+    with counted.gpu.running():
+        clock.now += 10
+    assert registry.get_sample_value("svdq_gpu_busy_seconds_total") == 10
+    assert registry.get_sample_value("svdq_gpu_busy_ratio") == 0.5
+    assert registry.get_sample_value("svdq_worker_load_seconds") == 12.346
+    assert registry.get_sample_value("svdq_worker_warmup_seconds") == 61.5
+    assert counted.beat_fields() == {"load_s": 12.346, "warmup_s": 61.5, "gpu_busy_ratio": 0.5}
+
+
+def test_stats_shows_the_start_cost_and_busy_ratio() -> None:
+    from svdq.producer.stats import render
+
+    worker = {
+        "name": "gpu0@a",
+        "gpu": 0,
+        "device": "cuda",
+        "variant": "svd-xt",
+        "profile": "xt-40g",
+        "job_id": None,
+        "load_s": 41.2,
+        "warmup_s": 95.0,
+        "gpu_busy_ratio": 0.7412,
+    }
+    loading = {**worker, "name": "gpu1@a", "load_s": None, "warmup_s": None, "gpu_busy_ratio": None}
+    snap = {
+        "queues": {},
+        "workers": [worker, loading],
+        "throughput": {
+            w: {"succeeded": 0, "failed": 0, "cancelled": 0, "skipped": 0} for w in ("5m", "60m")
+        },
+        "failures_60m": {},
+        "dead_letter": 0,
+        "batches": {"submitting": 0, "submitted": 0},
+    }
+    lines = render(snap).splitlines()
+    [busy] = [line for line in lines if "gpu0@a" in line]
+    assert busy.endswith("idle  (busy 74%, start: load 41.2s, warm-up 95.0s)")
+    [still] = [line for line in lines if "gpu1@a" in line]
+    assert still.endswith("idle")
