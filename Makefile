@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # What `make gpu-check` installs when the venv's torch turns out to be a CPU build.
 GPU_TORCH_SPEC ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 
-.PHONY: install demo test test-unit test-integration lint format bench gpu-check clean
+.PHONY: install demo test test-slow test-unit test-integration lint format bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,8 +48,13 @@ demo: install
 # worker (tests/conftest.py). PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides the count.
 XDIST := -n auto --dist loadfile
 
+# `make test` leaves out the scenarios marked slow (killed hosts, Redis failovers, real
+# Chromium, long outages): `make test-slow` runs those, and CI (.ci/run) runs both.
 test: install
-	$(BIN)/pytest -q $(XDIST)
+	$(BIN)/pytest -q $(XDIST) -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -q $(XDIST) -m slow
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

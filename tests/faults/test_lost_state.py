@@ -23,7 +23,7 @@ from tests.conftest import REPO, run_svdq
 from tests.faults.conftest import PrivateRedis, Workers
 from tests.integration.helpers import make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 QUICK = ["--variant", "tiny", "--frames", "2", "--steps", "1", "--width", "64", "--height", "64"]
 COMMAND = re.compile(r"^\s*(svdq bulk .+ --batch-id \S+)\s*$", re.MULTILINE)

@@ -31,7 +31,7 @@ from tests.faults.conftest import check_end_state
 from tests.faults.test_workers import submit
 from tests.integration.helpers import FAST, make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 QUEUE = queue_for("tiny")
 

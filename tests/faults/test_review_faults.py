@@ -33,7 +33,7 @@ from tests.faults.conftest import FAULT_VARS, S3_SECRET, PrivateRedis, Worker, W
 from tests.faults.test_adversary import QUEUE, publish_raw, task_message
 from tests.integration.helpers import FAST, make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 
 @pytest.fixture(scope="module")

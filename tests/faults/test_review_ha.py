@@ -31,7 +31,7 @@ from svdq.worker import callbacks
 from tests.conftest import run_svdq
 from tests.integration.helpers import make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from tests.faults.test_reaper import QUEUE, open_attempt, queued_copies, spec, t
 from tests.faults.test_workers import FAULT
 from tests.integration.helpers import FAST, make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 DEAD = "gpu0@gone-host"
 PROGRESS = {"status": "PROGRESS", "result": {"phase": "denoise", "step": 2, "steps": 40}}

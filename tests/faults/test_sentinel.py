@@ -29,7 +29,7 @@ from tests.faults.conftest import Workers
 from tests.fixtures.redisha import REDIS_PASSWORD, SENTINEL_PASSWORD
 from tests.integration.helpers import make_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow (CI runs it)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,  # real Chromium: make test-slow (CI runs it)
     pytest.mark.skipif(
         not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
         reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
