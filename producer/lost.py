@@ -34,7 +34,9 @@ def redis_note(redis: Any, age: float | None) -> str:
     parts = []
     with contextlib.suppress(Exception):  # INFO/CONFIG may be renamed away on managed Redis
         uptime = float(redis.info("server")["uptime_in_seconds"])
-        if age is not None and uptime < age:
+        # Redis counts whole seconds on both ends (now and its start time, each truncated),
+        # so the true uptime lies within a second either side of the figure.
+        if age is not None and uptime - 1 < age:
             parts.append(f"Redis restarted {uptime:.0f} s ago, after this was submitted")
     with contextlib.suppress(Exception):
         if redis.config_get("appendonly").get("appendonly") == "no":

@@ -45,7 +45,8 @@ def test_non_image_refused_exit_2_nothing_queued(svdq_env, redis_url, tmp_path):
     before_jobs = set(redis_lib.Redis.from_url(redis_url).scan_iter(job_key("*")))
     proc = run_svdq(["submit", str(good), str(text)], svdq_env, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert "not a PNG, JPEG or WebP image" in proc.stderr and "notes.png" in proc.stderr
+    assert "not a PNG, JPEG, WebP, GIF, BMP or TIFF image" in proc.stderr
+    assert "notes.png" in proc.stderr
     # The good image before it was not queued either: one bad file queues nothing.
     assert queued_messages(redis_url) == 0 or proc.stdout == ""
     after_jobs = set(redis_lib.Redis.from_url(redis_url).scan_iter(job_key("*")))

@@ -59,7 +59,7 @@ def test_a_new_torch_spec_reinstalls_torch(tmp_path: Path) -> None:
     assert "pip" not in _dry_make(venv)  # nothing to do
     cuda = _dry_make(venv, f"TORCH_SPEC={CU128}")
     assert f"pip install -q --force-reinstall --no-deps {CU128}\n" in cuda
-    assert "pip install -q -e '.[worker,dev]'" in cuda
+    assert "pip install -q -e '.[worker,dev,api]'" in cuda
 
 
 def test_the_torch_build_is_read_without_importing_torch() -> None:
