@@ -17,7 +17,8 @@ from typing import Any
 from svdq.producer import apicli, bulkcli, cancelcli, jobcli, opscli, workercli
 from svdq.producer.services import outage
 from svdq.shared.errors import ConfigError, InvalidJobError, SvdqError
-from svdq.shared.settings import Settings, describe_variables
+from svdq.shared.settings import Settings
+from svdq.shared.variables import describe_variables
 
 EPILOG = (
     "environment (read once at start):\n"

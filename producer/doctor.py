@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from svdq.producer.topology import Finding, check_replication, check_sentinels
 from svdq.shared.limits import time_limits
-from svdq.shared.settings import Settings, redact_url
+from svdq.shared.redisurl import redact_url
+from svdq.shared.settings import Settings
 from svdq.shared.variants import VARIANTS
 
 

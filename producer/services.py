@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 
 from svdq.shared.errors import ConfigError
 from svdq.shared.poll import poll
-from svdq.shared.settings import Settings, redact_url
+from svdq.shared.redisurl import redact_url
+from svdq.shared.settings import Settings
 
 REDIS_CHECK = (
     "Check that Redis is running, that this machine reaches that host and port, and the "

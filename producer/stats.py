@@ -263,7 +263,7 @@ def print_stats(settings: Settings, as_json: bool, every: float | None) -> int:
     import redis
 
     from svdq.shared.redisconn import redis_client
-    from svdq.shared.settings import redact_url
+    from svdq.shared.redisurl import redact_url
 
     conn = redis_client(settings, timeout=10)
     while True:

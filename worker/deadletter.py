@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from svdq.shared.constants import DEAD_DROPPED_KEY, DEAD_LETTER_KEY, DEAD_MESSAGES_KEY
-from svdq.shared.settings import DEFAULTS
+from svdq.shared.variables import DEFAULTS
 
 # The cap travels to the worker's consumer and its transport in Celery's
 # broker_transport_options (worker/brokerguard.guard puts it there): kombu ignores names it

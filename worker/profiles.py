@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from svdq.shared.constants import queue_for
 from svdq.shared.errors import ConfigError
-from svdq.shared.settings import PROFILE_VARIABLES, WorkerSettings
+from svdq.shared.settings import WorkerSettings
+from svdq.shared.variables import PROFILE_VARIABLES
 from svdq.shared.variants import BY_NAME as VARIANT_ROWS
 from svdq.shared.variants import REAL_VARIANTS
 

@@ -13,8 +13,8 @@ from svdq.producer.cli import build_parser, main
 from svdq.producer.jobflags import add_job_flags, flag_name, spec_params
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME, FIELDS
-from svdq.shared.settings import COMPILE_VARIABLES, PROFILE_VARIABLES, VARIABLES
 from svdq.shared.spec import JobSpec, json_schema
+from svdq.shared.variables import COMPILE_VARIABLES, PROFILE_VARIABLES, VARIABLES
 
 # field -> (flag, arguments after the flag, the value spec_params gives)
 FLAGS: dict[str, tuple[str, list[str], Any]] = {

@@ -331,7 +331,7 @@ def test_importing_does_not_import_torch() -> None:
 
 
 def test_every_override_the_worker_reads_is_in_svdq_help() -> None:
-    from svdq.shared.settings import PROFILE_VARIABLES
+    from svdq.shared.variables import PROFILE_VARIABLES
     from svdq.worker.profiles import FIELD_OVERRIDES, OVERRIDE_VARIABLES
 
     assert set(OVERRIDE_VARIABLES) == set(PROFILE_VARIABLES) == {"SVDQ_PROFILE", *FIELD_OVERRIDES}

@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 
 from svdq.shared.errors import ConfigError
-from svdq.shared.settings import (
+from svdq.shared.redisurl import redact_url
+from svdq.shared.settings import Settings, WorkerSettings
+from svdq.shared.variables import (
     COMPILE_VARIABLES,
     DEFAULT_BATCH_DIR,
     DEFAULT_MODEL_DIR,
     PROFILE_VARIABLES,
     VARIABLES,
     WORKER_VARIABLES,
-    Settings,
-    WorkerSettings,
     describe_variables,
-    redact_url,
 )
 
 
