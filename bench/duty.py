@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.duty_gpu import SECONDS_KEY  # noqa: E402
-from bench.export import provenance  # noqa: E402
+from bench.export import provenance, write_report  # noqa: E402
 from svdq.producer.client import Client  # noqa: E402
 from svdq.producer.services import free_port, redis_server, s3_server  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
@@ -252,9 +252,8 @@ def main() -> int:
             f"   {p['encode']:.2f} / {p['upload']:.2f} / {p['fetch'] + p['preprocess']:.2f} s"
         )
     print(f"goal: overlap on >= {GOAL} for {args.short:g} s jobs ({OVERLAP_ON})")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output} in {report['run_s']} s")
+    print(f"run took {report['run_s']} s")
+    write_report(args.output, report)
     return 0
 
 

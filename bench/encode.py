@@ -25,7 +25,6 @@ Writes bench/results/encode.json.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import statistics
@@ -41,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.export import provenance, smooth_clip  # noqa: E402
+from bench.export import provenance, smooth_clip, write_report  # noqa: E402
 from svdq.worker import engine, export  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 25, 576, 1024, 7
@@ -179,9 +178,7 @@ def main() -> int:
         f"CPU seconds per clip (encode, poster, uint8, motion): MP4 {per_clip['mp4']}, "
         f"MP4+GIF {per_clip['mp4+gif']}"
     )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     return 0
 
 

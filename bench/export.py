@@ -87,6 +87,14 @@ def smooth_clip(frames: int, height: int, width: int, seed: int = 0) -> np.ndarr
     return (np.clip(clip, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (its folder made if need be) and say where."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {target}")
+
+
 def provenance() -> dict[str, object]:
     """Where a benchmark's figures come from: machine, commit, time (every bench JSON has it)."""
     return {

@@ -127,7 +127,7 @@ def redis_failover() -> dict:
 
 
 def main() -> int:
-    from bench.export import provenance
+    from bench.export import provenance, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="host deaths to measure")
@@ -188,9 +188,7 @@ def main() -> int:
 
         print(f"Redis master killed, Sentinel failover (goal: fleet stall <= {REDIS_GOAL_S:.0f} s)")
         print(table(report["redis_failover"]))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import signal
 import statistics
@@ -135,7 +134,7 @@ def gif_comparison(job: dict) -> dict:
 
 
 def main() -> int:
-    from bench.export import provenance
+    from bench.export import provenance, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20)
@@ -252,9 +251,7 @@ def main() -> int:
             f"gif {name:<24}{g['ours_s']:>10.3f}  vs Pillow default {g['pillow_default_s']:.3f}"
             f"  = {g['ratio']:.1f}x   target >= 5x"
         )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, report)
     return 0
 
 
