@@ -18,12 +18,14 @@ from svdq.producer.journal import BatchJournal
 from svdq.producer.lost import lost_batch, no_journal
 from svdq.producer.manifest import Row, iter_source
 from svdq.producer.progress import BulkProgress, say
-from svdq.producer.report import report_rows, write_report
 from svdq.producer.services import require
+from svdq.producer.sheet import PRESIGN, THUMB, write_batch_report, write_sheet
 from svdq.shared.constants import batch_key
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
+
+REPORT_HELP = "one row per source, .csv or .jsonl; .html: the contact sheet (see svdq report)"
 
 
 def add_bulk(sub: Any) -> None:
@@ -38,9 +40,7 @@ def add_bulk(sub: Any) -> None:
     bulk.add_argument("source", metavar="SOURCE", help="a folder, a .csv or a .jsonl manifest")
     bulk.add_argument("--wait", action="store_true", help="wait for every job, show progress")
     bulk.add_argument("--timeout", type=float, help="seconds --wait waits (default: forever)")
-    bulk.add_argument(
-        "--report", metavar="FILE", help="needs --wait: one row per source, .csv or .jsonl"
-    )
+    bulk.add_argument("--report", metavar="FILE", help=f"needs --wait: {REPORT_HELP}")
     bulk.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
     bulk.add_argument("--force", action="store_true", help="submit again even if done or queued")
     bulk.add_argument(
@@ -65,7 +65,7 @@ def add_batch_flags(cmd: argparse.ArgumentParser, name: str) -> None:
     """`--batch` (and for wait, `--report`/`--presign`) on `status` and `wait`."""
     cmd.add_argument("--batch", help="the jobs of this bulk batch")
     if name == "wait":
-        cmd.add_argument("--report", metavar="FILE", help="one row per source, .csv or .jsonl")
+        cmd.add_argument("--report", metavar="FILE", help=REPORT_HELP)
         cmd.add_argument("--presign", type=int, metavar="SECONDS", help="add links to the report")
 
 
@@ -171,7 +171,7 @@ def _wait_batch(client: Client, batch_id: str, args: argparse.Namespace, show: B
     if (not counts or counts.get(JobState.UNKNOWN)) and _said_lost(client, batch_id, args.json):
         return 1
     if args.report:
-        written = write_report(args.report, report_rows(batch, args.presign))
+        written = write_batch_report(args.report, batch, args.presign)
         say(
             args.json,
             {"event": "report", "path": args.report, **written},
@@ -204,6 +204,56 @@ def _known(client: Client, batch_id: str, as_json: bool) -> bool:
     if not _said_lost(client, batch_id, as_json):
         raise InvalidJobError(no_journal(client.jobqueue, batch_id), field="batch_id")
     return False
+
+
+def add_report(sub: Any) -> None:
+    """`svdq report --batch B -o FILE [--presign SECONDS] [--thumb PX]`."""
+    report = sub.add_parser(
+        "report",
+        help="a batch's report now: the HTML contact sheet, CSV or JSON lines",
+        description="Write the report of a batch as it is now (open jobs show as queued or "
+        "running). FILE ending in .html: a contact sheet, one self-contained page (pictures "
+        "embedded, works offline) with each clip's poster beside its source, scores, badges "
+        "(failed, repaired, static, flicker), reasons and presigned links; filter by badge, "
+        "sort by score. .csv: CSV; anything else: JSON lines.",
+    )
+    report.add_argument("--batch", required=True, help="the bulk batch")
+    report.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write")
+    report.add_argument(
+        "--presign",
+        type=int,
+        metavar="SECONDS",
+        help=f"links valid this long (the sheet: default {PRESIGN} = 7 days, the most S3 allows; "
+        ".csv/.jsonl: no links without it)",
+    )
+    report.add_argument(
+        "--thumb", type=int, default=THUMB, metavar="PX", help=f"picture size (default {THUMB})"
+    )
+    report.add_argument("--threads", type=int, default=8, help="parallel fetches (default: 8)")
+    report.add_argument("--json", action="store_true", help="print the counts as JSON")
+    report.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the batch's report to --output as it is now."""
+    if not 16 <= args.thumb <= 2048:
+        raise InvalidJobError(f"--thumb={args.thumb} is not allowed: 16 to 2048", field="thumb")
+    if args.presign is not None and args.presign < 1:
+        raise InvalidJobError(f"--presign={args.presign} is not allowed: 1 or more", "presign")
+    client = Client()
+    if not _known(client, args.batch, args.json):
+        return 1
+    batch = client.batch(args.batch)
+    if args.output.lower().endswith((".html", ".htm")):
+        written = write_sheet(args.output, batch, args.presign, args.thumb, args.threads)
+    else:
+        written = write_batch_report(args.output, batch, args.presign)
+    say(
+        args.json,
+        {"event": "report", "path": args.output, **written},
+        f"report {args.output}: " + ", ".join(f"{n} {s}" for s, n in written.items()),
+    )
+    return 0
 
 
 def cmd_wait_batch(args: argparse.Namespace) -> int:

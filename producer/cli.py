@@ -3,7 +3,7 @@ fails, 2 for bad input (nothing is queued then). Errors go to stderr; --json to 
 
 This module is the command tree and the exit codes; each command's flags and code live in
 the module named for what it does: jobcli (submit, status, wait, results, schema), bulkcli
-(bulk and the --batch forms), cancelcli (cancel), workercli (run, worker, plan, model,
+(bulk, report and the --batch forms), cancelcli (cancel), workercli (run, worker, plan, model,
 callbacks: the commands that need svdq[worker]), opscli (stats, exporter, dead, doctor, demo).
 """
 
@@ -44,6 +44,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     opscli.add_stats,
     opscli.add_exporter,
     bulkcli.add_bulk,
+    bulkcli.add_report,
     cancelcli.add_cancel,
     workercli.add_callbacks,
     opscli.add_dead,

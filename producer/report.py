@@ -3,7 +3,9 @@
 Columns: source, job_id, status, reason, outputs (S3 URIs), presigned (with --presign),
 seconds (the job's total time), then one column per clip score (shared/scores.py: motion,
 displacement, flicker, chunk_jump, psnr, ssim; empty when the job has none), so a
-spreadsheet can sort a batch by them. Rows stream out of the batch record: nothing is held.
+spreadsheet can sort a batch by them, and `badges` (failed, repaired, static, flicker: see
+`row_badges`). Rows stream out of the batch record: nothing is held. A path ending in .html
+gets the contact sheet instead (producer/sheet.py).
 """
 
 from __future__ import annotations
@@ -15,15 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from svdq.producer.batch import Batch
-from svdq.shared.scores import SCORES
+from svdq.shared.records import repaired
+from svdq.shared.scores import BADGES, SCORES, badges
 from svdq.shared.states import JobState
 
-COLUMNS = ("source", "job_id", "status", "reason", "outputs", "presigned", "seconds", *SCORES)
+COLUMNS = (
+    "source", "job_id", "status", "reason", "outputs", "presigned", "seconds", *SCORES, "badges"
+)  # fmt: skip
+# Rows a reviewer must look at: a job that failed, a row that never became a job for a fault.
+FAILED_STATUSES = frozenset({"failed", "invalid"})  # a reject whose upload failed: "failed"
+BADGE_ORDER = ("failed", "repaired", *BADGES)
 
 
 def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, Any]]:
     """Rows for every job of `batch`, then the rows that did not become jobs of their own:
     invalid, skipped, upload failed, and duplicates of another row."""
+    for row, _ in report_entries(batch, presign):
+        yield row
+
+
+def report_entries(
+    batch: Batch, presign: int | None = None
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each report row with the job's state entry it came from (None for a row that was not a
+    job): the contact sheet (producer/sheet.py) reads the result record's keys from it."""
     store = batch.jobqueue.store
     for entry in batch.states():
         result = entry.get("result") or {}
@@ -44,18 +61,32 @@ def report_rows(batch: Batch, presign: int | None = None) -> Iterator[dict[str, 
             row["presigned"] = {
                 k: store.presign(o["key"], presign) for k, o in result["outputs"].items()
             }
-        yield row
+        row["badges"] = row_badges(str(entry["state"]), result)
+        yield row, entry
     for reject in batch.record.rejects():
-        yield {
+        status = reject.get("status", "invalid")
+        row = {
             "source": reject.get("source", ""),
             "job_id": reject.get("job_id", ""),  # a duplicate row: the job that serves it
-            "status": reject.get("status", "invalid"),
+            "status": status,
             "reason": reject.get("reason", ""),
             "outputs": {},
             "presigned": {},
             "seconds": None,
             **dict.fromkeys(SCORES),
+            "badges": row_badges(status, None),
         }
+        yield row, None
+
+
+def row_badges(status: str, result: dict[str, Any] | None) -> list[str]:
+    """A row's badges, in BADGE_ORDER: "failed" for a job that failed or a row that could not
+    become one, "repaired" (shared/records.py: `repaired`), and the score badges
+    (shared/scores.py: `badges`)."""
+    out = ["failed"] if status in FAILED_STATUSES else []
+    if repaired(result):
+        out.append("repaired")
+    return out + badges((result or {}).get("scores"))
 
 
 def write_report(path: str | Path, rows: Iterator[dict[str, Any]]) -> dict[str, int]:
@@ -73,6 +104,7 @@ def write_report(path: str | Path, rows: Iterator[dict[str, Any]]) -> dict[str, 
                 # In CSV the maps become space-separated "kind=value" cells.
                 for name in ("outputs", "presigned"):
                     flat[name] = " ".join(f"{k}={v}" for k, v in row[name].items())
+                flat["badges"] = " ".join(row.get("badges", ()))
                 for name in ("seconds", *SCORES):
                     flat[name] = "" if row.get(name) is None else row[name]
                 writer.writerow(flat)

@@ -130,6 +130,24 @@ def _missing_output(store: ObjectStore, outputs: dict[str, dict[str, Any]]) -> s
     return None
 
 
+def repaired(record: dict[str, Any] | None) -> bool:
+    """Whether the job's clip came from an automatic repair (a second try with other settings
+    after a bad first clip). The one place that reads it, and tolerant: a record from before
+    repair existed has no such field and was not repaired. Read: `repaired` (true, or a
+    non-empty record of what was changed), `repair` (the same), or `tries`, the list of tries
+    (more than one: the first was repaired)."""
+    if not isinstance(record, dict):
+        return False
+    for name in ("repaired", "repair"):
+        value = record.get(name)
+        if value is not None and value is not False and value != {} and value != []:
+            return True
+    tries = record.get("tries")
+    return (isinstance(tries, list) and len(tries) > 1) or (
+        isinstance(tries, int) and not isinstance(tries, bool) and tries > 1
+    )
+
+
 def set_aside(store: ObjectStore, job_id: str, output_prefix: str | None = None) -> str:
     """Move the job's result.json to results/<job>/invalid-<time>.json (kept for a person to
     read) so the job no longer counts as done; return the key it was moved to."""

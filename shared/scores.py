@@ -281,3 +281,42 @@ def _box(x: np.ndarray, win: int) -> np.ndarray:
     s = np.pad(x, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
     total = s[win:, win:] - s[:-win, win:] - s[win:, :-win] + s[:-win, :-win]
     return total / (win * win)
+
+
+# Badges: the few words a reviewer filters a batch by (`svdq report`'s contact sheet, the
+# console, the bulk report's `badges` column). The one place their thresholds live. Starting
+# points from SVD's known failures, not laws: tune them on your own clips.
+STATIC_DISPLACEMENT = 0.1  # % of the width per frame: about 1 px a frame at 1024 wide
+STATIC_MOTION = 0.005  # and mean frame-to-frame change under 0.5 %: nothing moves
+FLICKER_MAX = 0.004  # flicker above this: brightness jumps a viewer sees
+CHUNK_JUMP_MAX = 2.0  # a jump at decode-chunk seams twice the change inside chunks
+BADGES = {
+    "static": f"displacement < {STATIC_DISPLACEMENT} % and motion < {STATIC_MOTION}",
+    "flicker": f"flicker > {FLICKER_MAX} or chunk_jump > {CHUNK_JUMP_MAX}",
+}
+
+
+def badges(scores: dict[str, Any] | None) -> list[str]:
+    """The score badges a clip earns ("static", "flicker"), in BADGES order. A clip is static
+    only when both motion scores say so (a flicker raises `motion`, a local movement such as
+    water leaves `displacement` low). A score that is missing earns nothing."""
+
+    def number(name: str) -> float | None:
+        value = (scores or {}).get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return None
+
+    out = []
+    disp, move = number("displacement"), number("motion")
+    if (
+        disp is not None
+        and move is not None
+        and disp < STATIC_DISPLACEMENT
+        and move < STATIC_MOTION
+    ):
+        out.append("static")
+    flick, jump = number("flicker"), number("chunk_jump")
+    if (flick is not None and flick > FLICKER_MAX) or (jump is not None and jump > CHUNK_JUMP_MAX):
+        out.append("flicker")
+    return out
