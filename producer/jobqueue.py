@@ -142,6 +142,11 @@ def _entry(backend: Any, job_id: str, raw: bytes | None, has_record: bool) -> di
     result = meta.get("result")
     if state is JobState.SUCCEEDED:
         _succeeded(entry, job_id, result)
+    elif state is JobState.FAILED and isinstance(result, BaseException):
+        # decode_result rebuilt the exception (celery/backends/base.py, meta_from_decoded:
+        # "if meta['status'] in self.EXCEPTION_STATES: meta['result'] =
+        # self.exception_to_python(meta['result'])"): the same sentence as Client.status.
+        entry["error"] = f"{type(result).__name__}: {result}"
     elif state is JobState.FAILED and isinstance(result, dict):
         message = result.get("exc_message")
         if isinstance(message, list):  # Celery stores the exception's args
