@@ -32,6 +32,7 @@ from svdq.producer.bulk import BulkSubmitter
 from svdq.producer.cancel import cancel_jobs
 from svdq.producer.client import Client
 from svdq.producer.manifest import Row, loads
+from svdq.producer.report import row_badges
 from svdq.shared.constants import batch_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import FIELD_BY_NAME
@@ -316,14 +317,16 @@ def batch_view(limits: Limits, owner: Owner, batch: Batch) -> dict[str, Any]:
 
 
 def results(client: Client, limits: Limits, owner: Owner, batch: Batch) -> Iterator[bytes]:
-    """One JSON line per job (state, error, presigned links when done), then one per row that
-    was not a job (status invalid/skipped/failed, reason)."""
+    """One JSON line per job (state, error, badges; scores and presigned links when done),
+    then one per row that was not a job (status invalid/skipped/failed, reason)."""
     seconds = client.settings.api_presign_seconds
     for entry in owned_states(limits, owner, batch):
         line: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("has_record",)}
         line["state"] = str(entry["state"])
         result = line.pop("result", None)
+        line["badges"] = row_badges(line["state"], result)  # as the contact sheet shows them
         if entry["state"] is JobState.SUCCEEDED and isinstance(result, dict):
+            line["scores"] = result.get("scores") or {}
             line["links"] = {
                 kind: client.store.presign(output["key"], seconds)
                 for kind, output in (result.get("outputs") or {}).items()

@@ -13,6 +13,7 @@ from svdq.producer.api.requests import check_callback
 from svdq.producer.api.tokens import Owner
 from svdq.producer.client import Client
 from svdq.producer.inputs import InputImage, put_input
+from svdq.producer.report import row_badges
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.states import JobState
 
@@ -115,6 +116,9 @@ def view(client: Client, job_id: str, presign_seconds: int) -> dict[str, Any]:
     status = client.status(job_id)
     out: dict[str, Any] = {k: v for k, v in status.items() if k != "result"}
     out["state"] = str(status["state"])
+    # The badges the contact sheet shows (producer/report.py: row_badges), so the console
+    # needs no thresholds of its own.
+    out["badges"] = row_badges(out["state"], status.get("result"))
     links = _links(job_id)
     result = status.get("result")
     if status["state"] is JobState.SUCCEEDED and isinstance(result, dict):

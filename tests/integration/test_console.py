@@ -17,7 +17,9 @@ import pytest
 import requests
 from PIL import Image
 
+from svdq.producer.report import row_badges
 from svdq.shared.images import fit
+from svdq.shared.scores import SCORES
 from svdq.shared.storage import S3Store
 from tests.integration.apiserver import Api, auth, upload
 from tests.integration.helpers import FAST
@@ -135,6 +137,8 @@ def test_submit_preview_progress_and_the_clip_plays(
         "height": "64",
         "num_frames": "3",
         "num_inference_steps": str(FAST["num_inference_steps"]),
+        "min_guidance_scale": "1.5",
+        "max_guidance_scale": "2.5",
     }.items():
         set_field(browser, name, value)
     browser.execute_script(
@@ -195,6 +199,19 @@ def test_submit_preview_progress_and_the_clip_plays(
     assert {a.text for a in links} == {"download mp4", "download gif", "download poster"}
     view = requests.get(f"{api.url}/v1/jobs/{job['id']}", headers=auth(token), timeout=10).json()
     assert (view["result"]["width"], view["result"]["height"]) == (128, 64)
+    spec = view["result"]["spec"]
+    assert (spec["min_guidance_scale"], spec["max_guidance_scale"]) == (1.5, 2.5)
+    # The clip's scores and badges, as the record and the API give them.
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#job-scores tr')].map(r => [r.dataset.score,"
+        " Number(r.cells[1].textContent)]);"
+    )
+    scores = view["result"]["scores"]
+    assert [k for k, _ in shown] == [k for k in SCORES if isinstance(scores.get(k), float)]
+    for name, value in shown:
+        assert value == pytest.approx(scores[name], rel=1e-3), name
+    badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#job-badges .badge")]
+    assert badges == view["badges"] == row_badges("succeeded", view["result"])
     browser.save_screenshot(str(tmp_path / "job.png"))
 
 
@@ -227,6 +244,13 @@ def test_batch_grid_shows_every_poster_and_opens_a_clip(
     assert batch_id in listed
     cards = browser.find_elements(By.CSS_SELECTOR, "#grid .card[data-job]")
     assert [c.get_attribute("data-state") for c in cards] == ["succeeded", "succeeded"]
+    lines = [json.loads(x) for x in requests.get(f"{url}/results", headers=auth(token),
+                                                  timeout=10).text.splitlines()]  # fmt: skip
+    by_job = {x["job_id"]: x for x in lines if x.get("job_id")}
+    for card in cards:
+        line = by_job[card.get_attribute("data-job")]
+        assert (card.get_attribute("data-badges") or "").split() == line["badges"]
+        assert f"motion {line['scores']['motion']:.4g}"[:10] in card.text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .card.rejected")) == 1
     sizes = until(
         lambda: browser.execute_script(

@@ -5,7 +5,10 @@
 
 const TOKEN = "svdq.token"; // sessionStorage only: this tab, until it closes
 const FIELDS = ["variant", "width", "height", "resize", "num_frames", "num_inference_steps",
-  "motion_bucket_id", "noise_aug_strength", "fps", "formats"];
+  "motion_bucket_id", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale", "fps",
+  "formats"];
+// The clip scores shown (shared/scores.py: SCORES); badges come computed from the server.
+const SCORES = ["motion", "displacement", "flicker", "chunk_jump", "psnr", "ssim"];
 const OPEN = new Set(["queued", "running", "retrying"]);
 const $ = (id) => document.getElementById(id);
 let schema = null;
@@ -200,7 +203,24 @@ function showJob(view) {
     progress.value = view.state === "succeeded" ? progress.max : progress.value;
   }
   $("job-error").textContent = view.error || "";
-  if (view.state === "succeeded") showOutputs(view.links || {}, $("job-video"), $("job-gif"), $("job-links"));
+  if (view.state === "succeeded") {
+    showOutputs(view.links || {}, $("job-video"), $("job-gif"), $("job-links"));
+    showScores((view.result || {}).scores || {}, view.badges || [], $("job-scores"), $("job-badges"));
+  }
+}
+
+function fmt(value) {
+  return typeof value === "number" ? String(Number(value.toPrecision(4))) : "";
+}
+
+function badgeSpans(badges) {
+  return badges.map((b) => el("span", { class: "badge badge-" + b, text: b }));
+}
+
+function showScores(scores, badges, table, line) {
+  table.replaceChildren(...SCORES.filter((k) => typeof scores[k] === "number")
+    .map((k) => el("tr", { "data-score": k }, el("th", { text: k }), el("td", { text: fmt(scores[k]) }))));
+  line.replaceChildren(...badgeSpans(badges));
 }
 
 function showOutputs(links, video, gif, list) {
@@ -257,9 +277,13 @@ async function showBatch(batchId) {
     const poster = row.links && row.links.poster
       ? el("img", { src: row.links.poster, alt: row.job_id, class: "poster" })
       : el("div", { class: "poster empty" });
-    const card = el("button", { type: "button", class: "card", "data-job": row.job_id, "data-state": row.state },
-      poster, el("span", { class: "badge state-" + row.state, text: row.state }),
-      el("span", { class: "source", text: row.source || row.job_id }));
+    const scores = row.scores || {};
+    const card = el("button", { type: "button", class: "card", "data-job": row.job_id, "data-state": row.state,
+      "data-badges": (row.badges || []).join(" ") },
+      poster, el("span", { class: "badge state-" + row.state, text: row.state }), ...badgeSpans(row.badges || []),
+      el("span", { class: "source", text: row.source || row.job_id }),
+      el("span", { class: "scores", text: ["motion", "flicker", "ssim"].filter((k) => typeof scores[k] === "number")
+        .map((k) => `${k} ${fmt(scores[k])}`).join(" · ") }));
     card.addEventListener("click", () => openClip(row));
     grid.append(card);
   }
@@ -270,6 +294,7 @@ async function showBatch(batchId) {
 function openClip(row) {
   $("viewer-id").textContent = `${row.job_id}: ${row.state}${row.error ? " — " + row.error : ""}`;
   showOutputs(row.links || {}, $("viewer-video"), $("viewer-gif"), $("viewer-links"));
+  showScores(row.scores || {}, row.badges || [], $("viewer-scores"), $("viewer-badges"));
   $("viewer").showModal();
 }
 
