@@ -183,7 +183,8 @@ def check_field(f: Field, value: Any) -> Any:
     if f.type == "object":
         return _check_metadata(value)
     if not isinstance(value, str):
-        raise InvalidJobError(f"{f.name}={value!r} must be a string: {f.help}", field=f.name)
+        what = f.allowed() if f.choices else f.help
+        raise InvalidJobError(f"{f.name}={value!r} must be a string: {what}", field=f.name)
     if f.choices and value not in f.choices:
         raise InvalidJobError(bad, field=f.name)
     return _STRING_CHECKS.get(f.name, lambda v: v)(value)
