@@ -283,16 +283,16 @@ def candidates_per_call(profile: Profile, n: int, width: int, height: int, frame
     """How many of `n` candidates one pipeline call generates on `profile` (1: one by one).
 
     Pure: decided from the rung alone. A rung that offloads or chunks the UNet's forward is
-    already short of memory: one clip per call. A CPU rung without forward chunking has the
-    machine's RAM: all `n` at once. A GPU rung without offload gets as many as its row's VRAM
-    floor (less FIXED_GB) holds at CLIP_GB per clip, scaled by the clip's pixels and frames.
+    already short of memory: one clip per call. A CPU gains nothing from a batch (it has no
+    idle lanes to fill) and measured slower with one: bench/results/candidates.json, 4 clips
+    of 8 frames at 128x64 on the tiny model, 2.66 s a clip batched against 1.19 s one by one:
+    one clip per call. A GPU rung without offload gets as many as its row's VRAM floor (less
+    FIXED_GB) holds at CLIP_GB per clip, scaled by the clip's pixels and frames.
     """
-    if n <= 1:
+    if n <= 1 or profile.device == "cpu":
         return 1
     if profile.offload != "none" or profile.forward_chunking:
         return 1
-    if profile.device == "cpu":
-        return n
     floor = ROW_FLOOR.get(profile.name.removesuffix("*"), 0.0)
     per_clip = CLIP_GB * (width * height * frames) / REFERENCE_PIXEL_FRAMES
     fits = int((floor - FIXED_GB) // per_clip)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from svdq.shared import records
@@ -138,19 +139,19 @@ def test_candidates_one_call_best_kept_others_stored(client, store, worker, svdq
     spec = JobSpec.from_dict(result["spec"])
     tries = result["tries"]
 
-    # Three seeds (the job's, then derived), one pipeline call on the CPU rung (a batch).
+    # Three seeds (the job's, then derived), one call each on a CPU rung (candidates_per_call).
     assert [t["params"]["seed"] for t in tries] == list(quality.candidate_seeds(spec))
     assert [(t["reason"], t["candidate"], t["call"]) for t in tries] == [
         ("candidate", 0, 0),
-        ("candidate", 1, 0),
-        ("candidate", 2, 0),
+        ("candidate", 1, 1),
+        ("candidate", 2, 2),
     ]
     kept = _kept_by_rank(result)
     assert result["quality"]["candidates"] == {
         "n": 3,
-        "per_call": 3,
-        "calls": 1,
-        "mode": "batch",
+        "per_call": 1,
+        "calls": 3,
+        "mode": "one by one",
         "kept": kept,
     }
     assert result["scores"] == tries[kept]["scores"]
@@ -172,4 +173,28 @@ def test_candidates_one_call_best_kept_others_stored(client, store, worker, svdq
     ).skipped
 
     status = run_svdq(["status", handle.job_id], svdq_env)
-    assert f"candidates: 3 in 1 call(s) (batch), #{kept} kept" in status.stdout
+    assert f"candidates: 3 in 3 call(s) (one by one), #{kept} kept" in status.stdout
+
+
+def test_a_candidate_is_the_same_clip_in_a_batch_or_alone(model_dir):
+    """What lets the rung decide batch or one by one: candidate i's clip does not depend on
+    it (its latents from its own seed, the image's noise from the job's, decoded alone)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from svdq.shared.settings import Settings
+    from svdq.worker import engine
+    from svdq.worker.models import load_model
+    from svdq.worker.profiles import CPU_PROFILE
+
+    settings = dataclasses.replace(Settings.from_env({}), model_dir=model_dir)
+    model = load_model(settings, CPU_PROFILE)
+    spec = JobSpec.from_dict({"image": "x.png", "seed": 5, "job_id": "b", **FAST, "num_frames": 4})
+    image = Image.new("RGB", (128, 64), (200, 80, 30))
+    params = engine.params_for(spec, model)
+    batch, _ = engine.generate(model, spec, image, params, seeds=(11, 12, 13))
+    alone, _ = engine.generate(model, spec, image, params, seeds=(12,))
+    assert batch.shape == (3, 4, 64, 128, 3) and alone.shape == (1, 4, 64, 128, 3)
+    assert np.abs(batch[1] - alone[0]).max() < 1e-4
+    assert np.abs(batch[0] - batch[1]).max() > 0.1  # different seeds, different clips
