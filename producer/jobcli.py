@@ -165,6 +165,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += " — " + " ".join(o["uri"] for o in st["result"]["outputs"].values())
             if text := scores.summary(st["result"].get("scores") or {}):
                 line += f" — {text}"
+            if text := repaired(st["result"]):
+                line += f" — {text}"
         print(line)
     return code
 
@@ -200,6 +202,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     )
     if text := scores.summary(result.get("scores") or {}):
         print(f"scores: {text}")
+    if text := repaired(result):
+        print(text)
     if result.get("note"):
         print(f"note: {result['note']}")
     for kind, out in result["outputs"].items():
@@ -209,6 +213,22 @@ def cmd_results(args: argparse.Namespace) -> int:
             + (f"\n         {link}" if link else "")
         )
     return 0
+
+
+def repaired(result: dict[str, Any]) -> str:
+    """What a job's quality repair and candidates did, in one line ("" for a plain job):
+    "repaired: static clip repaired: try 2 kept of 3 (...)", "candidates: 4 in 1 call, #2 kept"."""
+    quality = result.get("quality") or {}
+    parts = []
+    if text := quality.get("repaired"):
+        parts.append(f"repaired: {text}")
+    if cand := quality.get("candidates"):
+        kept = cand.get("kept")
+        which = f"#{kept} kept" if kept is not None else "a repair of the best kept"
+        parts.append(
+            f"candidates: {cand['n']} in {cand['calls']} call(s) ({cand['mode']}), {which}"
+        )
+    return "; ".join(parts)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -62,6 +62,9 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
             default = " (repeatable)"
         elif f.name == "seed":
             kwargs.update(type=_seed)
+        elif f.type == "boolean":  # a switch: given means true, left out keeps the default
+            kwargs.update(action="store_const", const=True)
+            default = ""
         elif f.choices:
             kwargs.update(choices=f.choices)
         elif f.type == "integer":

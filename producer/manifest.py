@@ -164,6 +164,13 @@ def csv_value(name: str, cell: str) -> Any:
             return float(cell)
     except ValueError:  # also int() of over 4300 digits
         raise ValueError(f"{name}={cell[:80]!r} is not allowed: {f.allowed()}") from None
+    if f.type == "boolean":  # keep_candidates: true/false, 1/0, yes/no (any case)
+        lowered = cell.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no", ""):
+            return False
+        raise ValueError(f"{name}={cell[:80]!r} is not allowed: true or false (1/0, yes/no)")
     if f.type == "array":  # formats: "mp4|gif", "mp4 gif" or "mp4;gif"
         return [p for p in cell.replace(";", "|").replace(" ", "|").split("|") if p]
     if f.type == "object":

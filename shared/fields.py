@@ -21,6 +21,12 @@ MAX_METADATA_BYTES = 16 * 1024
 MIN_GUIDANCE_SCALE = 1.0
 MAX_GUIDANCE_SCALE = 3.0
 MAX_GUIDANCE = 20
+# Quality checks and repair (worker/quality.py): what a static or flickering clip is, and how
+# many more generations a job may spend fixing it; candidates (one image, N seeds).
+CHECK_ACTIONS = ("keep", "retry")
+MIN_MOTION = 0.005
+MAX_FLICKER = 0.01
+MAX_REPAIR_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class Field:
     """One JobSpec field: its JSON type, default, bounds and the help a person reads."""
 
     name: str
-    type: str  # JSON Schema type: integer, number, string, array, object
+    type: str  # JSON Schema type: integer, number, boolean, string, array, object
     default: Any
     help: str
     minimum: float | None = None
@@ -49,6 +55,8 @@ class Field:
             parts.append(f">= {_num(self.minimum)}")
         if self.multiple_of:
             parts.append(f"a multiple of {self.multiple_of}")
+        if self.type == "boolean":
+            return "true or false"
         kind = {"integer": "an integer", "number": "a number"}.get(self.type, self.type)
         return f"{kind} " + ", ".join(parts) if parts else kind
 
@@ -191,6 +199,63 @@ FIELDS: tuple[Field, ...] = (
         f"outputs besides the poster: {formats.choices_help()}",
         choices=formats.names(),
         flag="--format",
+    ),
+    Field(
+        "on_static",
+        "string",
+        "keep",
+        "a clip that hardly moves (motion below min_motion): keep it, or retry it with the "
+        "guide's fix (motion_bucket_id 180-200, noise_aug_strength 0.1, a seed derived from "
+        "the job's), up to repair_attempts more generations",
+        choices=CHECK_ACTIONS,
+    ),
+    Field(
+        "on_flicker",
+        "string",
+        "keep",
+        "a clip that flickers (flicker above max_flicker): keep it, or retry it with the "
+        "largest decode chunk the worker's memory profile carries",
+        choices=CHECK_ACTIONS,
+    ),
+    Field(
+        "min_motion",
+        "number",
+        MIN_MOTION,
+        "below this motion score (mean frame-to-frame change, 0-1) a clip counts as static",
+        minimum=0,
+        maximum=1,
+    ),
+    Field(
+        "max_flicker",
+        "number",
+        MAX_FLICKER,
+        "above this flicker score (0-1) a clip counts as flickering",
+        minimum=0,
+        maximum=1,
+    ),
+    Field(
+        "repair_attempts",
+        "integer",
+        2,
+        "at most this many more generations to repair a static or flickering clip (each "
+        "costs one more clip's GPU time); the best one is kept",
+        minimum=1,
+        maximum=MAX_REPAIR_ATTEMPTS,
+    ),
+    Field(
+        "candidates",
+        "integer",
+        1,
+        "generate this many clips from the image (seeds derived from the job's) and keep the "
+        "best as clip.mp4; costs about N times the GPU time",
+        minimum=1,
+        maximum=formats.MAX_CANDIDATES,
+    ),
+    Field(
+        "keep_candidates",
+        "boolean",
+        False,
+        "also store the candidates not kept, as candidates/<i>.mp4",
     ),
     Field("priority", "integer", 5, "queue priority, 9 runs first", minimum=0, maximum=9),
     Field(

@@ -43,6 +43,13 @@ FORMATS: tuple[OutputFormat, ...] = (
 # Every job also gets a poster (its first frame) whatever formats it asked for: an output,
 # but not a choice.
 POSTER = OutputFormat("poster", "poster.jpg", "image/jpeg", "the first frame")
+# A job with `candidates` > 1 and `keep_candidates` also keeps the clips it did not pick, as
+# MP4s named by their candidate index: output kind "candidate-<i>", file candidates/<i>.mp4.
+MAX_CANDIDATES = 8
+CANDIDATES = tuple(
+    OutputFormat(f"candidate-{i}", f"candidates/{i}.mp4", "video/mp4", f"candidate {i} (MP4)")
+    for i in range(MAX_CANDIDATES)
+)
 # Names that stand for several formats at once: accepted wherever a format name is.
 ALIASES: dict[str, tuple[str, ...]] = {"both": ("mp4", "gif")}
 DEFAULT: tuple[str, ...] = ("mp4",)
@@ -54,11 +61,18 @@ def names() -> tuple[str, ...]:
 
 
 def output(kind: str) -> OutputFormat:
-    """The row for output `kind` (a format or `poster`); KeyError naming the allowed kinds."""
-    for row in (*FORMATS, POSTER):
+    """The row for output `kind` (a format, `poster` or `candidate-<i>`); KeyError naming the
+    allowed kinds."""
+    for row in (*FORMATS, POSTER, *CANDIDATES):
         if row.name == kind:
             return row
-    raise KeyError(f"output kind {kind!r} is not one of {', '.join((*names(), POSTER.name))}")
+    allowed = ", ".join((*names(), POSTER.name, f"candidate-0…{MAX_CANDIDATES - 1}"))
+    raise KeyError(f"output kind {kind!r} is not one of {allowed}")
+
+
+def candidate_kind(index: int) -> str:
+    """The output kind of the candidate clip `index` (0-based): "candidate-3"."""
+    return CANDIDATES[index].name
 
 
 def expand(name: str) -> tuple[str, ...]:

@@ -21,11 +21,13 @@ from svdq.shared.errors import InvalidJobError
 from svdq.shared.fields import (
     FIELD_BY_NAME,
     FIELDS,
+    MAX_FLICKER,
     MAX_GUIDANCE_SCALE,
     MAX_METADATA_BYTES,
     MAX_PREFIX_LEN,
     MAX_URL_LEN,
     MIN_GUIDANCE_SCALE,
+    MIN_MOTION,
     SAFE_ID,
     SAFE_PREFIX,
     SEED_MAX,
@@ -42,6 +44,14 @@ _NOT_IDENTITY = {"priority", "callback_url", "metadata", "job_id", "image"}
 _IDENTITY_UNLESS = {
     "min_guidance_scale": MIN_GUIDANCE_SCALE,
     "max_guidance_scale": MAX_GUIDANCE_SCALE,
+    # The quality checks, repair and candidates (worker/quality.py) choose which clip is kept.
+    "on_static": "keep",
+    "on_flicker": "keep",
+    "min_motion": MIN_MOTION,
+    "max_flicker": MAX_FLICKER,
+    "repair_attempts": 2,
+    "candidates": 1,
+    "keep_candidates": False,
 }
 
 
@@ -65,6 +75,13 @@ class JobSpec:
     height: int = 576
     resize: str = "crop"
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    on_static: str = "keep"
+    on_flicker: str = "keep"
+    min_motion: float = MIN_MOTION
+    max_flicker: float = MAX_FLICKER
+    repair_attempts: int = 2
+    candidates: int = 1
+    keep_candidates: bool = False
     priority: int = 5
     job_id: str | None = None
     output_prefix: str | None = None
@@ -134,6 +151,10 @@ def check_field(f: Field, value: Any) -> Any:
             return None
         raise InvalidJobError(f"{f.name}=None is not allowed: {f.allowed()}", field=f.name)
     bad = f"{f.name}={value!r} is not allowed: {f.allowed()}"
+    if f.type == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidJobError(bad, field=f.name)
+        return value
     if f.type == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -162,7 +183,8 @@ def check_field(f: Field, value: Any) -> Any:
     if f.type == "object":
         return _check_metadata(value)
     if not isinstance(value, str):
-        raise InvalidJobError(f"{f.name}={value!r} must be a string: {f.help}", field=f.name)
+        what = f.allowed() if f.choices else f.help
+        raise InvalidJobError(f"{f.name}={value!r} must be a string: {what}", field=f.name)
     if f.choices and value not in f.choices:
         raise InvalidJobError(bad, field=f.name)
     return _STRING_CHECKS.get(f.name, lambda v: v)(value)
@@ -338,8 +360,20 @@ class JobResult:
     profile: dict[str, Any] = field(default_factory=dict)
     # every try, in order: {"profile", "outcome": "oom"|"succeeded", "seconds",
     # "decode_chunk_size"} ("phase": "denoise"|"decode" on an "oom"), or a rung that did not
-    # load: {"profile", "outcome": "load_failed", "seconds", "error"} (worker/stepdown.py)
+    # load: {"profile", "outcome": "load_failed", "seconds", "error"} (worker/stepdown.py);
+    # a job that generates more than once (repair, candidates) lists every generation's, each
+    # with the "try" it belongs to, and a batch of candidates too large for the card an "oom"
+    # with "phase": "batch" and its "videos"
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # every generation of a job with repair or candidates, in order (worker/quality.py):
+    # {"try", "reason": "first"|"candidate"|"static"|"flicker"|"static+flicker", "params":
+    # {"seed", "motion_bucket_id", "noise_aug_strength", "decode_chunk_size"}, "scores",
+    # "problems", "seconds", "kept"} (+ "candidate", "call" for a candidate); [] otherwise
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    # what the checks found and what was done: {"checks", "kept", "found", "left", "repaired",
+    # "candidates": {"n", "per_call", "calls", "mode", "kept"} | None}; None without repair
+    # or candidates
+    quality: dict[str, Any] | None = None
     worker: str = ""
     input: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -384,7 +418,7 @@ def json_schema() -> dict[str, Any]:
         ):
             if val is not None:
                 p[key] = val
-        if f.default is not None:
+        if f.default is not None:  # False is a default too
             p["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
         props[f.name] = p
     props["schema_version"] = {"type": "integer", "const": SCHEMA_VERSION}

@@ -80,9 +80,20 @@ def generate(
     params: RunParams,
     progress: Progress | None = None,
     decode: Decode | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Denoise once, then `decode` the latents (by default `decode_latents` with the params'
-    chunk); return float frames (F, H, W, 3) in [0, 1] and seconds per phase."""
+    chunk); return float frames (F, H, W, 3) in [0, 1] and seconds per phase.
+
+    `seeds` (candidates, worker/quality.py): one clip per seed in this one call
+    (`num_videos_per_prompt`), frames (N, F, H, W, 3) — even for one seed. Each clip's
+    starting latents are drawn from its own seed (`candidate_latents`) and the conditioning
+    image's noise from `params.seed`, so a candidate is the same clip whether it ran in a
+    batch or alone. (diffusers' `randn_tensor` with a list of generators would draw the image
+    noise from the first generator only: "if isinstance(generator, list): shape = (1,) +
+    shape[1:]; latents = [torch.randn(shape, generator=generator[i], ...) for i in
+    range(batch_size)]" with batch_size the image's, 1.)
+    """
     import torch
 
     steps = spec.num_inference_steps
@@ -97,6 +108,12 @@ def generate(
 
     # A CPU generator gives the same noise whatever device runs the model.
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    batch: dict[str, Any] = {}
+    if seeds is not None:
+        batch = {
+            "num_videos_per_prompt": len(seeds),
+            "latents": candidate_latents(model, spec, params.num_frames, seeds),
+        }
     with torch.inference_mode(), _no_compile_in_jobs(model):
         latents = model.pipe(
             image,
@@ -113,10 +130,13 @@ def generate(
             generator=generator,
             output_type="latent",
             callback_on_step_end=on_step_end,
+            **batch,
         ).frames
     denoised = time.perf_counter()
     run_decode = decode or functools.partial(decode_latents, model)
     frames = run_decode(latents, params.num_frames, params.decode_chunk_size)
+    if seeds is not None and frames.ndim == 4:
+        frames = frames[None]  # one candidate in this call: still (N, F, H, W, 3)
     timings = {"denoise": denoised - start, "decode": time.perf_counter() - denoised}
     return frames, timings
 
@@ -151,14 +171,45 @@ def _no_compile_in_jobs(model: LoadedModel) -> Any:
     return torch.compiler.set_stance("eager_on_recompile")
 
 
+def candidate_latents(
+    model: LoadedModel, spec: JobSpec, num_frames: int, seeds: tuple[int, ...]
+) -> Any:
+    """The starting latents of one clip per seed, (N, F, C, H/8, W/8), each drawn on the CPU
+    from its own seed (the same noise on any device), in the pipeline's dtype: the shape
+    diffusers' `prepare_latents` draws, "(batch_size, num_frames, num_channels_latents // 2,
+    height // self.vae_scale_factor, width // self.vae_scale_factor)" with
+    `num_channels_latents = self.unet.config.in_channels`."""
+    import torch
+
+    pipe = model.pipe
+    shape = (
+        1,
+        num_frames,
+        pipe.unet.config.in_channels // 2,
+        spec.height // pipe.vae_scale_factor,
+        spec.width // pipe.vae_scale_factor,
+    )
+    drawn = [
+        torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed))
+        for seed in seeds
+    ]
+    return torch.cat(drawn).to(pipe.unet.dtype)
+
+
 def decode_latents(
     model: LoadedModel, latents: Any, num_frames: int, decode_chunk_size: int
 ) -> np.ndarray:
     """The VAE decode of the pipeline's latents, `decode_chunk_size` frames at a time, as the
-    pipeline itself would run it; float frames (F, H, W, 3) in [0, 1]."""
+    pipeline itself would run it; float frames (F, H, W, 3) in [0, 1], or (N, F, H, W, 3)
+    for a batch of N clips. Each clip of a batch is decoded alone: diffusers' decode flattens
+    the batch into one run of frames ("latents = latents.flatten(0, 1)") and cuts it into
+    chunks, which would let a chunk (and the temporal decoder) span two clips."""
     import torch
 
+    clips = []
     with torch.inference_mode():
-        video = model.pipe.decode_latents(latents, num_frames, decode_chunk_size)
-        frames = model.pipe.video_processor.postprocess_video(video=video, output_type="np")
-    return np.asarray(frames[0])
+        for one in latents.split(1):
+            video = model.pipe.decode_latents(one, num_frames, decode_chunk_size)
+            frames = model.pipe.video_processor.postprocess_video(video=video, output_type="np")
+            clips.append(np.asarray(frames[0]))
+    return clips[0] if len(clips) == 1 else np.stack(clips)

@@ -14,9 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
-from svdq.shared import formats, records, scores
+from svdq.shared import formats, records
 from svdq.shared.constants import RESULT_CONTENT_TYPE, output_key, result_key
 from svdq.shared.errors import InvalidJobError, TransientError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
@@ -26,7 +24,7 @@ from svdq.shared.settings import Settings
 from svdq.shared.spec import JobResult, JobSpec
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore
-from svdq.worker import engine, export, stepdown
+from svdq.worker import engine, export, quality
 from svdq.worker.delivery import on_the_store
 from svdq.worker.models import LoadedModel
 
@@ -184,22 +182,21 @@ def run_job(
     t = phase("preprocess", t)
     if progress:
         progress("denoise", 0, spec.num_inference_steps)
-    # Out of memory: steps down the profile ladder and retries; `model` ends on the rung used.
-    with gpu():
-        frames, gen_timings, params, attempts = stepdown.generate(
-            model, settings, spec, fitted, progress, on_step_down
-        )
-    timings.update({k: round(v, 4) for k, v in gen_timings.items()})
+    # Every generation (one, or the job's candidates and repairs: worker/quality.py) runs
+    # inside gpu() through the step-down: out of memory steps down the profile ladder and
+    # retries; `model` ends on the rung used. Each clip is scored on the frames as delivered,
+    # against the input as fitted (shared/scores.py), outside gpu(); the best is kept.
+    kept = quality.generate(model, settings, spec, fitted, progress, on_step_down, gpu)
+    frames_u8, params, clip_scores, attempts = kept.frames, kept.params, kept.scores, kept.attempts
+    timings.update({k: round(v, 4) for k, v in kept.timings.items()})
     t = time.perf_counter()
     if progress:
         progress("encode", spec.num_inference_steps, spec.num_inference_steps)
-    frames_u8 = export.to_uint8(frames)
-    # Scored on the frames as delivered, against the input as fitted (shared/scores.py).
-    clip_scores = scores.score_clip(frames_u8, np.asarray(fitted), params.decode_chunk_size)
-    t = phase("score", t)
     blobs = {formats.POSTER.name: export.encode_poster(frames_u8[0])}
     for kind in spec.formats:  # each a row of shared/formats.py, encoded by its ENCODERS entry
         blobs[kind] = export.encode(kind, frames_u8, params.output_fps)
+    for index, other in kept.others.items():  # --keep-candidates: candidates/<i>.mp4
+        blobs[formats.candidate_kind(index)] = export.encode("mp4", other, params.output_fps)
     t = phase("encode", t)
     if progress:
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
@@ -222,6 +219,8 @@ def run_job(
         decode_chunk_size=params.decode_chunk_size,
         profile=_profile_record(model, spec, params),
         attempts=attempts,
+        tries=kept.tries,
+        quality=kept.quality,
         worker=worker_name,
         input={
             "uri": spec.image,

@@ -67,6 +67,18 @@ CLIP_SCORES = {
     name: Histogram(f"svdq_clip_{name}", f"Clip score: {text}", ["variant"], buckets=buckets)
     for name, (text, buckets) in SCORES.items()
 }
+# Quality repair (worker/quality.py): each problem a job asked to repair, by whether the
+# clip it kept still has it; and the generations candidates and repairs cost.
+REPAIRS = Counter(
+    "svdq_clip_repairs",
+    "Clip problems found on jobs that asked for repair, by problem and outcome",
+    ["problem", "outcome"],
+)
+EXTRA_GENERATIONS = Counter(
+    "svdq_extra_generations",
+    "Clips generated beyond the first for a job (candidates, repairs)",
+    ["reason"],
+)
 BUSY = Gauge("svdq_worker_busy", "1 while a job runs on this worker")
 LEASE_RENEWALS = Counter("svdq_lease_renewals", "Job leases this worker renewed")
 REAPED = Counter(
@@ -245,8 +257,20 @@ class WorkerMetrics:
         for name, value in (result.get("scores") or {}).items():
             if name in CLIP_SCORES and value is not None:
                 CLIP_SCORES[name].labels(variant).observe(float(value))
+        self._repairs(result)
         self._peak_vram()
         return Outcome.SUCCEEDED
+
+    @staticmethod
+    def _repairs(result: dict[str, Any]) -> None:
+        """Count what a job's repairs found and fixed, and its extra generations."""
+        quality = result.get("quality") or {}
+        left = set(quality.get("left") or ())
+        for problem in quality.get("found") or ():
+            REPAIRS.labels(problem, "left" if problem in left else "fixed").inc()
+        for t in (result.get("tries") or ())[1:]:
+            reason = "candidate" if t.get("reason") == "candidate" else "repair"
+            EXTRA_GENERATIONS.labels(reason).inc()
 
     def failed(self, variant: str, exc: BaseException) -> str:
         """Count a job that failed with `exc`; return the reason it is counted under (the

@@ -266,3 +266,34 @@ def profile_ladder(
 def choose_profile(total_vram_bytes: int | None, variant: str) -> Profile:
     """The first rung for `variant` (None: no CUDA; tiny and CPU-allowed variants only)."""
     return ladder(total_vram_bytes, variant, allow_cpu=True)[0]
+
+
+# Candidates (worker/quality.py): how many clips one pipeline call may generate at once. The
+# estimate, to be refined with data like the table above: a clip at the reference shape
+# (1024x576, 25 frames, fp16, classifier-free guidance) adds about CLIP_GB of denoise
+# activations; the weights and one clip's VAE decode (candidates are decoded one clip at a
+# time) take about FIXED_GB. A wrong guess costs one batch: a batch that runs out of memory
+# falls back to one clip per call without stepping the rung down (worker/stepdown.py).
+REFERENCE_PIXEL_FRAMES = 1024 * 576 * 25
+CLIP_GB = 12.0
+FIXED_GB = 6.0
+
+
+def candidates_per_call(profile: Profile, n: int, width: int, height: int, frames: int) -> int:
+    """How many of `n` candidates one pipeline call generates on `profile` (1: one by one).
+
+    Pure: decided from the rung alone. A rung that offloads or chunks the UNet's forward is
+    already short of memory: one clip per call. A CPU gains nothing from a batch (it has no
+    idle lanes to fill) and measured slower with one: bench/results/candidates.json, 4 clips
+    of 8 frames at 128x64 on the tiny model, 2.66 s a clip batched against 1.19 s one by one:
+    one clip per call. A GPU rung without offload gets as many as its row's VRAM floor (less
+    FIXED_GB) holds at CLIP_GB per clip, scaled by the clip's pixels and frames.
+    """
+    if n <= 1 or profile.device == "cpu":
+        return 1
+    if profile.offload != "none" or profile.forward_chunking:
+        return 1
+    floor = ROW_FLOOR.get(profile.name.removesuffix("*"), 0.0)
+    per_clip = CLIP_GB * (width * height * frames) / REFERENCE_PIXEL_FRAMES
+    fits = int((floor - FIXED_GB) // per_clip)
+    return max(1, min(n, fits))

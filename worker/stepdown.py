@@ -65,6 +65,16 @@ def exit_poisoned(job_id: str | None, exc: BaseException) -> None:
     os._exit(EXIT_POISONED)
 
 
+class BatchTooLarge(Exception):
+    """Raised when a batch of candidates (`seeds`) ran out of memory in the denoise: the
+    caller runs them one by one instead; the rung is not stepped down for it (worker/quality.py).
+    `attempts`: the call's tries, the batch's "oom" last."""
+
+    def __init__(self, message: str, attempts: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
 def generate(
     model: models.LoadedModel,
     settings: Settings,
@@ -72,6 +82,7 @@ def generate(
     image: Image.Image,
     progress: engine.Progress | None = None,
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
+    seeds: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, dict[str, float], engine.RunParams, list[dict[str, Any]]]:
     """`engine.generate`, stepping down the model's ladder on out-of-memory errors.
 
@@ -79,6 +90,9 @@ def generate(
     place to the rung that succeeded. `on_step_down(before, after)` hears of every step down
     (the worker counts them), told as it happens: a job may still fail on a lower rung.
     An out-of-memory error in the decode first halves the decode chunk (`Decoder`).
+    `seeds`: one clip per seed in one call (engine.generate); a batch of more than one that
+    runs out of memory in the denoise raises BatchTooLarge (recorded, "phase": "batch")
+    rather than stepping down: one clip at a time may well fit on this rung.
     """
     attempts: list[dict[str, Any]] = []
     # Where the job started (or where an earlier such job started, if not resumed yet).
@@ -87,7 +101,9 @@ def generate(
         params = engine.params_for(spec, model)
         decoder = Decoder(spec, model, attempts)
         start = time.perf_counter()
-        run = functools.partial(engine.generate, model, spec, image, params, progress, decoder)
+        run = functools.partial(
+            engine.generate, model, spec, image, params, progress, decoder, seeds
+        )
         done, _ = _try(spec, model, run)
         seconds = round(time.perf_counter() - start, 4)
         name = model.profile.name
@@ -99,6 +115,11 @@ def generate(
             _state["exhausted_in_a_row"] = 0
             model.resume = ()  # a step-down that ended in success stays (and is remembered)
             return frames, timings, params, attempts
+        if decoder.chunk is None and seeds is not None and len(seeds) > 1:
+            attempt = _attempt(name, "oom", seconds, params.decode_chunk_size, "batch")
+            attempts.append({**attempt, "videos": len(seeds)})
+            models.free_memory()
+            raise BatchTooLarge(f"{len(seeds)} clips in one call do not fit on {name}", attempts)
         if decoder.chunk is None:  # the denoise ran out (the decoder records its own tries)
             attempts.append(_attempt(name, "oom", seconds, params.decode_chunk_size, "denoise"))
         models.free_memory()  # the exception and its frames are gone by now

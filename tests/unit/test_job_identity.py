@@ -61,6 +61,8 @@ def _other_value(f: Field) -> Any:
     """A valid value for `f` different from its default."""
     if f.type == "array":
         return ["gif"]
+    if f.type == "boolean":
+        return not f.default
     if f.choices:
         return next(c for c in f.choices if c != f.default)
     if f.name == "output_prefix":

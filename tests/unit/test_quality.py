@@ -1,0 +1,204 @@
+"""The repair and candidates policy (worker/quality.py, worker/profiles.candidates_per_call)
+and the JobSpec fields that ask for them: pure decisions, no model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from svdq.producer.manifest import csv_value
+from svdq.shared import formats
+from svdq.shared.constants import output_key
+from svdq.shared.errors import InvalidJobError
+from svdq.shared.spec import JobSpec, finalize
+from svdq.worker import quality
+from svdq.worker.profiles import CPU_LEAN, CPU_PROFILE, GPU_TABLE, candidates_per_call
+
+ROWS = {p.name: p for _, p in GPU_TABLE}
+
+
+def spec(**kw: Any) -> JobSpec:
+    return JobSpec.from_dict({"image": "in.png", "seed": 1234, "job_id": "j", **kw})
+
+
+def clip(motion: float = 0.05, flicker: float = 0.001, displacement: float = 1.0) -> dict:
+    return {"motion": motion, "flicker": flicker, "displacement": displacement}
+
+
+# --- the fields -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("candidates", 0, "1–8"),
+        ("candidates", 9, "1–8"),
+        ("repair_attempts", 4, "1–3"),
+        ("repair_attempts", 0, "1–3"),
+        ("min_motion", 1.5, "0–1"),
+        ("max_flicker", -0.1, "0–1"),
+        ("on_static", "fix", "keep, retry"),
+        ("on_flicker", True, "keep, retry"),
+        ("keep_candidates", "yes", "true or false"),
+        ("keep_candidates", 1, "true or false"),
+    ],
+)
+def test_out_of_bounds_values_are_refused_naming_field_value_and_allowed(
+    field: str, value: Any, allowed: str
+) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        spec(**{field: value})
+    assert info.value.field == field
+    assert field in str(info.value) and repr(value) in str(info.value)
+    assert allowed in str(info.value)
+
+
+def test_defaults_leave_the_job_id_as_it_was() -> None:
+    """Ids derived before these fields existed still match: at their defaults they stay out
+    of the identity; any other value changes the id."""
+    plain = finalize(JobSpec.from_dict({"image": "in.png"}), "ab" * 32)
+    same = finalize(JobSpec.from_dict({"image": "in.png", "candidates": 1}), "ab" * 32)
+    other = finalize(JobSpec.from_dict({"image": "in.png", "candidates": 2}), "ab" * 32)
+    assert plain.job_id == same.job_id != other.job_id
+
+
+def test_csv_and_form_cells_for_the_switch() -> None:
+    assert csv_value("keep_candidates", "TRUE") is True
+    assert csv_value("keep_candidates", "0") is False
+    with pytest.raises(ValueError, match="keep_candidates='maybe' is not allowed: true or false"):
+        csv_value("keep_candidates", "maybe")
+
+
+def test_candidate_outputs_live_under_the_jobs_prefix() -> None:
+    assert output_key("j", formats.candidate_kind(3), "team") == "team/results/j/candidates/3.mp4"
+    assert formats.output("candidate-7").content_type == "video/mp4"
+    with pytest.raises(KeyError, match="candidate-0…7"):
+        formats.output("candidate-8")
+
+
+# --- seeds ----------------------------------------------------------------------------------
+
+
+def test_seeds_are_derived_from_the_jobs_seed_and_index() -> None:
+    seeds = quality.candidate_seeds(spec(candidates=4))
+    assert seeds[0] == 1234 and len(set(seeds)) == 4
+    assert seeds == quality.candidate_seeds(spec(candidates=4))  # the same job, the same seeds
+    assert quality.candidate_seeds(spec(candidates=2)) == seeds[:2]
+    assert quality.candidate_seeds(spec(seed=1235, candidates=4))[1:] != seeds[1:]
+    assert all(0 <= s < 2**32 for s in seeds)
+    # sha256("svdq:candidate:1234:1")[:8]: fixed, so a worker upgrade keeps the same tries
+    assert quality.derived_seed(1234, "candidate", 1) == int(
+        __import__("hashlib").sha256(b"svdq:candidate:1234:1").hexdigest()[:8], 16
+    )
+    assert quality.derived_seed(1234, "repair", 1) != quality.derived_seed(1234, "candidate", 1)
+
+
+# --- checks and ranking ---------------------------------------------------------------------
+
+
+def test_problems_only_for_the_checks_asked_for() -> None:
+    job = spec(min_motion=0.01, max_flicker=0.01)
+    still_flicker = clip(motion=0.001, flicker=0.05)
+    assert quality.problems(still_flicker, job, ("static", "flicker")) == ["static", "flicker"]
+    assert quality.problems(still_flicker, job, ("flicker",)) == ["flicker"]
+    assert quality.problems(clip(motion=0.01, flicker=0.01), job, quality.CHECKS) == []
+    assert quality.opted(spec(on_flicker="retry")) == ("flicker",)
+    assert quality.opted(spec()) == ()
+
+
+def test_rank_prefers_passing_then_closest_then_most_displacement_then_earliest() -> None:
+    job = spec(min_motion=0.01, max_flicker=0.01)
+    checks = quality.CHECKS
+
+    def best(*clips: dict) -> int:
+        return min(range(len(clips)), key=lambda i: quality.rank(clips[i], job, checks, i))
+
+    assert best(clip(motion=0.001), clip(motion=0.02)) == 1  # passing beats failing
+    assert best(clip(motion=0.002), clip(motion=0.008)) == 1  # closer to passing
+    assert best(clip(displacement=1), clip(displacement=3)) == 1  # both pass: more real motion
+    assert best(clip(), clip()) == 0  # a tie keeps the earliest (the original)
+
+
+# --- repair plans ---------------------------------------------------------------------------
+
+BASE = quality.Plan(0, "first", 1234, 127, 0.02, None)
+
+
+@pytest.mark.parametrize("repair", [1, 2, 3])
+def test_a_static_clip_gets_the_guides_fix_and_a_derived_seed(repair: int) -> None:
+    plan = quality.repair_plan(spec(), repair, repair, ["static"], BASE, used=8, carry=25)
+    assert plan is not None
+    assert plan.motion_bucket_id == (180, 190, 200)[repair - 1]
+    assert plan.noise_aug_strength == 0.1
+    assert plan.seed == quality.derived_seed(1234, "repair", repair) != 1234
+    assert plan.decode_chunk_size == 8  # the chunk is not what was wrong
+    assert (plan.index, plan.reason) == (repair, "static")
+
+
+def test_a_static_repair_never_lowers_what_the_job_asked_for() -> None:
+    job = spec(motion_bucket_id=220, noise_aug_strength=0.3)
+    plan = quality.repair_plan(job, 1, 1, ["static"], BASE, used=8, carry=25)
+    assert plan is not None and (plan.motion_bucket_id, plan.noise_aug_strength) == (220, 0.3)
+
+
+def test_a_flickering_clip_gets_the_largest_chunk_and_the_same_seed() -> None:
+    plan = quality.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=2, carry=14)
+    assert plan is not None
+    assert (plan.seed, plan.motion_bucket_id, plan.decode_chunk_size) == (1234, 127, 14)
+    assert plan.reason == "flicker"
+    # already at the largest chunk the rung carries: nothing to try
+    assert quality.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=14, carry=14) is None
+
+
+def test_both_problems_are_fixed_in_one_try() -> None:
+    plan = quality.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=2, carry=14)
+    assert plan is not None and plan.reason == "static+flicker"
+    assert (plan.motion_bucket_id, plan.decode_chunk_size) == (180, 14)
+    assert plan.seed != 1234
+    # the chunk cannot grow: still the static fix
+    plan = quality.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=14, carry=14)
+    assert plan is not None and (plan.motion_bucket_id, plan.decode_chunk_size) == (180, 14)
+
+
+def test_plans_are_deterministic() -> None:
+    args = (spec(), 2, 3, ["static", "flicker"], BASE, 4, 25)
+    assert quality.repair_plan(*args) == quality.repair_plan(*args)
+
+
+def test_describe_says_what_was_repaired() -> None:
+    tries = [
+        {"try": 0, "reason": "first", "scores": clip(motion=0.001)},
+        {"try": 1, "reason": "static", "scores": clip(motion=0.02)},
+    ]
+    text = quality.describe(["static"], [], tries, 0, 1, "")
+    assert (
+        text.startswith("static clip repaired: try 1 kept of 2") and "motion 0.001 → 0.02" in text
+    )
+    why = "the decode chunk (14) is already the largest this worker's profile carries"
+    assert quality.describe(["flicker"], ["flicker"], tries[:1], 0, 0, why).endswith(why)
+    assert quality.describe([], [], tries, 0, 0, "") == ""
+
+
+# --- batch or one by one --------------------------------------------------------------------
+
+
+def test_candidates_per_call_from_the_rung() -> None:
+    # One clip asked: one call whatever the rung.
+    assert candidates_per_call(ROWS["xt-40g"], 1, 1024, 576, 25) == 1
+    # A rung that offloads or chunks the forward is short of memory: one by one.
+    for name in ("xt-16g", "xt-10g", "xt-8g", "svd-low"):
+        assert candidates_per_call(ROWS[name], 8, 512, 288, 14) == 1
+    assert candidates_per_call(CPU_LEAN, 4, 64, 64, 8) == 1
+    # A CPU: one by one (measured slower batched: bench/results/candidates.json).
+    assert candidates_per_call(CPU_PROFILE, 8, 64, 64, 8) == 1
+    # 40 GB, the reference shape: (40 - 6) // 12 = 2 per call; 24 GB: 1.
+    assert candidates_per_call(ROWS["xt-40g"], 4, 1024, 576, 25) == 2
+    assert candidates_per_call(ROWS["xt-24g"], 4, 1024, 576, 25) == 1
+    # A quarter of the pixels: four times as many, never more than asked.
+    assert candidates_per_call(ROWS["xt-40g"], 8, 512, 288, 25) == 8
+    assert candidates_per_call(ROWS["xt-24g"], 8, 512, 288, 25) == 6
+    # An operator-changed top rung keeps its row's floor.
+    starred = dataclasses.replace(ROWS["xt-40g"], name="xt-40g*")
+    assert candidates_per_call(starred, 4, 1024, 576, 25) == 2

@@ -1,0 +1,372 @@
+"""Which generations a job makes and which clip it keeps: candidates and quality repair.
+
+SVD's known failure modes (shared/SVD-NOTES.md) are measured on every clip (shared/scores.py);
+a job may ask the worker to act on them (JobSpec fields, all off by default):
+
+- `candidates` N (1-8): N clips from one image, seeds `candidate_seeds` (candidate 0 the
+  job's seed, candidate i `derived_seed(seed, "candidate", i)`), generated in as few pipeline
+  calls as the rung allows (`profiles.candidates_per_call`: a batch of N through diffusers'
+  `num_videos_per_prompt`, or one by one), all scored; the best is kept (`rank`). A batch
+  that runs out of memory is recorded and run one by one instead (stepdown.BatchTooLarge).
+  Each candidate's starting noise comes from its own seed and the conditioning image's noise
+  from the job's (engine.generate), so a candidate is the same clip batched or alone.
+- `on_static=retry`: a clip whose motion is below `min_motion` is generated again with the
+  guide's fix: motion_bucket_id 180, 190, 200 on repair 1, 2, 3 (never below the job's own),
+  noise_aug_strength 0.1 (never below the job's own) and seed `derived_seed(seed, "repair", r)`.
+- `on_flicker=retry`: a clip whose flicker is above `max_flicker` is generated again with the
+  largest decode chunk the worker's rung carries (its profile's `decode_chunk_size`, all
+  frames when it has none) and the same seed: the same denoise, a wider decode. When the
+  chunk already is that large, there is nothing to change and no try is made.
+
+Repairs: at most `repair_attempts` (1-3) more generations; each fixes what the best clip so
+far still fails (both fixes at once when it fails both), and stops when the best passes or a
+try would repeat an earlier one. Every generation goes through the step-down
+(stepdown.generate), inside `gpu()`, with the job's progress (and so its cancellation); the
+scores and encodes stay outside `gpu()`. Everything is a function of the job's spec and the
+scores, so the same job on the same rung makes the same tries and keeps the same clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from svdq.shared import scores
+from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine, export, profiles, stepdown
+from svdq.worker.models import LoadedModel
+
+CHECKS = ("static", "flicker")
+STATIC_BUCKETS = (180, 190, 200)  # motion_bucket_id on repair 1, 2, 3 (SVD-NOTES: 180-200)
+STATIC_NOISE_AUG = 0.1  # noise_aug_strength of a static repair (SVD-NOTES: 0.1)
+
+
+def derived_seed(seed: int, kind: str, index: int) -> int:
+    """A seed for generation `index` of `kind` ("candidate", "repair") of a job whose seed is
+    `seed`: the first 8 hex digits of sha256("svdq:<kind>:<seed>:<index>"), 0-4294967295."""
+    return int(hashlib.sha256(f"svdq:{kind}:{seed}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def candidate_seeds(spec: JobSpec) -> tuple[int, ...]:
+    """The seeds of the job's candidates: the job's own first, then derived ones."""
+    assert spec.seed is not None
+    derived = (derived_seed(spec.seed, "candidate", i) for i in range(1, spec.candidates))
+    return (spec.seed, *derived)
+
+
+def opted(spec: JobSpec) -> tuple[str, ...]:
+    """The checks the job asked to repair (on_static / on_flicker = retry)."""
+    return tuple(
+        c for c, a in zip(CHECKS, (spec.on_static, spec.on_flicker), strict=True) if a == "retry"
+    )
+
+
+def problems(clip: dict[str, Any], spec: JobSpec, checks: tuple[str, ...]) -> list[str]:
+    """Which of `checks` the clip's scores fail under the job's thresholds."""
+    found = []
+    if "static" in checks and clip["motion"] < spec.min_motion:
+        found.append("static")
+    if "flicker" in checks and clip["flicker"] > spec.max_flicker:
+        found.append("flicker")
+    return found
+
+
+def rank(clip: dict[str, Any], spec: JobSpec, checks: tuple[str, ...], index: int) -> tuple:
+    """Sort key, best first: fewest failed checks, then the smallest shortfall (how far past
+    each threshold, relative to it), then the most displacement (motion a flicker cannot
+    fool), then the earliest try."""
+    short = 0.0
+    if "static" in checks:
+        short += max(0.0, spec.min_motion - clip["motion"]) / max(spec.min_motion, 1e-6)
+    if "flicker" in checks:
+        short += max(0.0, clip["flicker"] - spec.max_flicker) / max(spec.max_flicker, 1e-6)
+    found = problems(clip, spec, checks)
+    return (len(found), round(short, 6), -float(clip.get("displacement") or 0.0), index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One generation: its clip's seed and the parameters a repair may change."""
+
+    index: int  # the try's place in `tries`
+    reason: str  # first | candidate | static | flicker | static+flicker
+    seed: int
+    motion_bucket_id: int
+    noise_aug_strength: float
+    decode_chunk_size: int | None  # None: the job's own (its spec's, else the rung's)
+
+    def knobs(self) -> tuple[Any, ...]:
+        """What makes the clip (a repeat of these makes the same clip again)."""
+        return (self.seed, self.motion_bucket_id, self.noise_aug_strength, self.decode_chunk_size)
+
+
+def repair_plan(
+    spec: JobSpec, repair: int, index: int, found: list[str], base: Plan, used: int, carry: int
+) -> Plan | None:
+    """Repair number `repair` (1-based) of a clip made by `base` with decode chunk `used`
+    that fails `found`; `carry`: the largest chunk the rung carries. None: nothing to change."""
+    assert spec.seed is not None
+    plan = dataclasses.replace(base, index=index, reason="+".join(found), decode_chunk_size=used)
+    if "static" in found:
+        plan = dataclasses.replace(
+            plan,
+            seed=derived_seed(spec.seed, "repair", repair),
+            motion_bucket_id=max(spec.motion_bucket_id, STATIC_BUCKETS[repair - 1]),
+            noise_aug_strength=max(spec.noise_aug_strength, STATIC_NOISE_AUG),
+        )
+    if "flicker" in found and carry > used:
+        plan = dataclasses.replace(plan, decode_chunk_size=carry)
+    elif found == ["flicker"]:
+        return None  # the chunk cannot grow on this rung: the same clip again would not help
+    return plan
+
+
+@dataclass
+class Kept:
+    """What the generations made: the clip kept and everything recorded about the others."""
+
+    frames: np.ndarray  # uint8 (F, H, W, 3), the kept clip
+    params: engine.RunParams  # its parameters (seed: the clip's own)
+    scores: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    timings: dict[str, float]
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, Any] | None = None
+    others: dict[int, np.ndarray] = field(default_factory=dict)  # candidate index -> frames
+
+
+@dataclass
+class _Job:
+    """One job's generations in progress (the shell around the pure policy above)."""
+
+    model: LoadedModel
+    settings: Settings
+    spec: JobSpec
+    fitted: Image.Image
+    progress: engine.Progress | None
+    on_step_down: Callable[[str, str], None]
+    gpu: Callable[[], contextlib.AbstractContextManager[None]]
+    calls: int  # pipeline calls planned (for progress)
+    done_calls: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # try index -> uint8 frames
+    params: dict[int, engine.RunParams] = field(default_factory=dict)
+    plans: dict[int, Plan] = field(default_factory=dict)
+
+    def _progress(self) -> engine.Progress | None:
+        """The job's progress over all its calls: call k's step i is k*steps + i."""
+        if self.progress is None:
+            return None
+        report, k, total = self.progress, self.done_calls, max(self.calls, self.done_calls + 1)
+
+        def progress(phase: str, step: int, steps: int) -> None:
+            report(phase, k * steps + step, total * steps)
+
+        return progress
+
+    def run(self, plans: list[Plan], batched: bool) -> None:
+        """One pipeline call making `plans` (several: a batch of candidates), scored."""
+        spec, first = self.spec, plans[0]
+        seeds = tuple(p.seed for p in plans) if batched else None
+        run_spec = spec.replace(
+            seed=spec.seed if batched else first.seed,
+            motion_bucket_id=first.motion_bucket_id,
+            noise_aug_strength=first.noise_aug_strength,
+            decode_chunk_size=first.decode_chunk_size or spec.decode_chunk_size,
+        )
+        start = time.perf_counter()
+        try:
+            with self.gpu():
+                frames, timings, params, attempts = stepdown.generate(
+                    self.model,
+                    self.settings,
+                    run_spec,
+                    self.fitted,
+                    self._progress(),
+                    self.on_step_down,
+                    seeds,
+                )
+        except stepdown.BatchTooLarge as exc:
+            self.attempts.extend({**a, "try": first.index} for a in exc.attempts)
+            raise
+        self.done_calls += 1
+        seconds = time.perf_counter() - start
+        self.attempts.extend({**a, "try": first.index} for a in attempts)
+        for phase, value in timings.items():
+            self.timings[phase] = self.timings.get(phase, 0.0) + value
+        t = time.perf_counter()
+        clips = frames if seeds is not None else frames[None]
+        for plan, clip in zip(plans, clips, strict=True):
+            u8 = export.to_uint8(clip)
+            found = scores.score_clip(u8, np.asarray(self.fitted), params.decode_chunk_size)
+            self.frames[plan.index] = u8
+            self.params[plan.index] = dataclasses.replace(params, seed=plan.seed)
+            self.plans[plan.index] = plan
+            record: dict[str, Any] = {"try": plan.index, "reason": plan.reason}
+            if plan.reason == "candidate":
+                record.update(candidate=plan.index, call=self.done_calls - 1)
+            record.update(
+                params={
+                    "seed": plan.seed,
+                    "motion_bucket_id": plan.motion_bucket_id,
+                    "noise_aug_strength": plan.noise_aug_strength,
+                    "decode_chunk_size": params.decode_chunk_size,
+                },
+                scores=found,
+                problems=problems(found, spec, opted(spec) or CHECKS),
+                seconds=round(seconds / len(plans), 4),
+            )
+            self.tries.append(record)
+        self.timings["score"] = self.timings.get("score", 0.0) + time.perf_counter() - t
+
+    def best(self) -> int:
+        checks = opted(self.spec) or CHECKS
+        return min((rank(t["scores"], self.spec, checks, t["try"]), t["try"]) for t in self.tries)[
+            1
+        ]
+
+
+def generate(
+    model: LoadedModel,
+    settings: Settings,
+    spec: JobSpec,
+    fitted: Image.Image,
+    progress: engine.Progress | None = None,
+    on_step_down: Callable[[str, str], None] = lambda before, after: None,
+    gpu: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+) -> Kept:
+    """Make the job's clip, its candidates and repairs (module docstring); return the kept
+    one with every try recorded. A job that asks for neither makes one plain generation."""
+    assert spec.seed is not None
+    checks = opted(spec)
+    seeds = candidate_seeds(spec)
+    frames = spec.num_frames or model.info.frames
+    per_call = profiles.candidates_per_call(
+        model.profile, spec.candidates, spec.width, spec.height, frames
+    )
+    calls = -(-spec.candidates // per_call) + (spec.repair_attempts if checks else 0)
+    job = _Job(model, settings, spec, fitted, progress, on_step_down, gpu, calls)
+    mode = _candidates(job, seeds, per_call) if spec.candidates > 1 else None
+    if mode is None:
+        base = Plan(0, "first", spec.seed, spec.motion_bucket_id, spec.noise_aug_strength, None)
+        job.run([base], batched=False)
+    first_best = job.best()
+    found = problems(job.tries[first_best]["scores"], spec, checks)
+    unrepairable = _repair(job, checks)
+    kept = job.best()
+    for t in job.tries:
+        t["kept"] = t["try"] == kept
+    result = Kept(
+        frames=job.frames[kept],
+        params=job.params[kept],
+        scores=job.tries[kept]["scores"],
+        attempts=job.attempts,
+        timings=job.timings,
+    )
+    if spec.candidates == 1 and not checks:  # a plain job's record is as it always was
+        result.attempts = [{k: v for k, v in a.items() if k != "try"} for a in job.attempts]
+        result.tries = []
+        return result
+    left = problems(result.scores, spec, checks)
+    result.tries = job.tries
+    result.quality = {
+        "checks": {
+            "static": spec.on_static,
+            "flicker": spec.on_flicker,
+            "min_motion": spec.min_motion,
+            "max_flicker": spec.max_flicker,
+        },
+        "kept": kept,
+        "found": found,
+        "left": left,
+        "repaired": describe(found, left, job.tries, first_best, kept, unrepairable),
+        "candidates": (
+            None if mode is None else {**mode, "kept": kept if kept < len(seeds) else None}
+        ),
+    }
+    if spec.keep_candidates and spec.candidates > 1:
+        result.others = {i: job.frames[i] for i in range(len(seeds)) if i != kept}
+    return result
+
+
+def _candidates(job: _Job, seeds: tuple[int, ...], per_call: int) -> dict[str, Any]:
+    """Generate every candidate, `per_call` to a pipeline call; one by one after a batch
+    that did not fit. Returns how they ran (result.json's quality.candidates)."""
+    spec = job.spec
+    plans = [
+        Plan(i, "candidate", s, spec.motion_bucket_id, spec.noise_aug_strength, None)
+        for i, s in enumerate(seeds)
+    ]
+    mode: dict[str, Any] = {"n": len(seeds), "per_call": per_call}
+    todo = list(plans)
+    while todo:
+        group, rest = todo[:per_call], todo[per_call:]
+        try:
+            job.run(group, batched=True)
+        except stepdown.BatchTooLarge:
+            mode["fallback"] = f"a batch of {len(group)} ran out of memory: one by one after it"
+            per_call = 1
+            job.calls += len(todo) - 1
+            continue
+        todo = rest
+    calls = len({t["call"] for t in job.tries})
+    mode["calls"] = calls
+    mode["mode"] = "batch" if calls == 1 else "one by one" if calls == len(seeds) else "batches"
+    return mode
+
+
+def _repair(job: _Job, checks: tuple[str, ...]) -> str:
+    """Up to `repair_attempts` more generations while the best clip fails a check; returns why
+    a failing clip could not be tried again ("" when it was, or did not need to be)."""
+    spec = job.spec
+    for repair in range(1, spec.repair_attempts + 1):
+        best = job.best()
+        found = problems(job.tries[best]["scores"], spec, checks)
+        if not found:
+            return ""
+        used = job.params[best].decode_chunk_size
+        frames = job.params[best].num_frames
+        carry = min(frames, job.model.profile.decode_chunk_size or frames)
+        plan = repair_plan(spec, repair, len(job.tries), found, job.plans[best], used, carry)
+        if plan is None:
+            return f"the decode chunk ({used}) is already the largest this worker's profile carries"
+        if any(plan.knobs() == p.knobs() for p in job.plans.values()):
+            return "no repair left that was not tried"
+        job.run([plan], batched=spec.candidates > 1)
+    return ""
+
+
+def describe(
+    found: list[str],
+    left: list[str],
+    tries: list[dict[str, Any]],
+    before: int,
+    kept: int,
+    why_not: str,
+) -> str:
+    """What the repair did, in one line for `svdq status` ("" when nothing was found)."""
+    if not found:
+        return ""
+    what = " and ".join({"static": "static", "flicker": "flickering"}[p] for p in found)
+    was, now = tries[before]["scores"], tries[kept]["scores"]
+    change = ", ".join(f"{n} {was[n]:.4g} → {now[n]:.4g}" for n in ("motion", "flicker"))
+    repairs = sum(t["reason"] not in ("first", "candidate") for t in tries)
+    if not left:
+        return f"{what} clip repaired: try {kept} kept of {len(tries)} ({change})"
+    if repairs == 0:
+        return f"{what} clip not repaired: {why_not}"
+    return (
+        f"{what} clip not fully repaired after {repairs} more generation(s): try {kept} kept "
+        f"({change}; still {' and '.join(left)})"
+    )
