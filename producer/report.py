@@ -79,14 +79,19 @@ def report_entries(
         yield row, None
 
 
-def row_badges(status: str, result: dict[str, Any] | None) -> list[str]:
+def row_badges(status: Any, result: Any) -> list[str]:
     """A row's badges, in BADGE_ORDER: "failed" for a job that failed or a row that could not
-    become one, "repaired" (shared/records.py: `repaired`), and the score badges
-    (shared/scores.py: `badges`)."""
-    out = ["failed"] if status in FAILED_STATUSES else []
+    become one, "repaired" (shared/records.py: `repaired`), and the score badges under the
+    job's own thresholds (shared/scores.py: `badges`, the rule its repair used). Any shape of
+    a tampered record earns what it can, never an error."""
+    out = ["failed"] if isinstance(status, str) and status in FAILED_STATUSES else []
+    if not isinstance(result, dict):
+        return out
     if repaired(result):
         out.append("repaired")
-    return out + badges((result or {}).get("scores"))
+    spec = result.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    return out + badges(result.get("scores"), spec.get("min_motion"), spec.get("max_flicker"))
 
 
 def write_report(path: str | Path, rows: Iterator[dict[str, Any]]) -> dict[str, int]:

@@ -130,21 +130,25 @@ def _missing_output(store: ObjectStore, outputs: dict[str, dict[str, Any]]) -> s
     return None
 
 
-def repaired(record: dict[str, Any] | None) -> bool:
-    """Whether the job's clip came from an automatic repair (a second try with other settings
-    after a bad first clip). The one place that reads it, and tolerant: a record from before
-    repair existed has no such field and was not repaired. Read: `repaired` (true, or a
-    non-empty record of what was changed), `repair` (the same), or `tries`, the list of tries
-    (more than one: the first was repaired)."""
+def repaired(record: Any) -> bool:
+    """Whether the job's clip went through an automatic repair: its `quality` record
+    (worker/quality.py) found a problem and `tries` holds a generation made to fix it (a try
+    whose reason is neither "first" nor "candidate"). The one place that reads it, and
+    tolerant: a record from before repair existed, or one of the wrong shape, was not
+    repaired (never an error: records come from a bucket others can write)."""
     if not isinstance(record, dict):
         return False
-    for name in ("repaired", "repair"):
-        value = record.get(name)
-        if value is not None and value is not False and value != {} and value != []:
-            return True
-    tries = record.get("tries")
-    return (isinstance(tries, list) and len(tries) > 1) or (
-        isinstance(tries, int) and not isinstance(tries, bool) and tries > 1
+    quality, tries = record.get("quality"), record.get("tries")
+    if not isinstance(quality, dict) or not isinstance(tries, list):
+        return False
+    found = quality.get("found")
+    if not (isinstance(found, list) and found):
+        return False
+    return any(
+        isinstance(t, dict)
+        and isinstance(t.get("reason"), str)
+        and t["reason"] not in ("first", "candidate")
+        for t in tries
     )
 
 

@@ -32,9 +32,12 @@ means of the frames), which makes them cheap and immune to pixel noise and codec
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
+
+from svdq.shared.fields import MAX_FLICKER, MIN_MOTION
 
 SMALL_WIDTH = 128  # the small copy for displacement; flicker and fidelity halve it to 64
 TILE = 32  # phase-correlation tile side, in small-copy pixels
@@ -284,39 +287,47 @@ def _box(x: np.ndarray, win: int) -> np.ndarray:
 
 
 # Badges: the few words a reviewer filters a batch by (`svdq report`'s contact sheet, the
-# console, the bulk report's `badges` column). The one place their thresholds live. Starting
-# points from SVD's known failures, not laws: tune them on your own clips.
-STATIC_DISPLACEMENT = 0.1  # % of the width per frame: about 1 px a frame at 1024 wide
-STATIC_MOTION = 0.005  # and mean frame-to-frame change under 0.5 %: nothing moves
-FLICKER_MAX = 0.004  # flicker above this: brightness jumps a viewer sees
+# console, the bulk report's `badges` column) and the problems a job's automatic repair acts on
+# (worker/quality.py): one rule for both, so a clip the worker repaired for being static is the
+# clip the sheet calls static. The thresholds are the job's own `min_motion` / `max_flicker`
+# (shared/fields.py, defaults MIN_MOTION / MAX_FLICKER); starting points from SVD's known
+# failures, not laws: tune them on your own clips.
+STATIC_MOTION = MIN_MOTION  # mean frame-to-frame change under 0.5 %: nothing moves
+FLICKER_MAX = MAX_FLICKER  # flicker above this: brightness jumps a viewer sees
 CHUNK_JUMP_MAX = 2.0  # a jump at decode-chunk seams twice the change inside chunks
 BADGES = {
-    "static": f"displacement < {STATIC_DISPLACEMENT} % and motion < {STATIC_MOTION}",
-    "flicker": f"flicker > {FLICKER_MAX} or chunk_jump > {CHUNK_JUMP_MAX}",
+    "static": f"motion < min_motion (default {STATIC_MOTION:g})",
+    "flicker": (
+        f"flicker > max_flicker (default {FLICKER_MAX:g}) or chunk_jump > {CHUNK_JUMP_MAX:g}"
+    ),
 }
 
 
-def badges(scores: dict[str, Any] | None) -> list[str]:
-    """The score badges a clip earns ("static", "flicker"), in BADGES order. A clip is static
-    only when both motion scores say so (a flicker raises `motion`, a local movement such as
-    water leaves `displacement` low). A score that is missing earns nothing."""
+def _number(value: Any) -> float | None:
+    """A finite score, or None (missing, the wrong type, NaN or infinite: earns nothing)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
-    def number(name: str) -> float | None:
-        value = (scores or {}).get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        return None
 
+def badges(
+    scores: Any, min_motion: Any = STATIC_MOTION, max_flicker: Any = FLICKER_MAX
+) -> list[str]:
+    """The score badges a clip earns ("static", "flicker"), in BADGES order, under the job's
+    thresholds (a threshold that is not a finite number counts as its default). `scores` comes
+    from a record anyone with write access to the bucket could edit: anything but an object of
+    numbers earns nothing, never an error."""
+    if not isinstance(scores, dict):
+        return []
+    low = _number(min_motion)
+    high = _number(max_flicker)
+    low = STATIC_MOTION if low is None else low
+    high = FLICKER_MAX if high is None else high
     out = []
-    disp, move = number("displacement"), number("motion")
-    if (
-        disp is not None
-        and move is not None
-        and disp < STATIC_DISPLACEMENT
-        and move < STATIC_MOTION
-    ):
+    move = _number(scores.get("motion"))
+    if move is not None and move < low:
         out.append("static")
-    flick, jump = number("flicker"), number("chunk_jump")
-    if (flick is not None and flick > FLICKER_MAX) or (jump is not None and jump > CHUNK_JUMP_MAX):
+    flick, jump = _number(scores.get("flicker")), _number(scores.get("chunk_jump"))
+    if (flick is not None and flick > high) or (jump is not None and jump > CHUNK_JUMP_MAX):
         out.append("flicker")
     return out

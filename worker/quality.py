@@ -71,13 +71,10 @@ def opted(spec: JobSpec) -> tuple[str, ...]:
 
 
 def problems(clip: dict[str, Any], spec: JobSpec, checks: tuple[str, ...]) -> list[str]:
-    """Which of `checks` the clip's scores fail under the job's thresholds."""
-    found = []
-    if "static" in checks and clip["motion"] < spec.min_motion:
-        found.append("static")
-    if "flicker" in checks and clip["flicker"] > spec.max_flicker:
-        found.append("flicker")
-    return found
+    """Which of `checks` the clip's scores fail under the job's thresholds: the rule the
+    badges of `svdq report` use (shared/scores.py `badges`), so what was repaired is what a
+    reviewer would have flagged."""
+    return [p for p in scores.badges(clip, spec.min_motion, spec.max_flicker) if p in checks]
 
 
 def rank(clip: dict[str, Any], spec: JobSpec, checks: tuple[str, ...], index: int) -> tuple:

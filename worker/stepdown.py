@@ -65,8 +65,9 @@ def exit_poisoned(job_id: str | None, exc: BaseException) -> None:
     os._exit(EXIT_POISONED)
 
 
-class BatchTooLarge(Exception):
-    """Raised when a batch of candidates (`seeds`) ran out of memory in the denoise: the
+class BatchTooLarge(ResourceError):
+    """Raised when a batch of candidates (`seeds`) ran out of memory in the denoise (a
+    ResourceError should it ever escape, though worker/quality.py always catches it): the
     caller runs them one by one instead; the rung is not stepped down for it (worker/quality.py).
     `attempts`: the call's tries, the batch's "oom" last."""
 

@@ -82,7 +82,7 @@ def test_stepdown_steps_down_on_a_cuda_error_that_is_out_of_memory(monkeypatch, 
     runs: list[str] = []
     exits: list[int] = []
 
-    def run(model, spec, image, params, progress=None, decode=None):  # type: ignore[no-untyped-def]
+    def run(model, spec, image, params, progress=None, decode=None, seeds=None):  # type: ignore[no-untyped-def]
         runs.append(model.profile.name)
         if len(runs) == 1:
             raise exc

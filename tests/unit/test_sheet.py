@@ -33,28 +33,43 @@ def test_badges_from_scores() -> None:
     assert badges(still) == ["static"]
     # A flicker raises motion: not static, but flicker.
     assert badges({**still, "motion": 0.05, "flicker": 0.02}) == ["flicker"]
-    # Local movement (water): displacement low, motion high: not static.
-    assert badges({**still, "motion": 0.03}) == []
+    assert badges({**still, "motion": 0.03}) == []  # it moves
     assert badges({**still, "chunk_jump": 3.5}) == ["static", "flicker"]
-    assert badges({"motion": 0.001}) == []  # displacement missing: no claim
     assert badges({"motion": True, "displacement": False}) == []
-    assert badges(None) == []
+    assert badges(None) == [] and badges([0.5]) == [] and badges("x") == []
+    # The job's own thresholds decide (the rule its repair used); junk ones count as default.
+    assert badges({"motion": 0.02}, min_motion=0.05) == ["static"]
+    assert badges({"flicker": 0.002}, max_flicker=0.001) == ["flicker"]
+    assert badges({"motion": 0.001}, min_motion="x", max_flicker=float("nan")) == ["static"]
+    # NaN / infinite scores (Python's JSON reads them) earn nothing.
+    assert badges({"motion": float("nan"), "flicker": float("inf")}) == []
 
 
-def test_repaired_is_read_tolerantly() -> None:
-    assert not repaired(None) and not repaired({}) and not repaired({"repaired": False})
-    assert repaired({"repaired": True}) and repaired({"repair": {"from": "static"}})
-    assert repaired({"tries": [{"why": "static"}, {"ok": True}]})
-    assert not repaired({"tries": [{"ok": True}]}) and not repaired({"tries": 1})
-    assert repaired({"tries": 2})
+def test_repaired_reads_the_quality_record() -> None:
+    tries = [{"try": 0, "reason": "first"}, {"try": 1, "reason": "static"}]
+    record = {"quality": {"found": ["static"]}, "tries": tries}
+    assert repaired(record)
+    # Candidates alone are no repair; nothing found is no repair.
+    assert not repaired({"quality": {"found": []}, "tries": tries})
+    candidates = [{"reason": "first"}, {"reason": "candidate"}]
+    assert not repaired({"quality": {"found": ["static"]}, "tries": candidates})
+    for junk in (None, {}, {"repaired": 0}, {"repaired": "false"}, {"quality": [1], "tries": 2}):
+        assert not repaired(junk)
 
 
 def test_row_badges_order() -> None:
-    result = {"repaired": True, "scores": {"flicker": 0.5}}
+    tries = [{"reason": "first"}, {"reason": "flicker"}]
+    result = {"quality": {"found": ["flicker"]}, "tries": tries, "scores": {"flicker": 0.5}}
     assert row_badges("succeeded", result) == ["repaired", "flicker"]
+    # The job's thresholds, from its spec: 0.02 is flicker only for a job that said so.
+    strict = {"scores": {"flicker": 0.02, "motion": 0.5}, "spec": {"max_flicker": 0.015}}
+    assert row_badges("succeeded", strict) == ["flicker"]
+    assert row_badges("succeeded", {**strict, "spec": {}}) == ["flicker"]
+    assert row_badges("succeeded", {**strict, "spec": {"max_flicker": 0.05}}) == []
     assert row_badges("failed", None) == ["failed"]
     assert row_badges("invalid", None) == ["failed"]
     assert row_badges("skipped", None) == row_badges("duplicate", None) == []
+    assert row_badges(["failed"], {"scores": [1]}) == []  # tampered shapes: no error
 
 
 class Collect(HTMLParser):
