@@ -115,7 +115,9 @@ deliveries_key = RedisKey(
 # The reaper (worker/reaper.py): a dead host's job is queued again from its lease, not after
 # the visibility timeout.
 REAPER_LOCK_KEY = f"{KEY_PREFIX}reaper"  # string held (SET NX, TTL) by the one worker scanning
-LAST_SEEN_KEY = f"{KEY_PREFIX}seen"  # hash worker name -> JSON {pid, at}: its last heartbeat
+LAST_SEEN_KEY = f"{KEY_PREFIX}seen"  # hash worker name -> JSON {pid, proc, boot, at}: last beat
+# hash kombu delivery tag -> JSON {worker, boot, at}: which worker start took that message
+HOLDERS_KEY = f"{KEY_PREFIX}holders"
 REQUEUED_FIELD = "requeued"  # field of a job's record (job_key): why the reaper queued it again
 
 generations_key = RedisKey(

@@ -17,8 +17,15 @@ acknowledged). Its job has lost its worker — it is an orphan — when all of t
   `unacked_index` sorted set, on the same host as the attempt's clock): a copy received later
   is some other worker's, and is left alone.
 
-A message a live worker reserved but has not started (a retry waiting out its countdown) has
-no open attempt of its own and is never taken. A slow job is never taken: its lease is renewed.
+A message with no open attempt of its own — a retry waiting out its countdown (Celery keeps an
+ETA task reserved and unacknowledged), a run that ended on a host that died before its ack, or
+another copy beside the lost run's — is judged by its holder entry (shared/holders.py): the
+worker start that took it. It is an orphan when nobody holds the job's lease, the entry is this
+delivery's (written at or after kombu's receipt) and that worker start has no heartbeat (its
+hash is gone, or names another boot id: the worker was restarted). A message without a
+readable entry (taken by a worker older than the entries) is never taken on this ground: it
+waits for the visibility timeout, as before. A live worker's reserved message is never taken.
+A slow job is never taken: its lease is renewed.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from svdq.shared.constants import (
+    HOLDERS_KEY,
     LAST_SEEN_KEY,
     TASK_GENERATE,
     deliveries_key,
     lease_key,
     worker_key,
 )
+from svdq.shared.holders import Holder, boot_alive, holders
 
 UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (Channel.unacked_key, ...)
 UNACKED_INDEX_KEY = "unacked_index"
@@ -56,21 +65,30 @@ class Held:
 
 @dataclass(frozen=True)
 class Orphan:
-    """A message whose job's worker is gone, with the attempt that worker left open."""
+    """A message whose job's worker is gone: with the attempt that worker left open, or (no
+    open attempt of its own) with the holder entry that names the dead worker start."""
 
     held: Held
-    attempt_index: int  # in the job's attempt list
+    attempt_index: int | None  # in the job's attempt list; None: judged by its holder entry
     attempt_raw: bytes  # the open attempt as stored (the reaper replaces exactly this)
     attempt: dict[str, Any]
     last_seen: float | None  # the holder's last heartbeat, if its worker name is known
+    holder: Holder | None = None  # the entry it was judged by (attempt_index None)
 
     @property
     def worker(self) -> str:
+        if self.holder is not None:
+            return self.holder.worker
         return str(self.attempt.get("worker") or "?")
 
     def silent_for(self, now: float) -> float:
-        """Seconds since the holder was last heard of (its last beat, else its attempt's start)."""
-        since = self.last_seen or float(self.attempt.get("started_at") or now)
+        """Seconds since the holder was last heard of (its last beat, else its attempt's
+        start, else when it took the message)."""
+        since = self.last_seen
+        if since is None and self.holder is not None:
+            since = self.holder.at
+        if since is None:
+            since = float(self.attempt.get("started_at") or now)
         return max(0.0, now - since)
 
 
@@ -163,36 +181,64 @@ def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
         return None
 
 
+def last_seen_boot(redis: Any, holder: Holder) -> float | None:
+    """When the worker start of `holder` last beat, if Redis still knows (not a successor's
+    beat under the same name)."""
+    raw = redis.hget(LAST_SEEN_KEY, holder.worker)
+    try:
+        seen = json.loads(raw) if raw else None
+        if not isinstance(seen, dict) or seen.get("boot") != holder.boot:
+            return None
+        return float(seen["at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def held_by_dead(redis: Any, held: Held, holder: Holder | None) -> Orphan | None:
+    """`held` as an orphan by its holder entry: the entry is this delivery's and its worker
+    start no longer beats. None when there is no such entry or its holder lives."""
+    if holder is None or holder.at < held.received_at - CLOCK_SLACK:
+        return None  # no entry, or an earlier delivery's (the new holder's is on its way)
+    if boot_alive(redis, worker_key(holder.worker), holder.boot):
+        return None
+    return Orphan(held, None, b"", {}, last_seen_boot(redis, holder), holder)
+
+
 def orphans(
     redis: Any,
     unacked_key: str = UNACKED_KEY,
     index_key: str = UNACKED_INDEX_KEY,
     job_id: str | None = None,
 ) -> list[Orphan]:
-    """Messages whose job lost its worker (the rules above), at most one per job; only
-    `job_id`'s when given."""
+    """Messages whose job lost its worker (the rules above); only `job_id`'s when given."""
     by_job: dict[str, list[Held]] = {}
     for held in held_jobs(redis, unacked_key, index_key):
         if job_id is None or held.job_id == job_id:
             by_job.setdefault(held.job_id, []).append(held)
+    entries = holders(redis) if by_job and redis.exists(HOLDERS_KEY) else {}
     found = []
     for job, copies in by_job.items():
         if redis.exists(lease_key(job)):
             continue  # a live delivery renews it (or it has not expired yet)
+        run: Held | None = None
         attempt = open_attempt(redis, job)
-        if attempt is None:
-            continue
-        index, raw, entry = attempt
-        worker = str(entry.get("worker") or "")
-        if holder_alive(redis, worker, entry):
-            continue
-        started = float(entry.get("started_at") or 0)
-        mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
-        if not mine:
-            continue  # only copies taken after that run began: some other worker's
-        # The run's own message is the last one received before it began.
-        held = max(mine, key=lambda h: h.received_at)
-        found.append(Orphan(held, index, raw, entry, last_seen(redis, worker, entry)))
+        if attempt is not None:
+            index, raw, entry = attempt
+            worker = str(entry.get("worker") or "")
+            if holder_alive(redis, worker, entry):
+                continue  # its run is alive: whatever else is held waits for it to end
+            started = float(entry.get("started_at") or 0)
+            mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
+            if mine:
+                # The run's own message is the last one received before it began. (Copies
+                # taken after that run began are some other worker's: judged by their holder.)
+                run = max(mine, key=lambda h: h.received_at)
+                found.append(Orphan(run, index, raw, entry, last_seen(redis, worker, entry)))
+        for held in copies:
+            if held is not run:
+                orphan = held_by_dead(redis, held, entries.get(held.tag))
+                if orphan is not None:
+                    found.append(orphan)
     return found
 
 

@@ -41,16 +41,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from svdq.shared.redisurl import cert_reqs
 from svdq.shared.settings import Settings
 
-_CERT_REQS = {
-    "required": ssl.CERT_REQUIRED,
-    "cert_required": ssl.CERT_REQUIRED,
-    "optional": ssl.CERT_OPTIONAL,
-    "cert_optional": ssl.CERT_OPTIONAL,
-    "none": ssl.CERT_NONE,
-    "cert_none": ssl.CERT_NONE,
-}
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _TLS_KEYS = ("ssl_cert_reqs", *_SSL_FILES)
 
@@ -70,8 +64,7 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
         parts.scheme == "sentinel" and any(k in query for k in _TLS_KEYS)
     ):
         return None
-    reqs = query.get("ssl_cert_reqs", "required").lower()
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(reqs, ssl.CERT_REQUIRED)}
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[cert_reqs(url)]}
     options.update({k: query[k] for k in _SSL_FILES if k in query})
     return options
 

@@ -3,12 +3,36 @@ sentinel:// URLs (the master's login and DB on the first), and `redact_url` for 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from svdq.shared.errors import ConfigError
 
+# The `ssl_cert_reqs` values a URL may name (shared/redisconn.py maps them to ssl's constants):
+# the three every client of the URL reads. redis-py's from_url lets the query win over any
+# argument and knows only these (redis/connection.py, SSLConnection.__init__: `CERT_REQS =
+# {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}`,
+# anything else "Invalid SSL Certificate Requirements Flag"), and Celery's result backend
+# accepts them besides CERT_REQUIRED/CERT_OPTIONAL/CERT_NONE (celery/backends/redis.py,
+# `ssl_string_to_constant`).
+CERT_REQS = ("required", "optional", "none")
+
+
+def cert_reqs(value: str) -> str:
+    """The `ssl_cert_reqs` of a URL (or of the first of a ';' list); "required" when absent.
+    A value svdq does not know is refused at start, not read as "required" (or left for one
+    client to reject at its first connection while another accepts it)."""
+    query = dict(parse_qsl(urlsplit(value.split(";", 1)[0].strip()).query, keep_blank_values=True))
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in CERT_REQS:
+        raise ConfigError(
+            f"SVDQ_REDIS_URL has ssl_cert_reqs={reqs!r}, which is not allowed: one of "
+            f"{', '.join(CERT_REQS)} (e.g. rediss://host:6380/0?ssl_cert_reqs=required)"
+        )
+    return reqs
+
 
 def checked_redis_url(value: str) -> str:
+    cert_reqs(value)
     if value.startswith("sentinel://"):
         return _sentinel_urls(value)
     if not value.startswith(("redis://", "rediss://", "unix://")):

@@ -42,6 +42,24 @@ from svdq.shared.settings import Settings
 
 POLICY_OPTION = "svdq_replicas"  # the broker transport option carrying the policy
 WAIT_TRIES = 3
+# Seconds a WAIT's reply may take beyond its own timeout (a busy master, the network).
+WAIT_READ_MARGIN = 5.0
+
+
+def read_wait_reply(conn: Any, wait_ms: int) -> int:
+    """The reply to a WAIT of `wait_ms` milliseconds sent on redis-py connection `conn`.
+
+    A WAIT holds its reply for up to its timeout by design, and the client's socket timeout
+    must not cut it: that would turn "too few replicas" into a broken connection, and a
+    submit whose messages may be queued into an error that took none back. So this one read
+    waits the WAIT's timeout plus WAIT_READ_MARGIN (never less than the connection's own
+    socket timeout; with none, as kombu's channels have by default, it is bounded all the
+    same, so a master that dies mid-WAIT is noticed). redis-py lets one read have its own
+    timeout and puts the socket's back after it (redis/_parsers/socket.py,
+    SocketBuffer._read_from_socket: "if custom_timeout: sock.settimeout(timeout)" ...
+    "finally: if custom_timeout: sock.settimeout(self.socket_timeout)")."""
+    own = getattr(conn, "socket_timeout", None) or 0.0
+    return int(conn.read_response(timeout=max(float(own), wait_ms / 1000 + WAIT_READ_MARGIN)))
 
 
 class ReplicationShortfall(TransientError):
@@ -124,15 +142,16 @@ class ReplicatedBatch:
         conn = pool.get_connection()
         try:
             conn.send_packed_command(conn.pack_commands([*commands, wait]))
-            replies = [conn.read_response() for _ in range(len(commands) + 1)]
-            acked = [int(replies[-1])]  # try 1: the WAIT sent behind the batch
+            for _ in commands:
+                conn.read_response()
+            acked = [read_wait_reply(conn, wait[2])]  # try 1: the WAIT sent behind the batch
             calls = [0]
 
             def attempt() -> None:
                 calls[0] += 1
                 if calls[0] > 1:  # the same connection: its last write is still this batch's
                     conn.send_command(*wait)
-                    acked[0] = int(conn.read_response())
+                    acked[0] = read_wait_reply(conn, wait[2])
                 if acked[0] < policy.min_replicas:
                     raise ReplicationShortfall(f"{acked[0]} of {policy.min_replicas} replicas")
 
@@ -194,20 +213,37 @@ def _consumed_note(consumed: tuple[str, ...]) -> str:
 
 
 def execute_confirmed(pipe: Any, settings: Settings, what: str) -> list[Any]:
-    """Execute the redis-py pipeline `pipe` with a WAIT for SVDQ_REDIS_MIN_REPLICAS as its
-    last command (a pipeline runs on one connection, so the WAIT counts its writes) and
-    return the other replies; raise ReplicationShortfall when too few replicas acknowledged.
+    """Run the commands queued on the redis-py pipeline `pipe` (transaction=False), then a
+    WAIT for SVDQ_REDIS_MIN_REPLICAS, on one connection (so the WAIT counts their writes);
+    return their raw replies; raise ReplicationShortfall when too few replicas acknowledged.
 
     For the records that follow a publish (job and batch records): one WAIT of
-    SVDQ_REDIS_WAIT_TIMEOUT × WAIT_TRIES, since the connection goes back to the pool with the
-    pipeline's end and a second WAIT could not be sent on it."""
+    SVDQ_REDIS_WAIT_TIMEOUT × WAIT_TRIES, since a second WAIT could only follow on the same
+    connection. The commands are sent here rather than by `pipe.execute()` so that the WAIT's
+    reply is read with `read_wait_reply`'s timeout: a pipeline reads every reply with the
+    client's socket timeout (Celery's result backend client: redis_socket_timeout, 120 s),
+    which a long SVDQ_REDIS_WAIT_TIMEOUT would otherwise exceed."""
     policy = ReplicaPolicy.of(settings)
     if policy is None:
         return list(pipe.execute())
-    pipe.execute_command("WAIT", policy.min_replicas, policy.timeout_s * 1000 * WAIT_TRIES)
-    *replies, acked = pipe.execute()
-    if int(acked) < policy.min_replicas:
-        raise ReplicationShortfall(policy.shortfall(int(acked), what))
+    commands = [args for args, _options in pipe.command_stack]
+    pipe.reset()
+    wait_ms = policy.timeout_s * 1000 * WAIT_TRIES
+    pool = pipe.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(
+            conn.pack_commands([*commands, ("WAIT", policy.min_replicas, wait_ms)])
+        )
+        replies = [conn.read_response() for _ in commands]
+        acked = read_wait_reply(conn, wait_ms)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this socket on
+        raise
+    finally:
+        pool.release(conn)
+    if acked < policy.min_replicas:
+        raise ReplicationShortfall(policy.shortfall(acked, what))
     return replies
 
 

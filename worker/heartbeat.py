@@ -1,10 +1,10 @@
 """A worker's presence in Redis, for `svdq stats`, `svdq exporter` and the reaper: a heartbeat
-hash (variant, profile, GPU, queues, current job) that expires SVDQ_HEARTBEAT_TTL seconds after
-its last beat, refreshed every third of that by a thread in the pool child; the time of that
-beat under the worker's name in LAST_SEEN_KEY (kept after the hash expires, so the reaper can
-say how long a dead host was silent); and one entry per finished job on the FINISHED_STREAM
-stream, written by whichever process sees the end (the parent sees a killed child or a hard
-time limit)."""
+hash (variant, profile, GPU, queues, current job, the worker start's boot id) that expires
+SVDQ_HEARTBEAT_TTL seconds after its last beat, refreshed every third of that by a thread in
+the pool child; the time of that beat under the worker's name in LAST_SEEN_KEY (kept after
+the hash expires, so the reaper can say how long a dead host was silent); and one entry per
+finished job on the FINISHED_STREAM stream, written by whichever process sees the end (the
+parent sees a killed child or a hard time limit)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class Presence:
             "hostname": self.identity.hostname,
             "pid": os.getpid(),
             "proc": process_id(),
+            "boot": self.identity.boot,
             "gpu": self.identity.gpu_index,
             "queues": ",".join(self.identity.queues),
             "metrics_port": self.metrics_port or "",
@@ -61,7 +62,14 @@ class Presence:
             **(fields or {}),
         }
         key = worker_key(self.identity.hostname)
-        seen = json.dumps({"pid": entry["pid"], "proc": entry["proc"], "at": entry["beat_at"]})
+        seen = json.dumps(
+            {
+                "pid": entry["pid"],
+                "proc": entry["proc"],
+                "boot": entry["boot"],
+                "at": entry["beat_at"],
+            }
+        )
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping={k: str(v) for k, v in entry.items()})
         pipe.expire(key, self.ttl)

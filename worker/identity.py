@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from svdq.shared.settings import Settings
 
@@ -40,6 +40,21 @@ def process_id() -> str:
     return _process[1]
 
 
+_boot: str | None = None  # this worker start's id, made on first use
+
+
+def boot_id() -> str:
+    """A random id for this worker start, the same in every process of it: the main process
+    makes it at worker_init, before the pool forks, and every pool child inherits it (unlike
+    `process_id`, it is not renewed in a forked child). The heartbeat carries it, whichever
+    process beats, and the holder entry of every message the worker takes names it
+    (shared/holders.py): a worker restarted under the same name has another."""
+    global _boot
+    if _boot is None:
+        _boot = uuid.uuid4().hex[:16]
+    return _boot
+
+
 @dataclass(frozen=True)
 class Identity:
     """One worker as `svdq stats`, Prometheus and the logs name it."""
@@ -48,6 +63,7 @@ class Identity:
     queues: tuple[str, ...]
     gpu_index: int
     variant: str  # the variant the launcher planned for this worker (loaded first)
+    boot: str = field(default_factory=boot_id)  # this worker start (see boot_id)
 
     @classmethod
     def of(

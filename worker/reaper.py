@@ -3,8 +3,9 @@ timeout (SVDQ_VISIBILITY_TIMEOUT, two hours by default, which must stay above th
 
 Every worker runs it: a thread in the pool child scans every SVDQ_REAP_INTERVAL seconds, under a
 Redis lock (REAPER_LOCK_KEY, SET NX with a TTL) so one scan runs at a time across the fleet; no
-extra service to deploy. shared/orphans.py decides what is an orphan (lease expired, open
-attempt, its holder's heartbeat gone); this module puts it back, once.
+extra service to deploy. shared/orphans.py decides what is an orphan (lease expired, and an
+open attempt whose process no longer beats, or a holder entry naming a worker start that no
+longer beats: shared/holders.py); this module puts it back, once.
 
 Why the pool child, not the Celery parent or the supervisor: the parent forks the pool child
 at start and again after every child death, and a thread doing Redis I/O in a process that
@@ -42,7 +43,12 @@ result.json keep the effects once.
 
 The same script closes the lost attempt with its reason (`worker lost (host gone): requeued by
 <reaper> after 75 s`), so the next delivery does not call it merely "lost", and clears the job's
-stale `running (denoise 2/40)` state: `svdq status` says queued again, and why.
+stale `running (denoise 2/40)` state: `svdq status` says queued again, and why. A message
+judged by its holder entry has no open attempt to close (a retry waiting out its countdown, or
+a run that ended before its host died and its ack never came); the job's record says why it
+was queued again, and the entry goes with the message. A run that ended with its result.json
+written is not run again: the copy finds the result, and the callback-once mark
+(lifecycle._callback_once) keeps the callback single.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from kombu.utils.json import dumps, loads
 
 from svdq.shared import records
 from svdq.shared.constants import (
+    HOLDERS_KEY,
     LAST_SEEN_KEY,
     REAPER_LOCK_KEY,
     REQUEUED_FIELD,
@@ -71,6 +78,7 @@ from svdq.shared.constants import (
     lease_key,
     worker_key,
 )
+from svdq.shared.holders import forget_released
 from svdq.shared.orphans import Orphan, orphans
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import ObjectStore
@@ -82,11 +90,14 @@ HOST_GONE = "worker lost (host gone)"
 ALREADY_WRITTEN = " (its result.json was already written: the copy returns it, no GPU run)"
 
 # KEYS: unacked, unacked_index, deliveries, celery meta, job record, lease, holder's heartbeat,
-# queue list(s)...
+# holders, queue list(s)...
 # ARGV: tag, message, attempt index ('' when none), attempt as the scan saw it, attempt
-# closed, note, note's field, holder's pid, holder's process id ('' when none)
+# closed, note, note's field, holder's pid, holder's process id ('' when none), holder entry
+# as the scan saw it ('' when judged by the attempt), holder entry's boot id
 # The scan's decision is checked again here, atomically: nobody took the lease since, the
-# attempt is as the scan saw it, and the heartbeat still does not name its process.
+# attempt is as the scan saw it and the heartbeat still does not name its process — or, for a
+# message judged by its holder entry, the entry is unchanged and the heartbeat does not name
+# its worker start.
 _REQUEUE = """
 if redis.call('exists', KEYS[6]) == 1 then
   return 0
@@ -94,15 +105,25 @@ end
 if ARGV[3] ~= '' and redis.call('lindex', KEYS[3], ARGV[3]) ~= ARGV[4] then
   return 0
 end
-local beat = redis.call('hmget', KEYS[7], 'pid', 'proc')
-if beat[1] and beat[1] == ARGV[8] and (beat[2] or '') == ARGV[9] then
-  return 0
+if ARGV[10] ~= '' then
+  if redis.call('hget', KEYS[8], ARGV[1]) ~= ARGV[10] then
+    return 0
+  end
+  if redis.call('hget', KEYS[7], 'boot') == ARGV[11] then
+    return 0
+  end
+else
+  local beat = redis.call('hmget', KEYS[7], 'pid', 'proc')
+  if beat[1] and beat[1] == ARGV[8] and (beat[2] or '') == ARGV[9] then
+    return 0
+  end
 end
 if redis.call('hdel', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('zrem', KEYS[2], ARGV[1])
-for i = 8, #KEYS do
+redis.call('hdel', KEYS[8], ARGV[1])
+for i = 9, #KEYS do
   redis.call('rpush', KEYS[i], ARGV[2])
 end
 if ARGV[3] ~= '' then
@@ -120,10 +141,10 @@ if redis.call('exists', KEYS[5]) == 1 then
 end
 return 1
 """
-# KEYS: deliveries, job record. ARGV: attempt index, attempt as stored, reworded, note as
-# stored, reworded, note's field
+# KEYS: deliveries, job record. ARGV: attempt index ('' when none), attempt as stored,
+# reworded, note as stored, reworded, note's field
 _AMEND = """
-if redis.call('lindex', KEYS[1], ARGV[1]) == ARGV[2] then
+if ARGV[1] ~= '' and redis.call('lindex', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('lset', KEYS[1], ARGV[1], ARGV[3])
 end
 if redis.call('hget', KEYS[2], ARGV[6]) == ARGV[4] then
@@ -225,7 +246,9 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
     # As kombu's Channel._do_restore_message marks a restored message.
     message.get("headers", {})["redelivered"] = True
     message.get("properties", {}).get("delivery_info", {})["redelivered"] = True
-    closed = json.dumps({**orphan.attempt, "reason": reason, "ended_at": round(time.time(), 3)})
+    closed = ""
+    if orphan.attempt_index is not None:
+        closed = json.dumps({**orphan.attempt, "reason": reason, "ended_at": round(time.time(), 3)})
     job_id = orphan.held.job_id
     keys = [
         channel.unacked_key,
@@ -235,8 +258,10 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
         job_key(job_id),
         lease_key(job_id),
         worker_key(orphan.worker),
+        HOLDERS_KEY,
         *broker.queues_of(orphan.held.raw),
     ]
+    holder = orphan.holder
     note = json.dumps({"reason": reason, "at": time.time(), "worker": orphan.worker})
     won = broker.client().eval(
         _REQUEUE,
@@ -244,13 +269,15 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
         *keys,
         orphan.held.tag,
         dumps(message),
-        orphan.attempt_index,
+        "" if orphan.attempt_index is None else orphan.attempt_index,
         orphan.attempt_raw,
         closed,
         note,
         REQUEUED_FIELD,
         str(orphan.attempt.get("pid")),
         str(orphan.attempt.get("proc") or ""),
+        b"" if holder is None else holder.raw,
+        "" if holder is None else holder.boot,
     )
     return (closed, note) if won else None
 
@@ -258,10 +285,15 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
 def _amend(client: Any, orphan: Orphan, stored: tuple[str, str], reason: str) -> None:
     """Reword a requeued attempt's reason and the job's note, if nobody changed them since."""
     closed, note = stored
-    attempt, new_note = json.loads(closed), json.loads(note)
-    attempt["reason"] = new_note["reason"] = reason
+    new_note = json.loads(note)
+    new_note["reason"] = reason
+    index, reworded = "", ""
+    if orphan.attempt_index is not None:  # judged by its holder entry: no attempt to reword
+        attempt = json.loads(closed)
+        attempt["reason"] = reason
+        index, reworded = str(orphan.attempt_index), json.dumps(attempt)
     keys = [deliveries_key(orphan.held.job_id), job_key(orphan.held.job_id)]
-    args = [orphan.attempt_index, closed, json.dumps(attempt), note, json.dumps(new_note)]
+    args = [index, closed, reworded, note, json.dumps(new_note)]
     client.eval(_AMEND, 2, *keys, *args, REQUEUED_FIELD)
 
 
@@ -289,6 +321,7 @@ def scan(broker: Broker, store: ObjectStore, reaper: str) -> list[Reaped]:
             except Exception as exc:  # one bad entry must not keep the others from their requeue
                 log.warning("job %s: could not requeue: %s", orphan.held.job_id, exc)
         forget_silent(client, _keep_seconds(broker.app), time.time())
+        forget_released(client, channel.unacked_key)
     finally:
         client.eval(_UNLOCK, 1, REAPER_LOCK_KEY, token)
     reaped = []

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 from celery import Task
 from celery.signals import (
     task_failure,
+    task_received,
     task_revoked,
     worker_init,
     worker_process_init,
@@ -23,6 +25,7 @@ from celery.signals import (
 )
 from celery.worker import state as worker_state
 
+from svdq.shared import holders
 from svdq.shared.constants import TASK_GENERATE, worker_key
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
@@ -61,6 +64,45 @@ def _learn_identity(sender: Any = None, **_: Any) -> None:
         app.backend.client.delete(worker_key(_here.identity.hostname))
     except Exception as exc:  # Redis away: the first beats will say where this worker is
         log.warning("could not clear this worker's old heartbeat: %s", exc)
+
+
+@task_received.connect
+def _record_holder(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """Main process, as the consumer takes a message: name this worker start as its holder
+    (shared/holders.py), so a reaper can tell it from a dead host's even while no run of it is
+    open (an ETA retry waits here, reserved, for its countdown).
+
+    Why here and with this tag: Celery sends the signal from the consumer's message handler
+    (celery/worker/strategy.py, task_message_handler) once the request is built, before an ETA
+    request goes to the timer or any request to the pool:
+
+        req = Req(message, on_ack=ack, ...)
+        ...
+        signals.task_received.send(sender=consumer, request=req)
+
+    and `request.message` is that kombu message; kombu put it in its unacked hash under the
+    same tag before handing it over (kombu/transport/virtual/base.py, basic_consume):
+
+        message = self.Message(raw_message, channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return callback(message)
+
+    Whatever pool runs the job (a prefork child, or this process with the threads pool), the
+    boot id is this worker start's, and the process that beats carries it."""
+    if request is None or getattr(request, "name", None) != TASK_GENERATE:
+        return
+    identity = _here.identity
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if identity is None or not tag:
+        return
+    try:
+        keep = settings.visibility_timeout
+        holders.record(
+            app.backend.client, str(tag), identity.hostname, identity.boot, time.time(), keep
+        )
+    except Exception as exc:  # Redis away: the message is judged as one without an entry
+        log.warning("could not record this worker as the holder of %s: %s", request.id, exc)
 
 
 @worker_process_init.connect

@@ -13,8 +13,10 @@ import redis as redis_lib
 
 from svdq.producer.client import Client
 from svdq.producer.stats import snapshot
+from svdq.shared import holders
 from svdq.shared.celery_app import make_celery, send_job
 from svdq.shared.constants import (
+    HOLDERS_KEY,
     REQUEUED_FIELD,
     deliveries_key,
     generations_key,
@@ -51,6 +53,17 @@ def take_and_die(app: Any, count: int) -> None:
         assert channel.basic_get(QUEUE, no_ack=False) is not None
     channel.qos.restore_at_shutdown = False  # a SIGKILLed host restores nothing
     conn.release()
+
+
+def hold(rdb: redis_lib.Redis, worker: str, boot: str, at: float | None = None) -> list[str]:
+    """Name `worker`'s start `boot` as the holder of every message in kombu's unacked hash that
+    has no holder entry yet, as the worker's task_received handler does (worker/tasks.py);
+    return their tags."""
+    tags = [t.decode() for t in rdb.hkeys("unacked") if not rdb.hexists(HOLDERS_KEY, t)]
+    for tag in tags:
+        taken = rdb.zscore("unacked_index", tag) if at is None else at
+        holders.record(rdb, tag, worker, boot, float(taken or time.time()), 7200)
+    return tags
 
 
 def open_attempt(

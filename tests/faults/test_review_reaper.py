@@ -44,7 +44,14 @@ from svdq.shared.storage import S3Store
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
 from svdq.worker.reaper import HOST_GONE, Broker, requeue, scan
-from tests.faults.test_reaper import QUEUE, open_attempt, queued_copies, spec, take_and_die
+from tests.faults.test_reaper import (
+    QUEUE,
+    hold,
+    open_attempt,
+    queued_copies,
+    spec,
+    take_and_die,
+)
 from tests.faults.test_workers import FAULT
 from tests.integration.helpers import FAST, make_image
 
@@ -138,12 +145,6 @@ def test_worker_paused_past_its_ttls_does_not_finish_the_reaped_job_too(
 # --- finding 2: a dead host's retry, waiting out its countdown, waits for the visibility timeout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 2: a dead host's message with no open attempt (a retry waiting out "
-    "its countdown: transient fault or busy lease) is never reaped; it sits in unacked until "
-    "SVDQ_VISIBILITY_TIMEOUT (2 h) and stats counts it as running",
-)
 def test_dead_hosts_retry_waiting_on_its_countdown_is_requeued(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -163,6 +164,7 @@ def test_dead_hosts_retry_waiting_on_its_countdown_is_requeued(
     take_and_die(app, 1)
     [tag] = rdb.hkeys("unacked")
     rdb.zadd("unacked_index", {tag: now - 120})  # taken two minutes ago; the host died then
+    hold(rdb, DEAD, "dead-boot")  # the holder entry its worker wrote as it took the message
     # No worker anywhere beats: nobody can be holding that message for later.
     assert not list(rdb.scan_iter(match=worker_key("*")))
     snap = snapshot(rdb)
@@ -197,12 +199,6 @@ def test_restarted_worker_with_the_same_pid_does_not_keep_its_predecessors_job(
 # --- finding 4: a host dead between its attempt's end and the ack --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding 4: a host that died after closing its attempt and before the ack "
-    "(result.json written, callback maybe not queued) is never reaped: status says running "
-    "for 2 h, then kombu's restore sends the callback a second time",
-)
 def test_host_dead_after_its_attempt_ended_is_not_shown_running(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -211,6 +207,7 @@ def test_host_dead_after_its_attempt_ended_is_not_shown_running(
     job, now = "ended", time.time()
     send_job(app, spec(job), settings)
     take_and_die(app, 1)
+    hold(rdb, DEAD, "dead-boot")  # the holder entry its worker wrote as it took the message
     entry = {"worker": DEAD, "pid": 999_999, "started_at": now + 0.01, "n": 1}
     entry.update(reason="succeeded", ended_at=now + 5)
     rdb.rpush(deliveries_key(job), json.dumps(entry))

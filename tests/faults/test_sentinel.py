@@ -21,7 +21,10 @@ import pytest
 
 from bench.redis_failover import FAILOVER_ENV, JOB, measure_failover
 from svdq.producer.client import Client
+from svdq.producer.services import free_port
+from svdq.producer.topology import check_sentinels
 from svdq.shared.constants import job_key
+from svdq.shared.redisconn import sentinel_manager
 from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from tests.conftest import run_svdq
@@ -83,6 +86,38 @@ def test_doctor_and_stats_through_the_sentinels(ha, ha_env):
     stats = run_svdq(["stats", "--json"], ha_env, 60)
     assert stats.returncode == 0, stats.stderr
     assert "queues" in json.loads(stats.stdout.splitlines()[-1])
+
+
+def test_doctor_asks_each_sentinel_for_the_replicas(ha, ha_env):
+    """The first sentinel of the list is gone (its port answers nothing): the others name the
+    master, and the replicas come from the next sentinel that answers, not from nobody."""
+    gone = free_port()
+    urls = [f"sentinel://:{REDIS_PASSWORD}@127.0.0.1:{gone}/0"]
+    urls += [f"sentinel://127.0.0.1:{s.port}/0" for s in ha.sentinels]
+    settings = Settings.from_env({**ha_env, "SVDQ_REDIS_URL": ";".join(urls)})
+    found = {f.check: f for f in check_sentinels(sentinel_manager(settings), settings)}
+    master = found["sentinel master"]
+    assert master.level == "warn" and "3 of 4 sentinel(s) answer" in master.detail, master
+    assert f"127.0.0.1:{gone}: ConnectionError" in master.detail, master
+    replicas = found["sentinel replicas"]
+    assert replicas.level == "ok", replicas
+    assert f"127.0.0.1:{ha.replica().port} up link ok" in replicas.detail, replicas
+
+
+@pytest.mark.parametrize(
+    ("password", "hint"),
+    [
+        ("", "set SVDQ_REDIS_SENTINEL_PASSWORD to their own"),
+        ("not-theirs", "the sentinels refused SVDQ_REDIS_SENTINEL_PASSWORD"),
+    ],
+)
+def test_doctor_says_which_password_the_sentinels_want(ha, ha_env, password, hint):
+    settings = Settings.from_env({**ha_env, "SVDQ_REDIS_SENTINEL_PASSWORD": password})
+    [finding] = check_sentinels(sentinel_manager(settings), settings)
+    assert finding.level == "unsafe" and finding.check == "sentinels", finding
+    assert "AuthenticationError" in finding.detail and hint in finding.detail, finding
+    assert "the master's" in finding.detail, finding
+    assert REDIS_PASSWORD not in finding.detail and SENTINEL_PASSWORD not in finding.detail
 
 
 def test_master_killed_during_a_bulk_run(ha, svdq_env, image, store, tmp_path):

@@ -402,3 +402,24 @@ def test_api_cors_origins_are_checked() -> None:
 def test_a_bad_sentinel_timeout_is_refused(value):
     with pytest.raises(ConfigError, match=f"SVDQ_REDIS_SENTINEL_TIMEOUT='{value}'"):
         Settings.from_env({"SVDQ_REDIS_SENTINEL_TIMEOUT": value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://h:6380/0?ssl_cert_reqs=nnone",
+        "rediss://h:6380/0?ssl_cert_reqs=CERT_REQUIRED",
+        "rediss://h:6380/0?ssl_cert_reqs=",
+        "sentinel://h1:26379/0?ssl_cert_reqs=maybe&ssl_ca_certs=/ca.pem;sentinel://h2:26379",
+    ],
+)
+def test_unknown_ssl_cert_reqs_is_refused_naming_the_value_and_the_allowed(url: str) -> None:
+    value = url.split("ssl_cert_reqs=", 1)[1].split("&", 1)[0].split(";", 1)[0]
+    msg = bad({"SVDQ_REDIS_URL": url}, "ssl_cert_reqs", repr(value), "required, optional, none")
+    assert "not allowed" in msg
+
+
+@pytest.mark.parametrize("reqs", ["required", "optional", "none"])
+def test_known_ssl_cert_reqs_are_accepted(reqs: str) -> None:
+    url = f"rediss://h:6380/0?ssl_cert_reqs={reqs}"
+    assert Settings.from_env({"SVDQ_REDIS_URL": url}).redis_url == url
