@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-import secrets
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path)
 )
 def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 1)
-    other, other_ids = _batch(client, tmp_path / "other", 1)
+    _other, other_ids = _batch(client, tmp_path / "other", 1)
     # The other job's input is a distinctive picture: 3:1, so its thumbnail is 96×32.
     other_spec = client.jobqueue.job_spec(other_ids[0])
     secret_key = client.store.key_from_uri(other_spec.image)
