@@ -241,8 +241,13 @@ def _worker_settings(env: Mapping[str, str]) -> WorkerSettings:
         decode_chunk_size=read("SVDQ_DECODE_CHUNK_SIZE", _chunk),
         compile=read("SVDQ_COMPILE", _bool),
         warm_shapes=shapes.parse("SVDQ_WARM_SHAPES", get("SVDQ_WARM_SHAPES") or ""),
-        compile_cache=read("SVDQ_COMPILE_CACHE", lambda _, value: Path(value).expanduser().resolve()),
+        compile_cache=read("SVDQ_COMPILE_CACHE", _directory),
     )
+
+
+def _directory(name: str, value: str) -> Path:
+    """A directory's path, absolute (the worker's children may run elsewhere)."""
+    return Path(value).expanduser().resolve()
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
