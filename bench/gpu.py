@@ -6,7 +6,9 @@ weights), each loaded fresh, one warm-up clip, then `--clips` timed clips. Per r
 peak *reserved* memory (torch's caching allocator: tensors + cache + fragmentation) and the
 peak memory NVML sees used on the card (that also counts the CUDA context and anything else on
 it), and judges that figure against the README's profile table. A rung that compiles is also
-timed eagerly, for the compile speed-up after warm-up. Everything a rung held is freed before
+timed eagerly, for the compile speed-up after warm-up, and started twice more in new processes
+on one empty SVDQ_COMPILE_CACHE (cold, then warm: what the cache saves a restart; JSON
+"compile_cache", `--no-cold-start` skips it). Everything a rung held is freed before
 the next rung's peak counters are reset, an out-of-memory rung included.
 
 On a host without CUDA it says "no CUDA here" and exits 0; `--cpu` times the tiny pipeline on
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import coldstart  # noqa: E402
 from bench.gpumem import NvmlPeak, budget_gb, verdict  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
 from svdq.shared.spec import JobSpec  # noqa: E402
@@ -159,6 +162,18 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             row["compile_speedup"] = round(eager["s_per_clip"] / row["s_per_clip"], 2)
 
 
+def compile_cache_figure(
+    rungs: list[Profile], env: dict[str, str], root: Path
+) -> dict[str, Any] | None:
+    """The first compiling rung started twice in new processes on one empty SVDQ_COMPILE_CACHE
+    under `root` (bench/coldstart.py): cold and warm load_s / warmup_s and what the cache
+    held. None when no rung compiles (nothing for the cache to keep)."""
+    compiling = [p for p in rungs if p.compile]
+    if not compiling:
+        return None
+    return coldstart.cold_vs_warm(compiling[0], env, root)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as people read them."""
 
@@ -195,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-rungs", action="store_true", help="also the rows above the card's")
     parser.add_argument("--cpu", action="store_true", help="no CUDA: time the CPU profiles")
     parser.add_argument("--output", help="JSON path (default bench/results/gpu-<device>.json)")
+    parser.add_argument(
+        "--no-cold-start",
+        action="store_true",
+        help="skip the compiled rung's cold vs warm start with SVDQ_COMPILE_CACHE (GPU only)",
+    )
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -236,10 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         env["SVDQ_WARM_SHAPES"] = "x".join(str(v) for v in (width, height, args.frames) if v)
         settings = Settings.from_env(env)
         rows = [time_profile(settings, p, job, args.clips, device) for p in rungs]
+        # A restart's cost with the compile cache, cold then warm (minutes of compiling on a
+        # GPU; on a CPU: `python -m bench.coldstart`).
+        cache = None
+        if cuda and not args.no_cold_start:
+            cache = compile_cache_figure(rungs, env, Path(tmp) / "compile-cache")
     add_speedups(rows)
 
     print(f"\n{label}; {job}")
     print(table(rows))
+    if cache is not None:
+        print(f"start with SVDQ_COMPILE_CACHE: {coldstart.line(cache)}")
     out = Path(
         args.output or REPO / "bench" / "results" / f"gpu-{slug(label) if cuda else 'cpu'}.json"
     )
@@ -252,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "job": job,
         "clips": args.clips,
         "rows": rows,
+        "compile_cache": cache,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True

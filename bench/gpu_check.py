@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.coldstart import line  # noqa: E402
 from bench.gpu import NO_CUDA, slug  # noqa: E402
 from svdq.shared.errors import ConfigError, ModelNotFoundError  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
@@ -106,6 +107,8 @@ def summary(report: dict[str, Any]) -> tuple[str, bool]:
                 f"{speedup!s:>9}  {row['verdict']}"
                 + (f" ({row['error']})" if "error" in row else "")
             )
+        if bench.get("compile_cache"):  # bench/coldstart.py: cold vs warm with the cache
+            lines.append(f"{variant:<8}restart, SVDQ_COMPILE_CACHE: {line(bench['compile_cache'])}")
     return "\n".join(lines), ok
 
 

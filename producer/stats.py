@@ -116,6 +116,8 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
             "job_id": record.get("job_id") or None,
             "load_s": _number(record.get("load_s")),
             "warmup_s": _number(record.get("warmup_s")),
+            # SVDQ_COMPILE_CACHE at this start: hit, partial, miss, off, ... (None: no compile)
+            "compile_cache": record.get("compile_cache") or None,
             "gpu_busy_ratio": _number(record.get("gpu_busy_ratio")),
         }
         if entry["job_id"]:
@@ -250,12 +252,15 @@ def render(snap: dict[str, Any]) -> str:
 
 
 def _start_and_busy(worker: dict[str, Any]) -> str:
-    """What a worker line ends with: "  (busy 74%, start: load 3.1s, warm-up 0.0s)"; "" for
-    a worker still loading."""
+    """What a worker line ends with: "  (busy 74%, start: load 3.1s, warm-up 0.0s)", and
+    ", compile cache hit" (or miss, partial, off) for a compiled worker; "" for a worker still
+    loading."""
     ratio, load, warmup = (worker.get(k) for k in ("gpu_busy_ratio", "load_s", "warmup_s"))
     if ratio is None or load is None:
         return ""
-    return f"  (busy {ratio:.0%}, start: load {load:.1f}s, warm-up {warmup or 0:.1f}s)"
+    cache = worker.get("compile_cache")
+    cached = f", compile cache {cache}" if cache and cache != "unused" else ""
+    return f"  (busy {ratio:.0%}, start: load {load:.1f}s, warm-up {warmup or 0:.1f}s{cached})"
 
 
 def print_stats(settings: Settings, as_json: bool, every: float | None) -> int:

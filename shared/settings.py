@@ -43,6 +43,9 @@ class WorkerSettings:
     decode_chunk_size: int | Literal["all"] | None
     compile: bool | None
     warm_shapes: tuple[shapes.Shape, ...]  # frames None: the loaded variant's own
+    # SVDQ_COMPILE_CACHE; None: no cache. Checked (a writable directory) where a worker
+    # starts (worker/launch.py), not here: producers read these settings too.
+    compile_cache: Path | None = None
 
     def warm_shapes_for(self, frames: int) -> tuple[shapes.Resolved, ...]:
         """The shapes to warm for a variant that makes `frames` frames by default."""
@@ -238,7 +241,13 @@ def _worker_settings(env: Mapping[str, str]) -> WorkerSettings:
         decode_chunk_size=read("SVDQ_DECODE_CHUNK_SIZE", _chunk),
         compile=read("SVDQ_COMPILE", _bool),
         warm_shapes=shapes.parse("SVDQ_WARM_SHAPES", get("SVDQ_WARM_SHAPES") or ""),
+        compile_cache=read("SVDQ_COMPILE_CACHE", _directory),
     )
+
+
+def _directory(name: str, value: str) -> Path:
+    """A directory's path, absolute (the worker's children may run elsewhere)."""
+    return Path(value).expanduser().resolve()
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

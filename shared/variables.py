@@ -169,6 +169,12 @@ COMPILE_VARIABLES: dict[str, tuple[str, str]] = {
         "the clip shapes a compiled worker compiles at load (warm-up, per shape); jobs of any "
         f"other shape run eagerly, never compiling: {shapes.ALLOWED}",
     ),
+    "SVDQ_COMPILE_CACHE": (
+        "",
+        "a writable directory (a volume) where a compiled worker keeps torch.compile's caches "
+        "across restarts, so a restart warms up in seconds; one folder per torch version, "
+        "card, variant and dtype. Unset: compile at every start",
+    ),
 }
 
 # Every variable's default, written once (in the tables above).

@@ -16,6 +16,7 @@ import sys
 from svdq.shared import shapes
 from svdq.shared.errors import ConfigError, ModelNotFoundError
 from svdq.shared.settings import Settings
+from svdq.worker.compilecache import check_root
 from svdq.worker.devices import DevicePlan, device_plan
 from svdq.worker.gpuinfo import (
     Device,
@@ -272,6 +273,8 @@ def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: s
     """Plan a worker per selected GPU (or one CPU worker) among `devices` (default: read them
     now) and run them, each a Celery worker of `app`."""
     settings = Settings.from_env()
+    if settings.worker.compile_cache is not None:  # a writable directory, or stop here
+        check_root(settings.worker.compile_cache)
     preset = os.environ.get("CUDA_VISIBLE_DEVICES")
     found = read_devices() if devices is None else devices
     gpus = pick_gpus(args.gpus, visible(found, preset))

@@ -165,6 +165,15 @@ class _Duty(Collector):
                 family = GaugeMetricFamily(f"svdq_worker_{phase}_seconds", help_)
                 family.add_metric([], start[phase])
                 yield family
+        cache = self.metrics.compile_cache
+        if cache.get("state", "off") != "off":  # SVDQ_COMPILE_CACHE set and a rung compiled
+            for name, help_ in (
+                ("hits", "Graphs this start's warm-up took from SVDQ_COMPILE_CACHE"),
+                ("misses", "Graphs this start's warm-up compiled (not in SVDQ_COMPILE_CACHE)"),
+            ):
+                family = GaugeMetricFamily(f"svdq_compile_cache_{name}", help_)
+                family.add_metric([], float(cache.get(name, 0)))
+                yield family
 
 
 class WorkerMetrics:
@@ -176,14 +185,22 @@ class WorkerMetrics:
         self._info: _WorkerInfo | None = None
         self.gpu = GpuClock()  # time inside the pipeline call, wall time since ready
         self.start_seconds: dict[str, float] = {}  # this start's "load" and "warmup" seconds
+        self.compile_cache: dict[str, Any] = {}  # what SVDQ_COMPILE_CACHE did for this start
 
-    def ready(self, load_seconds: float, warmup_seconds: float) -> None:
-        """The model is loaded and warmed up: record what that cost, and start the GPU's wall
+    def ready(
+        self,
+        load_seconds: float,
+        warmup_seconds: float,
+        compile_cache: dict[str, Any] | None = None,
+    ) -> None:
+        """The model is loaded and warmed up: record what that cost (and, for a compiled
+        model, what its compile cache saved: worker/compilecache.py), and start the GPU's wall
         clock (the busy ratio counts from here)."""
         self.start_seconds = {
             "load": round(load_seconds, 3),
             "warmup": round(warmup_seconds, 3),
         }
+        self.compile_cache = dict(compile_cache or {})
         self.gpu.ready()
 
     def beat_fields(self) -> dict[str, Any]:
@@ -193,6 +210,9 @@ class WorkerMetrics:
         return {
             "load_s": self.start_seconds.get("load", ""),
             "warmup_s": self.start_seconds.get("warmup", ""),
+            # off | hit | partial | miss | unused (compilecache.CompileCache.state); "" before
+            # ready and for a model that does not compile.
+            "compile_cache": self.compile_cache.get("state", ""),
             "gpu_busy_ratio": "" if ratio is None else round(ratio, 4),
         }
 

@@ -22,6 +22,7 @@ from svdq.shared.errors import ModelNotFoundError, WorkerFatalError
 from svdq.shared.fields import MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE
 from svdq.shared.settings import Settings
 from svdq.shared.variants import Variant
+from svdq.worker import compilecache
 from svdq.worker.compiled import compile_unet, forget_compiled
 from svdq.worker.gpuinfo import use_pci_bus_order
 from svdq.worker.profiles import Profile
@@ -50,6 +51,8 @@ class LoadedModel:
     # The ladder to load again before the next job (worker/resident.py): set while a job's
     # out-of-memory step-downs have not ended in success (worker/stepdown.py); () otherwise.
     resume: tuple[Profile, ...] = ()
+    # What SVDQ_COMPILE_CACHE did for this load's warm-up (compilecache.CompileCache.to_dict).
+    compile_cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def model_source(settings: Settings, variant: str) -> Path:
@@ -118,7 +121,7 @@ def load_model(
     label = str(source)
     model = LoadedModel(pipe, info, label, profile, seconds, lower=lower)
     if profile.compile:
-        warm_all(model, warm)
+        warm_cached(model, settings.worker.compile_cache, warm)
     log.info(
         "loaded %s from %s with profile %s (%s) in %.1fs, warm-up %.1fs",
         variant,
@@ -129,6 +132,26 @@ def load_model(
         model.warmup_seconds,
     )
     return model
+
+
+def warm_cached(
+    model: LoadedModel, root: Path | None, shapes_: tuple[shapes.Resolved, ...]
+) -> None:
+    """`warm_all` with torch's compile caches in SVDQ_COMPILE_CACHE (`root`; None: torch's
+    defaults): its bundle loaded before, what the warm-up took from it counted and the bundle
+    saved after (worker/compilecache.py). Loading the bundle counts in the load's seconds."""
+    import torch
+
+    profile = model.profile
+    key = compilecache.cache_key(
+        torch.__version__, compilecache.device_tag(profile.device), profile.variant, profile.dtype
+    )
+    began = time.perf_counter()
+    cache = compilecache.open_cache(root, key)
+    model.load_seconds += time.perf_counter() - began
+    warm_all(model, shapes_)
+    cache.finish()
+    model.compile_cache = cache.to_dict()
 
 
 def warm_all(model: LoadedModel, shapes_: tuple[shapes.Resolved, ...], steps: int = 2) -> None:

@@ -84,7 +84,9 @@ class Runtime:
         # (models.warm_all; 0 when the profile does not compile); the GPU's busy ratio counts
         # from here.
         warmup = runtime.model.warmup_seconds
-        runtime.metrics.ready(time.perf_counter() - began - warmup, warmup)
+        runtime.metrics.ready(
+            time.perf_counter() - began - warmup, warmup, runtime.model.compile_cache
+        )
         try:  # `svdq stats` shows the start's cost at once, not at the next beat
             runtime.presence.beat()
         except Exception as exc:  # Redis away for a moment: the heartbeat thread beats again

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +104,47 @@ def test_a_rung_that_fails_is_freed_before_the_next(monkeypatch: pytest.MonkeyPa
     assert model.pipe is None  # evicted by the bench itself, not left to the next rung
     gc.collect()
     assert alive() is None
+
+
+def test_the_restart_figure_starts_the_first_compiling_rung_cold_then_warm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make gpu-check`'s compile-cache figure: which rung it starts, and how it reads. The
+    starts themselves (new processes, real compiles) run in tests/integration/
+    test_compile_cache.py; here each start's report stands in for a GPU's."""
+    from bench import coldstart, gpu_check
+
+    _, rungs = gpu.gpu_rungs(fake_gpus("80GB")[0], DEFAULTS, "auto")
+    assert gpu.compile_cache_figure(rungs[1:], {}, tmp_path) is None  # none compiles
+    starts: list[tuple[str, str]] = []
+    reports = iter(
+        [
+            {"load_s": 41.0, "warmup_s": 212.0, "compile_cache": _cache("miss", 0, 2)},
+            {"load_s": 44.5, "warmup_s": 9.5, "compile_cache": _cache("hit", 2, 0)},
+        ]
+    )
+
+    def start(profile: Any, env: dict[str, str], timeout: float) -> dict[str, Any]:
+        starts.append((profile.name, env["SVDQ_COMPILE_CACHE"]))
+        return next(reports)
+
+    monkeypatch.setattr(coldstart, "start_once", start)
+    figure = gpu.compile_cache_figure(gpu.with_eager_twins(rungs), {"X": "1"}, tmp_path / "cc")
+    assert starts == [("xt-40g", str(tmp_path / "cc"))] * 2
+    assert figure is not None
+    assert (figure["warmup_saved_s"], figure["warmup_speedup"]) == (202.5, 22.3)
+    text = coldstart.line(figure)
+    assert text == (
+        "xt-40g: cold load 41.0s, warm-up 212.0s, cache miss (0 hit, 2 compiled); "
+        "warm load 44.5s, warm-up 9.5s, cache hit (2 hit, 0 compiled)"
+    )
+    report = {
+        "device": "card",
+        "pytest": {"returncode": 0, "result": "passed"},
+        "benches": {"svd-xt": {"rows": [], "compile_cache": figure}},
+    }
+    assert f"svd-xt  restart, SVDQ_COMPILE_CACHE: {text}" in gpu_check.summary(report)[0]
+
+
+def _cache(state: str, hits: int, misses: int) -> dict[str, Any]:
+    return {"state": state, "hits": hits, "misses": misses}

@@ -95,6 +95,10 @@ def test_workers_outlive_their_longest_job_and_keep_models(compose: dict[str, An
         assert visibility > limit, name
         assert any(v.endswith(":/models") for v in s["volumes"]), name
         assert env["SVDQ_MODEL_DIR"] == "/models"
+        # torch.compile's caches on a named volume: a restart warms up from them.
+        assert env["SVDQ_COMPILE_CACHE"] == "/compile-cache", name
+        assert "compile-cache:/compile-cache" in s["volumes"], name
+        assert "compile-cache" in compose["volumes"]
         assert "healthcheck" in s, name
         assert env["SVDQ_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
 
@@ -220,6 +224,13 @@ def test_k8s_worker_has_one_gpu_grace_pdb_and_autoscaler() -> None:
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["terminationGracePeriodSeconds"] > limit
+    # SVDQ_COMPILE_CACHE on a volume that outlives the pod (a PVC, made in this file).
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["compile-cache"] == env["SVDQ_COMPILE_CACHE"] == "/compile-cache"
+    [volume] = [v for v in pod["volumes"] if v["name"] == "compile-cache"]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert objs[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     labels = worker["spec"]["template"]["metadata"]["labels"]
     pdb = objs[("PodDisruptionBudget", "svdq-worker")]
@@ -271,6 +282,10 @@ def test_dockerfiles_are_pinned_and_non_root(name: str) -> None:
         assert '".[ops]"' in text and "[worker]" not in text and "torch" in text
     else:
         assert "torch==${TORCH_VERSION}" in text
+        # A fresh named volume copies the image's folder: owned by the worker's user, so
+        # SVDQ_COMPILE_CACHE is writable (the worker refuses to start otherwise).
+        assert re.search(r"chown svdq [^\n]*/compile-cache", text)
+        assert '"/compile-cache"' in text
 
 
 def test_readme_covers_running_adding_gpus_and_timeouts() -> None:

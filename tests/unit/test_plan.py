@@ -269,3 +269,17 @@ def test_a_compiling_plan_names_the_shapes_it_warms() -> None:
         assert not any(p.compile for p in eager.ladder)
         assert eager.warm_shapes == () and "warm_shapes" not in eager.to_dict()
         assert "SVDQ_WARM_SHAPES" not in format_plan(eager, "ok")
+
+
+def test_launcher_refuses_a_compile_cache_it_cannot_write(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SVDQ_COMPILE_CACHE is checked before any worker starts, naming the variable: a worker
+    that could not save its caches would pay minutes of compiling at every restart unseen."""
+    from svdq.worker import launch as launcher
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    monkeypatch.setenv("SVDQ_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SVDQ_COMPILE_CACHE", str(taken))
+    args = argparse.Namespace(gpus="all", variant="svd-xt", queues=None, name=None)
+    with pytest.raises(ConfigError, match=r"SVDQ_COMPILE_CACHE='.*a-file' .*not a directory"):
+        launcher.launch(args, devices=fake_gpus("80GB"))

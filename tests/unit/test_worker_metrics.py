@@ -217,7 +217,8 @@ def test_start_seconds_and_busy_are_exported_and_beaten() -> None:
     before = generate_latest(registry).decode()
     assert "svdq_gpu_busy_seconds_total 0.0" in before
     assert "svdq_gpu_busy_ratio" not in before and "svdq_worker_load_seconds" not in before
-    assert counted.beat_fields() == {"load_s": "", "warmup_s": "", "gpu_busy_ratio": ""}
+    empty = {"load_s": "", "warmup_s": "", "compile_cache": "", "gpu_busy_ratio": ""}
+    assert counted.beat_fields() == empty
     counted.ready(12.34567, 61.5)
     clock.now += 10
     with counted.gpu.running():
@@ -226,7 +227,37 @@ def test_start_seconds_and_busy_are_exported_and_beaten() -> None:
     assert registry.get_sample_value("svdq_gpu_busy_ratio") == 0.5
     assert registry.get_sample_value("svdq_worker_load_seconds") == 12.346
     assert registry.get_sample_value("svdq_worker_warmup_seconds") == 61.5
-    assert counted.beat_fields() == {"load_s": 12.346, "warmup_s": 61.5, "gpu_busy_ratio": 0.5}
+    assert counted.beat_fields() == {
+        "load_s": 12.346,
+        "warmup_s": 61.5,
+        "compile_cache": "",  # this model does not compile
+        "gpu_busy_ratio": 0.5,
+    }
+    assert "svdq_compile_cache" not in generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize(
+    ("cache", "hits", "beat"),
+    [
+        ({"state": "hit", "hits": 2, "misses": 0}, 2.0, "hit"),
+        ({"state": "miss", "hits": 0, "misses": 3}, 0.0, "miss"),
+        ({"state": "off"}, None, "off"),  # compiled, SVDQ_COMPILE_CACHE unset: no series
+    ],
+)
+def test_a_compiled_start_exports_what_its_compile_cache_did(
+    cache: dict[str, Any], hits: float | None, beat: str
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    counted = metrics.WorkerMetrics()
+    registry = CollectorRegistry()
+    registry.register(metrics._Duty(counted))
+    counted.ready(3.0, 4.5, cache)
+    assert registry.get_sample_value("svdq_compile_cache_hits") == hits
+    misses = registry.get_sample_value("svdq_compile_cache_misses")
+    assert misses == (None if hits is None else float(cache["misses"]))
+    assert counted.beat_fields()["compile_cache"] == beat
+    assert registry.get_sample_value("svdq_worker_warmup_seconds") == 4.5
 
 
 def test_stats_shows_the_start_cost_and_busy_ratio() -> None:
@@ -259,3 +290,6 @@ def test_stats_shows_the_start_cost_and_busy_ratio() -> None:
     assert busy.endswith("idle  (busy 74%, start: load 41.2s, warm-up 95.0s)")
     [still] = [line for line in lines if "gpu1@a" in line]
     assert still.endswith("idle")
+    snap["workers"] = [{**worker, "warmup_s": 4.2, "compile_cache": "hit"}]
+    [cached] = [line for line in render(snap).splitlines() if "gpu0@a" in line]
+    assert cached.endswith("(busy 74%, start: load 41.2s, warm-up 4.2s, compile cache hit)")
