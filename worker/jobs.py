@@ -162,7 +162,8 @@ def run_job(
     this always generates. `still_ours()` raises when another delivery took the job
     (worker/delivery.Guard): called right before the uploads and before result.json. `gpu()`
     encloses the generation (the worker's GPU clock, worker/gpuclock.py: the time the GPU is
-    busy).
+    busy; with overlap, also the process's GPU lock and the variant check, worker/overlap.py:
+    every try of the generation runs inside it).
     """
     assert spec.job_id
     started_at, t0 = now(), time.perf_counter()
@@ -173,7 +174,8 @@ def run_job(
         timings[name] = round(moment - since, 4)
         return moment
 
-    params = engine.params_for(spec, model)
+    # The parameters come from the model as the GPU phase finds it (stepdown.generate): with
+    # overlap another job's variant switch or step-down may change it before then.
     with on_the_store("input fetch"):
         data = fetch_input(store, settings, spec.image)
     t = phase("fetch", t0)
@@ -189,6 +191,13 @@ def run_job(
         frames, gen_timings, params, attempts = stepdown.generate(
             model, settings, spec, fitted, progress, on_step_down
         )
+        # What ran, read while the GPU phase still holds the model (with overlap the next
+        # job may switch its variant or step it down as soon as this block ends).
+        ran = {
+            "profile": _profile_record(model, spec, params),
+            "model": f"{model.info.model_id} @ {model.source}",
+            "note": model.info.note,  # tiny's clips say they are noise
+        }
     timings.update({k: round(v, 4) for k, v in gen_timings.items()})
     t = time.perf_counter()
     if progress:
@@ -213,14 +222,14 @@ def run_job(
         status=JobState.SUCCEEDED,
         spec=spec.to_dict(),
         variant=params.variant,
-        model=f"{model.info.model_id} @ {model.source}",
+        model=ran["model"],
         seed=params.seed,
         num_frames=int(frames_u8.shape[0]),
         width=int(frames_u8.shape[2]),
         height=int(frames_u8.shape[1]),
         output_fps=params.output_fps,
         decode_chunk_size=params.decode_chunk_size,
-        profile=_profile_record(model, spec, params),
+        profile=ran["profile"],
         attempts=attempts,
         worker=worker_name,
         input={
@@ -236,7 +245,7 @@ def run_job(
         scores=clip_scores,
         started_at=started_at,
         finished_at=now(),
-        note=model.info.note,  # tiny's clips say they are noise
+        note=ran["note"],
     ).to_dict()
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
