@@ -39,7 +39,15 @@ def pool_args(overlap: int) -> list[str]:
     lost-child detection); 2 or more, that many threads in one process (worker/overlap.py)."""
     if overlap <= 1:
         return ["--pool=prefork", "--concurrency=1"]
-    return [f"--pool={THREAD_POOL}", f"--concurrency={overlap}"]
+    # Celery's CLI takes only its own pool names; "custom" is the class named by
+    # CELERY_CUSTOM_WORKER_POOL (celery/concurrency/__init__.py: `ALIASES['custom'] = custom`),
+    # which `pool_env` sets.
+    return ["--pool=custom", f"--concurrency={overlap}"]
+
+
+def pool_env(overlap: int) -> dict[str, str]:
+    """The environment `pool_args` needs: the threads pool's class (worker/threadpool.py)."""
+    return {"CELERY_CUSTOM_WORKER_POOL": THREAD_POOL} if overlap > 1 else {}
 
 
 def worker_argv(
@@ -317,7 +325,7 @@ def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: s
         print(f"  consuming: {', '.join(queues)}", file=sys.stderr)
         print(f"  worker name: {name}", file=sys.stderr)
         argv = worker_argv(queues, name, settings.log_level, app, settings.overlap)
-        workers.append((name, argv, _child_env(plan)))
+        workers.append((name, argv, {**_child_env(plan), **pool_env(settings.overlap)}))
     # With overlap nothing replaces a dead process (no prefork parent; the hard-limit watchdog
     # ends the process on purpose): a CPU worker is supervised too.
     if gpus or settings.overlap > 1:
