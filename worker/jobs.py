@@ -193,7 +193,7 @@ def run_job(
         )
         # What ran, read while the GPU phase still holds the model (with overlap the next
         # job may switch its variant or step it down as soon as this block ends).
-        ran = {
+        ran: dict[str, Any] = {
             "profile": _profile_record(model, spec, params),
             "model": f"{model.info.model_id} @ {model.source}",
             "note": model.info.note,  # tiny's clips say they are noise
