@@ -86,8 +86,21 @@ def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
 _UPLOADS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="upload")
 
 
+def _budget(settings: Settings, upload_by: float | None) -> float:
+    """Seconds an upload may retry: the transient budget, and with overlap on no later than
+    the job's soft limit (`upload_by`, time.time()): a thread waiting on its uploads is in a
+    C-level wait the soft limit cannot reach (worker/overlap.py), so the retries stop there."""
+    if upload_by is None:
+        return float(settings.transient_budget)
+    return max(0.0, min(float(settings.transient_budget), upload_by - time.time()))
+
+
 def upload_outputs(
-    store: ObjectStore, settings: Settings, spec: JobSpec, blobs: dict[str, bytes]
+    store: ObjectStore,
+    settings: Settings,
+    spec: JobSpec,
+    blobs: dict[str, bytes],
+    upload_by: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Upload every output at once (one thread each: they are independent, and a round trip
     to the store costs more than the work); return their records. result.json comes after."""
@@ -114,7 +127,7 @@ def upload_outputs(
             settings,
             tries=None,
             sleep=pause,
-            budget=settings.transient_budget,
+            budget=_budget(settings, upload_by),
         )
 
     futures = [_UPLOADS.submit(put, kind) for kind in blobs]
@@ -155,6 +168,7 @@ def run_job(
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
     still_ours: Callable[[], None] = lambda: None,
     gpu: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    upload_by: float | None = None,
 ) -> dict[str, Any]:
     """Run `spec` (already checked) and return its result record, written last as result.json.
 
@@ -163,7 +177,8 @@ def run_job(
     (worker/delivery.Guard): called right before the uploads and before result.json. `gpu()`
     encloses the generation (the worker's GPU clock, worker/gpuclock.py: the time the GPU is
     busy; with overlap, also the process's GPU lock and the variant check, worker/overlap.py:
-    every try of the generation runs inside it).
+    every try of the generation runs inside it). `upload_by` (with overlap on: the job's soft
+    limit, time.time()) ends upload retries there (`_budget`).
     """
     assert spec.job_id
     started_at, t0 = now(), time.perf_counter()
@@ -214,7 +229,7 @@ def run_job(
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
     still_ours()
     with on_the_store("upload"):
-        outputs = upload_outputs(store, settings, spec, blobs)
+        outputs = upload_outputs(store, settings, spec, blobs, upload_by)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(
@@ -256,6 +271,6 @@ def run_job(
             f"upload of {marker}",
             settings,
             tries=None,
-            budget=settings.transient_budget,
+            budget=_budget(settings, upload_by),
         )
     return result

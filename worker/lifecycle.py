@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from svdq.shared.celery_app import send_job
 from svdq.shared.constants import CALLBACK_QUEUED_FIELD, STATE_PROGRESS, cancel_key, job_key
@@ -69,9 +69,13 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
     """Take one delivery of one job through every step above; return its result record."""
     job_id, variant = task.request.id or "", _variant_label(raw)
     started = _begin(rt, task, job_id)
+    # With overlap, every job runs on the shared side of the gate; a suspect of the last
+    # process loss trades it for the exclusive side (worker/sharing.py).
+    gate = rt.sharing.gate.shared() if rt.sharing else contextlib.nullcontext()
     try:
         job = JobSpec.from_dict(raw)  # 1. checked again
-        result = _run(rt, task, job)  # 2.–9.
+        with gate:
+            result = _run(rt, task, job)  # 2.–9.
     except Retry:
         _safe(rt.metrics.retried, variant)  # 10. (back on the queue: not an end)
         raise
@@ -92,7 +96,10 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
     else:
         _succeeded(rt, job_id, task.request.hostname, result, started)  # 10.
     finally:
-        _end(rt, job_id)
+        try:
+            _end(rt, job_id)
+        except SoftTimeLimitExceeded:  # the soft limit landed as the job ended: end it again
+            _end(rt, job_id)
     return result
 
 
@@ -112,6 +119,7 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
             soft_limit=_soft_limit(rt, task),
             counts=rt.metrics,
             on_guard=guards.append,
+            shared=rt.sharing,
         )
     except JobCancelledError as exc:
         cancellation.record(task, exc)
@@ -194,8 +202,18 @@ def _generate(
             overlap.check_soft(began, soft)
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
+    upload_by = began + soft if cooperative and soft else None  # uploads stop at the limit
     return jobs.run_job(
-        job, model, rt.store, rt.settings, worker, progress, rt.metrics.stepped_down, guard, gpu
+        job,
+        model,
+        rt.store,
+        rt.settings,
+        worker,
+        progress,
+        rt.metrics.stepped_down,
+        guard,
+        gpu,
+        upload_by,
     )
 
 
@@ -220,7 +238,9 @@ def _begin(rt: Runtime, task: Task, job_id: str) -> float:
     """The job is held: on the heartbeat (worker/overlap.py InFlight: with overlap, the job
     on the GPU and the one finishing), busy, watched for its hard limit. Returns its start."""
     hard = (task.request.timelimit or (None, None))[0] or rt.app.conf.task_time_limit
-    started = rt.inflight.begin(job_id, hard)
+    # The soft limit is kept by the watchdog only with overlap (prefork's timer raises it).
+    soft = _soft_limit(rt, task) if rt.settings.overlap > 1 else None
+    started = rt.inflight.begin(job_id, hard, soft)
     _safe(rt.metrics.job_started, rt.settings.overlap == 1)  # busy; one job: peak memory too
     _safe(rt.presence.beat)
     _safe(rt.metrics.model_loaded, rt.model)

@@ -25,12 +25,13 @@ from celery import Celery
 from svdq.shared.settings import Settings
 from svdq.shared.storage import ObjectStore, open_store
 from svdq.worker.heartbeat import Presence
-from svdq.worker.identity import Identity
+from svdq.worker.identity import Identity, process_id
 from svdq.worker.metrics import WorkerMetrics, metrics_port
 from svdq.worker.models import LoadedModel, settle
 from svdq.worker.overlap import GpuGate, InFlight, Watchdog
 from svdq.worker.reaper import Reaper
 from svdq.worker.resident import RungMemory, load_initial
+from svdq.worker.sharing import Sharing
 
 log = logging.getLogger("svdq.worker")
 
@@ -58,7 +59,15 @@ class Runtime:
         self.inflight = InFlight()  # the jobs held now, and the one on the GPU
         self.gpu_gate = GpuGate()  # one job at a time in the GPU phase
         # No timer ends a thread: with overlap, a job past its hard limit ends the process.
-        self.watchdog = Watchdog(self.inflight) if settings.overlap > 1 else None
+        # With overlap, a lost process's other job is not blamed for it (worker/sharing.py).
+        self.sharing = (
+            Sharing(self.redis, process_id(), settings.result_expires)
+            if settings.overlap > 1
+            else None
+        )
+        self.watchdog = (
+            Watchdog(self.inflight, culprit=self.sharing.hard_limit) if self.sharing else None
+        )
         self.presence = Presence(
             self.redis,
             identity,
