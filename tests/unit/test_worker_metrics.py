@@ -259,3 +259,11 @@ def test_stats_shows_the_start_cost_and_busy_ratio() -> None:
     assert busy.endswith("idle  (busy 74%, start: load 41.2s, warm-up 95.0s)")
     [still] = [line for line in lines if "gpu1@a" in line]
     assert still.endswith("idle")
+    # Overlap: a worker holding two jobs names both (the heartbeat's `jobs`, GPU one first).
+    two = {**worker, "name": "gpu2@a", "job_id": "b", "job_seconds": 3, "jobs": ["b", "a"]}
+    one = {**worker, "name": "gpu3@a", "job_id": "c", "job_seconds": 3, "jobs": ["c"]}
+    lines = render({**snap, "workers": [two, one]}).splitlines()
+    [held] = [line for line in lines if "gpu2@a" in line]
+    assert "job b 3s + 1 more held: a" in held
+    [alone] = [line for line in lines if "gpu3@a" in line]
+    assert "more held" not in alone
