@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # What `make gpu-check` installs when the venv's torch turns out to be a CPU build.
 GPU_TORCH_SPEC ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 
-.PHONY: install demo test test-slow test-unit test-integration lint format bench gpu-check clean
+.PHONY: install demo test test-slow test-overlap test-unit test-integration lint format bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -55,6 +55,14 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q $(XDIST) -m slow
+
+# The fault suite's worker scenarios (killed children, a poison job, a hung job, a whole worker
+# killed, the store down mid-job) with overlap on (SVDQ_OVERLAP=2: two jobs in one process,
+# worker/overlap.py and worker/sharing.py); CI runs it after test-slow (a few minutes).
+OVERLAP_TESTS := tests/faults/test_workers.py tests/faults/test_overlap.py \
+	tests/faults/test_adversary_store.py
+test-overlap: install
+	SVDQ_TEST_OVERLAP=2 $(BIN)/pytest -q $(XDIST) $(OVERLAP_TESTS)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

@@ -114,6 +114,8 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
             "queues": [q for q in record.get("queues", "").split(",") if q],
             "metrics_port": record.get("metrics_port", ""),
             "job_id": record.get("job_id") or None,
+            # with overlap (SVDQ_OVERLAP ≥ 2): every job it holds, the one on the GPU first
+            "jobs": [j for j in record.get("jobs", "").split(",") if j],
             "load_s": _number(record.get("load_s")),
             "warmup_s": _number(record.get("warmup_s")),
             # SVDQ_COMPILE_CACHE at this start: hit, partial, miss, off, ... (None: no compile)
@@ -226,6 +228,9 @@ def render(snap: dict[str, Any]) -> str:
             doing = f"job {w['job_id']} {w.get('job_seconds', 0):.0f}s"
             if w.get("phase"):
                 doing += f" ({w['phase']} {w.get('step')}/{w.get('steps')})"
+            others = [j for j in w.get("jobs") or [] if j != w["job_id"]]
+            if others:  # overlap: the job finishing beside the one shown
+                doing += f" + {len(others)} more held: {', '.join(others)}"
         lines.append(
             f"  {w['name']:<24} {where:<5} {w['variant']}/{w['profile']:<10} {doing}"
             + _start_and_busy(w)

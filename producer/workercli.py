@@ -37,7 +37,18 @@ def add_run(sub: Any) -> None:
 
 def add_worker(sub: Any) -> None:
     """`svdq worker [--gpus ...] [--queues ...]`."""
-    worker = sub.add_parser("worker", help="run a worker on this machine (needs svdq[worker])")
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker on this machine (needs svdq[worker])",
+        description="One supervised Celery worker per GPU (or one CPU worker). SVDQ_OVERLAP "
+        "sets how many jobs each holds at once: 1 (default) runs one job at a time in a "
+        "prefork child, so the GPU idles while a job encodes and uploads; 2 runs Celery's "
+        "threads pool in one process with the model loaded once, the next job fetched, "
+        "fitted and on the GPU while the last one encodes and uploads (the GPU phase one job "
+        "at a time under a lock). Cost of 2: a second job's frames in RAM and one more CPU "
+        "core per GPU; time limits become a per-step check plus a watchdog that restarts the "
+        "worker (both held jobs come back), and Flower's Terminate becomes a cancel.",
+    )
     worker.add_argument(
         "--variant",
         default=None,

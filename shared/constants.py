@@ -112,6 +112,13 @@ deliveries_key = RedisKey(
     "deliveries:{}",
     "List of the job's delivery attempts, JSON {n, worker, pid, started_at, reason}.",
 )
+proc_key = RedisKey(
+    "proc:{}",
+    "Hash, by worker process id (worker/identity.process_id), of the jobs that process runs "
+    "with overlap on: job id -> 'running' or 'hard limit' (its watchdog ended the process for "
+    "that job). Kept for a while after the process dies: a lost attempt asks it whether it "
+    "died alone (worker/sharing.py).",
+)
 # The reaper (worker/reaper.py): a dead host's job is queued again from its lease, not after
 # the visibility timeout.
 REAPER_LOCK_KEY = f"{KEY_PREFIX}reaper"  # string held (SET NX, TTL) by the one worker scanning

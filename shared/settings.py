@@ -92,6 +92,7 @@ class Settings:
     max_input_pixels: int
     visibility_timeout: int
     task_time_limit: int
+    overlap: int
     result_expires: int
     log_level: str
     metrics_host: str
@@ -164,6 +165,7 @@ class Settings:
             max_input_pixels=integer("SVDQ_MAX_INPUT_PIXELS"),
             visibility_timeout=integer("SVDQ_VISIBILITY_TIMEOUT"),
             task_time_limit=integer("SVDQ_TASK_TIME_LIMIT"),
+            overlap=_at_most("SVDQ_OVERLAP", integer("SVDQ_OVERLAP"), MAX_OVERLAP),
             result_expires=integer("SVDQ_RESULT_EXPIRES"),
             log_level=_choice(
                 "SVDQ_LOG_LEVEL",
@@ -302,6 +304,11 @@ def _count(name: str, value: str) -> int:
 # becomes a threading wait in the worker, and a wait past threading.TIMEOUT_MAX raises
 # OverflowError in its thread, which then dies without a word. A day is far past any use.
 MAX_TIMER = 86400
+
+
+# Jobs one worker may hold at once (SVDQ_OVERLAP): one on the GPU and the others fetching or
+# finishing; past 4 they only hold RAM (frames of each) with no gain in GPU time.
+MAX_OVERLAP = 4
 
 
 def _at_most(name: str, number: int, most: int) -> int:

@@ -60,6 +60,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SVDQ_MAX_INPUT_PIXELS": ("40000000", "largest input image (width × height) accepted"),
     "SVDQ_VISIBILITY_TIMEOUT": ("7200", "seconds before Redis redelivers an unacknowledged job"),
     "SVDQ_TASK_TIME_LIMIT": ("3600", "seconds a job may run before it is killed"),
+    "SVDQ_OVERLAP": (
+        "1",
+        "jobs one worker holds at once, 1 to 4. 1: prefork, one job at a time (Celery's time "
+        "limits and lost-child detection). 2: one process, Celery's threads pool, the model "
+        "loaded once; the next job is fetched, fitted and denoising while the last one "
+        "encodes and uploads (the GPU phase runs one job at a time under a lock). Costs a "
+        "second job's frames in RAM and a CPU core more per GPU; time limits become a "
+        "per-step check and a watchdog that restarts the worker",
+    ),
     "SVDQ_RESULT_EXPIRES": ("604800", "seconds task states are kept in Redis"),
     "SVDQ_LOG_LEVEL": ("INFO", "worker log level"),
     "SVDQ_METRICS_HOST": (

@@ -54,8 +54,10 @@ from svdq.shared.retry import NEXT_TRY_AT, WAITING, transient_wait
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import StorageUnavailable
+from svdq.worker import sharing
 from svdq.worker.identity import process_id
 from svdq.worker.lease import Lease
+from svdq.worker.sharing import LOST_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +166,16 @@ class Attempt:
         self.redis, self.job_id, self.expires = redis, job_id, expires
         key = deliveries_key(job_id)
         # Attempts still open were cut short with their process: say so before counting.
+        # With overlap on, a lost process may have held another job: whether the loss is
+        # charged to this one is decided once, from its process's record (worker/sharing.py).
         for index, raw in enumerate(redis.lrange(key, 0, -1)):
             entry = json.loads(raw)
             if entry.get("reason") is None:
                 entry.update(reason=LOST, ended_at=None)
-                redis.lset(key, index, json.dumps(entry))
+            elif "charged" in entry or not str(entry["reason"]).startswith(LOST_PREFIX):
+                continue  # classified already, or not a loss
+            entry.update(sharing.classify(redis, job_id, entry))
+            redis.lset(key, index, json.dumps(entry))
         self.started_at = _now()
         self.entry = {
             "worker": worker,
@@ -232,14 +239,16 @@ def deliver(
     *,
     counts: Counts,
     on_guard: Callable[[Guard], None] = lambda guard: None,
+    shared: sharing.Sharing | None = None,
 ) -> dict[str, Any]:
     """Run one delivery of `spec` under the rules above; return the result record.
 
     `done()` is the commit-marker check (the recorded result or None), `run()` the work;
     `counts` hears of lease renewals and dead-letters; `on_guard` is handed the run's Guard
-    before `run` starts (the run calls it at every step). Raises DeadLetteredError,
-    InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater (the caller schedules the
-    job again), or whatever else `run` raised (final).
+    before `run` starts (the run calls it at every step); `shared`, with overlap on, is the
+    process's part in poison isolation (worker/sharing.py; None under prefork). Raises
+    DeadLetteredError, InvalidJobError, JobTimeoutError (final), LeaseBusy or RetryLater (the
+    caller schedules the job again), or whatever else `run` raised (final).
     """
     job_id = spec.job_id
     assert job_id
@@ -278,13 +287,16 @@ def deliver(
         since = max((i + 1 for i, a in enumerate(history) if _ended(a)), default=0)
         attempt = Attempt(redis, job_id, settings.result_expires, worker)
         this_run = attempts(redis, job_id)[since:]
-        # Transient faults have a budget of their own (shared/retry.py): they do not count.
-        count = sum(1 for a in this_run if not _transient_end(a))
+        # Transient faults have a budget of their own (shared/retry.py): they do not count;
+        # nor does a loss shared with another job in the process (worker/sharing.py), up to
+        # a hard cap of twice the limit in all.
+        lost = [a for a in this_run if not _transient_end(a)]
+        count = sum(1 for a in lost if a.get("charged", True))
         faults = [a for a in this_run if _transient_end(a)]
         first_fault_at = float(faults[0]["started_at"]) if faults else attempt.started_at
         tries = len(faults) + 1
-        if count > settings.max_deliveries:
-            reason = f"{count - 1} deliveries, none finished: " + "; ".join(
+        if count > settings.max_deliveries or len(lost) > 2 * settings.max_deliveries:
+            reason = f"{len(lost) - 1} deliveries, none finished: " + "; ".join(
                 f"#{a.get('n')} on {a.get('worker')}: {a.get('reason')}"
                 for a in this_run[:-1]
                 if not _transient_end(a)
@@ -298,10 +310,17 @@ def deliver(
                 redis, spec, settings, attempt, (tries, first_fault_at), marker_fault, counts
             ) from marker_fault
         on_guard(Guard(redis, lease, attempt))
-        redis.incr(generations_key(job_id))
-        redis.expire(generations_key(job_id), settings.result_expires)
+        alone = contextlib.nullcontext()
+        if shared is not None:
+            shared.opened(job_id, attempt)
+            if sharing.suspect(this_run[:-1]):
+                log.warning("job %s: its last loss was shared: it runs alone now", job_id)
+                alone = shared.gate.alone()  # type: ignore[assignment]
         try:
-            result = run()
+            with alone:
+                redis.incr(generations_key(job_id))
+                redis.expire(generations_key(job_id), settings.result_expires)
+                result = run()
         except SoftTimeLimitExceeded:
             reason = (
                 f"timed out: ran past its soft time limit of {soft_limit or '?'}s "
@@ -337,6 +356,10 @@ def deliver(
         except BaseException as exc:
             attempt.close(f"failed: {type(exc).__name__}: {exc}", final=True)
             raise
+        finally:
+            if shared is not None:
+                with contextlib.suppress(Exception):  # the record expires on its own
+                    shared.closed(job_id)
         attempt.close(SUCCEEDED)
         return result
 

@@ -84,8 +84,21 @@ def fetch_input(store: ObjectStore, settings: Settings, uri: str) -> bytes:
 _UPLOADS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="upload")
 
 
+def _budget(settings: Settings, upload_by: float | None) -> float:
+    """Seconds an upload may retry: the transient budget, and with overlap on no later than
+    the job's soft limit (`upload_by`, time.time()): a thread waiting on its uploads is in a
+    C-level wait the soft limit cannot reach (worker/overlap.py), so the retries stop there."""
+    if upload_by is None:
+        return float(settings.transient_budget)
+    return max(0.0, min(float(settings.transient_budget), upload_by - time.time()))
+
+
 def upload_outputs(
-    store: ObjectStore, settings: Settings, spec: JobSpec, blobs: dict[str, bytes]
+    store: ObjectStore,
+    settings: Settings,
+    spec: JobSpec,
+    blobs: dict[str, bytes],
+    upload_by: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Upload every output at once (one thread each: they are independent, and a round trip
     to the store costs more than the work); return their records. result.json comes after."""
@@ -112,7 +125,7 @@ def upload_outputs(
             settings,
             tries=None,
             sleep=pause,
-            budget=settings.transient_budget,
+            budget=_budget(settings, upload_by),
         )
 
     futures = [_UPLOADS.submit(put, kind) for kind in blobs]
@@ -135,14 +148,6 @@ def upload_outputs(
     }
 
 
-def _profile_record(model: LoadedModel, spec: JobSpec, params: engine.RunParams) -> dict[str, Any]:
-    """The profile that ran, with the chunk used and, when it compiles, how this shape ran."""
-    record = {**model.profile.to_dict(), "decode_chunk_size": params.decode_chunk_size}
-    if (run := engine.shape_run(model, spec, params)) is not None:
-        record["shape_run"] = run
-    return record
-
-
 def run_job(
     spec: JobSpec,
     model: LoadedModel,
@@ -153,6 +158,7 @@ def run_job(
     on_step_down: Callable[[str, str], None] = lambda before, after: None,
     still_ours: Callable[[], None] = lambda: None,
     gpu: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    upload_by: float | None = None,
 ) -> dict[str, Any]:
     """Run `spec` (already checked) and return its result record, written last as result.json.
 
@@ -160,7 +166,9 @@ def run_job(
     this always generates. `still_ours()` raises when another delivery took the job
     (worker/delivery.Guard): called right before the uploads and before result.json. `gpu()`
     encloses the generation (the worker's GPU clock, worker/gpuclock.py: the time the GPU is
-    busy).
+    busy; with overlap, also the process's GPU lock and the variant check, worker/overlap.py:
+    every try of the generation runs inside it). `upload_by` (with overlap on: the job's soft
+    limit, time.time()) ends upload retries there (`_budget`).
     """
     assert spec.job_id
     started_at, t0 = now(), time.perf_counter()
@@ -171,7 +179,8 @@ def run_job(
         timings[name] = round(moment - since, 4)
         return moment
 
-    params = engine.params_for(spec, model)
+    # The parameters come from the model as the GPU phase finds it (stepdown.generate): with
+    # overlap another job's variant switch or step-down may change it before then.
     with on_the_store("input fetch"):
         data = fetch_input(store, settings, spec.image)
     t = phase("fetch", t0)
@@ -185,9 +194,11 @@ def run_job(
     # Every generation (one, or the job's candidates and repairs: worker/quality.py) runs
     # inside gpu() through the step-down: out of memory steps down the profile ladder and
     # retries; `model` ends on the rung used. Each clip is scored on the frames as delivered,
-    # against the input as fitted (shared/scores.py), outside gpu(); the best is kept.
+    # against the input as fitted (shared/scores.py), outside gpu(); the best is kept. What
+    # ran it (`kept.ran`) was read inside gpu(), before another job could change the model.
     kept = quality.generate(model, settings, spec, fitted, progress, on_step_down, gpu)
     frames_u8, params, clip_scores, attempts = kept.frames, kept.params, kept.scores, kept.attempts
+    ran = kept.ran
     timings.update({k: round(v, 4) for k, v in kept.timings.items()})
     t = time.perf_counter()
     if progress:
@@ -202,7 +213,7 @@ def run_job(
         progress("upload", spec.num_inference_steps, spec.num_inference_steps)
     still_ours()
     with on_the_store("upload"):
-        outputs = upload_outputs(store, settings, spec, blobs)
+        outputs = upload_outputs(store, settings, spec, blobs, upload_by)
     phase("upload", t)
     timings["total"] = round(time.perf_counter() - t0, 4)
     result = JobResult(
@@ -210,14 +221,14 @@ def run_job(
         status=JobState.SUCCEEDED,
         spec=spec.to_dict(),
         variant=params.variant,
-        model=f"{model.info.model_id} @ {model.source}",
+        model=ran["model"],
         seed=params.seed,
         num_frames=int(frames_u8.shape[0]),
         width=int(frames_u8.shape[2]),
         height=int(frames_u8.shape[1]),
         output_fps=params.output_fps,
         decode_chunk_size=params.decode_chunk_size,
-        profile=_profile_record(model, spec, params),
+        profile=ran["profile"],
         attempts=attempts,
         tries=kept.tries,
         quality=kept.quality,
@@ -235,7 +246,7 @@ def run_job(
         scores=clip_scores,
         started_at=started_at,
         finished_at=now(),
-        note=model.info.note,  # tiny's clips say they are noise
+        note=ran["note"],
     ).to_dict()
     record = json.dumps(result, indent=2).encode()
     marker = result_key(spec.job_id, spec.output_prefix)
@@ -246,6 +257,6 @@ def run_job(
             f"upload of {marker}",
             settings,
             tries=None,
-            budget=settings.transient_budget,
+            budget=_budget(settings, upload_by),
         )
     return result

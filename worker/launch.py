@@ -1,7 +1,8 @@
 """`svdq worker` and `svdq plan`: read the GPUs, plan each worker, start them supervised.
 
 The parent never imports torch or touches CUDA: GPUs are read through NVML / nvidia-smi and
-the model loads in each worker's pool child.
+the model loads in each worker's pool child (with SVDQ_OVERLAP ≥ 2: in each worker process,
+which runs Celery's threads pool, worker/overlap.py).
 """
 
 from __future__ import annotations
@@ -30,11 +31,31 @@ from svdq.worker.gpuinfo import (
 from svdq.worker.profiles import GB, GIB, Profile
 
 APP = "svdq.worker.tasks"  # the Celery app (-A) every worker runs
+THREAD_POOL = "svdq.worker.threadpool:TaskPool"  # Celery's threads pool, Terminate = cancel
 CUDA_WHEELS = "https://download.pytorch.org/whl/cu128"  # CUDA 12.8: drivers 570 and newer
 
 
-def worker_argv(queues: list[str], name: str, log_level: str, app: str = APP) -> list[str]:
-    """The celery command line for one worker: prefork, one process, late acks, events."""
+def pool_args(overlap: int) -> list[str]:
+    """The pool for SVDQ_OVERLAP: 1, prefork with one child (Celery's time limits and
+    lost-child detection); 2 or more, that many threads in one process (worker/overlap.py)."""
+    if overlap <= 1:
+        return ["--pool=prefork", "--concurrency=1"]
+    # Celery's CLI takes only its own pool names; "custom" is the class named by
+    # CELERY_CUSTOM_WORKER_POOL (celery/concurrency/__init__.py: `ALIASES['custom'] = custom`),
+    # which `pool_env` sets.
+    return ["--pool=custom", f"--concurrency={overlap}"]
+
+
+def pool_env(overlap: int) -> dict[str, str]:
+    """The environment `pool_args` needs: the threads pool's class (worker/threadpool.py)."""
+    return {"CELERY_CUSTOM_WORKER_POOL": THREAD_POOL} if overlap > 1 else {}
+
+
+def worker_argv(
+    queues: list[str], name: str, log_level: str, app: str = APP, overlap: int = 1
+) -> list[str]:
+    """The celery command line for one worker: prefork and one process (or, with overlap,
+    threads), one message prefetched per job slot, late acks, events."""
     return [
         sys.executable,
         "-m",
@@ -42,8 +63,7 @@ def worker_argv(queues: list[str], name: str, log_level: str, app: str = APP) ->
         "-A",
         app,
         "worker",
-        "--pool=prefork",
-        "--concurrency=1",
+        *pool_args(overlap),
         "--prefetch-multiplier=1",
         f"--queues={','.join(queues)}",
         f"--hostname={name}",
@@ -307,9 +327,11 @@ def launch(args: argparse.Namespace, devices: list[Device] | None = None, app: s
         print(text, file=sys.stderr)
         print(f"  consuming: {', '.join(queues)}", file=sys.stderr)
         print(f"  worker name: {name}", file=sys.stderr)
-        argv = worker_argv(queues, name, settings.log_level, app)
-        workers.append((name, argv, _child_env(plan)))
-    if gpus:
+        argv = worker_argv(queues, name, settings.log_level, app, settings.overlap)
+        workers.append((name, argv, {**_child_env(plan), **pool_env(settings.overlap)}))
+    # With overlap nothing replaces a dead process (no prefork parent; the hard-limit watchdog
+    # ends the process on purpose): a CPU worker is supervised too.
+    if gpus or settings.overlap > 1:
         from svdq.worker.supervisor import Child, Supervisor
 
         children = [Child(name, argv, env) for name, argv, env in workers]

@@ -42,13 +42,14 @@ adapters hand those to `parent_saw_failure`, `parent_saw_revoke` and `requeue_if
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from svdq.shared.celery_app import send_job
 from svdq.shared.constants import CALLBACK_QUEUED_FIELD, STATE_PROGRESS, cancel_key, job_key
@@ -57,7 +58,7 @@ from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import Outcome
-from svdq.worker import callbacks, cancellation, delivery, jobs, resident
+from svdq.worker import callbacks, cancellation, delivery, jobs, overlap, resident
 from svdq.worker.heartbeat import Presence
 from svdq.worker.runtime import Runtime
 
@@ -67,10 +68,14 @@ log = logging.getLogger("svdq.worker")
 def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
     """Take one delivery of one job through every step above; return its result record."""
     job_id, variant = task.request.id or "", _variant_label(raw)
-    _begin(rt, job_id)
+    started = _begin(rt, task, job_id)
+    # With overlap, every job runs on the shared side of the gate; a suspect of the last
+    # process loss trades it for the exclusive side (worker/sharing.py).
+    gate = rt.sharing.gate.shared() if rt.sharing else contextlib.nullcontext()
     try:
         job = JobSpec.from_dict(raw)  # 1. checked again
-        result = _run(rt, task, job)  # 2.–9.
+        with gate:
+            result = _run(rt, task, job)  # 2.–9.
     except Retry:
         _safe(rt.metrics.retried, variant)  # 10. (back on the queue: not an end)
         raise
@@ -89,9 +94,12 @@ def process(rt: Runtime, task: Task, raw: Any) -> dict[str, Any]:
         _failed(rt, job_id, task.request.hostname, variant, exc)  # 10.
         raise
     else:
-        _succeeded(rt, job_id, task.request.hostname, result)  # 10.
+        _succeeded(rt, job_id, task.request.hostname, result, started)  # 10.
     finally:
-        _end(rt)
+        try:
+            _end(rt, job_id)
+        except SoftTimeLimitExceeded:  # the soft limit landed as the job ended: end it again
+            _end(rt, job_id)
     return result
 
 
@@ -111,6 +119,7 @@ def _run(rt: Runtime, task: Task, job: JobSpec) -> dict[str, Any]:
             soft_limit=_soft_limit(rt, task),
             counts=rt.metrics,
             on_guard=guards.append,
+            shared=rt.sharing,
         )
     except JobCancelledError as exc:
         cancellation.record(task, exc)
@@ -163,19 +172,37 @@ def _callback_once(rt: Runtime, job: JobSpec, payload: dict[str, Any]) -> None:
 def _generate(
     rt: Runtime, task: Task, job: JobSpec, worker: str, guard: Callable[[], None]
 ) -> dict[str, Any]:
-    """Steps 5 to 8, under the lease: the job's variant, then worker.jobs.run_job (generate
-    with step-down, encode, upload, result.json last)."""
-    # A worker takes every variant its ladder carries: switch (evicting the old one) if needed.
-    model = resident.ensure_variant(
-        rt.loaded(), rt.settings, rt.identity.variant, job.variant or "auto", job.job_id
-    )
+    """Steps 5 to 8, under the lease: worker.jobs.run_job (generate with step-down, encode,
+    upload, result.json last), its GPU phase under the process's GPU lock (`gpu`)."""
+    assert job.job_id
+    job_id, model = job.job_id, rt.loaded()
+    soft, began = _soft_limit(rt, task), time.time()
+    cooperative = rt.settings.overlap > 1  # no timer raises the soft limit in a thread
+
+    @contextlib.contextmanager
+    def gpu() -> Iterator[None]:
+        # One job at a time from the variant check to the last decode: a variant switch or a
+        # step-down swaps the pipeline (in place) the other job would otherwise be using.
+        with rt.gpu_gate.held(job_id), rt.inflight.on_gpu(job_id):
+            # A worker takes every variant its ladder carries: switch (evicting the old one).
+            resident.ensure_variant(
+                model, rt.settings, rt.identity.variant, job.variant or "auto", job_id
+            )
+            try:
+                with rt.metrics.gpu_phase(), rt.metrics.gpu.running():
+                    yield
+            finally:  # the rung that worked is where a restart starts (read under the lock)
+                _safe(rt.remember_rung)
 
     def progress(phase: str, step: int, steps: int) -> None:
         guard()  # another delivery took the job (this process was paused): stop here
         # `svdq cancel` stops a running job here: at its next denoising step, before upload.
-        cancellation.check(rt.redis, job.job_id)
+        cancellation.check(rt.redis, job_id)
+        if cooperative:
+            overlap.check_soft(began, soft)
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
+    upload_by = began + soft if cooperative and soft else None  # uploads stop at the limit
     return jobs.run_job(
         job,
         model,
@@ -185,7 +212,8 @@ def _generate(
         progress,
         rt.metrics.stepped_down,
         guard,
-        rt.metrics.gpu.running,
+        gpu,
+        upload_by,
     )
 
 
@@ -206,15 +234,24 @@ def _variant_label(raw: Any) -> str:
 # --- step 10 and the heartbeat around the job ----------------------------------------------
 
 
-def _begin(rt: Runtime, job_id: str) -> None:
-    _safe(rt.metrics.job_started)  # busy; the GPU's peak memory counts from here
-    _safe(rt.presence.beat, {"job_id": job_id, "job_started_at": rt.metrics.started})
+def _begin(rt: Runtime, task: Task, job_id: str) -> float:
+    """The job is held: on the heartbeat (worker/overlap.py InFlight: with overlap, the job
+    on the GPU and the one finishing), busy, watched for its hard limit. Returns its start."""
+    hard = (task.request.timelimit or (None, None))[0] or rt.app.conf.task_time_limit
+    # The soft limit is kept by the watchdog only with overlap (prefork's timer raises it).
+    soft = _soft_limit(rt, task) if rt.settings.overlap > 1 else None
+    started = rt.inflight.begin(job_id, hard, soft)
+    _safe(rt.metrics.job_started, rt.settings.overlap == 1)  # busy; one job: peak memory too
+    _safe(rt.presence.beat)
     _safe(rt.metrics.model_loaded, rt.model)
+    return started
 
 
-def _succeeded(rt: Runtime, job_id: str, worker: str | None, result: dict[str, Any]) -> None:
+def _succeeded(
+    rt: Runtime, job_id: str, worker: str | None, result: dict[str, Any], started: float
+) -> None:
     # "skipped" when result.json was there already (the job did no work now).
-    status = _safe(rt.metrics.succeeded, result) or Outcome.SUCCEEDED
+    status = _safe(rt.metrics.succeeded, result, started) or Outcome.SUCCEEDED
     variant = str(result.get("variant", "unknown"))
     seconds = (result.get("timings") or {}).get("total") if status == Outcome.SUCCEEDED else None
     _safe(rt.presence.finished, job_id, status, variant, "", seconds, worker)
@@ -231,11 +268,11 @@ def _cancelled(rt: Runtime, task: Task, job_id: str, variant: str) -> None:
     _safe(rt.presence.finished, job_id, Outcome.CANCELLED, variant, "", None, task.request.hostname)
 
 
-def _end(rt: Runtime) -> None:
+def _end(rt: Runtime, job_id: str) -> None:
+    rt.inflight.end(job_id)
     _safe(rt.metrics.job_ended)
     _safe(rt.metrics.model_loaded, rt.model)  # a step-down or a variant switch loaded one
-    _safe(rt.remember_rung)  # ...and a restarted worker starts on the rung that worked
-    _safe(rt.presence.beat, {"job_id": "", "job_started_at": ""})
+    _safe(rt.presence.beat)  # the jobs still held (none, or the other one), from InFlight
 
 
 def _safe(fn: Callable[..., Any], *args: Any) -> Any:

@@ -20,6 +20,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -79,7 +80,10 @@ EXTRA_GENERATIONS = Counter(
     "Clips generated beyond the first for a job (candidates, repairs)",
     ["reason"],
 )
-BUSY = Gauge("svdq_worker_busy", "1 while a job runs on this worker")
+BUSY = Gauge(
+    "svdq_worker_busy",
+    "Jobs running on this worker now: 0 or 1, up to SVDQ_OVERLAP with overlap on",
+)
 LEASE_RENEWALS = Counter("svdq_lease_renewals", "Job leases this worker renewed")
 REAPED = Counter(
     "svdq_jobs_reaped",
@@ -239,14 +243,29 @@ class WorkerMetrics:
         log.info("metrics on http://%s:%d/metrics", host, port)
         return True
 
-    def job_started(self) -> float:
-        """A job starts: busy, and the GPU's peak memory counts from here. Returns the time."""
+    def job_started(self, reset_peak: bool = True) -> float:
+        """A job starts: busy, and (one job at a time) the GPU's peak memory counts from here.
+        Returns the time. With overlap the peak is reset at the GPU phase (`gpu_phase`)
+        instead: another job may be on the GPU now."""
         self.started = time.time()
-        BUSY.set(1)
+        BUSY.inc()
+        cuda = _cuda()
+        if cuda is not None and reset_peak:
+            cuda.reset_peak_memory_stats()
+        return self.started
+
+    @contextmanager
+    def gpu_phase(self) -> Iterator[None]:
+        """Around one job's GPU phase (held under the GPU lock, worker/overlap.py): the peak
+        memory is this job's alone, whatever ends the block."""
         cuda = _cuda()
         if cuda is not None:
             cuda.reset_peak_memory_stats()
-        return self.started
+        try:
+            yield
+        finally:
+            if cuda is not None:
+                PEAK_VRAM.set(cuda.max_memory_allocated())
 
     def model_loaded(self, model: Any) -> None:
         """Count each pipeline load once: the first, and any swap (OOM step-down, variant
@@ -260,12 +279,13 @@ class WorkerMetrics:
                 model.load_seconds
             )
 
-    def succeeded(self, result: dict[str, Any]) -> str:
+    def succeeded(self, result: dict[str, Any], started: float | None = None) -> str:
         """Count a job that returned `result`: "skipped" when result.json was already there
-        (it finished before this job started), else "succeeded" with its phases and frames."""
+        (it finished before this job `started`; default: the last job_started, right when one
+        job runs at a time), else "succeeded" with its phases and frames."""
         variant = str(result.get("variant", "unknown"))
         finished = _parse_time(result.get("finished_at"))
-        if finished is not None and finished < self.started:
+        if finished is not None and finished < (self.started if started is None else started):
             JOBS.labels(Outcome.SKIPPED, variant).inc()
             return Outcome.SKIPPED
         profile = str((result.get("profile") or {}).get("name", ""))
@@ -311,7 +331,7 @@ class WorkerMetrics:
 
     def job_ended(self) -> None:
         """The job is over, whatever its outcome."""
-        BUSY.set(0)
+        BUSY.dec()
 
     def lease_renewed(self) -> None:
         """Count one lease renewal (worker.lease)."""

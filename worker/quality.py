@@ -136,9 +136,23 @@ class Kept:
     scores: dict[str, Any]
     attempts: list[dict[str, Any]]
     timings: dict[str, float]
+    ran: dict[str, Any] = field(default_factory=dict)  # profile, model and note that made it
     tries: list[dict[str, Any]] = field(default_factory=list)
     quality: dict[str, Any] | None = None
     others: dict[int, np.ndarray] = field(default_factory=dict)  # candidate index -> frames
+
+
+def ran_record(model: LoadedModel, spec: JobSpec, params: engine.RunParams) -> dict[str, Any]:
+    """What made a clip, for its result.json: the profile (with the chunk used and, when it
+    compiles, how this shape ran), the model and its note (tiny's clips say they are noise)."""
+    profile = {**model.profile.to_dict(), "decode_chunk_size": params.decode_chunk_size}
+    if (run := engine.shape_run(model, spec, params)) is not None:
+        profile["shape_run"] = run
+    return {
+        "profile": profile,
+        "model": f"{model.info.model_id} @ {model.source}",
+        "note": model.info.note,
+    }
 
 
 @dataclass
@@ -160,6 +174,7 @@ class _Job:
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # try index -> uint8 frames
     params: dict[int, engine.RunParams] = field(default_factory=dict)
     plans: dict[int, Plan] = field(default_factory=dict)
+    ran: dict[int, dict[str, Any]] = field(default_factory=dict)  # try -> what ran it
 
     def _progress(self) -> engine.Progress | None:
         """The job's progress over all its calls: call k's step i is k*steps + i."""
@@ -194,6 +209,9 @@ class _Job:
                     self.on_step_down,
                     seeds,
                 )
+                # What ran, read while gpu() still holds the model: with overlap the next
+                # job may switch its variant or step it down as soon as this block ends.
+                ran = ran_record(self.model, spec, params)
         except stepdown.BatchTooLarge as exc:
             self.attempts.extend({**a, "try": first.index} for a in exc.attempts)
             raise
@@ -210,6 +228,7 @@ class _Job:
             self.frames[plan.index] = u8
             self.params[plan.index] = dataclasses.replace(params, seed=plan.seed)
             self.plans[plan.index] = plan
+            self.ran[plan.index] = ran
             record: dict[str, Any] = {"try": plan.index, "reason": plan.reason}
             if plan.reason == "candidate":
                 record.update(candidate=plan.index, call=self.done_calls - 1)
@@ -267,6 +286,7 @@ def generate(
     result = Kept(
         frames=job.frames[kept],
         params=job.params[kept],
+        ran=job.ran[kept],
         scores=job.tries[kept]["scores"],
         attempts=job.attempts,
         timings=job.timings,

@@ -8,7 +8,9 @@ lifecycle (worker/lifecycle.py) receives the runtime and passes on what each ste
 
 The parent process never builds one: CUDA must not be touched before the pool forks. What
 the parent knows (the worker's name, queues, GPU and variant: `Identity`) it learns at
-`worker_init`, and the child inherits it.
+`worker_init`, and the child inherits it. With SVDQ_OVERLAP ≥ 2 there is no fork (Celery's
+threads pool): the one process builds its Runtime at `worker_init`, and its jobs share it
+(worker/overlap.py: the GPU lock, the jobs in flight, the hard-limit watchdog).
 """
 
 from __future__ import annotations
@@ -23,17 +25,20 @@ from celery import Celery
 from svdq.shared.settings import Settings
 from svdq.shared.storage import ObjectStore, open_store
 from svdq.worker.heartbeat import Presence
-from svdq.worker.identity import Identity
+from svdq.worker.identity import Identity, process_id
 from svdq.worker.metrics import WorkerMetrics, metrics_port
 from svdq.worker.models import LoadedModel, settle
+from svdq.worker.overlap import GpuGate, InFlight, Watchdog
 from svdq.worker.reaper import Reaper
 from svdq.worker.resident import RungMemory, load_initial
+from svdq.worker.sharing import Sharing
 
 log = logging.getLogger("svdq.worker")
 
 
 class Runtime:
-    """One pool child's settings, connections, counters and model."""
+    """One pool child's (with overlap: the worker process's) settings, connections, counters
+    and model."""
 
     def __init__(
         self, settings: Settings, app: Celery, identity: Identity, store: ObjectStore
@@ -51,12 +56,24 @@ class Runtime:
         self.reaper = Reaper(
             app, store, identity.hostname, settings.reap_interval, self.metrics.reaped
         )
+        self.inflight = InFlight()  # the jobs held now, and the one on the GPU
+        self.gpu_gate = GpuGate()  # one job at a time in the GPU phase
+        # No timer ends a thread: with overlap, a job past its hard limit ends the process.
+        # With overlap, a lost process's other job is not blamed for it (worker/sharing.py).
+        self.sharing = (
+            Sharing(self.redis, process_id(), settings.result_expires)
+            if settings.overlap > 1
+            else None
+        )
+        self.watchdog = (
+            Watchdog(self.inflight, culprit=self.sharing.hard_limit) if self.sharing else None
+        )
         self.presence = Presence(
             self.redis,
             identity,
             settings.heartbeat_ttl,
             lambda: self.model,
-            self.metrics.beat_fields,
+            lambda: {**self.metrics.beat_fields(), **self.inflight.fields()},
         )
 
     @classmethod
@@ -75,6 +92,8 @@ class Runtime:
             runtime.presence.metrics_port = port
         runtime.presence.start()
         runtime.reaper.start()
+        if runtime.watchdog is not None:
+            runtime.watchdog.start()
         began = time.perf_counter()
         runtime.model = load(settings, identity.variant, runtime.rungs)
         # The model and libraries live as long as the process (until a swap evicts the model):
@@ -112,6 +131,8 @@ class Runtime:
     def stop(self) -> None:
         """A clean stop: leave `svdq stats` at once, not when the heartbeat expires."""
         self.reaper.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         try:
             self.presence.forget()
         except Exception as exc:

@@ -3,7 +3,12 @@ task, and thin adapters from Celery's signals to the runtime (worker/runtime.py)
 lifecycle (worker/lifecycle.py). No job logic lives here.
 
 The model loads in each pool child (worker_process_init), never per job, and never in the
-parent: CUDA must not be touched before the pool forks.
+parent: CUDA must not be touched before the pool forks. With SVDQ_OVERLAP ≥ 2 the worker runs
+Celery's threads pool (worker/threadpool.py): no fork and no child, so the one process loads
+the model at worker_init (which Celery sends before the pool starts and before "ready.":
+celery/worker/worker.py `signals.worker_init.send(sender=self)` in WorkController.__init__;
+the threads pool sends no worker_process_init, only prefork and solo do) and stops it at
+worker_shutdown. worker/overlap.py says why the guarantees hold with two jobs in flight.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from celery.worker import state as worker_state
 
 from svdq.shared import holders
-from svdq.shared.constants import TASK_GENERATE, worker_key
+from svdq.shared.constants import TASK_GENERATE, cancel_key, worker_key
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
 from svdq.worker.brokerguard import worker_app
@@ -64,6 +70,17 @@ def _learn_identity(sender: Any = None, **_: Any) -> None:
         app.backend.client.delete(worker_key(_here.identity.hostname))
     except Exception as exc:  # Redis away: the first beats will say where this worker is
         log.warning("could not clear this worker's old heartbeat: %s", exc)
+    if settings.overlap > 1:  # threads pool: no child to load in; this process takes jobs
+        identity = _here.identity
+        try:
+            _here.runtime = Runtime.start(settings, app, identity)
+        except Exception:
+            # Celery logs and swallows a receiver's exception (celery/utils/dispatch/signal.py
+            # `send`): end the process here, loudly, before it consumes a message.
+            log.exception("could not load the %s model; stopping this worker", identity.variant)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(1)
 
 
 @task_received.connect
@@ -125,6 +142,13 @@ def _stop_runtime(**_: Any) -> None:
         _here.runtime.stop()
 
 
+@worker_shutdown.connect
+def _stop_threads_runtime(**_: Any) -> None:
+    """Threads pool (SVDQ_OVERLAP ≥ 2): the process's runtime ends with the worker."""
+    if settings.overlap > 1 and _here.runtime is not None:
+        _here.runtime.stop()
+
+
 # max_retries=None: Celery stops no retry of ours (its default is 3, and `task.retry(max_retries=
 # None)` means "use the default", celery/app/task.py); worker/delivery.py keeps the budgets.
 @app.task(name=TASK_GENERATE, bind=True, max_retries=None)
@@ -165,7 +189,19 @@ def _revoked_seen_by_parent(
     on_connection_error_after_connected → Request.cancel)."""
     if getattr(sender, "name", "") != TASK_GENERATE or request is None:
         return
-    if getattr(request, "id", None) in worker_state.revoked:
+    job_id = getattr(request, "id", None)
+    rt = _here.runtime
+    if job_id and rt is not None and rt.inflight.holds(job_id):
+        # Threads pool: the job runs on in its thread (none can be killed, worker/threadpool.py),
+        # so Terminate is a cancel: `svdq cancel`'s flag, seen at its next denoising step; the
+        # job's own lifecycle records the end and queues its callback, once.
+        try:
+            app.backend.client.set(cancel_key(job_id), 1, ex=settings.result_expires)
+        except Exception:
+            log.exception("job %s was revoked; could not flag it cancelled", job_id)
+        log.warning("job %s: revoked while running: cancelled at its next step", job_id)
+        return
+    if job_id in worker_state.revoked:
         lifecycle.parent_saw_revoke(app, settings, _here.presence, request)
     elif terminated:
         lifecycle.requeue_if_terminated(app, settings, request)

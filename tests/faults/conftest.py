@@ -119,6 +119,15 @@ FAULT_VARS = {
 }
 
 
+# SVDQ_TEST_OVERLAP=2 runs the suite's workers with overlap on (SVDQ_OVERLAP=2: threads pool,
+# two jobs held at once, worker/overlap.py); unset, with the default (1: prefork).
+OVERLAP = int(os.environ.get("SVDQ_TEST_OVERLAP", "1"))
+
+
+def overlap_vars(overlap: int = OVERLAP) -> dict[str, str]:
+    return {"SVDQ_OVERLAP": str(overlap)} if overlap > 1 else {}
+
+
 @pytest.fixture
 def fault_env(svdq_env: dict[str, str], private_redis: PrivateRedis) -> dict[str, str]:
     """Environment for fault-suite processes; the private Redis is emptied first."""
@@ -128,6 +137,7 @@ def fault_env(svdq_env: dict[str, str], private_redis: PrivateRedis) -> dict[str
     return {
         **svdq_env,
         **FAULT_VARS,
+        **overlap_vars(),
         "SVDQ_REDIS_URL": private_redis.url,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,  # moto takes any; the logs must never show it
     }

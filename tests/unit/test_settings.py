@@ -54,6 +54,7 @@ def test_defaults_from_an_empty_env() -> None:
         max_input_pixels=40_000_000,
         visibility_timeout=7200,
         task_time_limit=3600,
+        overlap=1,  # prefork, one job at a time, unless the operator opts in
         result_expires=604800,
         log_level="INFO",
         metrics_host="127.0.0.1",
@@ -423,3 +424,14 @@ def test_unknown_ssl_cert_reqs_is_refused_naming_the_value_and_the_allowed(url: 
 def test_known_ssl_cert_reqs_are_accepted(reqs: str) -> None:
     url = f"rediss://h:6380/0?ssl_cert_reqs={reqs}"
     assert Settings.from_env({"SVDQ_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("value", ["0", "5", "two"])
+def test_overlap_is_bounded(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"SVDQ_OVERLAP": value})
+    assert "SVDQ_OVERLAP" in str(err.value) and value in str(err.value)
+
+
+def test_overlap_two() -> None:
+    assert Settings.from_env({"SVDQ_OVERLAP": "2"}).overlap == 2

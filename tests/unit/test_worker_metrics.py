@@ -293,3 +293,12 @@ def test_stats_shows_the_start_cost_and_busy_ratio() -> None:
     snap["workers"] = [{**worker, "warmup_s": 4.2, "compile_cache": "hit"}]
     [cached] = [line for line in render(snap).splitlines() if "gpu0@a" in line]
     assert cached.endswith("(busy 74%, start: load 41.2s, warm-up 4.2s, compile cache hit)")
+
+    # Overlap: a worker holding two jobs names both (the heartbeat's `jobs`, GPU one first).
+    two = {**worker, "name": "gpu2@a", "job_id": "b", "job_seconds": 3, "jobs": ["b", "a"]}
+    one = {**worker, "name": "gpu3@a", "job_id": "c", "job_seconds": 3, "jobs": ["c"]}
+    lines = render({**snap, "workers": [two, one]}).splitlines()
+    [held] = [line for line in lines if "gpu2@a" in line]
+    assert "job b 3s + 1 more held: a" in held
+    [alone] = [line for line in lines if "gpu3@a" in line]
+    assert "more held" not in alone
