@@ -1,8 +1,8 @@
 """Attacks on the contact sheet (`svdq report`) with a real Redis and a real S3 server (moto)
 but no worker: the batch's jobs are queued by a real bulk submission, then their Celery
 states and objects are forged the way someone with write access to Redis or the bucket could.
-Tests marked xfail(strict) are defects found by review; the others are attacks that failed,
-kept as regression tests."""
+Each was either a defect found by review and since fixed, or an attack that failed: all are
+regression tests now."""
 
 from __future__ import annotations
 
@@ -106,11 +106,6 @@ def test_hostile_posters_leave_notes_not_a_failed_sheet(client: Any, tmp_path: P
     assert "no longer in the store" in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a result whose `scores` is not an object (a list) crashes row_badges "
-    "(AttributeError: 'list' object has no attribute 'get'): the whole sheet is lost",
-)
 def test_scores_that_are_not_an_object_do_not_break_the_sheet(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 2)
     _forge_success(client, ids[0], scores=[1, 2, 3])
@@ -119,11 +114,6 @@ def test_scores_that_are_not_an_object_do_not_break_the_sheet(client: Any, tmp_p
     assert sum(counts.values()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a reject in Redis whose status is a list: row_badges tests "
-    "`status in frozenset` (TypeError: unhashable type) and the whole report fails",
-)
 def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path) -> None:
     batch, _ = _batch(client, tmp_path, 1)
     pipe = client.jobqueue.redis.pipeline()
@@ -133,12 +123,6 @@ def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path)
     assert sum(counts.values()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: the source thumbnail is read from the result record's spec.image, "
-    "which nothing checks (result_problem checks only output keys): a forged record embeds "
-    "any image of the bucket, e.g. another job's input, as this job's source",
-)
 def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 1)
     _other, other_ids = _batch(client, tmp_path / "other", 1)
@@ -172,12 +156,6 @@ def test_cli_errors_for_a_bad_and_an_unknown_batch(
     assert not (tmp_path / "s.html").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: -o into a folder that does not exist (or is not writable) ends in a "
-    "Python traceback (FileNotFoundError from tempfile.mkstemp), after every picture was "
-    "fetched; no sentence naming -o and the path",
-)
 def test_cli_output_path_that_cannot_be_written(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -188,12 +166,6 @@ def test_cli_output_path_that_cannot_be_written(
     assert "Traceback" not in done.stderr and str(out) in done.stderr, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: `svdq bulk --wait --report x.html --presign 99999999` queues the "
-    "whole batch and waits for it before write_sheet refuses the presign (> 7 days); the "
-    "CLI contract says bad input exits 2 with nothing queued",
-)
 def test_bulk_refuses_a_sheet_presign_before_queuing(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -229,12 +201,6 @@ def test_thousands_of_rows_stream(client: Any, tmp_path: Path) -> None:
     assert took < 120
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a batch hash whose created_at is not a number: `svdq report` ends in "
-    "a traceback (ValueError in BatchRecord.info, producer/batch.py: older code the sheet "
-    "now calls), no sentence naming the batch and the field",
-)
 def test_tampered_batch_record_is_a_sentence(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:
