@@ -15,6 +15,7 @@ so a batch of ten thousand never sits in memory; the counts at the top are writt
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
@@ -91,7 +92,8 @@ def build_card(
     spec = source_spec(jobqueue, card.job_id, result) if entry is not None else None
     if spec is not None:
         card.metadata = spec.metadata
-        card.thumb, note = _picture(store, batch, spec.image, size, "source")
+        sha = content_address(store, spec.image)
+        card.thumb, note = _picture(store, batch, spec.image, size, "source", sha)
         notes.append(note)
     elif entry is not None and isinstance(result.get("spec"), dict):
         notes.append("source not shown: its submission record is gone and the result's spec "
@@ -124,20 +126,28 @@ def source_spec(jobqueue: JobQueue, job_id: str, result: dict[str, Any]) -> JobS
         spec = JobSpec.from_dict(result["spec"]) if isinstance(result.get("spec"), dict) else None
     except InvalidJobError:
         return None
-    key = jobqueue.store.key_from_uri(spec.image) if spec else None
-    name = key[len(INPUT_PREFIX) :] if key and key.startswith(INPUT_PREFIX) else ""
-    sha = name.partition(".")[0]
-    if spec is None or len(sha) != 64 or spec.job_id != job_id:
+    sha = content_address(jobqueue.store, spec.image) if spec else None
+    if spec is None or sha is None or spec.job_id != job_id:
         return None
     return spec if job_id.endswith(identity(spec, sha)[:24]) else None
 
 
+def content_address(store: ObjectStore, uri: str) -> str | None:
+    """The sha256 an input's key names (inputs/<sha256>.<ext>), or None for any other key."""
+    key = store.key_from_uri(uri)
+    name = key[len(INPUT_PREFIX) :] if key and key.startswith(INPUT_PREFIX) else ""
+    sha = name.partition(".")[0]
+    return sha if len(sha) == 64 and not sha.strip("0123456789abcdef") else None
+
+
 def _picture(
-    store: ObjectStore, batch: Batch, uri: str, size: int, what: str
+    store: ObjectStore, batch: Batch, uri: str, size: int, what: str, sha256: str | None = None
 ) -> tuple[str | None, str]:
     """(data: URI, "") for the stored picture `uri` names, or (None, why not). Its size is
     asked first (head): an object over SVDQ_MAX_INPUT_BYTES is never downloaded (one of
-    gigabytes, times the fetching threads, would exhaust this machine's memory)."""
+    gigabytes, times the fetching threads, would exhaust this machine's memory). With
+    `sha256` (an input's content address) bytes that hash otherwise are not shown: the object
+    was replaced in the bucket, and is not the image the job was submitted with."""
     key = store.key_from_uri(uri)
     if key is None:
         return None, f"{what} {uri[:200]} is outside the store: not embedded"
@@ -152,6 +162,11 @@ def _picture(
                 f"SVDQ_MAX_INPUT_BYTES={limit:,}"
             )
         data = store.get_bytes(key)  # open_image checks the size again: it may have changed
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return None, (
+                f"{what} not shown: {key} is not the image submitted (its bytes do not hash to "
+                "the sha256 its name records: the object was replaced)"
+            )
         return thumbnail(data, batch.jobqueue.settings, size, f"{what} {key}"), ""
     except ObjectNotFoundError:
         return None, f"{what} {key} is no longer in the store"

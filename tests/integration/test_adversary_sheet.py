@@ -37,11 +37,11 @@ def _seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def _batch(client: Any, tmp_path: Path, n: int = 2) -> tuple[Any, list[str]]:
-    """A real bulk batch of `n` queued jobs (nobody runs them)."""
+def _batch(client: Any, tmp_path: Path, n: int = 2, color: int = 20) -> tuple[Any, list[str]]:
+    """A real bulk batch of `n` queued jobs (nobody runs them), its inputs of `color` on."""
     folder = tmp_path / "folder"
     for i in range(n):
-        make_image(folder / f"img{i}.png", color=20 + 40 * i)
+        make_image(folder / f"img{i}.png", color=color + 40 * i)
     summary = BulkSubmitter(client.jobqueue).run(
         # A fresh seed: job ids derive from the inputs, and each test forges its own jobs.
         iter_source(folder, {**FAST, "num_frames": 3, "formats": ["mp4"], "seed": _seed()}),
@@ -125,7 +125,8 @@ def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path)
 
 def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 1)
-    _other, other_ids = _batch(client, tmp_path / "other", 1)
+    # Another input (its own content address): the forged spec points at that object.
+    _other, other_ids = _batch(client, tmp_path / "other", 1, color=130)
     # The other job's input is a distinctive picture: 3:1, so its thumbnail is 96×32.
     other_spec = client.jobqueue.job_spec(other_ids[0])
     secret_key = client.store.key_from_uri(other_spec.image)
@@ -142,6 +143,20 @@ def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Pa
     for uri in re.findall(r'class="thumb" src="data:image/jpeg;base64,([^"]+)"', html):
         size = Image.open(io.BytesIO(base64.b64decode(uri))).size
         assert size != (96, 32), "the other job's input was embedded"
+    assert html.count('class="thumb" src="data:image/jpeg') == 1, "its own source is shown"
+
+
+def test_a_replaced_input_object_is_not_shown_as_the_source(client: Any, tmp_path: Path) -> None:
+    """Someone with write access to the bucket overwrites a job's input (inputs/<sha256>.png):
+    its bytes no longer hash to its name, so the card shows a note, not that picture."""
+    batch, ids = _batch(client, tmp_path, 1)
+    key = client.store.key_from_uri(client.jobqueue.job_spec(ids[0]).image)
+    client.store.put_bytes(key, _png((300, 100), 250), "image/png")
+    out = tmp_path / "s.html"
+    write_sheet(out, batch, size=96)
+    html = out.read_text()
+    assert 'class="thumb" src=' not in html
+    assert "is not the image submitted" in html
 
 
 def test_cli_errors_for_a_bad_and_an_unknown_batch(
@@ -181,6 +196,44 @@ def test_bulk_refuses_a_sheet_presign_before_queuing(
     after = set(client.jobqueue.redis.scan_iter(match=batch_key("*")))
     assert done.returncode == 2 and "presign" in done.stderr, done.stderr
     assert after == before, "a batch was queued for a request that was refused"
+
+
+def test_presign_zero_with_a_sheet_is_refused_by_bulk_and_wait(
+    client: Any, svdq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Finding 11: `--presign 0` with an .html report was read as "the default" (7 days) by
+    bulk and wait while `svdq report` refuses it: all three refuse it now, before queuing or
+    waiting; so is a report into a folder that does not exist."""
+    folder = tmp_path / "f"
+    make_image(folder / "a.png")
+    before = set(client.jobqueue.redis.scan_iter(match=batch_key("*")))
+    for extra in (["--presign", "0"], ["--presign", "-5"]):
+        done = run_svdq(
+            ["bulk", str(folder), "--wait", "--timeout", "3", "--report", "x.html", *extra],
+            svdq_env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2 and f"--presign={extra[1]}" in done.stderr, done.stderr
+    missing = tmp_path / "gone" / "x.html"
+    done = run_svdq(
+        ["bulk", str(folder), "--wait", "--timeout", "3", "--report", str(missing)],
+        svdq_env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and str(missing) in done.stderr, done.stderr
+    assert set(client.jobqueue.redis.scan_iter(match=batch_key("*"))) == before
+    batch, _ = _batch(client, tmp_path, 1)
+    waited = run_svdq(
+        ["wait", "--batch", batch.batch_id, "--timeout", "60", "--report", "x.html",
+         "--presign", "0"],
+        svdq_env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert waited.returncode == 2 and "--presign=0" in waited.stderr, waited.stderr
+    assert "Traceback" not in waited.stderr and not (tmp_path / "x.html").exists()
+    report = ["report", "--batch", batch.batch_id, "-o", "x.html", "--presign", "0"]
+    refused = run_svdq(report, svdq_env, cwd=tmp_path)
+    assert refused.returncode == 2 and "--presign=0" in refused.stderr, refused.stderr
 
 
 def test_thousands_of_rows_stream(client: Any, tmp_path: Path) -> None:
