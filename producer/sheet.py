@@ -188,7 +188,7 @@ def check_report(path: str | Path, presign: int | None, flag: str = "--report") 
     more) or a path whose folder is missing or not writable, or that is a folder itself.
     InvalidJobError naming the flag, the value and what is allowed."""
     sheet = Path(path).suffix.lower() in (".html", ".htm")
-    if presign is not None and not (0 < presign <= PRESIGN if sheet else 0 < presign):
+    if presign is not None and not (0 < presign <= PRESIGN if sheet else presign > 0):
         allowed = f"1 to {PRESIGN} seconds (7 days, S3's limit)" if sheet else "1 or more"
         raise InvalidJobError(f"--presign={presign} is not allowed: {allowed}", field="presign")
     target = Path(path)
