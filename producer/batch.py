@@ -122,12 +122,25 @@ class BatchRecord:
             )
         data = {_s(k): _s(v) for k, v in raw.items()}
         out: dict[str, Any] = {"batch_id": self.batch_id, "source": data.get("source", "")}
-        out["created_at"] = float(data.get("created_at", 0))
+        out["created_at"] = self._number(data, "created_at", float)
         out["complete"] = data.get("complete") == "1"
-        out.update({name: int(data.get(name, 0)) for name in COUNTERS})
-        out["rejected"] = int(data.get("rejected", 0))
+        out.update({name: self._number(data, name, int) for name in COUNTERS})
+        out["rejected"] = self._number(data, "rejected", int)
         out["jobs"] = int(self.redis.llen(batch_jobs_key(self.batch_id)))
         return out
+
+    def _number(self, data: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
+        """Field `name` of the record as a number; a tampered one is a sentence naming the
+        batch, the field and its value, never a ValueError traceback."""
+        try:
+            return kind(data.get(name, 0))
+        except ValueError:
+            raise InvalidJobError(
+                f"batch {self.batch_id!r}: its record in Redis is damaged: {name}="
+                f"{data[name]!r:.60} is not {'a number' if kind is float else 'an integer'} "
+                "(svdq writes one); the batch cannot be read",
+                field=name,
+            ) from None
 
     def job_chunks(self, size: int = CHUNK) -> Iterator[list[str]]:
         """The batch's job ids, `size` at a time, without loading them all."""

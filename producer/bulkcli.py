@@ -19,7 +19,7 @@ from svdq.producer.lost import lost_batch, no_journal
 from svdq.producer.manifest import Row, iter_source
 from svdq.producer.progress import BulkProgress, say
 from svdq.producer.services import require
-from svdq.producer.sheet import PRESIGN, THUMB, write_batch_report, write_sheet
+from svdq.producer.sheet import PRESIGN, THUMB, check_report, write_batch_report, write_sheet
 from svdq.shared.constants import batch_key
 from svdq.shared.errors import InvalidJobError, WaitTimeoutError
 from svdq.shared.spec import JobSpec
@@ -80,6 +80,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
             f"`svdq wait --batch BATCH --report {args.report or 'FILE'}`",
             field="report",
         )
+    check_wait_report(args)  # before anything is queued: a refused report would come last
     params, random_seed = spec_params(args)
     try:
         rows = iter_source(args.source, params)
@@ -134,6 +135,17 @@ def cmd_bulk(args: argparse.Namespace) -> int:
             print(f"follow with: {follow}", file=sys.stderr)
         return code
     return max(code, _wait_batch(client, batch_id, args, show))
+
+
+def check_wait_report(args: argparse.Namespace) -> None:
+    """Refuse --report/--presign that could not be honoured when the jobs end (a presign out
+    of range, a folder that is missing or not writable), as `svdq report` refuses them, before
+    anything is queued or waited for."""
+    report, presign = getattr(args, "report", None), getattr(args, "presign", None)
+    if report:
+        check_report(report, presign)
+    elif presign is not None and presign < 1:
+        raise InvalidJobError(f"--presign={presign} is not allowed: 1 or more", "presign")
 
 
 def strict_check(rows: Iterable[Row]) -> list[str]:
@@ -238,8 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the batch's report to --output as it is now."""
     if not 16 <= args.thumb <= 2048:
         raise InvalidJobError(f"--thumb={args.thumb} is not allowed: 16 to 2048", field="thumb")
-    if args.presign is not None and args.presign < 1:
-        raise InvalidJobError(f"--presign={args.presign} is not allowed: 1 or more", "presign")
+    check_report(args.output, args.presign, "-o")  # before a picture is fetched
     client = Client()
     if not _known(client, args.batch, args.json):
         return 1
@@ -258,6 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_wait_batch(args: argparse.Namespace) -> int:
     """`svdq wait --batch ID [--report FILE]`: pick a batch up again from any process."""
+    check_wait_report(args)
     client = Client()
     if not _known(client, args.batch, args.json):
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def report_entries(
     for entry in batch.states():
         result = entry.get("result") or {}
         outputs = {k: o["uri"] for k, o in result.get("outputs", {}).items()}
+        scores = result.get("scores")
+        scores = scores if isinstance(scores, dict) else {}  # a tampered record: none
+        timings = result.get("timings")
+        timings = timings if isinstance(timings, dict) else {}
         row: dict[str, Any] = {
             "source": entry.get("source", ""),
             "job_id": entry["job_id"],
@@ -52,8 +57,8 @@ def report_entries(
             "reason": entry.get("error", ""),
             "outputs": outputs,
             "presigned": {},
-            "seconds": result.get("timings", {}).get("total"),
-            **{name: (result.get("scores") or {}).get(name) for name in SCORES},
+            "seconds": finite(timings.get("total")),
+            **{name: finite(scores.get(name)) for name in SCORES},
         }
         if entry["state"] is JobState.CANCELLED:
             row["reason"] = "cancelled"
@@ -65,6 +70,7 @@ def report_entries(
         yield row, entry
     for reject in batch.record.rejects():
         status = reject.get("status", "invalid")
+        status = status if isinstance(status, str) else str(status)  # tampered: shown, counted
         row = {
             "source": reject.get("source", ""),
             "job_id": reject.get("job_id", ""),  # a duplicate row: the job that serves it
@@ -77,6 +83,15 @@ def report_entries(
             "badges": row_badges(status, None),
         }
         yield row, None
+
+
+def finite(value: Any) -> int | float | None:
+    """A score or a time as a report shows it: None (missing) unless a finite number. NaN and
+    infinity (json.loads accepts both in a result.json) are missing, as shared/scores.badges
+    treats them: a spreadsheet or the sheet's script would otherwise sort them arbitrarily,
+    and a JSON-lines row holding NaN is not JSON."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if number and math.isfinite(value) else None
 
 
 def row_badges(status: Any, result: Any) -> list[str]:

@@ -15,6 +15,7 @@ so a batch of ten thousand never sits in memory; the counts at the top are writt
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
@@ -28,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from svdq.producer.batch import Batch
+from svdq.producer.jobqueue import JobQueue
 from svdq.producer.report import report_entries, report_rows, write_report
 from svdq.producer.sheethtml import (
     Card,
@@ -37,10 +39,12 @@ from svdq.producer.sheethtml import (
     render_head,
     render_tail,
 )
+from svdq.shared.constants import INPUT_PREFIX
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import open_image, to_rgb
 from svdq.shared.scores import SCORES
 from svdq.shared.settings import Settings
+from svdq.shared.spec import JobSpec, identity
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 
 THUMB = 320  # pixels: the longer side of an embedded picture (about 15 kB as JPEG)
@@ -85,16 +89,15 @@ def build_card(
         links=dict(row.get("presigned") or {}),
     )
     notes = []
-    spec = result.get("spec")
-    if entry is not None and not isinstance(spec, dict):
-        known = jobqueue.job_spec(card.job_id)  # a job without a result: its submission
-        spec = known.to_dict() if known else None
-    if isinstance(spec, dict):
-        card.metadata = spec.get("metadata")
-        source_uri = spec.get("image")
-        if isinstance(source_uri, str):
-            card.thumb, note = _picture(store, batch, source_uri, size, "source")
-            notes.append(note)
+    spec = source_spec(jobqueue, card.job_id, result) if entry is not None else None
+    if spec is not None:
+        card.metadata = spec.metadata
+        sha = content_address(store, spec.image)
+        card.thumb, note = _picture(store, batch, spec.image, size, "source", sha)
+        notes.append(note)
+    elif entry is not None and isinstance(result.get("spec"), dict):
+        notes.append("source not shown: its submission record is gone and the result's spec "
+                     "does not name this job's own input")  # fmt: skip
     if result:
         card.size = (
             f"{result.get('width')}×{result.get('height')}, {result.get('num_frames')} frames"
@@ -107,15 +110,63 @@ def build_card(
     return card
 
 
+def source_spec(jobqueue: JobQueue, job_id: str, result: dict[str, Any]) -> JobSpec | None:
+    """The spec whose image is this job's source: the one the producer recorded at submission
+    (Redis), never the result record's alone, which nothing checks but its output keys (a
+    forged record could embed any image of the bucket as this job's source). When Redis no
+    longer has the submission, the result's spec counts only if its image is at the content
+    address its job id was derived from (inputs/<sha256>.<ext>, shared/spec.py `finalize`)."""
+    try:
+        known = jobqueue.job_spec(job_id)
+    except (InvalidJobError, ValueError):  # a tampered submission record: no source
+        return None
+    if known is not None:
+        return known
+    try:
+        spec = JobSpec.from_dict(result["spec"]) if isinstance(result.get("spec"), dict) else None
+    except InvalidJobError:
+        return None
+    sha = content_address(jobqueue.store, spec.image) if spec else None
+    if spec is None or sha is None or spec.job_id != job_id:
+        return None
+    return spec if job_id.endswith(identity(spec, sha)[:24]) else None
+
+
+def content_address(store: ObjectStore, uri: str) -> str | None:
+    """The sha256 an input's key names (inputs/<sha256>.<ext>), or None for any other key."""
+    key = store.key_from_uri(uri)
+    name = key[len(INPUT_PREFIX) :] if key and key.startswith(INPUT_PREFIX) else ""
+    sha = name.partition(".")[0]
+    return sha if len(sha) == 64 and not sha.strip("0123456789abcdef") else None
+
+
 def _picture(
-    store: ObjectStore, batch: Batch, uri: str, size: int, what: str
+    store: ObjectStore, batch: Batch, uri: str, size: int, what: str, sha256: str | None = None
 ) -> tuple[str | None, str]:
-    """(data: URI, "") for the stored picture `uri` names, or (None, why not)."""
+    """(data: URI, "") for the stored picture `uri` names, or (None, why not). Its size is
+    asked first (head): an object over SVDQ_MAX_INPUT_BYTES is never downloaded (one of
+    gigabytes, times the fetching threads, would exhaust this machine's memory). With
+    `sha256` (an input's content address) bytes that hash otherwise are not shown: the object
+    was replaced in the bucket, and is not the image the job was submitted with."""
     key = store.key_from_uri(uri)
     if key is None:
         return None, f"{what} {uri[:200]} is outside the store: not embedded"
+    limit = batch.jobqueue.settings.max_input_bytes
     try:
-        data = store.get_bytes(key)
+        found = store.head(key)
+        if found is None:
+            raise ObjectNotFoundError(key)
+        if found.size > limit:
+            return None, (
+                f"{what} not shown: {key} is {found.size:,} bytes, more than "
+                f"SVDQ_MAX_INPUT_BYTES={limit:,}"
+            )
+        data = store.get_bytes(key)  # open_image checks the size again: it may have changed
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return None, (
+                f"{what} not shown: {key} is not the image submitted (its bytes do not hash to "
+                "the sha256 its name records: the object was replaced)"
+            )
         return thumbnail(data, batch.jobqueue.settings, size, f"{what} {key}"), ""
     except ObjectNotFoundError:
         return None, f"{what} {key} is no longer in the store"
@@ -131,6 +182,30 @@ def cards(batch: Batch, presign: int, size: int, threads: int) -> Iterator[Card]
             yield from pool.map(lambda c: build_card(c[0], c[1][0], c[1][1], batch, size), chunk)
 
 
+def check_report(path: str | Path, presign: int | None, flag: str = "--report") -> None:
+    """Refuse, before anything is fetched or queued, a report that could not be written: a
+    presign out of range (the sheet's links: 1 to 7 days, S3's limit; other reports: 1 or
+    more) or a path whose folder is missing or not writable, or that is a folder itself.
+    InvalidJobError naming the flag, the value and what is allowed."""
+    sheet = Path(path).suffix.lower() in (".html", ".htm")
+    if presign is not None and not (0 < presign <= PRESIGN if sheet else presign > 0):
+        allowed = f"1 to {PRESIGN} seconds (7 days, S3's limit)" if sheet else "1 or more"
+        raise InvalidJobError(f"--presign={presign} is not allowed: {allowed}", field="presign")
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise InvalidJobError(f"{flag}={path} is a folder: give a file path", flag.strip("-"))
+    if not folder.is_dir():
+        raise InvalidJobError(
+            f"{flag}={path}: the folder {folder} does not exist; create it or choose another",
+            field=flag.strip("-"),
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidJobError(
+            f"{flag}={path}: the folder {folder} is not writable", field=flag.strip("-")
+        )
+
+
 def write_sheet(
     path: str | Path,
     batch: Batch,
@@ -139,13 +214,10 @@ def write_sheet(
     threads: int = 8,
 ) -> dict[str, int]:
     """Write the batch's contact sheet to `path` (whole or not at all: a temporary file
-    beside it is renamed over it); return the rows counted by status."""
-    seconds = presign or PRESIGN
-    if not 0 < seconds <= PRESIGN:
-        raise InvalidJobError(
-            f"presign={seconds} is not allowed: 1 to {PRESIGN} seconds (7 days, S3's limit)",
-            field="presign",
-        )
+    beside it is renamed over it); return the rows counted by status. A path or presign
+    that cannot do is refused (`check_report`) before any picture is fetched."""
+    seconds = PRESIGN if presign is None else presign
+    check_report(path, seconds, "path")
     target = Path(path)
     counts: dict[str, int] = {}
     tally: dict[str, int] = {}
@@ -182,4 +254,5 @@ def write_batch_report(
     (CSV for .csv, JSON lines otherwise); the rows counted by status."""
     if Path(path).suffix.lower() in (".html", ".htm"):
         return write_sheet(path, batch, presign)
+    check_report(path, presign)
     return write_report(path, report_rows(batch, presign))

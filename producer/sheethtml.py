@@ -4,7 +4,9 @@ filters by badge and sorts by score. Pure functions of `Card`s, so they are test
 browser or a store; producer/sheet.py gathers the cards.
 
 Everything shown comes from outside (job ids, sources, metadata, failure reasons, links), so
-every string goes through `html.escape` (quotes too: many land in attributes), only http(s)
+every string goes through `html.escape` (quotes too: many land in attributes) after its
+bidirectional controls are shown as escapes (a file named "invoice\\u202egnp.exe" would
+otherwise display as "invoiceexe.png": the sheet would lie about a source), only http(s)
 links become links, and the page's own Content-Security-Policy allows nothing but its one
 script and one style (by hash) and data: images: markup that slipped through anyway could
 not run a script, load anything or send a form.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,12 +59,21 @@ def data_uri(data: bytes, content_type: str) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
 
 
+# Characters that reorder the text around them (Unicode's bidirectional controls and marks):
+# in an outside string they are shown as \\uXXXX, never obeyed.
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_SHOW_BIDI = {ord(c): f"\\u{ord(c):04x}" for c in BIDI}
+
+
 def _e(value: Any) -> str:
-    return escape(str(value), quote=True)
+    """`value` as text safe in an element or a quoted attribute: escaped, bidi controls shown."""
+    return escape(str(value).translate(_SHOW_BIDI), quote=True)
 
 
 def _number(value: Any) -> str:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A score as shown and sorted on: "" (missing) unless a finite number. NaN or infinity
+    (json.loads accepts both in a result.json) would sort arbitrarily in the page's script."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return f"{value:.4g}" if ok else ""
 
 

@@ -1,8 +1,8 @@
 """Attacks on the contact sheet (`svdq report`) with a real Redis and a real S3 server (moto)
 but no worker: the batch's jobs are queued by a real bulk submission, then their Celery
 states and objects are forged the way someone with write access to Redis or the bucket could.
-Tests marked xfail(strict) are defects found by review; the others are attacks that failed,
-kept as regression tests."""
+Each was either a defect found by review and since fixed, or an attack that failed: all are
+regression tests now."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def _seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def _batch(client: Any, tmp_path: Path, n: int = 2) -> tuple[Any, list[str]]:
-    """A real bulk batch of `n` queued jobs (nobody runs them)."""
+def _batch(client: Any, tmp_path: Path, n: int = 2, color: int = 20) -> tuple[Any, list[str]]:
+    """A real bulk batch of `n` queued jobs (nobody runs them), its inputs of `color` on."""
     folder = tmp_path / "folder"
     for i in range(n):
-        make_image(folder / f"img{i}.png", color=20 + 40 * i)
+        make_image(folder / f"img{i}.png", color=color + 40 * i)
     summary = BulkSubmitter(client.jobqueue).run(
         # A fresh seed: job ids derive from the inputs, and each test forges its own jobs.
         iter_source(folder, {**FAST, "num_frames": 3, "formats": ["mp4"], "seed": _seed()}),
@@ -106,11 +106,6 @@ def test_hostile_posters_leave_notes_not_a_failed_sheet(client: Any, tmp_path: P
     assert "no longer in the store" in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a result whose `scores` is not an object (a list) crashes row_badges "
-    "(AttributeError: 'list' object has no attribute 'get'): the whole sheet is lost",
-)
 def test_scores_that_are_not_an_object_do_not_break_the_sheet(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 2)
     _forge_success(client, ids[0], scores=[1, 2, 3])
@@ -119,11 +114,6 @@ def test_scores_that_are_not_an_object_do_not_break_the_sheet(client: Any, tmp_p
     assert sum(counts.values()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a reject in Redis whose status is a list: row_badges tests "
-    "`status in frozenset` (TypeError: unhashable type) and the whole report fails",
-)
 def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path) -> None:
     batch, _ = _batch(client, tmp_path, 1)
     pipe = client.jobqueue.redis.pipeline()
@@ -133,15 +123,10 @@ def test_a_tampered_reject_does_not_break_the_sheet(client: Any, tmp_path: Path)
     assert sum(counts.values()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: the source thumbnail is read from the result record's spec.image, "
-    "which nothing checks (result_problem checks only output keys): a forged record embeds "
-    "any image of the bucket, e.g. another job's input, as this job's source",
-)
 def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Path) -> None:
     batch, ids = _batch(client, tmp_path, 1)
-    _other, other_ids = _batch(client, tmp_path / "other", 1)
+    # Another input (its own content address): the forged spec points at that object.
+    _other, other_ids = _batch(client, tmp_path / "other", 1, color=130)
     # The other job's input is a distinctive picture: 3:1, so its thumbnail is 96×32.
     other_spec = client.jobqueue.job_spec(other_ids[0])
     secret_key = client.store.key_from_uri(other_spec.image)
@@ -158,6 +143,20 @@ def test_a_forged_spec_cannot_embed_another_jobs_input(client: Any, tmp_path: Pa
     for uri in re.findall(r'class="thumb" src="data:image/jpeg;base64,([^"]+)"', html):
         size = Image.open(io.BytesIO(base64.b64decode(uri))).size
         assert size != (96, 32), "the other job's input was embedded"
+    assert html.count('class="thumb" src="data:image/jpeg') == 1, "its own source is shown"
+
+
+def test_a_replaced_input_object_is_not_shown_as_the_source(client: Any, tmp_path: Path) -> None:
+    """Someone with write access to the bucket overwrites a job's input (inputs/<sha256>.png):
+    its bytes no longer hash to its name, so the card shows a note, not that picture."""
+    batch, ids = _batch(client, tmp_path, 1)
+    key = client.store.key_from_uri(client.jobqueue.job_spec(ids[0]).image)
+    client.store.put_bytes(key, _png((300, 100), 250), "image/png")
+    out = tmp_path / "s.html"
+    write_sheet(out, batch, size=96)
+    html = out.read_text()
+    assert 'class="thumb" src=' not in html
+    assert "is not the image submitted" in html
 
 
 def test_cli_errors_for_a_bad_and_an_unknown_batch(
@@ -172,12 +171,6 @@ def test_cli_errors_for_a_bad_and_an_unknown_batch(
     assert not (tmp_path / "s.html").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: -o into a folder that does not exist (or is not writable) ends in a "
-    "Python traceback (FileNotFoundError from tempfile.mkstemp), after every picture was "
-    "fetched; no sentence naming -o and the path",
-)
 def test_cli_output_path_that_cannot_be_written(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -188,12 +181,6 @@ def test_cli_output_path_that_cannot_be_written(
     assert "Traceback" not in done.stderr and str(out) in done.stderr, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: `svdq bulk --wait --report x.html --presign 99999999` queues the "
-    "whole batch and waits for it before write_sheet refuses the presign (> 7 days); the "
-    "CLI contract says bad input exits 2 with nothing queued",
-)
 def test_bulk_refuses_a_sheet_presign_before_queuing(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -209,6 +196,44 @@ def test_bulk_refuses_a_sheet_presign_before_queuing(
     after = set(client.jobqueue.redis.scan_iter(match=batch_key("*")))
     assert done.returncode == 2 and "presign" in done.stderr, done.stderr
     assert after == before, "a batch was queued for a request that was refused"
+
+
+def test_presign_zero_with_a_sheet_is_refused_by_bulk_and_wait(
+    client: Any, svdq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Finding 11: `--presign 0` with an .html report was read as "the default" (7 days) by
+    bulk and wait while `svdq report` refuses it: all three refuse it now, before queuing or
+    waiting; so is a report into a folder that does not exist."""
+    folder = tmp_path / "f"
+    make_image(folder / "a.png")
+    before = set(client.jobqueue.redis.scan_iter(match=batch_key("*")))
+    for extra in (["--presign", "0"], ["--presign", "-5"]):
+        done = run_svdq(
+            ["bulk", str(folder), "--wait", "--timeout", "3", "--report", "x.html", *extra],
+            svdq_env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2 and f"--presign={extra[1]}" in done.stderr, done.stderr
+    missing = tmp_path / "gone" / "x.html"
+    done = run_svdq(
+        ["bulk", str(folder), "--wait", "--timeout", "3", "--report", str(missing)],
+        svdq_env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and str(missing) in done.stderr, done.stderr
+    assert set(client.jobqueue.redis.scan_iter(match=batch_key("*"))) == before
+    batch, _ = _batch(client, tmp_path, 1)
+    waited = run_svdq(
+        ["wait", "--batch", batch.batch_id, "--timeout", "60", "--report", "x.html",
+         "--presign", "0"],
+        svdq_env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert waited.returncode == 2 and "--presign=0" in waited.stderr, waited.stderr
+    assert "Traceback" not in waited.stderr and not (tmp_path / "x.html").exists()
+    report = ["report", "--batch", batch.batch_id, "-o", "x.html", "--presign", "0"]
+    refused = run_svdq(report, svdq_env, cwd=tmp_path)
+    assert refused.returncode == 2 and "--presign=0" in refused.stderr, refused.stderr
 
 
 def test_thousands_of_rows_stream(client: Any, tmp_path: Path) -> None:
@@ -229,12 +254,6 @@ def test_thousands_of_rows_stream(client: Any, tmp_path: Path) -> None:
     assert took < 120
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a batch hash whose created_at is not a number: `svdq report` ends in "
-    "a traceback (ValueError in BatchRecord.info, producer/batch.py: older code the sheet "
-    "now calls), no sentence naming the batch and the field",
-)
 def test_tampered_batch_record_is_a_sentence(
     client: Any, svdq_env: dict[str, str], tmp_path: Path
 ) -> None:

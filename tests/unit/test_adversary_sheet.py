@@ -1,6 +1,6 @@
 """Attacks on the contact sheet's pure parts (no Redis, no S3 server): hostile scores, links,
-names and records. Tests marked xfail(strict) are defects found by review; the others are
-attacks that failed, kept as regression tests."""
+names and records. Each was either a defect found by review and since fixed, or an attack
+that failed: all are regression tests now."""
 
 from __future__ import annotations
 
@@ -52,24 +52,12 @@ def test_the_policy_blocks_every_remote_load() -> None:
     assert page.count("<script>") == 1 and page.count("<style>") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: NaN and infinite scores (json.loads accepts NaN/Infinity in a "
-    'result.json) are written as data-motion="nan"/"inf": the script\'s Number() makes '
-    "them NaN, its comparator returns NaN, and sorting by that score is arbitrary; the score "
-    "table shows 'nan'",
-)
 def test_nan_and_infinite_scores_sort_as_missing() -> None:
     html = render_card(_card(scores={"motion": float("nan"), "flicker": float("inf")}))
     assert 'data-motion=""' in html and 'data-flicker=""' in html
     assert ">nan<" not in html and ">inf<" not in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: bidirectional controls in a file name (U+202E) reach the page raw, so "
-    "'invoice\\u202egnp.exe' shows as 'invoiceexe.png': the sheet can lie about a source",
-)
 def test_bidi_controls_in_names_do_not_reach_the_page() -> None:
     html = render_card(_card(source="invoice\u202egnp.exe", reason="x\u2066y"))
     assert not re.search("[\u202a-\u202e\u2066-\u2069]", html)
@@ -104,12 +92,6 @@ class CountingStore(LocalStore):
         return data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a poster larger than SVDQ_MAX_INPUT_BYTES is downloaded whole "
-    "(store.get_bytes) before open_image refuses it: a multi-GB object in the bucket, times "
-    "8 threads, exhausts the reviewer's memory; head() first would tell its size",
-)
 def test_an_oversize_poster_is_not_downloaded(tmp_path: Path) -> None:
     settings = Settings.from_env({})
     store = CountingStore(tmp_path)
@@ -122,3 +104,74 @@ def test_an_oversize_poster_is_not_downloaded(tmp_path: Path) -> None:
     picture, note = _picture(store, batch, uri, 64, "poster")  # type: ignore[arg-type]
     assert picture is None and note
     assert all(n <= settings.max_input_bytes for n in store.read), store.read
+
+
+def test_a_poster_within_the_limit_is_still_shown(tmp_path: Path) -> None:
+    """The size check (head) refuses only what is over SVDQ_MAX_INPUT_BYTES."""
+    from PIL import Image
+
+    settings = Settings.from_env({})
+    store = CountingStore(tmp_path)
+    (tmp_path / "results").mkdir()
+    Image.new("RGB", (80, 40), (10, 200, 30)).save(tmp_path / "results" / "p.png")
+    batch = SimpleNamespace(jobqueue=SimpleNamespace(settings=settings))
+    picture, note = _picture(store, batch, store.uri("results/p.png"), 64, "poster")  # type: ignore[arg-type]
+    assert note == "" and picture and picture.startswith("data:image/jpeg;base64,")
+    gone, why = _picture(store, batch, store.uri("results/gone.png"), 64, "poster")  # type: ignore[arg-type]
+    assert gone is None and "no longer in the store" in why
+
+
+@pytest.mark.parametrize(
+    ("path", "presign", "words"),
+    [
+        ("s.html", 0, "--presign=0 is not allowed: 1 to 604800"),
+        ("s.html", 604801, "--presign=604801 is not allowed: 1 to 604800"),
+        ("s.csv", 0, "--presign=0 is not allowed: 1 or more"),
+        ("no/such/s.html", None, "no/such does not exist"),
+        ("here", None, "is a folder"),
+    ],
+)
+def test_a_report_that_cannot_be_written_is_refused_first(
+    tmp_path: Path, path: str, presign: int | None, words: str
+) -> None:
+    from svdq.producer.sheet import check_report
+    from svdq.shared.errors import InvalidJobError
+
+    (tmp_path / "here").mkdir()
+    with pytest.raises(InvalidJobError, match=re.escape(words)):
+        check_report(tmp_path / path, presign)
+    check_report(tmp_path / "ok.html", 604800)  # the longest S3 allows: accepted
+    check_report(tmp_path / "ok.csv", None)
+
+
+def test_report_rows_treat_non_finite_scores_as_missing() -> None:
+    from svdq.producer.report import finite
+
+    assert [finite(v) for v in (float("nan"), float("inf"), -float("inf"))] == [None] * 3
+    assert [finite(v) for v in (0, 0.5, True, "1", None)] == [0, 0.5, None, None, None]
+
+
+def test_every_bidi_control_is_shown_as_an_escape() -> None:
+    from svdq.producer.sheethtml import BIDI
+
+    html = render_card(_card(source="a" + BIDI + "b", metadata={"k": BIDI}, links={BIDI: "x"}))
+    assert not any(c in html for c in BIDI)
+    assert "a\\u061c\\u200e" in html
+
+
+def test_a_result_spec_counts_only_when_it_names_the_jobs_own_input(tmp_path: Path) -> None:
+    """Without a submission record, the result's spec is the source only if its image is the
+    content address the job id was derived from."""
+    from svdq.producer.sheet import source_spec
+    from svdq.shared.spec import JobSpec, finalize
+
+    store = LocalStore(tmp_path)
+    jobqueue = SimpleNamespace(store=store, job_spec=lambda job_id: None)
+    own, other = "a" * 64, "b" * 64
+    spec = finalize(JobSpec.from_dict({"image": store.uri(f"inputs/{own}.png")}), own)
+    result = {"spec": spec.to_dict()}
+    found = source_spec(jobqueue, spec.job_id, result)  # type: ignore[arg-type]
+    assert found is not None and found.image == spec.image
+    forged = {"spec": {**spec.to_dict(), "image": store.uri(f"inputs/{other}.png")}}
+    assert source_spec(jobqueue, spec.job_id, forged) is None  # type: ignore[arg-type]
+    assert source_spec(jobqueue, spec.job_id, {"spec": "x"}) is None  # type: ignore[arg-type]
