@@ -84,11 +84,6 @@ def test_a_hostile_bundle_runs_no_code_in_the_worker(tmp_path: Path) -> None:
     assert not marker.exists(), "loading the bundle ran the writer's pickle"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: an artifact key in bundle.bin is a path: an absolute one makes torch "
-    "write outside SVDQ_COMPILE_CACHE (FxGraphCache._write_to_local_cache)",
-)
 def test_a_hostile_bundle_writes_nothing_outside_the_cache(tmp_path: Path) -> None:
     root = tmp_path / "cc"
     outside = tmp_path / "elsewhere" / "planted"
