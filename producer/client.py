@@ -213,9 +213,9 @@ class Client:
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
             requeued = self.jobqueue.redis.hget(job_key(job_id), REQUEUED_FIELD)
-            note = redisjson.obj(requeued)  # by a reaper, its worker lost: say so
-            if note is not None and "reason" in note:  # until it runs again
-                out["requeued"] = str(note["reason"])
+            requeue = redisjson.obj(requeued)  # by a reaper, its worker lost: say so
+            if requeue is not None and "reason" in requeue:  # until it runs again
+                out["requeued"] = str(requeue["reason"])
         elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
             raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
             with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out

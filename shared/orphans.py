@@ -25,11 +25,11 @@ delivery's (the unacked_index score it stored is the message's score now: no clo
 hosts compared) and that worker start has no heartbeat (its hash is gone, or names another boot
 id: the worker was restarted). A message without a readable entry of this delivery (taken by a
 worker older than the entries, or an entry without its score) is never taken on this ground:
-it waits for the visibility timeout, as before.
+it waits for the visibility timeout, as before. A live worker's reserved message is never
+taken. A slow job is never taken: its lease is renewed.
 
 Every entry is read through shared/redisjson.py: a tampered one (not JSON, nested thousands
-deep, a number too large for a float, the wrong shape) counts as absent and stops nothing. A live worker's reserved message is never taken.
-A slow job is never taken: its lease is renewed.
+deep, a number too large for a float, the wrong shape) counts as absent and stops nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from svdq.shared import redisjson
 from svdq.shared.constants import (
     HOLDERS_KEY,
     LAST_SEEN_KEY,
@@ -45,7 +46,6 @@ from svdq.shared.constants import (
     lease_key,
     worker_key,
 )
-from svdq.shared import redisjson
 from svdq.shared.holders import Holder, boot_alive, holders
 
 UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (Channel.unacked_key, ...)

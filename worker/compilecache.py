@@ -227,7 +227,7 @@ def untrusted(root: Path, folder: Path) -> str:
     judged as a link, never followed). The root, each folder down to the key's, inductor/,
     triton/ and bundle.bin when present."""
     paths = [root, *(root / p for p in reversed(folder.relative_to(root).parents)), folder]
-    paths += _own_paths(folder)[1:] + [folder / BUNDLE]
+    paths += [*_own_paths(folder)[1:], folder / BUNDLE]
     me = os.geteuid()
     for path in dict.fromkeys(paths):
         try:

@@ -73,7 +73,9 @@ def hostile_bundle(folder: Path, artifacts: list[tuple[str, str, bytes]]) -> Non
 @pytest.mark.xfail(
     strict=True,
     reason="adversary: loading bundle.bin unpickles its inductor artifacts "
-    "(FxGraphCache._emit_triton_bundle: pickle.loads): a writer of the shared volume runs code",
+    "(FxGraphCache._emit_triton_bundle: pickle.loads): a writer of the shared volume runs code. "
+    "open_cache now refuses a volume another uid can write (compilecache.untrusted), but a "
+    "bundle written as the worker's own uid (as here) is indistinguishable from an honest one",
 )
 def test_a_hostile_bundle_runs_no_code_in_the_worker(tmp_path: Path) -> None:
     folder = compilecache.cache_folder(tmp_path / "cc", KEY)
