@@ -24,6 +24,7 @@ from svdq.producer.inputs import URLS_OFF, InputImage, put_input, resolve_input
 from svdq.producer.jobqueue import JobQueue, invalid_record_error
 from svdq.producer.manifest import Row
 from svdq.producer.stats import workers
+from svdq.shared import redisjson
 from svdq.shared.celery_app import make_celery, send_job
 from svdq.shared.constants import (
     CALLBACK_FIELD,
@@ -212,9 +213,9 @@ class Client:
         if out["state"] is JobState.QUEUED:
             out.update(self._consumers_note(job_id))
             requeued = self.jobqueue.redis.hget(job_key(job_id), REQUEUED_FIELD)
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                if requeued:  # by a reaper, its worker lost: say so until it runs again
-                    out["requeued"] = str(json.loads(requeued)["reason"])
+            requeue = redisjson.obj(requeued)  # by a reaper, its worker lost: say so
+            if requeue is not None and "reason" in requeue:  # until it runs again
+                out["requeued"] = str(requeue["reason"])
         elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
             raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
             with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from svdq.shared import constants
+from svdq.shared import constants, redisjson
 from svdq.shared.constants import FINISHED_STREAM, job_key, queue_for, worker_key
 from svdq.shared.orphans import UNACKED_KEY, orphans
 from svdq.shared.settings import Settings
@@ -68,22 +68,20 @@ def _oldest_submitted(redis: Any, list_key: str) -> float | None:
     raw = redis.lindex(list_key, -1)  # kombu LPUSHes and BRPOPs: the right end is next
     if raw is None:
         return None
-    try:
-        job_id = json.loads(raw)["headers"]["id"]
-    except (ValueError, KeyError, TypeError):
+    message = redisjson.obj(raw)
+    headers = None if message is None else message.get("headers")
+    job_id = headers.get("id") if isinstance(headers, dict) else None
+    if not isinstance(job_id, str):
         return None
-    submitted = redis.hget(job_key(job_id), "submitted_at")
-    return float(submitted) if submitted else None
+    return redisjson.number(redis.hget(job_key(job_id), "submitted_at"))
 
 
 def in_flight(redis: Any) -> dict[str, int]:
     """Delivered but not acknowledged messages, by queue (their routing key)."""
     counts: dict[str, int] = {}
     for raw in redis.hvals(UNACKED_KEY):
-        try:
-            queue = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError, KeyError):
-            continue
+        entry = redisjson.value(raw)
+        queue = entry[2] if isinstance(entry, list) and len(entry) == 3 else None
         if not isinstance(queue, str):
             continue  # not kombu's entry: counted nowhere
         counts[queue] = counts.get(queue, 0) + 1
@@ -92,10 +90,7 @@ def in_flight(redis: Any) -> dict[str, int]:
 
 def _number(value: str | None) -> float | None:
     """A heartbeat field as a number; None when absent or empty (a worker still loading)."""
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+    return redisjson.number(value) if value else None
 
 
 def workers(redis: Any, now: float) -> list[dict[str, Any]]:
@@ -123,10 +118,11 @@ def workers(redis: Any, now: float) -> list[dict[str, Any]]:
             "gpu_busy_ratio": _number(record.get("gpu_busy_ratio")),
         }
         if entry["job_id"]:
-            started = float(record.get("job_started_at") or now)
+            started = redisjson.number(record.get("job_started_at")) or now
             entry["job_seconds"] = round(now - started, 1)
             meta = redis.get(CELERY_META + entry["job_id"])
-            info = json.loads(meta).get("result") if meta else None
+            state = redisjson.obj(meta)
+            info = state.get("result") if state else None
             if isinstance(info, dict) and "phase" in info:
                 entry.update({k: info.get(k) for k in ("phase", "step", "steps")})
         out.append(entry)

@@ -9,15 +9,20 @@ that died before its ack — named nobody, so it sat in kombu's unacked hash unt
 visibility timeout (two hours) and `svdq stats` counted it as running.
 
 The entry: HOLDERS_KEY hash, field = kombu's delivery tag (the field of kombu's `unacked`
-hash), value = JSON {worker, boot, at}. `worker` is the Celery worker name, `boot` the random
+hash), value = JSON {worker, boot, at, score}. `worker` is the Celery worker name, `boot` the random
 id made once per worker start (worker/identity.boot_id) and carried in every heartbeat of that
 worker, whichever process beats (a prefork pool child or, with the threads pool, the main
 process). So the holder is alive exactly while svdq:worker:<name> exists and names the same
 boot: a worker restarted under the same name has a new boot id, and its predecessor's messages
-are orphans. `at` is the holder's clock when it took the message, never earlier than kombu's
-receipt score in `unacked_index` (kombu adds the message to `unacked` before Celery's
-task_received signal fires), so an entry older than the message's receipt is an earlier
-delivery's and names nobody.
+are orphans. `at` is the holder's clock when it took the message (only for "silent for N s").
+`score` is the message's score in kombu's `unacked_index` as the holder read it right after
+taking it (kombu adds it there, and to `unacked`, before Celery's task_received signal fires).
+A delivery tag survives a restore, so an entry may be an earlier delivery's: the entry is this
+delivery's exactly when its `score` equals the score in `unacked_index` now — each take ZADDs
+a fresh time() under the tag. No clock of two hosts is compared: an earlier holder whose clock
+ran ahead once made its stale entry look newer than a live worker's receipt, and the live
+worker's message was reaped. An entry without `score` (written before it existed, or when the
+read failed) is never this delivery's: its message waits for the visibility timeout.
 
 Entries go when a scan finds their message acknowledged (`forget_released`) or requeues it;
 the hash also expires a visibility timeout after its last write, when kombu itself would
@@ -30,6 +35,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from svdq.shared import redisjson
 from svdq.shared.constants import HOLDERS_KEY
 
 # KEYS: holders, kombu's unacked hash. Drops every holder entry whose message is no longer
@@ -54,13 +60,26 @@ class Holder:
     worker: str  # Celery's worker name (svdq:worker:<name>)
     boot: str  # that start's boot id
     at: float  # when it took the message, on its own clock
+    score: float | None  # the message's unacked_index score it saw (None: unknown)
     raw: bytes  # the entry as stored (a requeue removes exactly this)
 
 
-def record(redis: Any, tag: str, worker: str, boot: str, at: float, keep: int) -> None:
-    """Say that worker start `boot` of `worker` took the message with delivery tag `tag`;
-    the hash lives `keep` seconds past its last write (the visibility timeout)."""
-    value = json.dumps({"worker": worker, "boot": boot, "at": at})
+def record(
+    redis: Any,
+    tag: str,
+    worker: str,
+    boot: str,
+    at: float,
+    keep: int,
+    score: float | None = None,
+) -> None:
+    """Say that worker start `boot` of `worker` took the message with delivery tag `tag`,
+    whose unacked_index score was `score`; the hash lives `keep` seconds past its last write
+    (the visibility timeout)."""
+    entry: dict[str, Any] = {"worker": worker, "boot": boot, "at": at}
+    if score is not None:
+        entry["score"] = score
+    value = json.dumps(entry)
     pipe = redis.pipeline()
     pipe.hset(HOLDERS_KEY, tag, value)
     pipe.expire(HOLDERS_KEY, keep)
@@ -70,15 +89,19 @@ def record(redis: Any, tag: str, worker: str, boot: str, at: float, keep: int) -
 def parse(raw: Any) -> Holder | None:
     """A holder entry as stored; None for anything unreadable (a tampered entry must stop
     neither a scan nor `svdq stats`: its message is judged as if it had no entry)."""
-    try:
-        entry = json.loads(raw)
-        worker, boot, at = entry["worker"], entry["boot"], float(entry["at"])
-    except (ValueError, TypeError, KeyError):
+    entry = redisjson.obj(raw)
+    if entry is None:
         return None
+    worker, boot, at = entry.get("worker"), entry.get("boot"), redisjson.number(entry.get("at"))
     if not (isinstance(worker, str) and worker and isinstance(boot, str) and boot):
         return None
+    if at is None:
+        return None
+    score = redisjson.number(entry["score"]) if "score" in entry else None
+    if "score" in entry and score is None:
+        return None  # a score that is no finite number: tampered
     stored = raw if isinstance(raw, bytes) else str(raw).encode()
-    return Holder(worker, boot, at, stored)
+    return Holder(worker, boot, at, score, stored)
 
 
 def holders(redis: Any) -> dict[str, Holder]:

@@ -21,19 +21,23 @@ A message with no open attempt of its own — a retry waiting out its countdown 
 ETA task reserved and unacknowledged), a run that ended on a host that died before its ack, or
 another copy beside the lost run's — is judged by its holder entry (shared/holders.py): the
 worker start that took it. It is an orphan when nobody holds the job's lease, the entry is this
-delivery's (written at or after kombu's receipt) and that worker start has no heartbeat (its
-hash is gone, or names another boot id: the worker was restarted). A message without a
-readable entry (taken by a worker older than the entries) is never taken on this ground: it
-waits for the visibility timeout, as before. A live worker's reserved message is never taken.
-A slow job is never taken: its lease is renewed.
+delivery's (the unacked_index score it stored is the message's score now: no clocks of two
+hosts compared) and that worker start has no heartbeat (its hash is gone, or names another boot
+id: the worker was restarted). A message without a readable entry of this delivery (taken by a
+worker older than the entries, or an entry without its score) is never taken on this ground:
+it waits for the visibility timeout, as before. A live worker's reserved message is never
+taken. A slow job is never taken: its lease is renewed.
+
+Every entry is read through shared/redisjson.py: a tampered one (not JSON, nested thousands
+deep, a number too large for a float, the wrong shape) counts as absent and stops nothing.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from svdq.shared import redisjson
 from svdq.shared.constants import (
     HOLDERS_KEY,
     LAST_SEEN_KEY,
@@ -88,7 +92,7 @@ class Orphan:
         if since is None and self.holder is not None:
             since = self.holder.at
         if since is None:
-            since = float(self.attempt.get("started_at") or now)
+            since = redisjson.number(self.attempt.get("started_at")) or now
         return max(0.0, now - since)
 
 
@@ -107,10 +111,10 @@ def held_jobs(
         if shape is None:
             continue  # not kombu's entry for a svdq.generate message: not ours to judge
         job_id, queue = shape
-        score = redis.zscore(index_key, tag)
+        score = redisjson.number(redis.zscore(index_key, tag))
         if score is None:
             continue  # acknowledged between the two reads
-        found.append(Held(_text(tag), job_id, float(score), raw, queue))
+        found.append(Held(_text(tag), job_id, score, raw, queue))
     return found
 
 
@@ -118,10 +122,7 @@ def _shape(raw: Any) -> tuple[str, str] | None:
     """(job id, queue) of an unacked entry that is kombu's [message, exchange, routing_key]
     for a svdq.generate message; None for anything else (a tampered or foreign entry, which
     must stop neither a scan nor `svdq stats`)."""
-    try:
-        entry = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
+    entry = redisjson.value(raw)
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
         return None
     message, exchange, routing_key = entry
@@ -140,10 +141,9 @@ def open_attempt(redis: Any, job_id: str) -> tuple[int, bytes, dict[str, Any]] |
     """The job's last attempt if it is still open (nobody recorded how it ended)."""
     entries = redis.lrange(deliveries_key(job_id), 0, -1)
     for index in range(len(entries) - 1, -1, -1):
-        try:
-            entry = json.loads(entries[index])
-        except ValueError:
-            return None
+        entry = redisjson.obj(entries[index])
+        if entry is None:
+            return None  # unreadable, or not an object: no run to judge by
         if entry.get("reason") is None:
             return index, entries[index], entry
         return None  # the last attempt ended: no run is in the air
@@ -171,34 +171,28 @@ def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
     """When the process that ran `attempt` last beat, if Redis still knows: the worker's
     last-seen entry counts only while it is that process's (not a successor's under the
     same name)."""
-    raw = redis.hget(LAST_SEEN_KEY, worker)
-    try:
-        seen = json.loads(raw) if raw else None
-        if not isinstance(seen, dict) or _process(seen) != _process(attempt):
-            return None
-        return float(seen["at"])
-    except (ValueError, KeyError, TypeError):
+    seen = redisjson.obj(redis.hget(LAST_SEEN_KEY, worker))
+    if seen is None or _process(seen) != _process(attempt):
         return None
+    return redisjson.number(seen.get("at"))
 
 
 def last_seen_boot(redis: Any, holder: Holder) -> float | None:
     """When the worker start of `holder` last beat, if Redis still knows (not a successor's
     beat under the same name)."""
-    raw = redis.hget(LAST_SEEN_KEY, holder.worker)
-    try:
-        seen = json.loads(raw) if raw else None
-        if not isinstance(seen, dict) or seen.get("boot") != holder.boot:
-            return None
-        return float(seen["at"])
-    except (ValueError, KeyError, TypeError):
+    seen = redisjson.obj(redis.hget(LAST_SEEN_KEY, holder.worker))
+    if seen is None or seen.get("boot") != holder.boot:
         return None
+    return redisjson.number(seen.get("at"))
 
 
 def held_by_dead(redis: Any, held: Held, holder: Holder | None) -> Orphan | None:
     """`held` as an orphan by its holder entry: the entry is this delivery's and its worker
     start no longer beats. None when there is no such entry or its holder lives."""
-    if holder is None or holder.at < held.received_at - CLOCK_SLACK:
-        return None  # no entry, or an earlier delivery's (the new holder's is on its way)
+    if holder is None or holder.score is None or holder.score != held.received_at:
+        # No entry, one without its score, or an earlier delivery's (each take ZADDs a new
+        # score under the tag; the new holder's entry is on its way): names nobody.
+        return None
     if boot_alive(redis, worker_key(holder.worker), holder.boot):
         return None
     return Orphan(held, None, b"", {}, last_seen_boot(redis, holder), holder)
@@ -227,7 +221,7 @@ def orphans(
             worker = str(entry.get("worker") or "")
             if holder_alive(redis, worker, entry):
                 continue  # its run is alive: whatever else is held waits for it to end
-            started = float(entry.get("started_at") or 0)
+            started = redisjson.number(entry.get("started_at")) or 0.0
             mine = [h for h in copies if h.received_at <= started + CLOCK_SLACK]
             if mine:
                 # The run's own message is the last one received before it began. (Copies

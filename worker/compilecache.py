@@ -27,6 +27,25 @@ version is in another folder and never read; a bundle whose header names another
 device, variant or dtype (copied by hand) is ignored, and so is an unreadable one: each is
 logged and the worker compiles as if there were no cache. A cache never fails a start.
 
+Trust: loading is running code. torch writes every artifact of a bundle into its caches and
+unpickles the inductor ones on the spot (torch/_inductor/codecache.py,
+InductorCacheArtifact.populate_cache):
+
+        FxGraphCache._write_to_local_cache(self.key, self.content)
+        FxGraphCache._emit_triton_bundle(self.content)
+
+with `graph = pickle.loads(content)` in `_emit_triton_bundle`, and a later cache hit unpickles
+the FX graph / AOT autograd entries and imports their generated .py. So whoever can write the
+volume runs code in every worker that uses it. `open_cache` refuses the cache (state
+"refused", a log line, the start goes on compiling) unless the root, every folder down to the
+key's, its inductor/ and triton/ folders and bundle.bin are owned by this process's user,
+writable by nobody else (no group or other write bit) and not symlinks (lstat); it makes its
+folders 0700. A read-only key folder turns the cache off the same way (state "off").
+A bundle's artifact keys are joined into paths by torch (`_write_to_local_cache` joins `key`;
+AutotuneCacheArtifact joins `key`): a bundle with any key that is not a plain name (a '/',
+'\\' or '..') is ignored before torch sees it. Neither check makes a same-user writer safe:
+the volume must be writable only by the worker's user (README, deploy/README).
+
 Whether it helped is read from dynamo's counters around the warm-up (torch/_inductor/
 codecache.py: `counters["inductor"]["fxgraph_cache_hit"] += 1` on a hit, `...["fxgraph_cache_
 miss"] += 1` when it compiles), one per compiled graph, i.e. per warmed shape.
@@ -39,6 +58,7 @@ import logging
 import os
 import platform
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,21 +132,22 @@ def _counter(name: tuple[str, str]) -> int:
 class CompileCache:
     """One load's use of SVDQ_COMPILE_CACHE: `open_cache` before the warm-up, `finish` after."""
 
-    folder: Path | None  # None: SVDQ_COMPILE_CACHE unset, or the folder could not be made
+    folder: Path | None  # None: SVDQ_COMPILE_CACHE unset, or the folder could not be used
     key: dict[str, str] = field(default_factory=dict)
     loaded: int = 0  # artifacts loaded from the bundle
     note: str = ""  # why the bundle was not used ("" when it was, or there was none)
     hits: int = 0  # graphs the warm-up took from the cache
     misses: int = 0  # graphs the warm-up compiled
     saved: bool = False  # the bundle was written after this warm-up
+    refused: bool = False  # the folder failed the trust rule (module docstring)
     _before: tuple[int, int] = (0, 0)
 
     @property
     def state(self) -> str:
-        """off | hit (nothing compiled) | partial | miss (everything compiled) | unused (no
-        inductor graph: another backend)."""
+        """off | refused (not trusted: see the note) | hit (nothing compiled) | partial | miss
+        (everything compiled) | unused (no inductor graph: another backend)."""
         if self.folder is None:
-            return "off"
+            return "refused" if self.refused else "off"
         if self.hits and not self.misses:
             return "hit"
         if self.hits:
@@ -172,16 +193,87 @@ def open_cache(root: Path | None, key: dict[str, str]) -> CompileCache:
         return CompileCache(None)
     folder = cache_folder(root, key)
     try:
-        (folder / "inductor").mkdir(parents=True, exist_ok=True)
-        (folder / "triton").mkdir(exist_ok=True)
-    except OSError as exc:  # the volume went away or filled up since the launcher checked
+        below = folder.relative_to(root)
+        for part in (*reversed(below.parents), below):
+            (root / part).mkdir(mode=0o700, exist_ok=True)
+        (folder / "inductor").mkdir(mode=0o700, exist_ok=True)
+        (folder / "triton").mkdir(mode=0o700, exist_ok=True)
+    except (OSError, ValueError) as exc:  # the volume went away or filled up since the check
         log.error("compile cache off for this load: cannot use %s: %s", folder, exc)
         return CompileCache(None, key, note=f"cannot use {folder}: {exc}")
+    distrust = untrusted(root, folder)
+    if distrust:
+        note = f"{distrust}: compiling without the cache (it would run its writer's code)"
+        log.error("compile cache refused for this load: %s", note)
+        return CompileCache(None, key, note=note, refused=True)
+    if not all(os.access(p, os.W_OK | os.X_OK) for p in _own_paths(folder)):
+        note = f"{folder} is not writable by this user: compiling without the cache"
+        log.error("compile cache off for this load: %s", note)
+        return CompileCache(None, key, note=note)
     _point_torch_at(folder)
     cache = CompileCache(folder, key)
     cache.loaded, cache.note = load_bundle(folder, key)
     cache._before = (_counter(HITS), _counter(MISSES))
     return cache
+
+
+def _own_paths(folder: Path) -> list[Path]:
+    return [folder, folder / "inductor", folder / "triton"]
+
+
+def untrusted(root: Path, folder: Path) -> str:
+    """Why the cache under `root` for `folder` must not be used ("" when it may): a path that
+    is a symlink, owned by another user, or writable by group or others (lstat: a link is
+    judged as a link, never followed). The root, each folder down to the key's, inductor/,
+    triton/ and bundle.bin when present."""
+    paths = [root, *(root / p for p in reversed(folder.relative_to(root).parents)), folder]
+    paths += [*_own_paths(folder)[1:], folder / BUNDLE]
+    me = os.geteuid()
+    for path in dict.fromkeys(paths):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue  # no bundle yet
+        except OSError as exc:
+            return f"cannot inspect {path} ({exc.strerror})"
+        if stat.S_ISLNK(info.st_mode):
+            return f"{path} is a symlink; allowed: a real folder or file"
+        if info.st_uid != me:
+            return f"{path} is owned by uid {info.st_uid}; allowed: this worker's uid {me}"
+        if info.st_mode & 0o022:
+            mode = oct(stat.S_IMODE(info.st_mode))
+            return f"{path} has mode {mode}; allowed: no group or other write bit"
+    return ""
+
+
+def bad_keys(body: bytes) -> list[str]:
+    """The artifact keys in torch's bundle bytes that are not plain names (a '/', '\\',
+    '..', empty, or a NUL): torch joins them into paths. Read with the deserializer torch's
+    own load uses (torch/compiler/_cache.py, CacheArtifactManager.deserialize:
+    `AppendingByteSerializer.to_list(serialized_artifacts,
+    deserialize_fn=_deserialize_single_cache)`), which only reads strings and bytes (each
+    artifact: `key = reader.read_str(); content = reader.read_bytes()`): nothing is
+    unpickled or written. Raises when torch could not read the bytes either."""
+    from torch.compiler._cache import CacheArtifactManager, _deserialize_single_cache
+    from torch.utils._appending_byte_serializer import AppendingByteSerializer
+
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    found = AppendingByteSerializer.to_list(body, deserialize_fn=_deserialize_single_cache)
+    return [
+        artifact.key
+        for _kind, artifacts in found
+        for artifact in artifacts
+        if not _plain(artifact.key)
+    ]
+
+
+def _plain(key: object) -> bool:
+    return (
+        isinstance(key, str)
+        and key not in ("", ".", "..")
+        and not any(c in key for c in ("/", "\\", "\0"))
+        and ".." not in key
+    )
 
 
 def _point_torch_at(folder: Path) -> None:
@@ -216,6 +308,17 @@ def load_bundle(folder: Path, key: dict[str, str]) -> tuple[int, str]:
         if written != key:
             note = f"{path} was written for {written}, this load is {key}: ignored"
             log.warning("compile cache: %s", note)
+            return 0, note
+        try:
+            wrong = bad_keys(body)
+        except Exception as exc:
+            raise ValueError(f"torch could not read its artifacts ({exc})") from None
+        if wrong:
+            note = (
+                f"{path} names artifacts by path ({', '.join(map(repr, wrong[:3]))}); "
+                "allowed: plain names: ignored"
+            )
+            log.error("compile cache: %s", note)
             return 0, note
         import torch
 

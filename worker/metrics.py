@@ -170,7 +170,8 @@ class _Duty(Collector):
                 family.add_metric([], start[phase])
                 yield family
         cache = self.metrics.compile_cache
-        if cache.get("state", "off") != "off":  # SVDQ_COMPILE_CACHE set and a rung compiled
+        # SVDQ_COMPILE_CACHE set, trusted, and a rung compiled
+        if cache.get("state", "off") not in ("off", "refused"):
             for name, help_ in (
                 ("hits", "Graphs this start's warm-up took from SVDQ_COMPILE_CACHE"),
                 ("misses", "Graphs this start's warm-up compiled (not in SVDQ_COMPILE_CACHE)"),
@@ -214,8 +215,8 @@ class WorkerMetrics:
         return {
             "load_s": self.start_seconds.get("load", ""),
             "warmup_s": self.start_seconds.get("warmup", ""),
-            # off | hit | partial | miss | unused (compilecache.CompileCache.state); "" before
-            # ready and for a model that does not compile.
+            # off | refused | hit | partial | miss | unused (compilecache.CompileCache.state);
+            # "" before ready and for a model that does not compile.
             "compile_cache": self.compile_cache.get("state", ""),
             "gpu_busy_ratio": "" if ratio is None else round(ratio, 4),
         }

@@ -67,7 +67,7 @@ from typing import Any
 from celery import Celery
 from kombu.utils.json import dumps, loads
 
-from svdq.shared import records
+from svdq.shared import records, redisjson
 from svdq.shared.constants import (
     HOLDERS_KEY,
     LAST_SEEN_KEY,
@@ -355,10 +355,9 @@ def forget_silent(client: Any, keep: float, now: float) -> int:
 
 
 def _beat_at(raw: Any) -> float:
-    try:
-        return float(json.loads(raw)["at"])
-    except (ValueError, KeyError, TypeError):
-        return 0.0  # unreadable: as good as forgotten
+    entry = redisjson.obj(raw)
+    at = None if entry is None else redisjson.number(entry.get("at"))
+    return 0.0 if at is None else at  # unreadable: as good as forgotten
 
 
 class Reaper:

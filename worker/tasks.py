@@ -31,8 +31,9 @@ from celery.signals import (
 )
 from celery.worker import state as worker_state
 
-from svdq.shared import holders
+from svdq.shared import holders, redisjson
 from svdq.shared.constants import TASK_GENERATE, cancel_key, worker_key
+from svdq.shared.orphans import UNACKED_INDEX_KEY
 from svdq.shared.settings import Settings
 from svdq.worker import lifecycle
 from svdq.worker.brokerguard import worker_app
@@ -105,6 +106,12 @@ def _record_holder(sender: Any = None, request: Any = None, **_: Any) -> None:
             self.qos.append(message, message.delivery_tag)
         return callback(message)
 
+    so the message's score in kombu's unacked_index (kombu/transport/redis.py, QoS.append:
+    `pipe.zadd(self.unacked_index_key, {delivery_tag: time()}).hset(self.unacked_key,
+    delivery_tag, ...)`) is already there: the entry stores it, and a reaper counts the entry
+    as this delivery's only while that score is still the message's (a later take of the same
+    tag ZADDs a new one). No clock is compared across hosts.
+
     Whatever pool runs the job (a prefork child, or this process with the threads pool), the
     boot id is this worker start's, and the process that beats carries it."""
     if request is None or getattr(request, "name", None) != TASK_GENERATE:
@@ -115,8 +122,12 @@ def _record_holder(sender: Any = None, request: Any = None, **_: Any) -> None:
         return
     try:
         keep = settings.visibility_timeout
+        client = app.backend.client  # one Redis: broker and result backend (make_celery)
+        channel = getattr(request.message, "channel", None)
+        index = getattr(channel, "unacked_index_key", None) or UNACKED_INDEX_KEY
+        score = redisjson.number(client.zscore(index, str(tag)))
         holders.record(
-            app.backend.client, str(tag), identity.hostname, identity.boot, time.time(), keep
+            client, str(tag), identity.hostname, identity.boot, time.time(), keep, score=score
         )
     except Exception as exc:  # Redis away: the message is judged as one without an entry
         log.warning("could not record this worker as the holder of %s: %s", request.id, exc)

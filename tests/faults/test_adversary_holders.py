@@ -50,11 +50,6 @@ def still_scans(app: Any, rdb: redis_lib.Redis, store: Any) -> None:
     scan(Broker(app), store, "r")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: holders.parse catches ValueError/TypeError/KeyError, not OverflowError: "
-    "a holder entry whose 'at' is a huge JSON integer stops every scan and svdq stats",
-)
 def test_a_holder_at_too_large_for_a_float_stops_neither_scan_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -65,11 +60,6 @@ def test_a_holder_at_too_large_for_a_float_stops_neither_scan_nor_stats(
     still_scans(app, rdb, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a deeply nested holder entry raises RecursionError in json.loads, which "
-    "holders.parse does not catch: scan and svdq stats stop",
-)
 def test_a_deeply_nested_holder_entry_stops_neither_scan_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -78,11 +68,6 @@ def test_a_deeply_nested_holder_entry_stops_neither_scan_nor_stats(
     still_scans(app, rdb, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a deeply nested unacked entry raises RecursionError in orphans._shape "
-    "(catches ValueError/TypeError only): scan and svdq stats stop",
-)
 def test_a_deeply_nested_unacked_entry_stops_neither_scan_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -92,11 +77,6 @@ def test_a_deeply_nested_unacked_entry_stops_neither_scan_nor_stats(
     still_scans(app, rdb, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: last_seen_boot catches ValueError/KeyError/TypeError, not OverflowError: "
-    "a last-seen entry whose 'at' is a huge integer stops the scan and svdq stats",
-)
 def test_a_last_seen_at_too_large_for_a_float_stops_neither_scan_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -106,11 +86,6 @@ def test_a_last_seen_at_too_large_for_a_float_stops_neither_scan_nor_stats(
     still_scans(app, rdb, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: orphans.open_attempt calls .get on whatever JSON an attempt holds: an "
-    "attempt that is a JSON list raises AttributeError and stops scan and svdq stats",
-)
 def test_an_attempt_that_is_not_an_object_stops_neither_scan_nor_stats(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:
@@ -119,12 +94,6 @@ def test_an_attempt_that_is_not_an_object_stops_neither_scan_nor_stats(
     still_scans(app, rdb, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: an earlier delivery's holder entry is told from this one's by comparing "
-    "clocks of two hosts ('at' on the old holder's, the receipt on the new holder's): an old "
-    "holder's clock ahead makes its entry look current, and a live worker's message is reaped",
-)
 def test_an_earlier_deliverys_entry_from_a_fast_clock_does_not_reap_a_live_holder(
     fault_env: dict[str, str], rdb: redis_lib.Redis, store: Any
 ) -> None:

@@ -62,7 +62,9 @@ def hold(rdb: redis_lib.Redis, worker: str, boot: str, at: float | None = None) 
     tags = [t.decode() for t in rdb.hkeys("unacked") if not rdb.hexists(HOLDERS_KEY, t)]
     for tag in tags:
         taken = rdb.zscore("unacked_index", tag) if at is None else at
-        holders.record(rdb, tag, worker, boot, float(taken or time.time()), 7200)
+        # the score the worker reads right after kombu's ZADD (`at`: an earlier delivery's)
+        taken = float(taken or time.time())
+        holders.record(rdb, tag, worker, boot, taken, 7200, score=taken)
     return tags
 
 

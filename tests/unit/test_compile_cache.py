@@ -152,3 +152,59 @@ def test_a_save_that_fails_leaves_the_old_bundle_and_no_temporary(
     head, body = (folder / compilecache.BUNDLE).read_bytes().split(b"\n", 1)
     assert json.loads(head.removeprefix(compilecache.MAGIC)) == KEY and body == b"new"
     assert sorted(p.name for p in folder.iterdir()) == [compilecache.BUNDLE]
+
+
+def _made(tmp_path: Path) -> Path:
+    cache = compilecache.open_cache(tmp_path / "cc", KEY)
+    assert cache.folder is not None and cache.state != "refused"
+    return cache.folder
+
+
+@pytest.mark.parametrize("where", ["root", "folder", "inductor", "triton", "bundle"])
+def test_a_group_or_world_writable_path_refuses_the_cache(tmp_path: Path, where: str) -> None:
+    folder = _made(tmp_path)
+    (folder / compilecache.BUNDLE).write_bytes(b"x")
+    target = {
+        "root": tmp_path / "cc",
+        "folder": folder,
+        "inductor": folder / "inductor",
+        "triton": folder / "triton",
+        "bundle": folder / compilecache.BUNDLE,
+    }[where]
+    target.chmod(0o777 if target.is_dir() else 0o666)
+    cache = compilecache.open_cache(tmp_path / "cc", KEY)
+    assert cache.folder is None and cache.state == "refused"
+    assert str(target) in cache.note and "write bit" in cache.note
+    assert cache.to_dict()["state"] == "refused"
+
+
+def test_a_symlinked_bundle_refuses_the_cache(tmp_path: Path) -> None:
+    folder = _made(tmp_path)
+    (tmp_path / "elsewhere").write_bytes(b"x")
+    (folder / compilecache.BUNDLE).symlink_to(tmp_path / "elsewhere")
+    cache = compilecache.open_cache(tmp_path / "cc", KEY)
+    assert cache.state == "refused" and "symlink" in cache.note
+
+
+def test_another_owner_refuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _made(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
+    cache = compilecache.open_cache(tmp_path / "cc", KEY)
+    assert cache.state == "refused" and f"uid {os.getuid() + 4242}" in cache.note
+
+
+def test_folders_are_made_0700(tmp_path: Path) -> None:
+    folder = _made(tmp_path)
+    for path in (folder, folder.parent, folder / "inductor", folder / "triton"):
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_read_only_key_folder_turns_the_cache_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root can write anywhere, so the read-only volume is os.access saying no."""
+    folder = _made(tmp_path)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == folder else real(p, m))
+    cache = compilecache.open_cache(tmp_path / "cc", KEY)
+    assert cache.state == "off" and "not writable" in cache.note
