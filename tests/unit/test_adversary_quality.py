@@ -31,11 +31,6 @@ INPUT = "ab" * 32
 # --- 1. determinism: what only picks or stores a clip must not change the clip ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: the derived seed is identity()'s hash, which includes the quality "
-    "fields, so a storage switch or a repair threshold changes the seed and so every clip",
-)
 @pytest.mark.parametrize(
     "extra",
     [
