@@ -79,12 +79,6 @@ def _diffusers_draws(seed: int, spec: JobSpec, frames: int) -> tuple[Any, Any]:
     return image_noise, latents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: candidate 0 (the job's seed) does not start from the latents diffusers "
-    "draws for that seed: candidate_latents uses a fresh generator instead of the one the "
-    "image noise already advanced",
-)
 def test_candidate_zero_starts_from_the_plain_jobs_latents() -> None:
     """README: "candidate 0 has the job's seed". A plain job's starting latents are the
     generator's draws *after* the conditioning image's noise; engine.candidate_latents draws
@@ -96,11 +90,6 @@ def test_candidate_zero_starts_from_the_plain_jobs_latents() -> None:
     assert np.allclose(drawn.numpy(), plain.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: candidate 0's starting latents are the very numbers of the "
-    "conditioning image's noise augmentation (both the first draws of one seed)",
-)
 def test_candidate_latents_are_not_the_image_noise_again() -> None:
     """In a batch, the image noise comes from generator(params.seed) = generator(job seed)
     (engine.generate) and candidate 0's latents from a fresh generator(job seed): the same
@@ -223,11 +212,6 @@ def test_frames_generated_counts_every_generation() -> None:
     assert _sample("svdq_frames_generated_total", variant="adv-q") == before + 4 * 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: after a batch of candidates runs out of memory, the job's progress "
-    "falls back (the call count grows, the one-by-one calls restart at call 0)",
-)
 def test_progress_never_goes_back_when_a_batch_falls_back(monkeypatch: Any) -> None:
     """quality._Job._progress maps call k's step i to k*steps+i over calls*steps; a batch
     that fails (BatchTooLarge) leaves done_calls at k and raises `calls`, so the next report
