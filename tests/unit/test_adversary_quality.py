@@ -124,11 +124,6 @@ def _record(**changes: Any) -> dict[str, Any]:
     return record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: result_problem accepts any `quality`/`tries`, and `svdq status` "
-    "then crashes reading them (jobcli.repaired: AttributeError/KeyError)",
-)
 @pytest.mark.parametrize(
     "changes",
     [
@@ -144,11 +139,6 @@ def test_a_record_with_malformed_quality_is_refused_or_shown(changes: dict[str, 
         assert isinstance(record.get("tries", []), list)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a record may list candidates/<i>.mp4 outputs for a job that asked "
-    "for no candidates (or for an index past its candidates): the key check is by kind only",
-)
 def test_a_record_cannot_list_candidates_its_spec_never_made() -> None:
     out = {"key": "results/j1/candidates/7.mp4", "uri": "s3://b/c7", "bytes": 10}
     record = _record()

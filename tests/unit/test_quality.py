@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from svdq.producer.jobcli import repaired
 from svdq.producer.manifest import csv_value
 from svdq.shared import formats
 from svdq.shared.constants import output_key
@@ -202,3 +203,22 @@ def test_candidates_per_call_from_the_rung() -> None:
     # An operator-changed top rung keeps its row's floor.
     starred = dataclasses.replace(ROWS["xt-40g"], name="xt-40g*")
     assert candidates_per_call(starred, 4, 1024, 576, 25) == 2
+
+
+@pytest.mark.parametrize(
+    ("result", "line"),
+    [
+        ({}, ""),
+        ({"quality": None}, ""),
+        ({"quality": "junk"}, ""),
+        ({"quality": {"repaired": 5, "candidates": {"n": 3}}}, ""),
+        ({"quality": {"repaired": "static clip repaired"}}, "repaired: static clip repaired"),
+        (
+            {"quality": {"candidates": {"n": 3, "calls": 1, "mode": "batch", "kept": "x"}}},
+            "candidates: 3 in 1 call(s) (batch), a repair of the best kept",
+        ),
+        ("not a record", ""),
+    ],
+)
+def test_the_status_line_shows_what_has_its_shape_and_never_raises(result: Any, line: str) -> None:
+    assert repaired(result) == line
