@@ -163,11 +163,6 @@ class _App:
         self.sent.append(kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a job of 8 candidates and 3 repairs (up to 11 generations) gets the "
-    "time limit of one generation (shared/limits.time_limits: the variant only)",
-)
 def test_the_time_limit_grows_with_the_generations_a_job_asks_for() -> None:
     settings = Settings.from_env({})
     plain = JobSpec.from_dict({"image": "s3://b/x.png", "variant": "tiny", "job_id": "a"})
