@@ -177,11 +177,6 @@ def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: svdq_frames_generated counts one clip's frames for a job that "
-    "generated four (candidates), so frames per GPU-second reads 4x too low",
-)
 def test_frames_generated_counts_every_generation() -> None:
     before = _sample("svdq_frames_generated_total", variant="adv-q")
     tries = [{"try": i, "reason": "candidate", "scores": {}} for i in range(4)]
