@@ -414,7 +414,8 @@ class JobResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     # every generation of a job with repair or candidates, in order (worker/quality.py):
     # {"try", "reason": "first"|"candidate"|"static"|"flicker"|"static+flicker", "params":
-    # {"seed", "motion_bucket_id", "noise_aug_strength", "decode_chunk_size"}, "scores",
+    # {"seed", "noise_seed", "motion_bucket_id", "noise_aug_strength", "decode_chunk_size"}
+    # (seed: the starting latents', noise_seed: the conditioning image's noise's), "scores",
     # "problems", "seconds", "kept"} (+ "candidate", "call" for a candidate); [] otherwise
     tries: list[dict[str, Any]] = field(default_factory=list)
     # what the checks found and what was done: {"checks", "kept", "found", "left", "repaired",
