@@ -195,7 +195,7 @@ def test_quality_fields_keep_the_seed_and_change_the_id_only_when_they_act(
     """The last field of `extra` against the same job without it (the plain job for one
     field); the seed is always the plain job's."""
     assert set(extra) <= QUALITY
-    *rest, last = extra
+    *rest, _last = extra
     base = finalize(spec(**{k: extra[k] for k in rest}), SHA)
     changed = finalize(spec(**extra), SHA)
     assert changed.seed == base.seed == finalize(spec(), SHA).seed
