@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from svdq.producer.topology import Finding, check_replication, check_sentinels
-from svdq.shared.limits import time_limits
+from svdq.shared.limits import MAX_GENERATIONS, time_limits
 from svdq.shared.redisurl import redact_url
 from svdq.shared.settings import Settings
 from svdq.shared.variants import VARIANTS
@@ -27,7 +27,7 @@ def check_settings(settings: Settings, env: Mapping[str, str]) -> list[Finding]:
 
     out: list[Finding] = []
     vt = settings.visibility_timeout
-    worst = max(time_limits(v, settings)[1] for v in VARIANTS)
+    worst = max(time_limits(v, settings, MAX_GENERATIONS)[1] for v in VARIANTS)
     if worst >= vt:
         out.append(Finding("unsafe", "time limits", f"hard limit {worst}s ≥ visibility {vt}s"))
     else:

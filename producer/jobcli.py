@@ -215,18 +215,26 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def repaired(result: dict[str, Any]) -> str:
+def repaired(result: Any) -> str:
     """What a job's quality repair and candidates did, in one line ("" for a plain job):
-    "repaired: static clip repaired: try 2 kept of 3 (...)", "candidates: 4 in 1 call, #2 kept"."""
-    quality = result.get("quality") or {}
+    "repaired: static clip repaired: try 2 kept of 3 (...)", "candidates: 4 in 1 call, #2 kept".
+
+    The record may come from a result.json someone edited (shared/records.py refuses a
+    malformed one, but a status line also shows records it did not check, e.g. Celery's
+    copy): a part of the wrong shape is left out, never an error."""
+    quality = result.get("quality") if isinstance(result, dict) else None
+    if not isinstance(quality, dict):
+        return ""
     parts = []
-    if text := quality.get("repaired"):
-        parts.append(f"repaired: {text}")
-    if cand := quality.get("candidates"):
+    if isinstance(text := quality.get("repaired"), str) and text:
+        parts.append(f"repaired: {text[:300]}")
+    cand = quality.get("candidates")
+    if isinstance(cand, dict) and all(k in cand for k in ("n", "calls", "mode")):
         kept = cand.get("kept")
-        which = f"#{kept} kept" if kept is not None else "a repair of the best kept"
+        which = f"#{kept} kept" if isinstance(kept, int) else "a repair of the best kept"
         parts.append(
-            f"candidates: {cand['n']} in {cand['calls']} call(s) ({cand['mode']}), {which}"
+            f"candidates: {cand['n']!s:.10} in {cand['calls']!s:.10} call(s) "
+            f"({cand['mode']!s:.40}), {which}"
         )
     return "; ".join(parts)
 

@@ -10,7 +10,7 @@ from celery.events.dispatcher import EventDispatcher
 
 from svdq.shared.celery_app import celery_priority, job_argsrepr
 from svdq.shared.constants import TASK_GENERATE, queue_for
-from svdq.shared.limits import time_limits
+from svdq.shared.limits import generations, time_limits
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 
@@ -35,7 +35,8 @@ def publish_jobs(
         return
     amqp = app.amqp
     sent_event = bool(app.conf.task_send_sent_event if sent_events is None else sent_events)
-    limits = {v: time_limits(v, settings) for v in {str(spec.variant) for spec, _ in specs}}
+    wanted = {(str(spec.variant), generations(spec)) for spec, _ in specs}
+    limits = {(v, n): time_limits(v, settings, n) for v, n in wanted}
     with app.producer_or_acquire() as producer, producer.batch(max_size=len(specs) * 3):
         events = BatchEventDispatcher(app, producer) if sent_event else None
         for spec, payload in specs:
@@ -45,9 +46,9 @@ def publish_jobs(
                 [payload],
                 {},
                 create_sent_event=sent_event,
-                # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
-                soft_time_limit=limits[str(spec.variant)][0],
-                time_limit=limits[str(spec.variant)][1],
+                # Per variant and clips, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
+                soft_time_limit=limits[str(spec.variant), generations(spec)][0],
+                time_limit=limits[str(spec.variant), generations(spec)][1],
                 # Celery would saferepr() the whole spec, metadata and all, for monitors.
                 argsrepr=job_argsrepr(spec, names.get(str(spec.job_id))),
                 kwargsrepr="{}",

@@ -9,7 +9,7 @@ from kombu import Exchange, Queue
 
 from svdq.shared.constants import QUEUE_CALLBACKS, TASK_GENERATE, queue_for
 from svdq.shared.errors import InvalidJobError
-from svdq.shared.limits import time_limits
+from svdq.shared.limits import MAX_GENERATIONS, generations, time_limits
 from svdq.shared.redisconn import celery_redis_conf
 from svdq.shared.replication import POLICY_OPTION, ReplicaPolicy, transport_for
 from svdq.shared.settings import Settings
@@ -50,9 +50,11 @@ def make_celery(settings: Settings) -> Celery:
         # spec already, and Flower reads arguments from the task-received event.
         result_extended=False,
         result_expires=settings.result_expires,
-        # Defaults for messages that carry none; the producer sends per-variant limits.
-        task_time_limit=time_limits("auto", settings)[1],
-        task_soft_time_limit=time_limits("auto", settings)[0],
+        # The producer sends each job's limits (its variant's, times the clips it may
+        # generate: shared/limits.py). These are the largest any job gets: the worker caps a
+        # message's limits at them (worker/intake.py), and a message that carries none gets them.
+        task_time_limit=time_limits("auto", settings, MAX_GENERATIONS)[1],
+        task_soft_time_limit=time_limits("auto", settings, MAX_GENERATIONS)[0],
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # A pool child loads the model in worker_process_init before it reports "up"; Celery's
         # 4 s default kills every replacement child mid-load, so a crashed child never returns.
@@ -135,8 +137,9 @@ def send_job(app: Celery, spec: JobSpec, settings: Settings, image_name: str | N
             field=missing,
         )
     queue = queue_for(spec.variant)
-    # Per-variant limits, both below SVDQ_VISIBILITY_TIMEOUT (shared.limits).
-    soft, hard = time_limits(spec.variant, settings)
+    # Per variant and per clips the job may generate, below SVDQ_VISIBILITY_TIMEOUT
+    # (shared.limits).
+    soft, hard = time_limits(spec.variant, settings, generations(spec))
     # Inside a publish batch: with SVDQ_REDIS_MIN_REPLICAS the message and its sent event go
     # out with a WAIT on one connection when the batch closes, and a shortfall raises here
     # (shared/replication.py); without, kombu's own batch sends them in one round trip.

@@ -160,8 +160,9 @@ FIELDS: tuple[Field, ...] = (
         "seed",
         "integer",
         None,
-        "random seed (default: derived from the image and parameters, so "
-        "a re-run reproduces the clip; 'random' draws one and records it)",
+        "random seed (default: derived from the image and the parameters that shape the clip, "
+        "not the repair/candidate options, so a re-run reproduces the clip and a repair's first "
+        "try or candidate 0 is the plain job's clip; 'random' draws one and records it)",
         minimum=0,
         maximum=SEED_MAX,
         nullable=True,
@@ -246,8 +247,8 @@ FIELDS: tuple[Field, ...] = (
         "candidates",
         "integer",
         1,
-        "generate this many clips from the image (seeds derived from the job's) and keep the "
-        "best as clip.mp4; costs about N times the GPU time",
+        "generate this many clips from the image (candidate 0 the job's seed, the others seeds "
+        "derived from it) and keep the best as clip.mp4; costs about N times the GPU time",
         minimum=1,
         maximum=formats.MAX_CANDIDATES,
     ),
@@ -255,7 +256,8 @@ FIELDS: tuple[Field, ...] = (
         "keep_candidates",
         "boolean",
         False,
-        "also store the candidates not kept, as candidates/<i>.mp4",
+        "also store the candidates not kept, as candidates/<i>.mp4 (with candidates > 1 it "
+        "changes the job id: another set of outputs)",
     ),
     Field("priority", "integer", 5, "queue priority, 9 runs first", minimum=0, maximum=9),
     Field(

@@ -3,11 +3,12 @@
 result.json is the commit marker: its presence means the job is done, so a worker returns it
 instead of running the job, and a producer skips the job and shows the record. Anything can
 end up under that key (a hand edit, a truncated copy, another job's record, `{}`), so a record
-is valid only if it parses, has the fields every reader uses with their types, names this job,
-and every output it lists has this job's key for its kind, a URI naming that key, and is in
-the store with its recorded size and sha256. An invalid one counts as
-absent: the worker sets it aside (results/<job>/invalid-<time>.json, kept for a person to
-read) and runs the job again; a producer shows the job as not done.
+is valid only if it parses, has the fields every reader uses with their types (`tries` and
+`quality` too when present), names this job, lists candidate outputs only when its spec kept
+candidates (and only those it made), and every output it lists has this job's key for its
+kind, a URI naming that key, and is in the store with its recorded size and sha256. An
+invalid one counts as absent: the worker sets it aside (results/<job>/invalid-<time>.json,
+kept for a person to read) and runs the job again; a producer shows the job as not done.
 
 `result_problem` is the pure check (the Celery-stored copy of a record is checked with it too);
 `read_result` adds the store: the object, and a HEAD of each output.
@@ -77,6 +78,100 @@ def result_problem(record: Any, job_id: str, output_prefix: Any = _FROM_SPEC) ->
             return f"outputs has {kind!r:.40}, which is no output svdq writes"
         if output["key"] != expected:
             return f"outputs[{kind!r}].key={output['key']!r:.120} is not this job's {expected!r}"
+    return _candidates_problem(record) or _quality_problem(record)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _candidates_problem(record: dict[str, Any]) -> str | None:
+    """A candidates/<i>.mp4 output is only written for a job whose spec asked to keep its
+    candidates (keep_candidates, candidates > 1) and only for an index below its candidates:
+    a record listing others lists outputs its job never made."""
+    spec = record["spec"]
+    asked = spec.get("candidates", 1)
+    asked = asked if _int(asked) else 1
+    keeps = spec.get("keep_candidates") is True and asked > 1
+    for kind in record["outputs"]:
+        if not kind.startswith("candidate-"):
+            continue
+        index = int(kind.removeprefix("candidate-"))  # output_key accepted it: 0…7
+        if not keeps:
+            return (
+                f"outputs has {kind!r}, but its spec kept no candidates (candidates={asked}, "
+                f"keep_candidates={spec.get('keep_candidates')!r:.20})"
+            )
+        if index >= asked:
+            return f"outputs has {kind!r}, but its spec made candidates 0…{asked - 1} only"
+    return None
+
+
+# result.json's `quality` (worker/quality.py; shared/spec.py JobResult) and the types of the
+# fields its readers use (producer/jobcli.py `repaired`, worker/metrics.py, shared/scores.py).
+_QUALITY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "found": list,
+    "left": list,
+    "repaired": str,
+    "kept": int,
+    "checks": dict,
+    "candidates": (dict, type(None)),
+}
+_CANDIDATES_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "n": int,
+    "calls": int,
+    "mode": str,
+    "kept": (int, type(None)),
+}
+_TRY_FIELDS: dict[str, type | tuple[type, ...]] = {"try": int, "reason": str}
+_TRY_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "scores": dict,
+    "params": dict,
+    "problems": list,
+}
+
+
+def _shape_problem(
+    what: str, value: dict[str, Any], fields: dict[str, Any], required: bool
+) -> str | None:
+    """Why `value`'s `fields` do not have their types (a missing one only when `required`)."""
+    for name, kind in fields.items():
+        if name not in value:
+            if required:
+                return f"{what}.{name} is missing"
+            continue
+        item = value[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(item, kind) or (int in kinds and isinstance(item, bool)):
+            return f"{what}.{name} is {item!r:.60}, not {_names(kind)}"
+    return None
+
+
+def _quality_problem(record: dict[str, Any]) -> str | None:
+    """`tries` and `quality` are optional (records from before repair, and plain jobs, have
+    `[]` and null), but when present they must have the shape every reader relies on: a list
+    of try objects, and an object whose fields have their types."""
+    tries = record.get("tries", [])
+    if not isinstance(tries, list):
+        return f"field 'tries' is {tries!r:.60}, not list"
+    for i, one in enumerate(tries):
+        if not isinstance(one, dict):
+            return f"tries[{i}] is {one!r:.60}, not an object"
+        problem = _shape_problem(f"tries[{i}]", one, _TRY_FIELDS, required=True)
+        if problem or (problem := _shape_problem(f"tries[{i}]", one, _TRY_OPTIONAL, False)):
+            return problem
+    quality = record.get("quality")
+    if quality is None:
+        return None
+    if not isinstance(quality, dict):
+        return f"field 'quality' is {quality!r:.60}, not an object or null"
+    if problem := _shape_problem("quality", quality, _QUALITY_FIELDS, required=False):
+        return problem
+    if not all(isinstance(p, str) for key in ("found", "left") for p in quality.get(key, [])):
+        return "quality.found and quality.left must be lists of check names"
+    candidates = quality.get("candidates")
+    if isinstance(candidates, dict):
+        return _shape_problem("quality.candidates", candidates, _CANDIDATES_FIELDS, True)
     return None
 
 

@@ -87,12 +87,15 @@ def generate(
 
     `seeds` (candidates, worker/quality.py): one clip per seed in this one call
     (`num_videos_per_prompt`), frames (N, F, H, W, 3) — even for one seed. Each clip's
-    starting latents are drawn from its own seed (`candidate_latents`) and the conditioning
-    image's noise from `params.seed`, so a candidate is the same clip whether it ran in a
-    batch or alone. (diffusers' `randn_tensor` with a list of generators would draw the image
-    noise from the first generator only: "if isinstance(generator, list): shape = (1,) +
-    shape[1:]; latents = [torch.randn(shape, generator=generator[i], ...) for i in
-    range(batch_size)]" with batch_size the image's, 1.)
+    starting latents are what its own seed draws in a plain call (`candidate_latents`) and
+    the conditioning image's noise, one for the call, comes from `params.seed`; so a clip
+    whose seed is `params.seed` is the plain call's clip, and a candidate's numbers do not
+    depend on the batch it ran in. (The same numbers, not always the same bits: on a GPU in
+    float16 a batched kernel may round differently from a single one.) diffusers'
+    `randn_tensor` with a list of generators would draw the image noise from the first
+    generator only: "if isinstance(generator, list): shape = (1,) + shape[1:]; latents =
+    [torch.randn(shape, generator=generator[i], ...) for i in range(batch_size)]" with
+    batch_size the image's, 1.
     """
     import torch
 
@@ -174,14 +177,30 @@ def _no_compile_in_jobs(model: LoadedModel) -> Any:
 def candidate_latents(
     model: LoadedModel, spec: JobSpec, num_frames: int, seeds: tuple[int, ...]
 ) -> Any:
-    """The starting latents of one clip per seed, (N, F, C, H/8, W/8), each drawn on the CPU
-    from its own seed (the same noise on any device), in the pipeline's dtype: the shape
-    diffusers' `prepare_latents` draws, "(batch_size, num_frames, num_channels_latents // 2,
-    height // self.vae_scale_factor, width // self.vae_scale_factor)" with
-    `num_channels_latents = self.unet.config.in_channels`."""
+    """The starting latents of one clip per seed, (N, F, C, H/8, W/8): for each seed, what
+    the plain pipeline called with `generator=torch.Generator("cpu").manual_seed(seed)` draws.
+
+    diffusers 0.42 (pipeline_stable_video_diffusion.py) draws twice from that one generator:
+    first the conditioning image's noise, step 4, "noise = randn_tensor(image.shape,
+    generator=generator, device=device, dtype=image.dtype)" (image: the preprocessed
+    (1, 3, height, width) float32 tensor, image_processor.py "np.array(image).astype(
+    np.float32) / 255.0"), then step 7, prepare_latents' "latents = randn_tensor(shape,
+    generator=generator, device=device, dtype=dtype)" with shape "(batch_size, num_frames,
+    num_channels_latents // 2, height // self.vae_scale_factor, width // self.vae_scale_factor)",
+    `num_channels_latents = self.unet.config.in_channels` and dtype the image embeddings'
+    (the pipeline's one dtype, worker/models.py). With a CPU generator randn_tensor is
+    "torch.randn(shape, generator=generator, device=rand_device, dtype=dtype, layout=layout)"
+    (utils/torch_utils.py). So each seed's generator is advanced by the image-noise draw
+    first: the seed's latents are never the image noise again, and a candidate whose seed is
+    the call's image-noise seed (candidate 0, the job's) starts where the plain job starts.
+    The draws use the pipeline's dtype as diffusers does (a float16 draw is not a float32 draw
+    rounded: torch's CPU normal_ takes as many random bits as the dtype has digits).
+    """
     import torch
 
     pipe = model.pipe
+    dtype = pipe.unet.dtype
+    image_shape = (1, 3, spec.height, spec.width)
     shape = (
         1,
         num_frames,
@@ -189,11 +208,12 @@ def candidate_latents(
         spec.height // pipe.vae_scale_factor,
         spec.width // pipe.vae_scale_factor,
     )
-    drawn = [
-        torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed))
-        for seed in seeds
-    ]
-    return torch.cat(drawn).to(pipe.unet.dtype)
+    drawn = []
+    for seed in seeds:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.randn(image_shape, generator=generator, dtype=torch.float32)  # the image noise
+        drawn.append(torch.randn(shape, generator=generator, dtype=dtype))
+    return torch.cat(drawn)
 
 
 def decode_latents(

@@ -53,7 +53,11 @@ PHASE_SECONDS = Histogram(
     ["phase", "variant", "profile"],
     buckets=SECONDS_BUCKETS,
 )
-FRAMES = Counter("svdq_frames_generated", "Video frames generated", ["variant"])
+FRAMES = Counter(
+    "svdq_frames_generated",
+    "Video frames generated, every generation's (candidates and repairs too), kept or not",
+    ["variant"],
+)
 OOM_STEPDOWNS = Counter(
     "svdq_oom_stepdowns",
     "CUDA out-of-memory step-downs, from one profile to the next",
@@ -294,7 +298,7 @@ class WorkerMetrics:
         for phase, seconds in (result.get("timings") or {}).items():
             if phase in PHASES:
                 PHASE_SECONDS.labels(phase, variant, profile).observe(float(seconds))
-        FRAMES.labels(variant).inc(int(result.get("num_frames") or 0))
+        FRAMES.labels(variant).inc(int(result.get("num_frames") or 0) * _generations(result))
         for name, value in (result.get("scores") or {}).items():
             if name in CLIP_SCORES and value is not None:
                 CLIP_SCORES[name].labels(variant).observe(float(value))
@@ -357,3 +361,11 @@ class WorkerMetrics:
         cuda = _cuda()
         if cuda is not None:
             PEAK_VRAM.set(cuda.max_memory_allocated())
+
+
+def _generations(result: dict[str, Any]) -> int:
+    """The clips a job generated: one per entry of `tries` (worker/quality.py lists every
+    candidate and repair there), one for a plain job (`tries` empty). Every clip has the
+    job's frame count, so frames per GPU-second counts the work the GPU did."""
+    tries = result.get("tries")
+    return max(1, len(tries)) if isinstance(tries, list) else 1

@@ -8,15 +8,20 @@ a job may ask the worker to act on them (JobSpec fields, all off by default):
   calls as the rung allows (`profiles.candidates_per_call`: a batch of N through diffusers'
   `num_videos_per_prompt`, or one by one), all scored; the best is kept (`rank`). A batch
   that runs out of memory is recorded and run one by one instead (stepdown.BatchTooLarge).
-  Each candidate's starting noise comes from its own seed and the conditioning image's noise
-  from the job's (engine.generate), so a candidate is the same clip batched or alone.
+  A call draws one conditioning-image noise, from the job's seed, and each candidate's
+  starting latents as a plain call with its own seed would (engine.candidate_latents), so
+  candidate 0 is the plain job's clip, and a candidate gets the same noise batched or one by
+  one (the same clip up to the rounding of batch-size-dependent float16 GPU kernels).
 - `on_static=retry`: a clip whose motion is below `min_motion` is generated again with the
   guide's fix: motion_bucket_id 180, 190, 200 on repair 1, 2, 3 (never below the job's own),
-  noise_aug_strength 0.1 (never below the job's own) and seed `derived_seed(seed, "repair", r)`.
+  noise_aug_strength 0.1 (never below the job's own) and seed `derived_seed(seed, "repair", r)`
+  for both noises: the clip a plain job with that seed and those knobs makes, whether the job
+  has candidates or not.
 - `on_flicker=retry`: a clip whose flicker is above `max_flicker` is generated again with the
   largest decode chunk the worker's rung carries (its profile's `decode_chunk_size`, all
-  frames when it has none) and the same seed: the same denoise, a wider decode. When the
-  chunk already is that large, there is nothing to change and no try is made.
+  frames when it has none) and the same seeds (a candidate's image noise stays the job's):
+  the same denoise, a wider decode. When the chunk already is that large, there is nothing
+  to change and no try is made.
 
 Repairs: at most `repair_attempts` (1-3) more generations; each fixes what the best clip so
 far still fails (both fixes at once when it fails both), and stops when the best passes or a
@@ -96,14 +101,28 @@ class Plan:
 
     index: int  # the try's place in `tries`
     reason: str  # first | candidate | static | flicker | static+flicker
-    seed: int
+    seed: int  # the starting latents' (engine.candidate_latents)
     motion_bucket_id: int
     noise_aug_strength: float
     decode_chunk_size: int | None  # None: the job's own (its spec's, else the rung's)
+    # the conditioning image's noise: None, the seed's own (a plain call); a candidate's: the
+    # job's seed, drawn once for its call (engine.generate), kept by a flicker repair of it
+    noise_seed: int | None = None
+
+    @property
+    def image_seed(self) -> int:
+        """The seed the conditioning image's noise comes from."""
+        return self.seed if self.noise_seed is None else self.noise_seed
 
     def knobs(self) -> tuple[Any, ...]:
         """What makes the clip (a repeat of these makes the same clip again)."""
-        return (self.seed, self.motion_bucket_id, self.noise_aug_strength, self.decode_chunk_size)
+        return (
+            self.seed,
+            self.image_seed,
+            self.motion_bucket_id,
+            self.noise_aug_strength,
+            self.decode_chunk_size,
+        )
 
 
 def repair_plan(
@@ -117,6 +136,7 @@ def repair_plan(
         plan = dataclasses.replace(
             plan,
             seed=derived_seed(spec.seed, "repair", repair),
+            noise_seed=None,  # a new seed for both noises: the plain call of that seed
             motion_bucket_id=max(spec.motion_bucket_id, STATIC_BUCKETS[repair - 1]),
             noise_aug_strength=max(spec.noise_aug_strength, STATIC_NOISE_AUG),
         )
@@ -166,7 +186,7 @@ class _Job:
     progress: engine.Progress | None
     on_step_down: Callable[[str, str], None]
     gpu: Callable[[], contextlib.AbstractContextManager[None]]
-    calls: int  # pipeline calls planned (for progress)
+    calls: int  # pipeline calls planned, a guess (a batch may fall back, repairs may stop)
     done_calls: int = 0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -175,24 +195,51 @@ class _Job:
     params: dict[int, engine.RunParams] = field(default_factory=dict)
     plans: dict[int, Plan] = field(default_factory=dict)
     ran: dict[int, dict[str, Any]] = field(default_factory=dict)  # try -> what ran it
+    done: float = 0.0  # the fraction of the job's generation reported so far (0-1)
+
+    def _scale(self) -> int:
+        """The denominator progress is reported over: the planned calls' steps at the start
+        (a plain job: its own steps, so its reports are the pipeline's)."""
+        return max(1, self.calls) * self.spec.num_inference_steps
+
+    def _report(self, phase: str, fraction: float) -> None:
+        """Report `fraction` of the generation done, never less than reported before."""
+        self.done = max(self.done, min(1.0, fraction))
+        if self.progress is not None:
+            scale = self._scale()
+            self.progress(phase, round(self.done * scale), scale)
 
     def _progress(self) -> engine.Progress | None:
-        """The job's progress over all its calls: call k's step i is k*steps + i."""
+        """The progress of the next call: it takes an equal share of what is left over the
+        calls still planned, so a call that fell back (BatchTooLarge, after some of its steps
+        were reported) or a rung that restarts its steps never moves the job back, and the
+        last planned call ends at 100 %. `finish` reports 100 % when fewer calls ran."""
         if self.progress is None:
             return None
-        report, k, total = self.progress, self.done_calls, max(self.calls, self.done_calls + 1)
+        start = self.done
+        share = (1.0 - start) / max(1, self.calls - self.done_calls)
 
         def progress(phase: str, step: int, steps: int) -> None:
-            report(phase, k * steps + step, total * steps)
+            self._report(phase, start + share * step / max(1, steps))
 
         return progress
 
-    def run(self, plans: list[Plan], batched: bool) -> None:
-        """One pipeline call making `plans` (several: a batch of candidates), scored."""
+    def finish(self) -> None:
+        """Every generation ran: 100 %, also when fewer calls ran than were planned."""
+        if self.done < 1.0:
+            self._report("decode", 1.0)
+
+    def run(self, plans: list[Plan]) -> None:
+        """One pipeline call making `plans`, scored. Candidates go through diffusers'
+        `num_videos_per_prompt` (engine.generate's `seeds`), as does a plan whose image noise
+        comes from another seed than its latents (a repair of candidate i > 0); a plan whose
+        two seeds are one is a plain call with that seed, the clip it makes either way."""
         spec, first = self.spec, plans[0]
+        assert len({p.image_seed for p in plans}) == 1, "one call draws one image noise"
+        batched = len(plans) > 1 or first.reason == "candidate" or first.image_seed != first.seed
         seeds = tuple(p.seed for p in plans) if batched else None
         run_spec = spec.replace(
-            seed=spec.seed if batched else first.seed,
+            seed=first.image_seed,
             motion_bucket_id=first.motion_bucket_id,
             noise_aug_strength=first.noise_aug_strength,
             decode_chunk_size=first.decode_chunk_size or spec.decode_chunk_size,
@@ -235,6 +282,7 @@ class _Job:
             record.update(
                 params={
                     "seed": plan.seed,
+                    "noise_seed": plan.image_seed,
                     "motion_bucket_id": plan.motion_bucket_id,
                     "noise_aug_strength": plan.noise_aug_strength,
                     "decode_chunk_size": params.decode_chunk_size,
@@ -276,10 +324,11 @@ def generate(
     mode = _candidates(job, seeds, per_call) if spec.candidates > 1 else None
     if mode is None:
         base = Plan(0, "first", spec.seed, spec.motion_bucket_id, spec.noise_aug_strength, None)
-        job.run([base], batched=False)
+        job.run([base])
     first_best = job.best()
     found = problems(job.tries[first_best]["scores"], spec, checks)
     unrepairable = _repair(job, checks)
+    job.finish()
     kept = job.best()
     for t in job.tries:
         t["kept"] = t["try"] == kept
@@ -322,7 +371,7 @@ def _candidates(job: _Job, seeds: tuple[int, ...], per_call: int) -> dict[str, A
     that did not fit. Returns how they ran (result.json's quality.candidates)."""
     spec = job.spec
     plans = [
-        Plan(i, "candidate", s, spec.motion_bucket_id, spec.noise_aug_strength, None)
+        Plan(i, "candidate", s, spec.motion_bucket_id, spec.noise_aug_strength, None, seeds[0])
         for i, s in enumerate(seeds)
     ]
     mode: dict[str, Any] = {"n": len(seeds), "per_call": per_call}
@@ -330,7 +379,7 @@ def _candidates(job: _Job, seeds: tuple[int, ...], per_call: int) -> dict[str, A
     while todo:
         group, rest = todo[:per_call], todo[per_call:]
         try:
-            job.run(group, batched=True)
+            job.run(group)
         except stepdown.BatchTooLarge:
             mode["fallback"] = f"a batch of {len(group)} ran out of memory: one by one after it"
             per_call = 1
@@ -360,7 +409,7 @@ def _repair(job: _Job, checks: tuple[str, ...]) -> str:
             return f"the decode chunk ({used}) is already the largest this worker's profile carries"
         if any(plan.knobs() == p.knobs() for p in job.plans.values()):
             return "no repair left that was not tried"
-        job.run([plan], batched=spec.candidates > 1)
+        job.run([plan])
     return ""
 
 

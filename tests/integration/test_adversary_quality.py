@@ -14,12 +14,6 @@ from tests.integration.helpers import FAST
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: candidate 0 (the job's own seed) is another clip than the one the same "
-    "seed makes without candidates: engine.candidate_latents draws the starting latents from "
-    "a fresh generator, diffusers draws them after the image noise",
-)
 def test_candidate_zero_is_the_clip_its_seed_makes_alone(model_dir):
     """README: "candidate 0 has the job's seed". The plain call (seeds=None) and the
     candidates call with that one seed (seeds=(seed,)) should make the same clip; the same

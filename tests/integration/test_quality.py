@@ -56,12 +56,14 @@ def test_static_and_flickering_clip_is_generated_again_and_the_best_kept(
     first, one, two = (t["params"] for t in tries)
     assert first == {
         "seed": seed,
+        "noise_seed": seed,  # a plain call: one seed for both noises
         "motion_bucket_id": 127,
         "noise_aug_strength": 0.02,
         "decode_chunk_size": 2,
     }
     assert one == {
         "seed": quality.derived_seed(seed, "repair", 1),
+        "noise_seed": quality.derived_seed(seed, "repair", 1),
         "motion_bucket_id": 180,
         "noise_aug_strength": 0.1,
         "decode_chunk_size": FRAMES,  # the CPU rung carries every frame at once
@@ -141,6 +143,8 @@ def test_candidates_one_call_best_kept_others_stored(client, store, worker, svdq
 
     # Three seeds (the job's, then derived), one call each on a CPU rung (candidates_per_call).
     assert [t["params"]["seed"] for t in tries] == list(quality.candidate_seeds(spec))
+    # One image noise per call, the job's seed's, whether batched or one by one.
+    assert {t["params"]["noise_seed"] for t in tries} == {spec.seed}
     assert [(t["reason"], t["candidate"], t["call"]) for t in tries] == [
         ("candidate", 0, 0),
         ("candidate", 1, 1),

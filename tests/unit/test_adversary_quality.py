@@ -31,11 +31,6 @@ INPUT = "ab" * 32
 # --- 1. determinism: what only picks or stores a clip must not change the clip ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: the derived seed is identity()'s hash, which includes the quality "
-    "fields, so a storage switch or a repair threshold changes the seed and so every clip",
-)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -84,12 +79,6 @@ def _diffusers_draws(seed: int, spec: JobSpec, frames: int) -> tuple[Any, Any]:
     return image_noise, latents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: candidate 0 (the job's seed) does not start from the latents diffusers "
-    "draws for that seed: candidate_latents uses a fresh generator instead of the one the "
-    "image noise already advanced",
-)
 def test_candidate_zero_starts_from_the_plain_jobs_latents() -> None:
     """README: "candidate 0 has the job's seed". A plain job's starting latents are the
     generator's draws *after* the conditioning image's noise; engine.candidate_latents draws
@@ -101,11 +90,6 @@ def test_candidate_zero_starts_from_the_plain_jobs_latents() -> None:
     assert np.allclose(drawn.numpy(), plain.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: candidate 0's starting latents are the very numbers of the "
-    "conditioning image's noise augmentation (both the first draws of one seed)",
-)
 def test_candidate_latents_are_not_the_image_noise_again() -> None:
     """In a batch, the image noise comes from generator(params.seed) = generator(job seed)
     (engine.generate) and candidate 0's latents from a fresh generator(job seed): the same
@@ -140,11 +124,6 @@ def _record(**changes: Any) -> dict[str, Any]:
     return record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: result_problem accepts any `quality`/`tries`, and `svdq status` "
-    "then crashes reading them (jobcli.repaired: AttributeError/KeyError)",
-)
 @pytest.mark.parametrize(
     "changes",
     [
@@ -160,11 +139,6 @@ def test_a_record_with_malformed_quality_is_refused_or_shown(changes: dict[str, 
         assert isinstance(record.get("tries", []), list)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a record may list candidates/<i>.mp4 outputs for a job that asked "
-    "for no candidates (or for an index past its candidates): the key check is by kind only",
-)
 def test_a_record_cannot_list_candidates_its_spec_never_made() -> None:
     out = {"key": "results/j1/candidates/7.mp4", "uri": "s3://b/c7", "bytes": 10}
     record = _record()
@@ -189,11 +163,6 @@ class _App:
         self.sent.append(kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a job of 8 candidates and 3 repairs (up to 11 generations) gets the "
-    "time limit of one generation (shared/limits.time_limits: the variant only)",
-)
 def test_the_time_limit_grows_with_the_generations_a_job_asks_for() -> None:
     settings = Settings.from_env({})
     plain = JobSpec.from_dict({"image": "s3://b/x.png", "variant": "tiny", "job_id": "a"})
@@ -208,11 +177,6 @@ def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: svdq_frames_generated counts one clip's frames for a job that "
-    "generated four (candidates), so frames per GPU-second reads 4x too low",
-)
 def test_frames_generated_counts_every_generation() -> None:
     before = _sample("svdq_frames_generated_total", variant="adv-q")
     tries = [{"try": i, "reason": "candidate", "scores": {}} for i in range(4)]
@@ -228,11 +192,6 @@ def test_frames_generated_counts_every_generation() -> None:
     assert _sample("svdq_frames_generated_total", variant="adv-q") == before + 4 * 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: after a batch of candidates runs out of memory, the job's progress "
-    "falls back (the call count grows, the one-by-one calls restart at call 0)",
-)
 def test_progress_never_goes_back_when_a_batch_falls_back(monkeypatch: Any) -> None:
     """quality._Job._progress maps call k's step i to k*steps+i over calls*steps; a batch
     that fails (BatchTooLarge) leaves done_calls at k and raises `calls`, so the next report

@@ -148,13 +148,58 @@ def test_id_does_not_depend_on_the_image_path() -> None:
     assert (a.job_id, a.seed) == (b.job_id, b.seed)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in IDENTITY if n not in ("schema_version", "seed")))
+# The quality fields (worker/quality.py) pick or store clips but never shape the first one:
+# they never change the derived seed, and change the id only where they change the output.
+QUALITY = {
+    "on_static",
+    "on_flicker",
+    "min_motion",
+    "max_flicker",
+    "repair_attempts",
+    "candidates",
+    "keep_candidates",
+}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in IDENTITY - QUALITY if n not in ("schema_version", "seed"))
+)
 def test_clip_changing_param_changes_id_and_seed(name: str) -> None:
     base = finalize(spec(**PARTNER.get(name, {})), SHA)
     other = _other_value(FIELD_BY_NAME[name])
     changed = finalize(spec(**PARTNER.get(name, {}), **{name: other}), SHA)
     assert changed.job_id != base.job_id
     assert changed.seed != base.seed
+
+
+@pytest.mark.parametrize(
+    ("extra", "changes_id"),
+    [
+        ({"on_static": "retry"}, True),
+        ({"on_flicker": "retry"}, True),
+        ({"candidates": 3}, True),
+        ({"min_motion": 0.02}, False),  # on_static=keep, one candidate: nothing acts on it
+        ({"max_flicker": 0.5}, False),
+        ({"repair_attempts": 3}, False),  # no check is retried
+        ({"keep_candidates": True}, False),  # one candidate: nothing more to store
+        ({"on_static": "retry", "min_motion": 0.02}, True),
+        ({"on_flicker": "retry", "max_flicker": 0.5}, True),
+        ({"on_flicker": "retry", "repair_attempts": 3}, True),
+        ({"candidates": 3, "min_motion": 0.02}, True),  # the pick ranks by it
+        ({"candidates": 3, "keep_candidates": True}, True),  # stores candidates/<i>.mp4
+    ],
+)
+def test_quality_fields_keep_the_seed_and_change_the_id_only_when_they_act(
+    extra: dict[str, Any], changes_id: bool
+) -> None:
+    """The last field of `extra` against the same job without it (the plain job for one
+    field); the seed is always the plain job's."""
+    assert set(extra) <= QUALITY
+    *rest, _last = extra
+    base = finalize(spec(**{k: extra[k] for k in rest}), SHA)
+    changed = finalize(spec(**extra), SHA)
+    assert changed.seed == base.seed == finalize(spec(), SHA).seed
+    assert (changed.job_id != base.job_id) is changes_id
 
 
 @pytest.mark.parametrize(

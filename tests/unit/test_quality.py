@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from svdq.producer.jobcli import repaired
 from svdq.producer.manifest import csv_value
 from svdq.shared import formats
 from svdq.shared.constants import output_key
@@ -202,3 +203,119 @@ def test_candidates_per_call_from_the_rung() -> None:
     # An operator-changed top rung keeps its row's floor.
     starred = dataclasses.replace(ROWS["xt-40g"], name="xt-40g*")
     assert candidates_per_call(starred, 4, 1024, 576, 25) == 2
+
+
+@pytest.mark.parametrize(
+    ("result", "line"),
+    [
+        ({}, ""),
+        ({"quality": None}, ""),
+        ({"quality": "junk"}, ""),
+        ({"quality": {"repaired": 5, "candidates": {"n": 3}}}, ""),
+        ({"quality": {"repaired": "static clip repaired"}}, "repaired: static clip repaired"),
+        (
+            {"quality": {"candidates": {"n": 3, "calls": 1, "mode": "batch", "kept": "x"}}},
+            "candidates: 3 in 1 call(s) (batch), a repair of the best kept",
+        ),
+        ("not a record", ""),
+    ],
+)
+def test_the_status_line_shows_what_has_its_shape_and_never_raises(result: Any, line: str) -> None:
+    assert repaired(result) == line
+
+
+# --- which noise a try draws, and the job's progress (adversary review, issue 14) -------------
+
+
+def test_a_repair_keeps_or_replaces_both_noises_as_one() -> None:
+    """A candidate's image noise is its call's (the job's seed); a flicker repair of it keeps
+    both seeds (the same denoise), a static one draws both from its own new seed (the clip a
+    plain job with that seed makes, in a candidates job or not)."""
+    cand = quality.Plan(2, "candidate", 999, 127, 0.02, None, noise_seed=1234)
+    flick = quality.repair_plan(spec(), 1, 3, ["flicker"], cand, used=2, carry=14)
+    assert flick is not None and (flick.seed, flick.image_seed) == (999, 1234)
+    static = quality.repair_plan(spec(), 1, 3, ["static"], cand, used=2, carry=14)
+    assert static is not None and static.image_seed == static.seed != 999
+    assert BASE.image_seed == BASE.seed == 1234  # a plain try: one seed for both
+    assert cand.knobs() != dataclasses.replace(cand, noise_seed=None).knobs()
+
+
+def _fake_generate(calls: list[tuple[int | None, Any]], moving: bool) -> Any:
+    """stepdown.generate's stand-in: records (the call's seed, its seeds), reports every
+    step, and returns (moving or still) float frames shaped as engine.generate's."""
+    import numpy as np
+
+    from svdq.worker import engine
+
+    def fake(model: Any, settings: Any, job: JobSpec, image: Any, progress: Any, _s: Any, seeds):
+        calls.append((job.seed, seeds))
+        steps = job.num_inference_steps
+        for i in range(1, steps + 1):
+            if progress:
+                progress("denoise", i, steps)
+        rng = np.random.default_rng(job.seed)
+        one = (
+            rng.random((4, 64, 64, 3), dtype=np.float32)
+            if moving
+            else np.full((4, 64, 64, 3), 0.5, np.float32)
+        )
+        frames = np.stack([one] * len(seeds)) if seeds is not None else one
+        params = engine.RunParams("tiny", 4, 7, 4, job.seed or 0)
+        return frames, {}, params, [{"outcome": "succeeded"}]
+
+    return fake
+
+
+def _run(monkeypatch: Any, job: JobSpec, moving: bool) -> tuple[list[Any], list[float]]:
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from svdq.shared.settings import Settings
+    from svdq.worker import stepdown
+
+    calls: list[Any] = []
+    monkeypatch.setattr(stepdown, "generate", _fake_generate(calls, moving))
+    model = SimpleNamespace(
+        profile=CPU_PROFILE,
+        info=SimpleNamespace(frames=4, model_id="fake", note=None),
+        source="test",
+    )
+    seen: list[float] = []
+    quality.generate(
+        model,  # type: ignore[arg-type]
+        Settings.from_env({}),
+        job,
+        Image.new("RGB", (64, 64)),
+        lambda phase, step, steps: seen.append(step / steps),
+    )
+    return calls, seen
+
+
+SMALL = {"width": 64, "height": 64, "num_frames": 4, "num_inference_steps": 4}
+
+
+def test_progress_ends_at_100_percent_when_fewer_calls_run_than_were_planned(
+    monkeypatch: Any,
+) -> None:
+    """Three repairs planned, none needed (the first clip moves): 1 call of 4, and still 100 %."""
+    job = spec(on_static="retry", repair_attempts=3, **SMALL)
+    calls, seen = _run(monkeypatch, job, moving=True)
+    assert len(calls) == 1
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert seen[3] == pytest.approx(0.25)  # the first call's last step: a quarter of the plan
+
+
+def test_candidate_calls_draw_the_image_noise_from_the_jobs_seed_repairs_from_their_own(
+    monkeypatch: Any,
+) -> None:
+    """A candidates job on a rung that makes them one by one (CPU_PROFILE): each candidate's
+    call draws the job's image noise and its own latents; the static repairs are plain calls
+    with their derived seeds (seeds None), as they would be in a job without candidates."""
+    job = spec(candidates=3, on_static="retry", repair_attempts=2, **SMALL)
+    calls, seen = _run(monkeypatch, job, moving=False)
+    seeds = quality.candidate_seeds(job)
+    assert calls[:3] == [(1234, (s,)) for s in seeds]
+    repairs = [quality.derived_seed(1234, "repair", r) for r in (1, 2)]
+    assert calls[3:] == [(r, None) for r in repairs]
+    assert seen == sorted(seen) and seen[-1] == 1.0

@@ -137,3 +137,74 @@ def test_a_record_whose_outputs_are_not_its_objects_is_not_believed(tmp_path: An
     )
     said = problem(sha256="0" * 64) or ""
     assert f"has sha256 {sha}, the record says {'0' * 64}" in said
+
+
+# --- tries, quality and candidate outputs (adversary review of repair, issue 14) -------------
+
+QUALITY = {
+    "checks": {"static": "retry", "flicker": "keep", "min_motion": 0.01, "max_flicker": 0.1},
+    "kept": 1,
+    "found": ["static"],
+    "left": [],
+    "repaired": "static clip repaired: try 1 kept of 2",
+    "candidates": {"n": 3, "per_call": 3, "calls": 1, "mode": "batch", "kept": 1},
+}
+TRIES = [
+    {"try": 0, "reason": "candidate", "params": {"seed": 3}, "scores": {"motion": 0.001}},
+    {"try": 1, "reason": "static", "params": {"seed": 4}, "scores": {"motion": 0.05}},
+]
+
+
+def _candidate(index: int) -> dict[str, Any]:
+    key = f"results/j1/candidates/{index}.mp4"
+    return {"key": key, "uri": f"s3://b/{key}", "bytes": 10}
+
+
+def test_a_record_with_tries_quality_and_kept_candidates_is_valid() -> None:
+    record = good(
+        spec={"image": "s3://b/x.png", "candidates": 3, "keep_candidates": True},
+        tries=TRIES,
+        quality=QUALITY,
+    )
+    record["outputs"].update({"candidate-0": _candidate(0), "candidate-2": _candidate(2)})
+    assert result_problem(record, "j1") is None
+    assert result_problem(good(tries=[], quality=None), "j1") is None  # a plain job's
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"tries": {"0": {}}}, "field 'tries' is {'0': {}}, not list"),
+        ({"tries": [5]}, "tries[0] is 5, not an object"),
+        ({"tries": [{"reason": "first"}]}, "tries[0].try is missing"),
+        ({"tries": [{"try": True, "reason": "first"}]}, "tries[0].try is True, not int"),
+        ({"tries": [{"try": 0, "reason": "first", "scores": [1]}]}, "tries[0].scores is [1]"),
+        ({"quality": "repaired everything"}, "field 'quality' is 'repaired everything'"),
+        ({"quality": {**QUALITY, "found": "static"}}, "quality.found is 'static', not list"),
+        ({"quality": {**QUALITY, "left": [3]}}, "quality.found and quality.left must be"),
+        ({"quality": {**QUALITY, "candidates": {"n": 3}}}, "quality.candidates.calls is miss"),
+        ({"quality": {**QUALITY, "candidates": [1]}}, "quality.candidates is [1], not dict"),
+    ],
+)
+def test_malformed_tries_or_quality_are_refused(changes: dict[str, Any], said: str) -> None:
+    problem = result_problem(good(**changes), "j1")
+    assert problem is not None and said in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("spec", "index", "said"),
+    [
+        ({}, 0, "its spec kept no candidates (candidates=1, keep_candidates=None)"),
+        ({"candidates": 3}, 1, "kept no candidates (candidates=3, keep_candidates=None)"),
+        ({"candidates": 1, "keep_candidates": True}, 0, "kept no candidates (candidates=1"),
+        ({"candidates": 3, "keep_candidates": True}, 3, "made candidates 0…2 only"),
+        ({"candidates": "8", "keep_candidates": True}, 2, "kept no candidates"),
+    ],
+)
+def test_candidate_outputs_its_spec_never_made_are_refused(
+    spec: dict[str, Any], index: int, said: str
+) -> None:
+    record = good(spec={"image": "s3://b/x.png", **spec})
+    record["outputs"][f"candidate-{index}"] = _candidate(index)
+    problem = result_problem(record, "j1")
+    assert problem is not None and said in problem, problem

@@ -15,7 +15,7 @@ from svdq.shared.celery_app import make_celery
 from svdq.shared.constants import queue_for
 from svdq.shared.errors import ModelNotFoundError
 from svdq.shared.fields import FIELD_BY_NAME
-from svdq.shared.limits import time_limits
+from svdq.shared.limits import CEILING, MAX_GENERATIONS, generations, time_limits
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.variants import AUTO, BY_NAME, REAL_VARIANTS, TABLE, VARIANTS
@@ -124,3 +124,22 @@ def test_cli_help_lists_every_variant(
         text = " ".join(capsys.readouterr().out.split())
         for name in BY_NAME:
             assert name in text, (command, name)
+
+
+def test_time_limits_grow_with_the_clips_a_job_may_generate_up_to_the_ceiling() -> None:
+    """shared/limits.py: a job of N clips (candidates + repairs) gets N times one clip's
+    limits, bounded by CEILING of the visibility timeout and never below one clip's."""
+    settings = Settings.from_env({"SVDQ_TASK_TIME_LIMIT": "100", "SVDQ_VISIBILITY_TIMEOUT": "900"})
+    plain = JobSpec.from_dict({"image": "x.png"})
+    assert generations(plain) == 1
+    assert generations(plain.replace(candidates=3)) == 3
+    assert generations(plain.replace(repair_attempts=3)) == 1  # nothing retried
+    assert generations(plain.replace(on_flicker="retry", repair_attempts=3, candidates=8)) == 11
+    assert MAX_GENERATIONS == 11
+    one = time_limits("svd-xt", settings)
+    assert time_limits("svd-xt", settings, 3) == (300 - 30, 300)
+    assert one == (100 - 10, 100)
+    ceiling = int(900 * CEILING)
+    assert time_limits("svd-xt", settings, 11)[1] == ceiling < 900
+    tight = Settings.from_env({"SVDQ_TASK_TIME_LIMIT": "899", "SVDQ_VISIBILITY_TIMEOUT": "900"})
+    assert time_limits("svd-xt", tight, 11) == time_limits("svd-xt", tight)  # one clip's
