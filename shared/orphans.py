@@ -78,6 +78,10 @@ class Orphan:
     attempt: dict[str, Any]
     last_seen: float | None  # the holder's last heartbeat, if its worker name is known
     holder: Holder | None = None  # the entry it was judged by (attempt_index None)
+    # Its worker name beats again, as another process (a restarted worker: a watchdog exit or
+    # a crash under the supervisor, or prefork's new pool child): the process was lost, not
+    # the host. False when nothing beats under the name.
+    restarted: bool = False
 
     @property
     def worker(self) -> str:
@@ -167,6 +171,12 @@ def holder_alive(redis: Any, worker: str, attempt: dict[str, Any]) -> bool:
     return (_text(pid), None if proc is None else _text(proc)) == _process(attempt)
 
 
+def beats(redis: Any, worker: str) -> bool:
+    """Whether some process beats under the worker name `worker` now (its heartbeat hash
+    exists). Asked only of a holder known not to beat itself: then it says a successor does."""
+    return bool(redis.exists(worker_key(worker)))
+
+
 def last_seen(redis: Any, worker: str, attempt: dict[str, Any]) -> float | None:
     """When the process that ran `attempt` last beat, if Redis still knows: the worker's
     last-seen entry counts only while it is that process's (not a successor's under the
@@ -195,7 +205,8 @@ def held_by_dead(redis: Any, held: Held, holder: Holder | None) -> Orphan | None
         return None
     if boot_alive(redis, worker_key(holder.worker), holder.boot):
         return None
-    return Orphan(held, None, b"", {}, last_seen_boot(redis, holder), holder)
+    beating = beats(redis, holder.worker)
+    return Orphan(held, None, b"", {}, last_seen_boot(redis, holder), holder, beating)
 
 
 def orphans(
@@ -227,7 +238,8 @@ def orphans(
                 # The run's own message is the last one received before it began. (Copies
                 # taken after that run began are some other worker's: judged by their holder.)
                 run = max(mine, key=lambda h: h.received_at)
-                found.append(Orphan(run, index, raw, entry, last_seen(redis, worker, entry)))
+                seen, beating = last_seen(redis, worker, entry), beats(redis, worker)
+                found.append(Orphan(run, index, raw, entry, seen, None, beating))
         for held in copies:
             if held is not run:
                 orphan = held_by_dead(redis, held, entries.get(held.tag))
@@ -244,7 +256,10 @@ def lost_holder(redis: Any, job_id: str, now: float) -> str | None:
     if not found:
         return None
     orphan = found[0]
-    return (
-        f"its worker {orphan.worker} is gone (no heartbeat for {orphan.silent_for(now):.0f} s): "
-        "a worker's reaper queues it again within SVDQ_REAP_INTERVAL"
-    )
+    silent = f"{orphan.silent_for(now):.0f} s"
+    if orphan.restarted:
+        gone = f"its process on {orphan.worker} is gone (the worker beats again as a new process"
+        gone += f"; the run's last heard of {silent} ago)"
+    else:
+        gone = f"its worker {orphan.worker} is gone (no heartbeat for {silent})"
+    return f"{gone}: a worker's reaper queues it again within SVDQ_REAP_INTERVAL"

@@ -312,10 +312,11 @@ def deliver(
         on_guard(Guard(redis, lease, attempt))
         alone = contextlib.nullcontext()
         if shared is not None:
-            shared.opened(job_id, attempt)
-            if sharing.suspect(this_run[:-1]):
+            suspect = sharing.suspect(this_run[:-1])
+            shared.opened(job_id, attempt, sharing.WAITING if suspect else sharing.RUNNING)
+            if suspect:
                 log.warning("job %s: its last loss was shared: it runs alone now", job_id)
-                alone = shared.gate.alone()  # type: ignore[assignment]
+                alone = shared.alone(job_id)  # type: ignore[assignment]
         try:
             with alone:
                 redis.incr(generations_key(job_id))

@@ -42,12 +42,13 @@ network partition), its ack of a tag no longer present only removes nothing (`Qo
 result.json keep the effects once.
 
 The same script closes the lost attempt with its reason (`worker lost (host gone): requeued by
-<reaper> after 75 s`), so the next delivery does not call it merely "lost", and clears the job's
-stale `running (denoise 2/40)` state: `svdq status` says queued again, and why. A message
-judged by its holder entry has no open attempt to close (a retry waiting out its countdown, or
-a run that ended before its host died and its ack never came); the job's record says why it
-was queued again, and the entry goes with the message. A run that ended with its result.json
-written is not run again: the copy finds the result, and the callback-once mark
+<reaper> after 75 s`; `worker lost (process gone: ...)` when the worker beats again under its name
+as a new process: restarted after a crash or a watchdog exit), so the next delivery does not call it
+merely "lost", and clears the job's stale `running (denoise 2/40)` state: `svdq status` says queued
+again, and why. A message judged by its holder entry has no open attempt to close (a retry waiting
+out its countdown, or a run that ended before its host died and its ack never came); the job's
+record says why it was queued again, and the entry goes with the message. A run that ended with its
+result.json written is not run again: the copy finds the result, and the callback-once mark
 (lifecycle._callback_once) keeps the callback single.
 """
 
@@ -86,7 +87,10 @@ from svdq.shared.storage import ObjectStore
 log = logging.getLogger("svdq.reaper")
 
 LOCK_TTL = 60  # seconds: frees the lock of a scanner that died mid-scan
-HOST_GONE = "worker lost (host gone)"
+HOST_GONE = "worker lost (host gone)"  # nothing beats under the holder's worker name
+# The holder's worker name beats again as another process: its process died (a SIGKILL, a
+# crash or a watchdog exit, restarted by the supervisor or by Celery), not its host.
+PROCESS_GONE = "worker lost (process gone: its worker beats again as a new process)"
 ALREADY_WRITTEN = " (its result.json was already written: the copy returns it, no GPU run)"
 
 # KEYS: unacked, unacked_index, deliveries, celery meta, job record, lease, holder's heartbeat,
@@ -170,8 +174,10 @@ class Reaped:
 
 
 def reason_for(orphan: Orphan, reaper: str, now: float, done: bool) -> str:
-    """The lost attempt's reason: who queued it again, after how long a silence."""
-    text = f"{HOST_GONE}: requeued by {reaper} after {orphan.silent_for(now):.0f} s"
+    """The lost attempt's reason: what was lost (the host, or only the process: the worker
+    beats again under its name), who queued it again, after how long a silence."""
+    lost = PROCESS_GONE if orphan.restarted else HOST_GONE
+    text = f"{lost}: requeued by {reaper} after {orphan.silent_for(now):.0f} s"
     if done:
         text += ALREADY_WRITTEN
     return text

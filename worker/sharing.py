@@ -11,7 +11,8 @@ The rules (prefork, overlap 1, never takes this path: nothing changes there):
   job can read who else was in the process when it died;
 - a lost attempt whose process held another job is *shared*: not charged to the job's
   delivery limit; its reason says beside which job ("...; beside job X: not charged, runs
-  alone next");
+  alone next"). A suspect still waiting at the gate to run alone (below) is "waiting" in the
+  hash, not "running": it ran nothing, so it is no suspect of the loss of the job that ran;
 - a job whose last lost attempt was shared is a *suspect*: its next delivery runs alone in
   its worker (`RunGate.alone`: it waits for the other job to end, and the other thread's next
   message waits until it is done — delayed, never lost). A loss while alone is charged as
@@ -37,7 +38,7 @@ from svdq.shared.constants import proc_key
 
 log = logging.getLogger("svdq.worker")
 
-RUNNING, HARD_LIMIT = "running", "hard limit"
+RUNNING, WAITING, HARD_LIMIT = "running", "waiting", "hard limit"
 LOST_PREFIX = "worker lost"  # how every lost attempt's reason starts (delivery.LOST, reaper)
 
 
@@ -53,7 +54,8 @@ def classify(redis: Any, job_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     if not proc:
         return {"charged": True}
     held = {_text(k): _text(v) for k, v in redis.hgetall(proc_key(str(proc))).items()}
-    others = {j: v for j, v in held.items() if j != job_id}
+    # A job waiting at the gate ran nothing: it cannot have killed the process.
+    others = {j: v for j, v in held.items() if j != job_id and v != WAITING}
     reason = str(entry.get("reason") or "")
     culprits = sorted(j for j, v in others.items() if v == HARD_LIMIT)
     if culprits:
@@ -131,14 +133,23 @@ class Sharing:
         self._open: dict[str, Any] = {}  # job id -> its delivery.Attempt
         self._lock = threading.Lock()
 
-    def opened(self, job_id: str, attempt: Any) -> None:
-        """`job_id`'s attempt is open in this process."""
+    def opened(self, job_id: str, attempt: Any, state: str = RUNNING) -> None:
+        """`job_id`'s attempt is open in this process (`state` WAITING: a suspect not yet
+        let through the gate, `alone`)."""
         with self._lock:
             self._open[job_id] = attempt
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(proc_key(self.proc), job_id, RUNNING)
+        pipe.hset(proc_key(self.proc), job_id, state)
         pipe.expire(proc_key(self.proc), self.ttl)
         pipe.execute()
+
+    @contextlib.contextmanager
+    def alone(self, job_id: str) -> Iterator[None]:
+        """Run suspect `job_id` with no job beside it: wait at the gate (recorded WAITING,
+        by `opened`), then say it runs."""
+        with self.gate.alone():
+            self.redis.hset(proc_key(self.proc), job_id, RUNNING)
+            yield
 
     def closed(self, job_id: str) -> None:
         with self._lock:

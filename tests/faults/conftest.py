@@ -24,7 +24,13 @@ import pytest
 import redis as redis_lib
 
 from svdq.producer.services import free_port, redis_answers
-from svdq.shared.constants import DEAD_LETTER_KEY, RESULT_FILE, generations_key, result_dir
+from svdq.shared.constants import (
+    DEAD_LETTER_KEY,
+    RESULT_FILE,
+    deliveries_key,
+    generations_key,
+    result_dir,
+)
 from svdq.shared.settings import Settings
 from tests.conftest import REPO
 from tests.fixtures.redisha import RedisHA
@@ -258,7 +264,8 @@ def check_end_state(
 ) -> dict[str, dict[str, Any]]:
     """The suite's invariants, for `specs` = {job_id: faults injected into it}:
     every job ended succeeded / failed / dead-lettered, with a reason; exactly one result.json
-    per succeeded job and none for the others; generations ≤ 1 + faults injected."""
+    per succeeded job and none for the others; generations ≤ 1 + faults injected (with overlap,
+    + the job's recorded shared losses: `shared_losses`)."""
     states = wait_all_final(client, list(specs), seconds)
     dead = {k.decode(): json.loads(v) for k, v in rdb.hgetall(DEAD_LETTER_KEY).items()}
     for job_id, injected in specs.items():
@@ -275,10 +282,31 @@ def check_end_state(
             if job_id in dead:
                 assert dead[job_id]["reason"] and dead[job_id]["attempts"], job_id
         generations = int(rdb.get(generations_key(job_id)) or 0)
-        assert generations <= 1 + injected, (
-            f"{job_id}: {generations} generations, {injected} faults"
-        )
+        if OVERLAP > 1:
+            # Two jobs share a process: a job that kills it also kills the one beside it, which
+            # must generate again. Not a bug but physics, so the bound grows by exactly the
+            # losses the records explain: each extra generation is a recorded, uncharged loss
+            # beside another job (worker/sharing.py). An unexplained one still fails here.
+            shared = shared_losses(rdb, job_id)
+            assert generations <= 1 + injected + shared, (
+                f"{job_id}: {generations} generations, {injected} faults, {shared} shared losses"
+            )
+        else:
+            assert generations <= 1 + injected, (
+                f"{job_id}: {generations} generations, {injected} faults"
+            )
     return states
+
+
+def shared_losses(rdb: redis_lib.Redis, job_id: str) -> int:
+    """How many of the job's lost attempts worker/sharing.py recorded as shared: not charged,
+    lost beside another job in the process (`beside`, or the hard-limit culprit named)."""
+    attempts = [json.loads(a) for a in rdb.lrange(deliveries_key(job_id), 0, -1)]
+    return sum(
+        1
+        for a in attempts
+        if a.get("charged") is False and str(a.get("reason") or "").startswith("worker lost")
+    )
 
 
 # ---- Redis high availability (tests/fixtures/redisha.py): one HA set per module -------------

@@ -29,7 +29,7 @@ from svdq.shared.orphans import orphans
 from svdq.shared.settings import Settings
 from svdq.worker.heartbeat import Presence
 from svdq.worker.identity import Identity
-from svdq.worker.reaper import HOST_GONE, Broker, requeue, scan
+from svdq.worker.reaper import HOST_GONE, PROCESS_GONE, Broker, requeue, scan
 from tests.faults.test_reaper import QUEUE, hold, queued_copies, spec, take_and_die
 from tests.faults.test_workers import submit
 from tests.integration.helpers import make_image
@@ -78,7 +78,9 @@ def test_restarted_worker_new_boot_makes_its_predecessors_messages_orphans(
     assert {j["worker"] for j in snap["lost"]} == {NAME}
     reaped = scan(Broker(app), store, "r")
     assert sorted(r.job_id for r in reaped) == ["j1", "j2"]
-    assert all(r.reason.startswith(f"{HOST_GONE}: requeued by r") for r in reaped)
+    # The worker beats again under its name: its old process is what was lost, and the reason
+    # says so (PROCESS_GONE; HOST_GONE is for a name nothing beats under any more).
+    assert all(r.reason.startswith(f"{PROCESS_GONE}: requeued by r") for r in reaped)
     assert queued_copies(rdb, "j1") == queued_copies(rdb, "j2") == 1
     assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
     assert rdb.hlen(HOLDERS_KEY) == 0  # each entry went with its message
