@@ -211,7 +211,8 @@ def test_progress_never_goes_back_when_a_batch_falls_back(monkeypatch: Any) -> N
     profile = next(
         p for _, p in GPU_TABLE if quality.profiles.candidates_per_call(p, 4, 64, 64, 4) == 4
     )
-    model = SimpleNamespace(profile=profile, info=SimpleNamespace(frames=4))
+    info = SimpleNamespace(frames=4, model_id="fake", note=None)
+    model = SimpleNamespace(profile=profile, info=info, source="test", warmed=())
 
     def fake(
         model: Any, settings: Any, spec: JobSpec, image: Any, progress: Any, _s: Any, seeds: Any
