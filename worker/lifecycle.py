@@ -242,7 +242,9 @@ def _variant_label(raw: Any) -> str:
 
 def _begin(rt: Runtime, task: Task, job_id: str) -> float:
     """The job is held: on the heartbeat (worker/overlap.py InFlight: with overlap, the job
-    on the GPU and the one finishing), busy, watched for its hard limit. Returns its start."""
+    on the GPU and the one finishing), busy, watched for its hard limit (and with overlap
+    its soft one; waits at the run gate and the GPU gate are not counted: worker/overlap.py
+    `waiting`). Returns its start."""
     hard = (task.request.timelimit or (None, None))[0] or rt.app.conf.task_time_limit
     # The soft limit is kept by the watchdog only with overlap (prefork's timer raises it).
     soft = _soft_limit(rt, task) if rt.settings.overlap > 1 else None

@@ -38,7 +38,15 @@ billiard pool arms timers). So the worker keeps them itself, in `Watchdog` (one 
   the next time the thread executes Python bytecode" — never inside a long C call (a CUDA
   kernel, a blocking socket read): it lands when that call returns. Python-level work (a loop
   of short calls, a denoising loop) ends with the same JobTimeoutError as under prefork
-  (worker/delivery.py). `check_soft`, at every denoising step, stays as a second way in;
+  (worker/delivery.py). The job's own look at every denoising step (InFlight.check_soft) is
+  a second way in to the same deadline; whichever raises it first, it is raised once: never
+  again in a job that raised it itself, nor once its run ended (result.json written or the
+  run failed: `finishing`), where it would land in the handling of the first (the attempt's
+  close, the callback) and leave the attempt open;
+- waits at a gate (this GpuGate, worker/sharing.py's RunGate) do not count: the waiting
+  job's deadlines, soft and hard, are pushed out by as long as it waited (`waiting`), so a
+  job is delayed, never timed out, for the other job's turn. The job holding the gate is
+  watched by its own limits, so no wait lasts for ever;
 - hard: a job past its hard limit (a hang inside C) ends the whole process (os._exit, with a
   log line naming the job) — a thread cannot be killed. First it closes that job's attempt
   as prefork's hard limit ends it (failed for good, "TimeLimitExceeded", worker/sharing.py),
