@@ -58,7 +58,7 @@ from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.states import Outcome
-from svdq.worker import callbacks, cancellation, delivery, jobs, overlap, resident
+from svdq.worker import callbacks, cancellation, delivery, jobs, resident
 from svdq.worker.heartbeat import Presence
 from svdq.worker.runtime import Runtime
 
@@ -176,7 +176,6 @@ def _generate(
     upload, result.json last), its GPU phase under the process's GPU lock (`gpu`)."""
     assert job.job_id
     job_id, model = job.job_id, rt.loaded()
-    soft, began = _soft_limit(rt, task), time.time()
     cooperative = rt.settings.overlap > 1  # no timer raises the soft limit in a thread
 
     @contextlib.contextmanager
@@ -198,23 +197,30 @@ def _generate(
         guard()  # another delivery took the job (this process was paused): stop here
         # `svdq cancel` stops a running job here: at its next denoising step, before upload.
         cancellation.check(rt.redis, job_id)
-        if cooperative:
-            overlap.check_soft(began, soft)
+        if cooperative:  # the watchdog's deadline (InFlight, from _begin), raised once
+            rt.inflight.check_soft(job_id)
         task.update_state(state=STATE_PROGRESS, meta={"phase": phase, "step": step, "steps": steps})
 
-    upload_by = began + soft if cooperative and soft else None  # uploads stop at the limit
-    return jobs.run_job(
-        job,
-        model,
-        rt.store,
-        rt.settings,
-        worker,
-        progress,
-        rt.metrics.stepped_down,
-        guard,
-        gpu,
-        upload_by,
-    )
+    # Uploads stop retrying at the soft limit: the deadline as it stands now, so no later
+    # than the limit (earlier by any wait for the GPU gate, which pushes the limit out).
+    upload_by = rt.inflight.soft_deadline(job_id) if cooperative else None
+    try:
+        return jobs.run_job(
+            job,
+            model,
+            rt.store,
+            rt.settings,
+            worker,
+            progress,
+            rt.metrics.stepped_down,
+            guard,
+            gpu,
+            upload_by,
+        )
+    finally:
+        # result.json is written (or the run failed): the soft limit is not raised from here
+        # on; it would land in the attempt's close or the callback (worker/overlap.py).
+        rt.inflight.finishing(job_id)
 
 
 def _soft_limit(rt: Runtime, task: Task) -> float | None:
@@ -236,7 +242,9 @@ def _variant_label(raw: Any) -> str:
 
 def _begin(rt: Runtime, task: Task, job_id: str) -> float:
     """The job is held: on the heartbeat (worker/overlap.py InFlight: with overlap, the job
-    on the GPU and the one finishing), busy, watched for its hard limit. Returns its start."""
+    on the GPU and the one finishing), busy, watched for its hard limit (and with overlap
+    its soft one; waits at the run gate and the GPU gate are not counted: worker/overlap.py
+    `waiting`). Returns its start."""
     hard = (task.request.timelimit or (None, None))[0] or rt.app.conf.task_time_limit
     # The soft limit is kept by the watchdog only with overlap (prefork's timer raises it).
     soft = _soft_limit(rt, task) if rt.settings.overlap > 1 else None

@@ -38,7 +38,15 @@ billiard pool arms timers). So the worker keeps them itself, in `Watchdog` (one 
   the next time the thread executes Python bytecode" — never inside a long C call (a CUDA
   kernel, a blocking socket read): it lands when that call returns. Python-level work (a loop
   of short calls, a denoising loop) ends with the same JobTimeoutError as under prefork
-  (worker/delivery.py). `check_soft`, at every denoising step, stays as a second way in;
+  (worker/delivery.py). The job's own look at every denoising step (InFlight.check_soft) is
+  a second way in to the same deadline; whichever raises it first, it is raised once: never
+  again in a job that raised it itself, nor once its run ended (result.json written or the
+  run failed: `finishing`), where it would land in the handling of the first (the attempt's
+  close, the callback) and leave the attempt open;
+- waits at a gate (this GpuGate, worker/sharing.py's RunGate) do not count: the waiting
+  job's deadlines, soft and hard, are pushed out by as long as it waited (`waiting`), so a
+  job is delayed, never timed out, for the other job's turn. The job holding the gate is
+  watched by its own limits, so no wait lasts for ever;
 - hard: a job past its hard limit (a hang inside C) ends the whole process (os._exit, with a
   log line naming the job) — a thread cannot be killed. First it closes that job's attempt
   as prefork's hard limit ends it (failed for good, "TimeLimitExceeded", worker/sharing.py),
@@ -68,11 +76,71 @@ EXIT_HARD_LIMIT = 71  # the process's exit status when the watchdog ends it
 @dataclass
 class _Held:
     started: float
-    hard: float | None  # deadlines, time.time()
+    hard: float | None  # deadlines, time.time(), before the gate waits are added (`waited`)
     soft: float | None
     thread: int  # the job's thread (threading.get_ident())
     hard_limit: float | None
-    signalled: bool = False  # the soft limit was raised in its thread
+    soft_limit: float | None = None
+    waited: float = 0.0  # the thread's gate waits (`waited_in`) when the job began
+    began: float = 0.0  # time.monotonic() when the job began (to match `check_soft`'s mark)
+    signalled: bool = False  # the soft limit was raised in its thread (by the watchdog)
+    stopped: bool = False  # the job raised its soft limit itself (`InFlight.check_soft`)
+    finishing: bool = False  # its run ended (result.json written, or it failed): no raise now
+
+    def pushed(self, deadline: float | None, now: float) -> float | None:
+        """`deadline` pushed out by the time the job's thread waited at a gate since it began."""
+        return deadline + (waited_in(self.thread, now) - self.waited) if deadline else None
+
+
+class _Clock:
+    """Per thread, what the time limits must not count: the seconds spent waiting at a gate
+    (GpuGate, sharing.RunGate) — another job holds it, the waiting one is not slow — and when
+    the thread last raised its own soft limit (`check_soft`). Keyed by thread, so the gates
+    and `check_soft` need no InFlight: a thread runs one job at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.total: dict[int, float] = {}  # thread -> seconds waited, every wait ended so far
+        self.since: dict[int, float] = {}  # thread -> when its wait now began (time.time())
+        self.fired: dict[int, float] = {}  # thread -> when it raised its soft limit (monotonic)
+
+
+_CLOCK = _Clock()
+
+
+def waited_in(thread: int, now: float | None = None) -> float:
+    """Seconds `thread` has waited at a gate so far (a running total, the wait now included)."""
+    now = time.time() if now is None else now
+    with _CLOCK.lock:
+        since = _CLOCK.since.get(thread)
+        return _CLOCK.total.get(thread, 0.0) + (max(0.0, now - since) if since else 0.0)
+
+
+def _wait_starts() -> None:
+    with _CLOCK.lock:
+        _CLOCK.since[threading.get_ident()] = time.time()
+
+
+def _wait_ends() -> None:
+    """Add the calling thread's wait to its total; a second call does nothing."""
+    thread = threading.get_ident()
+    with _CLOCK.lock:
+        since = _CLOCK.since.pop(thread, None)
+        if since is not None:
+            _CLOCK.total[thread] = _CLOCK.total.get(thread, 0.0) + max(0.0, time.time() - since)
+
+
+@contextmanager
+def waiting() -> Iterator[None]:
+    """The calling thread waits at a gate in this block: its job's deadlines (InFlight) are
+    pushed out by as long, so a job is never timed out for another job's turn. A gate is
+    only held by a job that is itself watched by its own hard limit (a holder hung in C ends
+    the process), so a wait cannot last for ever unnoticed."""
+    _wait_starts()
+    try:
+        yield
+    finally:
+        _wait_ends()
 
 
 def raise_in(thread: int, exc: type[BaseException] | None) -> bool:
@@ -85,83 +153,159 @@ def raise_in(thread: int, exc: type[BaseException] | None) -> bool:
 class InFlight:
     """The jobs this process holds now, which one holds the GPU, and their deadlines: what
     the heartbeat shows (`svdq stats`) and the watchdog enforces; safe to read from their
-    threads while jobs change it."""
+    threads while jobs change it.
+
+    Each entry is one copy of a job in one thread, keyed by (job id, thread): a second copy
+    of a running job (its message restored and taken by the other thread, sent back by
+    LeaseBusy) has an entry of its own, so its end never unwatches the copy still running.
+    `begin`, `end`, `on_gpu`, `finishing` and `check_soft` act on the calling thread's entry."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[str, _Held] = {}
-        self._gpu: str | None = None
+        self._jobs: dict[tuple[str, int], _Held] = {}
+        self._gpu: tuple[str, int] | None = None
 
     def begin(
         self, job_id: str, hard_limit: float | None = None, soft_limit: float | None = None
     ) -> float:
         """A job starts here, in the calling thread; returns its start time (time.time())."""
-        now = time.time()
+        now, thread = time.time(), threading.get_ident()
+        held = _Held(
+            now,
+            now + hard_limit if hard_limit else None,
+            now + soft_limit if soft_limit else None,
+            thread,
+            hard_limit,
+            soft_limit,
+            waited_in(thread, now),
+            time.monotonic(),
+        )
         with self._lock:
-            self._jobs[job_id] = _Held(
-                now,
-                now + hard_limit if hard_limit else None,
-                now + soft_limit if soft_limit else None,
-                threading.get_ident(),
-                hard_limit,
-            )
+            self._jobs[(job_id, thread)] = held
         return now
 
     def end(self, job_id: str) -> None:
+        key = (job_id, threading.get_ident())
         with self._lock:
-            held = self._jobs.pop(job_id, None)
-            if self._gpu == job_id:
+            held = self._jobs.pop(key, None)
+            if self._gpu == key:
                 self._gpu = None
             if held is not None and held.signalled:
                 raise_in(held.thread, None)  # a soft limit not yet delivered stays with the job
 
+    def finishing(self, job_id: str) -> None:
+        """The calling thread's copy of `job_id` ended its run (result.json is written, or
+        the run failed and is being closed): its soft limit is no longer raised in it, and
+        one raised but not yet delivered is taken back — it would land in the attempt's
+        close or the callback's queueing, leaving the attempt open or a callback lost. The
+        hard limit still watches it."""
+        with self._lock:
+            held = self._jobs.get((job_id, threading.get_ident()))
+            if held is not None:
+                held.finishing = True
+                if held.signalled:
+                    raise_in(held.thread, None)
+
+    def check_soft(self, job_id: str) -> None:
+        """The job's own look at its soft limit (every denoising step): the same deadline
+        the watchdog keeps (gate waits not counted), raised once, by whichever looks first."""
+        with self._lock:
+            held = self._jobs.get((job_id, threading.get_ident()))
+            if held is None or held.signalled or held.stopped or held.finishing:
+                return
+            if not _past(held.pushed(held.soft, time.time())):
+                return
+            held.stopped = True
+        raise SoftTimeLimitExceeded(f"soft time limit ({held.soft_limit}s) exceeded")
+
+    def soft_deadline(self, job_id: str) -> float | None:
+        """The calling thread's copy's soft deadline (time.time()), pushed out by its gate
+        waits so far; None without a soft limit."""
+        with self._lock:
+            held = self._jobs.get((job_id, threading.get_ident()))
+            return held.pushed(held.soft, time.time()) if held is not None else None
+
     @contextmanager
     def on_gpu(self, job_id: str) -> Iterator[None]:
-        """`job_id` holds the GPU inside this block."""
+        """`job_id` (the calling thread's copy) holds the GPU inside this block."""
+        key = (job_id, threading.get_ident())
         with self._lock:
-            self._gpu = job_id
+            self._gpu = key
         try:
             yield
         finally:
             with self._lock:
-                if self._gpu == job_id:
+                if self._gpu == key:
                     self._gpu = None
 
     def holds(self, job_id: str) -> bool:
         with self._lock:
-            return job_id in self._jobs
+            return any(j == job_id for j, _ in self._jobs)
+
+    def late(self, now: float) -> tuple[str, float | None] | None:
+        """A job past its hard deadline (pushed out by its gate waits), if any, with its
+        hard limit."""
+        with self._lock:
+            for (job_id, _), held in self._jobs.items():
+                hard = held.pushed(held.hard, now)
+                if hard and now > hard:
+                    return job_id, held.hard_limit
+        return None
 
     def overdue(self, now: float) -> str | None:
         """A job past its hard deadline, if any."""
-        with self._lock:
-            late = [j for j, h in self._jobs.items() if h.hard and now > h.hard]
+        late = self.late(now)
         return late[0] if late else None
 
     def hard_limit(self, job_id: str) -> float | None:
         with self._lock:
-            held = self._jobs.get(job_id)
-        return held.hard_limit if held else None
+            limits = [h.hard_limit for (j, _), h in self._jobs.items() if j == job_id]
+        return limits[0] if limits else None
 
     def raise_soft(self, now: float) -> list[str]:
         """Raise SoftTimeLimitExceeded once in the thread of every job past its soft deadline
-        (under the lock, so never in a thread whose job has ended); returns those jobs."""
+        (under the lock, so never in a thread whose job has ended); returns those jobs.
+
+        Never twice: not in a job that raised it itself (`check_soft`, this InFlight's or the
+        module's), nor once its run ended (`finishing`): a second raise would land in the
+        handling of the first (delivery's `except SoftTimeLimitExceeded`, closing the
+        attempt) and leave the attempt open and the job with a bare SoftTimeLimitExceeded."""
         raised = []
         with self._lock:
-            for job_id, held in self._jobs.items():
-                if held.soft and now > held.soft and not held.signalled:
-                    held.signalled = raise_in(held.thread, SoftTimeLimitExceeded)
-                    raised.append(job_id)
+            for (job_id, thread), held in self._jobs.items():
+                if held.signalled or held.stopped or held.finishing:
+                    continue
+                if _fired_since(thread, held.began) or not _past(held.pushed(held.soft, now), now):
+                    continue
+                held.signalled = raise_in(thread, SoftTimeLimitExceeded)
+                raised.append(job_id)
         return raised
 
     def fields(self) -> dict[str, Any]:
         """Heartbeat fields: `job_id` is the job on the GPU, else the newest one held (what
         `svdq stats` shows with its phase), `job_started_at` its start, `jobs` every job held
-        (the one on the GPU first); all empty when idle."""
+        (the one on the GPU first, each job once however many copies); all empty when idle."""
         with self._lock:
-            order = sorted(self._jobs, key=lambda j: (j != self._gpu, -self._jobs[j].started))
-            shown = order[0] if order else ""
+            order = sorted(self._jobs, key=lambda k: (k != self._gpu, -self._jobs[k].started))
+            shown = order[0] if order else None
             started = self._jobs[shown].started if shown else ""
-        return {"job_id": shown, "job_started_at": started, "jobs": ",".join(order)}
+        jobs = list(dict.fromkeys(job_id for job_id, _ in order))
+        return {
+            "job_id": shown[0] if shown else "",
+            "job_started_at": started,
+            "jobs": ",".join(jobs),
+        }
+
+
+def _past(deadline: float | None, now: float | None = None) -> bool:
+    return bool(deadline) and (time.time() if now is None else now) > (deadline or 0.0)
+
+
+def _fired_since(thread: int, began: float) -> bool:
+    """Whether `thread` raised its own soft limit (`check_soft`) since `began` (monotonic)."""
+    with _CLOCK.lock:
+        fired = _CLOCK.fired.get(thread)
+    return fired is not None and fired >= began
 
 
 class GpuGate:
@@ -172,18 +316,28 @@ class GpuGate:
 
     @contextmanager
     def held(self, job_id: str) -> Iterator[None]:
+        """Hold the GPU inside this block; the wait for it does not count against the job's
+        time limits (`waiting`): the job beside it holding the GPU is not this job's fault."""
         began = time.monotonic()
-        with self._lock:
-            waited = time.monotonic() - began
-            if waited > 0.05:
-                log.debug("job %s waited %.2fs for the GPU", job_id, waited)
-            yield
+        _wait_starts()
+        try:
+            with self._lock:
+                _wait_ends()
+                waited = time.monotonic() - began
+                if waited > 0.05:
+                    log.debug("job %s waited %.2fs for the GPU", job_id, waited)
+                yield
+        finally:
+            _wait_ends()  # left while waiting (an exception): the wait still ends here
 
 
 def check_soft(started: float, limit: float | None, now: Callable[[], float] = time.time) -> None:
     """Raise SoftTimeLimitExceeded (billiard's, as prefork's timer does) once `limit` seconds
-    have passed since `started`: the threads pool has no timer to do it."""
+    have passed since `started`: the threads pool has no timer to do it. Remembered for the
+    calling thread, so the watchdog does not raise it a second time (InFlight.raise_soft)."""
     if limit and now() - started > limit:
+        with _CLOCK.lock:
+            _CLOCK.fired[threading.get_ident()] = time.monotonic()
         raise SoftTimeLimitExceeded(f"soft time limit ({limit}s) exceeded")
 
 
@@ -212,15 +366,18 @@ class Watchdog:
         self._stopping.set()
 
     def check(self) -> bool:
-        """Raise due soft limits; end the process if a job is overdue: True when it did (or
-        would, in a test)."""
+        """End the process if a job is overdue, else raise due soft limits: True when it
+        ended it (or would, in a test). The hard limit first: a soft limit raised in the
+        same look would only race the culprit's close (worker/sharing.py) in its thread."""
         now = time.time()
-        for job_id in self.inflight.raise_soft(now):
-            log.warning("job %s reached its soft time limit: stopped at its next bytecode", job_id)
-        late = self.inflight.overdue(now)
+        late = self.inflight.late(now)
         if late is None:
+            for job_id in self.inflight.raise_soft(now):
+                log.warning(
+                    "job %s reached its soft time limit: stopped at its next bytecode", job_id
+                )
             return False
-        job_id = late
+        job_id, limit = late
         log.critical(
             "job %s ran past its hard time limit (SVDQ_TASK_TIME_LIMIT, scaled by variant): "
             "a thread cannot be stopped, so this worker process exits now (status %d); it is "
@@ -229,7 +386,7 @@ class Watchdog:
             EXIT_HARD_LIMIT,
         )
         try:
-            self._culprit(job_id, self.inflight.hard_limit(job_id))
+            self._culprit(job_id, limit)
         except Exception:  # Redis away: the job's loss is then recorded as any other
             log.exception("job %s: could not record its hard time limit", job_id)
         for handler in logging.getLogger().handlers:

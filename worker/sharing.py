@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from svdq.shared.constants import proc_key
+from svdq.worker import overlap
 
 log = logging.getLogger("svdq.worker")
 
@@ -77,8 +78,11 @@ def suspect(history: list[dict[str, Any]]) -> bool:
 class RunGate:
     """A readers-writer gate: every job holds the shared side for its whole run
     (`shared`); a suspect trades it for the exclusive side (`alone`) and runs with no job
-    beside it. Waits poll, so an asynchronous soft time limit (worker/overlap.py) still
-    reaches a waiting thread."""
+    beside it. A wait here does not count against the waiting job's time limits
+    (worker/overlap.py `waiting`: its deadlines are pushed out by as long): the job is
+    delayed, never timed out for the other job's turn. The other job is watched by its own
+    hard limit, so no wait lasts for ever. Waits poll, so an exception raised in the
+    waiting thread (a soft limit raised before the wait) still lands."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -89,8 +93,10 @@ class RunGate:
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait(0.2)
+            if self._writer or self._waiting:
+                with overlap.waiting():
+                    while self._writer or self._waiting:
+                        self._cond.wait(0.2)
             self._readers += 1
         try:
             yield
@@ -106,8 +112,9 @@ class RunGate:
             self._readers -= 1
             self._waiting += 1
             try:
-                while self._writer or self._readers:
-                    self._cond.wait(0.2)
+                with overlap.waiting():
+                    while self._writer or self._readers:
+                        self._cond.wait(0.2)
             except BaseException:
                 self._waiting -= 1
                 self._readers += 1

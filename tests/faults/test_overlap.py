@@ -36,8 +36,8 @@ def test_the_next_job_generates_while_the_last_one_encodes(
     w = workers.start(f"ov{overlap}", SVDQ_OVERLAP=str(overlap))
     beat = worker_key(f"{w.name}@{socket.gethostname()}")
     slow = {"svdq_test_fault": f"slow_encode:{SLOW}"}
-    first = fault_client.submit(str(image), job_id="slow-first", metadata=slow, **FAST)
-    second = fault_client.submit(str(image), job_id="then-second", seed=2, **FAST)
+    first = fault_client.submit(str(image), job_id=f"slow-first-{overlap}", metadata=slow, **FAST)
+    second = fault_client.submit(str(image), job_id=f"then-second-{overlap}", seed=2, **FAST)
     most_held = 0  # jobs the heartbeat listed at once
     deadline = time.monotonic() + 90
     while fault_client.status(first.job_id)["state"] != "succeeded":

@@ -57,17 +57,6 @@ def ticking(redis_url: str) -> _WatchdogTicksOnClose:
     return client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "adversary: with overlap the soft limit is raised twice: once by the job's own "
-        "check_soft at a denoising step (worker/lifecycle.py progress) and once more by the "
-        "watchdog (InFlight.raise_soft never learns the job already stopped), asynchronously, "
-        "wherever the thread is then: here inside delivery's `except SoftTimeLimitExceeded` "
-        "handler, so the attempt is never closed and the job ends with a bare "
-        "SoftTimeLimitExceeded instead of JobTimeoutError"
-    ),
-)
 def test_a_soft_limit_the_job_raised_itself_is_not_raised_again_in_its_handler(
     ticking: _WatchdogTicksOnClose,
 ) -> None:
@@ -104,17 +93,6 @@ def test_a_soft_limit_the_job_raised_itself_is_not_raised_again_in_its_handler(
     assert str(last["reason"]).startswith("timed out"), last  # closed, not left open
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "adversary: InFlight is keyed by job id only: a second copy of a running job taken by "
-        "the other thread (LeaseBusy → RetryLater, e.g. kombu restored the unacked message on "
-        "a broker connection loss while the thread pool runs the first copy on) overwrites "
-        "the first copy's entry in lifecycle._begin and removes it in lifecycle._end: the "
-        "first copy is then watched by no hard limit, not on the heartbeat, and its soft "
-        "limit is never raised"
-    ),
-)
 def test_a_second_copy_of_a_running_job_does_not_unwatch_the_first() -> None:
     held = InFlight()
     first_in, first_go = threading.Event(), threading.Event()
@@ -145,16 +123,6 @@ def test_a_second_copy_of_a_running_job_does_not_unwatch_the_first() -> None:
         one.join(5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "adversary: a job's time limits count the time it waits for the GPU gate while the "
-        "other job generates (InFlight.begin at lifecycle._begin, check_soft from "
-        "_generate's `began`, both before gpu()): a job that fits its limit alone is ended "
-        "by the watchdog (os._exit, charged TimeLimitExceeded, failed for good, the job "
-        "beside it lost) only because the other job held the GPU"
-    ),
-)
 def test_waiting_for_the_gpu_does_not_count_against_the_waiting_jobs_hard_limit() -> None:
     held, gate = InFlight(), GpuGate()
     on_gpu, done = threading.Event(), threading.Event()
@@ -190,16 +158,6 @@ def test_waiting_for_the_gpu_does_not_count_against_the_waiting_jobs_hard_limit(
     assert ended == [], "the watchdog ended the process for a job that only waited for the GPU"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "adversary: worker/sharing.py promises the job that waits for a suspect running alone "
-        "is 'delayed, never lost', but its soft limit already runs (lifecycle._begin is before "
-        "`with gate:`) and the watchdog raises it inside RunGate.shared's polling wait: the "
-        "job ends FAILED in lifecycle.process without ever running (no attempt recorded, no "
-        "callback, its message acknowledged)"
-    ),
-)
 def test_a_job_waiting_for_a_suspect_running_alone_is_delayed_not_failed() -> None:
     held, gate = InFlight(), RunGate()
     alone_in = threading.Event()
