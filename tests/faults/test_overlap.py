@@ -14,7 +14,8 @@ from svdq.shared.constants import worker_key
 from tests.faults.conftest import check_end_state
 from tests.integration.helpers import FAST, make_image
 
-pytestmark = pytest.mark.integration
+# slow: two real workers with slowed encodes (~35 s); also run by `make test-overlap`.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SLOW = 4.0  # seconds the first job's encode sleeps (after its GPU phase)
 
 

@@ -236,6 +236,7 @@ def test_presign_zero_with_a_sheet_is_refused_by_bulk_and_wait(
     assert refused.returncode == 2 and "--presign=0" in refused.stderr, refused.stderr
 
 
+@pytest.mark.slow  # 2,000 rows through Redis and the sheet: ~20 s
 def test_thousands_of_rows_stream(client: Any, tmp_path: Path) -> None:
     """2,000 forged jobs whose records are gone: the sheet is written in bounded time
     (prints the time; the cards go to a temporary file, not memory)."""

@@ -79,6 +79,7 @@ def _start(root: Path | None, tmp: Path) -> dict[str, Any]:
     return dict(json.loads(run.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow  # two processes compiling the UNet: ~30 s on 2 CPUs
 def test_a_second_process_takes_its_graph_from_the_cache(tmp_path: Path) -> None:
     root = tmp_path / "compile-cache"
     cold = _start(root, tmp_path)

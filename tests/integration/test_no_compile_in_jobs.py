@@ -28,7 +28,7 @@ from svdq.shared.constants import result_key
 from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec
 from svdq.shared.storage import open_store
-from svdq.worker import compiled, engine, jobs, models, resident
+from svdq.worker import compiled, engine, jobs, models, quality, resident
 from svdq.worker.devices import DevicePlan
 from svdq.worker.profiles import CPU_PROFILE
 
@@ -126,7 +126,8 @@ def test_an_eager_profile_says_nothing_about_shapes(model_dir) -> None:
     spec = JobSpec.from_dict(
         {"image": "x.png", "variant": "tiny", "width": 64, "height": 64, "seed": 3}
     )
-    assert "shape_run" not in jobs._profile_record(model, spec, engine.params_for(spec, model))
+    ran = quality.ran_record(model, spec, engine.params_for(spec, model))
+    assert "shape_run" not in ran["profile"]
 
 
 def test_a_variant_switch_inside_a_job_loads_eagerly(
