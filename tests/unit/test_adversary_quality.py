@@ -24,6 +24,7 @@ from svdq.shared.settings import Settings
 from svdq.shared.spec import JobSpec, finalize
 from svdq.worker import engine, metrics, quality, stepdown
 from svdq.worker.profiles import GPU_TABLE
+from tests.unit.test_records import good
 
 INPUT = "ab" * 32
 
@@ -106,22 +107,7 @@ def test_candidate_latents_are_not_the_image_noise_again() -> None:
 
 
 def _record(**changes: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "job_id": "j1",
-        "status": "succeeded",
-        "spec": {"image": "s3://b/inputs/x.png"},
-        "variant": "tiny",
-        "num_frames": 4,
-        "width": 128,
-        "height": 64,
-        "output_fps": 7,
-        "seed": 3,
-        "worker": "w@h",
-        "outputs": {"mp4": {"key": "results/j1/clip.mp4", "uri": "s3://b/r", "bytes": 10}},
-        "timings": {"total": 1.0},
-    }
-    record.update(changes)
-    return record
+    return good(**changes)  # a valid result.json (tests/unit/test_records.py), changed
 
 
 @pytest.mark.parametrize(
