@@ -38,8 +38,9 @@ from svdq.producer.manifest import iter_source  # noqa: E402
 from svdq.producer.services import free_port, redis_server, s3_server  # noqa: E402
 from svdq.shared.celery_app import celery_priority  # noqa: E402
 from svdq.shared.constants import TASK_GENERATE, input_key, queue_for  # noqa: E402
+from svdq.shared.jobid import finalize  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
-from svdq.shared.spec import JobSpec, finalize  # noqa: E402
+from svdq.shared.spec import JobSpec  # noqa: E402
 from svdq.shared.storage import S3Store  # noqa: E402
 from tests.integration.helpers import png_bytes  # noqa: E402
 

@@ -29,8 +29,9 @@ from svdq.producer.client import Client  # noqa: E402
 from svdq.producer.manifest import iter_source  # noqa: E402
 from svdq.producer.services import s3_server  # noqa: E402
 from svdq.shared.constants import input_key  # noqa: E402
+from svdq.shared.jobid import finalize  # noqa: E402
 from svdq.shared.settings import Settings  # noqa: E402
-from svdq.shared.spec import JobSpec, finalize  # noqa: E402
+from svdq.shared.spec import JobSpec  # noqa: E402
 from svdq.shared.storage import S3Store  # noqa: E402
 from tests.fixtures.redisha import RedisHA  # noqa: E402
 from tests.integration.helpers import png_bytes  # noqa: E402

@@ -19,8 +19,9 @@ from svdq.producer.manifest import Row
 from svdq.shared.constants import input_key
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.inputs import addressed_sha256, read_local
+from svdq.shared.jobid import finalize
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore
 

@@ -34,13 +34,14 @@ from svdq.shared.constants import (
     result_key,
 )
 from svdq.shared.errors import InvalidJobError, JobFailedError, TransientError, WaitTimeoutError
+from svdq.shared.jobid import finalize
 from svdq.shared.orphans import lost_holder
 from svdq.shared.poll import poll as poll_until
 from svdq.shared.records import result_problem
 from svdq.shared.replication import ReplicationShortfall
 from svdq.shared.retry import NEXT_TRY_AT, WAITING, waiting_note
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.spec import JobSpec
 from svdq.shared.states import JobState
 from svdq.shared.storage import ObjectStore, open_store
 

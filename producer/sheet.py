@@ -42,9 +42,10 @@ from svdq.producer.sheethtml import (
 from svdq.shared.constants import INPUT_PREFIX
 from svdq.shared.errors import InvalidJobError
 from svdq.shared.images import open_image, to_rgb
+from svdq.shared.jobid import identity
 from svdq.shared.scores import SCORES
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec, identity
+from svdq.shared.spec import JobSpec
 from svdq.shared.storage import ObjectNotFoundError, ObjectStore
 
 THUMB = 320  # pixels: the longer side of an embedded picture (about 15 kB as JPEG)

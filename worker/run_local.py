@@ -16,8 +16,9 @@ from svdq.shared import formats
 from svdq.shared.errors import ConfigError, InvalidJobError
 from svdq.shared.images import check_image, fit, open_image, to_rgb
 from svdq.shared.inputs import read_local
+from svdq.shared.jobid import finalize
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.spec import JobSpec
 from svdq.worker import engine, export
 from svdq.worker.devices import local_profile
 from svdq.worker.models import load_model

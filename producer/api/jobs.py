@@ -35,7 +35,7 @@ def submit(
 
     `job_id` (PUT): the caller's id; the same id with the same body again queues nothing and
     answers with the job as it is; with another body it is refused (409).
-    Without one, the id is the token's id + the job's content id (shared.spec.finalize), so
+    Without one, the id is the token's id + the job's content id (shared.jobid.finalize), so
     resubmitting the same image and parameters is the same job, and no other token's.
     `upload`: the image of a multipart request, checked but not stored yet.
 

@@ -93,7 +93,8 @@ def test_a_tampered_input_fails_in_the_worker_and_the_producer_uploads_it_again(
     bytes against the key's hash (InvalidJobError naming both, one final attempt, no retry);
     the producer, finding a checksum that does not match (HEAD, no download), uploads again."""
     from svdq.producer.inputs import store_input
-    from svdq.shared.spec import JobSpec, finalize
+    from svdq.shared.jobid import finalize
+    from svdq.shared.spec import JobSpec
 
     settings = Settings.from_env(fault_env)
     client = Client(settings, store)

@@ -1,7 +1,7 @@
 """Quality repair and candidates end to end: a real Celery worker (the session's), the tiny
 pipeline, real Redis and S3. Thresholds are set so that the repair path is always taken
 (tiny's clips are noise: they move, and they flicker), and the tries, what was kept and
-what was stored are checked against the policy (worker/quality.py)."""
+what was stored are checked against the policy (worker/plans.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from svdq.shared import records
 from svdq.shared.constants import result_key
 from svdq.shared.spec import JobSpec
-from svdq.worker import quality
+from svdq.worker import plans
 from tests.conftest import run_svdq
 from tests.integration.helpers import FAST, make_image
 from tests.media import mp4_info
@@ -25,8 +25,8 @@ FRAMES = 6
 
 def _kept_by_rank(result: dict) -> int:
     spec = JobSpec.from_dict(result["spec"])
-    checks = quality.opted(spec) or quality.CHECKS
-    return min(result["tries"], key=lambda t: quality.rank(t["scores"], spec, checks, t["try"]))[
+    checks = plans.opted(spec) or plans.CHECKS
+    return min(result["tries"], key=lambda t: plans.rank(t["scores"], spec, checks, t["try"]))[
         "try"
     ]
 
@@ -62,13 +62,13 @@ def test_static_and_flickering_clip_is_generated_again_and_the_best_kept(
         "decode_chunk_size": 2,
     }
     assert one == {
-        "seed": quality.derived_seed(seed, "repair", 1),
-        "noise_seed": quality.derived_seed(seed, "repair", 1),
+        "seed": plans.derived_seed(seed, "repair", 1),
+        "noise_seed": plans.derived_seed(seed, "repair", 1),
         "motion_bucket_id": 180,
         "noise_aug_strength": 0.1,
         "decode_chunk_size": FRAMES,  # the CPU rung carries every frame at once
     }
-    assert two["seed"] == quality.derived_seed(seed, "repair", 2)
+    assert two["seed"] == plans.derived_seed(seed, "repair", 2)
     assert (two["motion_bucket_id"], two["decode_chunk_size"]) == (190, FRAMES)
     for t in tries:
         assert t["problems"] == ["static", "flicker"] and t["seconds"] > 0
@@ -142,7 +142,7 @@ def test_candidates_one_call_best_kept_others_stored(client, store, worker, svdq
     tries = result["tries"]
 
     # Three seeds (the job's, then derived), one call each on a CPU rung (candidates_per_call).
-    assert [t["params"]["seed"] for t in tries] == list(quality.candidate_seeds(spec))
+    assert [t["params"]["seed"] for t in tries] == list(plans.candidate_seeds(spec))
     # One image noise per call, the job's seed's, whether batched or one by one.
     assert {t["params"]["noise_seed"] for t in tries} == {spec.seed}
     assert [(t["reason"], t["candidate"], t["call"]) for t in tries] == [

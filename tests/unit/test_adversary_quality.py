@@ -19,10 +19,11 @@ from prometheus_client import REGISTRY
 
 from svdq.producer.jobcli import repaired
 from svdq.shared.celery_app import send_job
+from svdq.shared.jobid import finalize
 from svdq.shared.records import result_problem
 from svdq.shared.settings import Settings
-from svdq.shared.spec import JobSpec, finalize
-from svdq.worker import engine, metrics, quality, stepdown
+from svdq.shared.spec import JobSpec
+from svdq.worker import engine, metrics, plans, quality, stepdown
 from svdq.worker.profiles import GPU_TABLE
 from tests.unit.test_records import good
 
@@ -228,9 +229,9 @@ def test_progress_never_goes_back_when_a_batch_falls_back(monkeypatch: Any) -> N
 
 def test_rank_is_unaffected_by_keep_candidates() -> None:
     """Attack that failed (kept as a guard): keep_candidates only stores; it takes no part in
-    the pick (quality.rank, quality.generate)."""
+    the pick (plans.rank, quality.generate)."""
     s = JobSpec.from_dict({"image": "x", "seed": 1, "job_id": "j", "candidates": 2})
     t = dataclasses.replace(s, keep_candidates=True)
     clip = {"motion": 0.001, "flicker": 0.2, "displacement": 0.5}
-    checks = quality.opted(s) or quality.CHECKS
-    assert quality.rank(clip, s, checks, 0) == quality.rank(clip, t, checks, 0)
+    checks = plans.opted(s) or plans.CHECKS
+    assert plans.rank(clip, s, checks, 0) == plans.rank(clip, t, checks, 0)

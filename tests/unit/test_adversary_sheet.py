@@ -163,7 +163,8 @@ def test_a_result_spec_counts_only_when_it_names_the_jobs_own_input(tmp_path: Pa
     """Without a submission record, the result's spec is the source only if its image is the
     content address the job id was derived from."""
     from svdq.producer.sheet import source_spec
-    from svdq.shared.spec import JobSpec, finalize
+    from svdq.shared.jobid import finalize
+    from svdq.shared.spec import JobSpec
 
     store = LocalStore(tmp_path)
     jobqueue = SimpleNamespace(store=store, job_spec=lambda job_id: None)

@@ -15,7 +15,8 @@ from svdq.shared.fields import (
     SEED_MAX,
     Field,
 )
-from svdq.shared.spec import JobSpec, finalize
+from svdq.shared.jobid import finalize
+from svdq.shared.spec import JobSpec
 from tests.unit.test_spec import PARTNER, _inside  # the field table's cases
 
 SHA = "ab" * 32

@@ -13,8 +13,9 @@ from svdq.producer.manifest import csv_value
 from svdq.shared import formats
 from svdq.shared.constants import output_key
 from svdq.shared.errors import InvalidJobError
-from svdq.shared.spec import JobSpec, finalize
-from svdq.worker import quality
+from svdq.shared.jobid import finalize
+from svdq.shared.spec import JobSpec
+from svdq.worker import plans, quality
 from svdq.worker.profiles import CPU_LEAN, CPU_PROFILE, GPU_TABLE, candidates_per_call
 
 ROWS = {p.name: p for _, p in GPU_TABLE}
@@ -83,17 +84,17 @@ def test_candidate_outputs_live_under_the_jobs_prefix() -> None:
 
 
 def test_seeds_are_derived_from_the_jobs_seed_and_index() -> None:
-    seeds = quality.candidate_seeds(spec(candidates=4))
+    seeds = plans.candidate_seeds(spec(candidates=4))
     assert seeds[0] == 1234 and len(set(seeds)) == 4
-    assert seeds == quality.candidate_seeds(spec(candidates=4))  # the same job, the same seeds
-    assert quality.candidate_seeds(spec(candidates=2)) == seeds[:2]
-    assert quality.candidate_seeds(spec(seed=1235, candidates=4))[1:] != seeds[1:]
+    assert seeds == plans.candidate_seeds(spec(candidates=4))  # the same job, the same seeds
+    assert plans.candidate_seeds(spec(candidates=2)) == seeds[:2]
+    assert plans.candidate_seeds(spec(seed=1235, candidates=4))[1:] != seeds[1:]
     assert all(0 <= s < 2**32 for s in seeds)
     # sha256("svdq:candidate:1234:1")[:8]: fixed, so a worker upgrade keeps the same tries
-    assert quality.derived_seed(1234, "candidate", 1) == int(
+    assert plans.derived_seed(1234, "candidate", 1) == int(
         __import__("hashlib").sha256(b"svdq:candidate:1234:1").hexdigest()[:8], 16
     )
-    assert quality.derived_seed(1234, "repair", 1) != quality.derived_seed(1234, "candidate", 1)
+    assert plans.derived_seed(1234, "repair", 1) != plans.derived_seed(1234, "candidate", 1)
 
 
 # --- checks and ranking ---------------------------------------------------------------------
@@ -102,19 +103,19 @@ def test_seeds_are_derived_from_the_jobs_seed_and_index() -> None:
 def test_problems_only_for_the_checks_asked_for() -> None:
     job = spec(min_motion=0.01, max_flicker=0.01)
     still_flicker = clip(motion=0.001, flicker=0.05)
-    assert quality.problems(still_flicker, job, ("static", "flicker")) == ["static", "flicker"]
-    assert quality.problems(still_flicker, job, ("flicker",)) == ["flicker"]
-    assert quality.problems(clip(motion=0.01, flicker=0.01), job, quality.CHECKS) == []
-    assert quality.opted(spec(on_flicker="retry")) == ("flicker",)
-    assert quality.opted(spec()) == ()
+    assert plans.problems(still_flicker, job, ("static", "flicker")) == ["static", "flicker"]
+    assert plans.problems(still_flicker, job, ("flicker",)) == ["flicker"]
+    assert plans.problems(clip(motion=0.01, flicker=0.01), job, plans.CHECKS) == []
+    assert plans.opted(spec(on_flicker="retry")) == ("flicker",)
+    assert plans.opted(spec()) == ()
 
 
 def test_rank_prefers_passing_then_closest_then_most_displacement_then_earliest() -> None:
     job = spec(min_motion=0.01, max_flicker=0.01)
-    checks = quality.CHECKS
+    checks = plans.CHECKS
 
     def best(*clips: dict) -> int:
-        return min(range(len(clips)), key=lambda i: quality.rank(clips[i], job, checks, i))
+        return min(range(len(clips)), key=lambda i: plans.rank(clips[i], job, checks, i))
 
     assert best(clip(motion=0.001), clip(motion=0.02)) == 1  # passing beats failing
     assert best(clip(motion=0.002), clip(motion=0.008)) == 1  # closer to passing
@@ -124,48 +125,48 @@ def test_rank_prefers_passing_then_closest_then_most_displacement_then_earliest(
 
 # --- repair plans ---------------------------------------------------------------------------
 
-BASE = quality.Plan(0, "first", 1234, 127, 0.02, None)
+BASE = plans.Plan(0, "first", 1234, 127, 0.02, None)
 
 
 @pytest.mark.parametrize("repair", [1, 2, 3])
 def test_a_static_clip_gets_the_guides_fix_and_a_derived_seed(repair: int) -> None:
-    plan = quality.repair_plan(spec(), repair, repair, ["static"], BASE, used=8, carry=25)
+    plan = plans.repair_plan(spec(), repair, repair, ["static"], BASE, used=8, carry=25)
     assert plan is not None
     assert plan.motion_bucket_id == (180, 190, 200)[repair - 1]
     assert plan.noise_aug_strength == 0.1
-    assert plan.seed == quality.derived_seed(1234, "repair", repair) != 1234
+    assert plan.seed == plans.derived_seed(1234, "repair", repair) != 1234
     assert plan.decode_chunk_size == 8  # the chunk is not what was wrong
     assert (plan.index, plan.reason) == (repair, "static")
 
 
 def test_a_static_repair_never_lowers_what_the_job_asked_for() -> None:
     job = spec(motion_bucket_id=220, noise_aug_strength=0.3)
-    plan = quality.repair_plan(job, 1, 1, ["static"], BASE, used=8, carry=25)
+    plan = plans.repair_plan(job, 1, 1, ["static"], BASE, used=8, carry=25)
     assert plan is not None and (plan.motion_bucket_id, plan.noise_aug_strength) == (220, 0.3)
 
 
 def test_a_flickering_clip_gets_the_largest_chunk_and_the_same_seed() -> None:
-    plan = quality.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=2, carry=14)
+    plan = plans.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=2, carry=14)
     assert plan is not None
     assert (plan.seed, plan.motion_bucket_id, plan.decode_chunk_size) == (1234, 127, 14)
     assert plan.reason == "flicker"
     # already at the largest chunk the rung carries: nothing to try
-    assert quality.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=14, carry=14) is None
+    assert plans.repair_plan(spec(), 1, 1, ["flicker"], BASE, used=14, carry=14) is None
 
 
 def test_both_problems_are_fixed_in_one_try() -> None:
-    plan = quality.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=2, carry=14)
+    plan = plans.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=2, carry=14)
     assert plan is not None and plan.reason == "static+flicker"
     assert (plan.motion_bucket_id, plan.decode_chunk_size) == (180, 14)
     assert plan.seed != 1234
     # the chunk cannot grow: still the static fix
-    plan = quality.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=14, carry=14)
+    plan = plans.repair_plan(spec(), 1, 1, ["static", "flicker"], BASE, used=14, carry=14)
     assert plan is not None and (plan.motion_bucket_id, plan.decode_chunk_size) == (180, 14)
 
 
 def test_plans_are_deterministic() -> None:
     args = (spec(), 2, 3, ["static", "flicker"], BASE, 4, 25)
-    assert quality.repair_plan(*args) == quality.repair_plan(*args)
+    assert plans.repair_plan(*args) == plans.repair_plan(*args)
 
 
 def test_describe_says_what_was_repaired() -> None:
@@ -173,13 +174,13 @@ def test_describe_says_what_was_repaired() -> None:
         {"try": 0, "reason": "first", "scores": clip(motion=0.001)},
         {"try": 1, "reason": "static", "scores": clip(motion=0.02)},
     ]
-    text = quality.describe(["static"], [], tries, 0, 1, "")
+    text = plans.describe(["static"], [], tries, 0, 1, "")
     assert (
         text.startswith("static clip repaired: try 1 kept of 2") and "motion 0.001 → 0.02" in text
     )
     why = "the decode chunk (14) is already the largest this worker's profile carries"
-    assert quality.describe(["flicker"], ["flicker"], tries[:1], 0, 0, why).endswith(why)
-    assert quality.describe([], [], tries, 0, 0, "") == ""
+    assert plans.describe(["flicker"], ["flicker"], tries[:1], 0, 0, why).endswith(why)
+    assert plans.describe([], [], tries, 0, 0, "") == ""
 
 
 # --- batch or one by one --------------------------------------------------------------------
@@ -231,10 +232,10 @@ def test_a_repair_keeps_or_replaces_both_noises_as_one() -> None:
     """A candidate's image noise is its call's (the job's seed); a flicker repair of it keeps
     both seeds (the same denoise), a static one draws both from its own new seed (the clip a
     plain job with that seed makes, in a candidates job or not)."""
-    cand = quality.Plan(2, "candidate", 999, 127, 0.02, None, noise_seed=1234)
-    flick = quality.repair_plan(spec(), 1, 3, ["flicker"], cand, used=2, carry=14)
+    cand = plans.Plan(2, "candidate", 999, 127, 0.02, None, noise_seed=1234)
+    flick = plans.repair_plan(spec(), 1, 3, ["flicker"], cand, used=2, carry=14)
     assert flick is not None and (flick.seed, flick.image_seed) == (999, 1234)
-    static = quality.repair_plan(spec(), 1, 3, ["static"], cand, used=2, carry=14)
+    static = plans.repair_plan(spec(), 1, 3, ["static"], cand, used=2, carry=14)
     assert static is not None and static.image_seed == static.seed != 999
     assert BASE.image_seed == BASE.seed == 1234  # a plain try: one seed for both
     assert cand.knobs() != dataclasses.replace(cand, noise_seed=None).knobs()
@@ -314,8 +315,8 @@ def test_candidate_calls_draw_the_image_noise_from_the_jobs_seed_repairs_from_th
     with their derived seeds (seeds None), as they would be in a job without candidates."""
     job = spec(candidates=3, on_static="retry", repair_attempts=2, **SMALL)
     calls, seen = _run(monkeypatch, job, moving=False)
-    seeds = quality.candidate_seeds(job)
+    seeds = plans.candidate_seeds(job)
     assert calls[:3] == [(1234, (s,)) for s in seeds]
-    repairs = [quality.derived_seed(1234, "repair", r) for r in (1, 2)]
+    repairs = [plans.derived_seed(1234, "repair", r) for r in (1, 2)]
     assert calls[3:] == [(r, None) for r in repairs]
     assert seen == sorted(seen) and seen[-1] == 1.0

@@ -14,7 +14,8 @@ from svdq.shared.fields import (
     FIELDS,
     Field,
 )
-from svdq.shared.spec import JobResult, JobSpec, finalize, json_schema
+from svdq.shared.jobid import finalize
+from svdq.shared.spec import JobResult, JobSpec, json_schema
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
