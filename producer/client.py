@@ -9,8 +9,6 @@ urls = client.presign(handle.job_id, 3600)  # {"mp4": "https://...", ...}
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -219,9 +217,9 @@ class Client:
                 out["requeued"] = str(requeue["reason"])
         elif out["state"].is_final:  # how its callback ended, once `svdq callbacks` knows
             raw = self.jobqueue.redis.hget(job_key(job_id), CALLBACK_FIELD)
-            with contextlib.suppress(ValueError, TypeError):  # an unreadable one is left out
-                if raw:
-                    out["callback"] = dict(json.loads(raw))
+            callback = redisjson.obj(raw)  # an unreadable one is left out
+            if callback is not None:
+                out["callback"] = callback
         elif out["state"] is JobState.RETRYING:  # waiting out a transient fault: say which
             fields = self.jobqueue.redis.hmget(job_key(job_id), WAITING, NEXT_TRY_AT)
             note = waiting_note(*fields)

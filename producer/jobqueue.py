@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from svdq.shared import redisjson
 from svdq.shared.constants import (
     CALLBACK_QUEUED_FIELD,
     REQUEUED_FIELD,
@@ -85,8 +86,8 @@ class JobQueue:
 
     def job_spec(self, job_id: str) -> JobSpec | None:
         """The spec a job was submitted with, while Redis still remembers it."""
-        raw = self.redis.hget(job_key(job_id), "spec")
-        return JobSpec.from_dict(json.loads(raw)) if raw else None
+        raw = redisjson.obj(self.redis.hget(job_key(job_id), "spec"))
+        return JobSpec.from_dict(raw) if raw is not None else None
 
     def stored_result(self, job_id: str, output_prefix: str | None = None) -> dict[str, Any] | None:
         """The job's result.json, or None when it has none (not done, or never run here) or

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from svdq.producer.batch import Batch
 from svdq.shared.records import repaired
-from svdq.shared.scores import BADGES, SCORES, badges
+from svdq.shared.scores import BADGES, SCORES, badges, finite
 from svdq.shared.states import JobState
 
 COLUMNS = (
@@ -83,15 +82,6 @@ def report_entries(
             "badges": row_badges(status, None),
         }
         yield row, None
-
-
-def finite(value: Any) -> int | float | None:
-    """A score or a time as a report shows it: None (missing) unless a finite number. NaN and
-    infinity (json.loads accepts both in a result.json) are missing, as shared/scores.badges
-    treats them: a spreadsheet or the sheet's script would otherwise sort them arbitrarily,
-    and a JSON-lines row holding NaN is not JSON."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return value if number and math.isfinite(value) else None
 
 
 def row_badges(status: Any, result: Any) -> list[str]:

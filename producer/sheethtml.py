@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from html import escape
 from typing import Any
 
 from svdq.producer.report import BADGE_ORDER
-from svdq.shared.scores import BADGES, SCORES
+from svdq.shared.scores import BADGES, SCORES, finite
 
 SORT_KEYS = (*SCORES, "seconds")
 BADGE_HELP = {
@@ -71,10 +70,10 @@ def _e(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    """A score as shown and sorted on: "" (missing) unless a finite number. NaN or infinity
-    (json.loads accepts both in a result.json) would sort arbitrarily in the page's script."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return f"{value:.4g}" if ok else ""
+    """A score as shown and sorted on: "" (missing) unless a finite number (shared/scores.py
+    `finite`: NaN or infinity would sort arbitrarily in the page's script)."""
+    number = finite(value)
+    return "" if number is None else f"{number:.4g}"
 
 
 def render_card(card: Card) -> str:

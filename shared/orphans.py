@@ -39,7 +39,6 @@ from typing import Any
 
 from svdq.shared import redisjson
 from svdq.shared.constants import (
-    HOLDERS_KEY,
     LAST_SEEN_KEY,
     TASK_GENERATE,
     deliveries_key,
@@ -100,10 +99,6 @@ class Orphan:
         return max(0.0, now - since)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def held_jobs(
     redis: Any, unacked_key: str = UNACKED_KEY, index_key: str = UNACKED_INDEX_KEY
 ) -> list[Held]:
@@ -118,7 +113,7 @@ def held_jobs(
         score = redisjson.number(redis.zscore(index_key, tag))
         if score is None:
             continue  # acknowledged between the two reads
-        found.append(Held(_text(tag), job_id, score, raw, queue))
+        found.append(Held(redisjson.text(tag), job_id, score, raw, queue))
     return found
 
 
@@ -168,7 +163,9 @@ def holder_alive(redis: Any, worker: str, attempt: dict[str, Any]) -> bool:
     pid, proc = redis.hmget(worker_key(worker), "pid", "proc")
     if pid is None:
         return False
-    return (_text(pid), None if proc is None else _text(proc)) == _process(attempt)
+    return (redisjson.text(pid), None if proc is None else redisjson.text(proc)) == _process(
+        attempt
+    )
 
 
 def beats(redis: Any, worker: str) -> bool:
@@ -220,7 +217,7 @@ def orphans(
     for held in held_jobs(redis, unacked_key, index_key):
         if job_id is None or held.job_id == job_id:
             by_job.setdefault(held.job_id, []).append(held)
-    entries = holders(redis) if by_job and redis.exists(HOLDERS_KEY) else {}
+    entries = holders(redis) if by_job else {}
     found = []
     for job, copies in by_job.items():
         if redis.exists(lease_key(job)):

@@ -47,3 +47,8 @@ def number(found: Any) -> float | None:
     except Exception:
         return None
     return result if math.isfinite(result) else None
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes, or str from a decoding client) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)

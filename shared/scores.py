@@ -292,42 +292,40 @@ def _box(x: np.ndarray, win: int) -> np.ndarray:
 # clip the sheet calls static. The thresholds are the job's own `min_motion` / `max_flicker`
 # (shared/fields.py, defaults MIN_MOTION / MAX_FLICKER); starting points from SVD's known
 # failures, not laws: tune them on your own clips.
-STATIC_MOTION = MIN_MOTION  # mean frame-to-frame change under 0.5 %: nothing moves
-FLICKER_MAX = MAX_FLICKER  # flicker above this: brightness jumps a viewer sees
 CHUNK_JUMP_MAX = 2.0  # a jump at decode-chunk seams twice the change inside chunks
 BADGES = {
-    "static": f"motion < min_motion (default {STATIC_MOTION:g})",
+    "static": f"motion < min_motion (default {MIN_MOTION:g})",
     "flicker": (
-        f"flicker > max_flicker (default {FLICKER_MAX:g}) or chunk_jump > {CHUNK_JUMP_MAX:g}"
+        f"flicker > max_flicker (default {MAX_FLICKER:g}) or chunk_jump > {CHUNK_JUMP_MAX:g}"
     ),
 }
 
 
-def _number(value: Any) -> float | None:
-    """A finite score, or None (missing, the wrong type, NaN or infinite: earns nothing)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+def finite(value: Any) -> int | float | None:
+    """`value` when it is a finite number, else None: missing, the wrong type, NaN or
+    infinite (json.loads accepts NaN and Infinity in a result.json). A score that is not
+    finite earns no badge, sorts as missing on the contact sheet and is left out of the
+    report (a JSON-lines row holding NaN is not JSON)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if number and math.isfinite(value) else None
 
 
-def badges(
-    scores: Any, min_motion: Any = STATIC_MOTION, max_flicker: Any = FLICKER_MAX
-) -> list[str]:
+def badges(scores: Any, min_motion: Any = MIN_MOTION, max_flicker: Any = MAX_FLICKER) -> list[str]:
     """The score badges a clip earns ("static", "flicker"), in BADGES order, under the job's
     thresholds (a threshold that is not a finite number counts as its default). `scores` comes
     from a record anyone with write access to the bucket could edit: anything but an object of
     numbers earns nothing, never an error."""
     if not isinstance(scores, dict):
         return []
-    low = _number(min_motion)
-    high = _number(max_flicker)
-    low = STATIC_MOTION if low is None else low
-    high = FLICKER_MAX if high is None else high
+    low = finite(min_motion)
+    high = finite(max_flicker)
+    low = MIN_MOTION if low is None else low
+    high = MAX_FLICKER if high is None else high
     out = []
-    move = _number(scores.get("motion"))
+    move = finite(scores.get("motion"))
     if move is not None and move < low:
         out.append("static")
-    flick, jump = _number(scores.get("flicker")), _number(scores.get("chunk_jump"))
+    flick, jump = finite(scores.get("flicker")), finite(scores.get("chunk_jump"))
     if (flick is not None and flick > high) or (jump is not None and jump > CHUNK_JUMP_MAX):
         out.append("flicker")
     return out

@@ -82,7 +82,6 @@ class _Held:
     hard_limit: float | None
     soft_limit: float | None = None
     waited: float = 0.0  # the thread's gate waits (`waited_in`) when the job began
-    began: float = 0.0  # time.monotonic() when the job began (to match `check_soft`'s mark)
     signalled: bool = False  # the soft limit was raised in its thread (by the watchdog)
     stopped: bool = False  # the job raised its soft limit itself (`InFlight.check_soft`)
     finishing: bool = False  # its run ended (result.json written, or it failed): no raise now
@@ -94,15 +93,13 @@ class _Held:
 
 class _Clock:
     """Per thread, what the time limits must not count: the seconds spent waiting at a gate
-    (GpuGate, sharing.RunGate) — another job holds it, the waiting one is not slow — and when
-    the thread last raised its own soft limit (`check_soft`). Keyed by thread, so the gates
-    and `check_soft` need no InFlight: a thread runs one job at a time."""
+    (GpuGate, sharing.RunGate) — another job holds it, the waiting one is not slow. Keyed by
+    thread, so the gates need no InFlight: a thread runs one job at a time."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.total: dict[int, float] = {}  # thread -> seconds waited, every wait ended so far
         self.since: dict[int, float] = {}  # thread -> when its wait now began (time.time())
-        self.fired: dict[int, float] = {}  # thread -> when it raised its soft limit (monotonic)
 
 
 _CLOCK = _Clock()
@@ -178,7 +175,6 @@ class InFlight:
             hard_limit,
             soft_limit,
             waited_in(thread, now),
-            time.monotonic(),
         )
         with self._lock:
             self._jobs[(job_id, thread)] = held
@@ -252,30 +248,20 @@ class InFlight:
                     return job_id, held.hard_limit
         return None
 
-    def overdue(self, now: float) -> str | None:
-        """A job past its hard deadline, if any."""
-        late = self.late(now)
-        return late[0] if late else None
-
-    def hard_limit(self, job_id: str) -> float | None:
-        with self._lock:
-            limits = [h.hard_limit for (j, _), h in self._jobs.items() if j == job_id]
-        return limits[0] if limits else None
-
     def raise_soft(self, now: float) -> list[str]:
         """Raise SoftTimeLimitExceeded once in the thread of every job past its soft deadline
         (under the lock, so never in a thread whose job has ended); returns those jobs.
 
-        Never twice: not in a job that raised it itself (`check_soft`, this InFlight's or the
-        module's), nor once its run ended (`finishing`): a second raise would land in the
-        handling of the first (delivery's `except SoftTimeLimitExceeded`, closing the
-        attempt) and leave the attempt open and the job with a bare SoftTimeLimitExceeded."""
+        Never twice: not in a job that raised it itself (`check_soft`), nor once its run
+        ended (`finishing`): a second raise would land in the handling of the first
+        (delivery's `except SoftTimeLimitExceeded`, closing the attempt) and leave the attempt
+        open and the job with a bare SoftTimeLimitExceeded."""
         raised = []
         with self._lock:
             for (job_id, thread), held in self._jobs.items():
                 if held.signalled or held.stopped or held.finishing:
                     continue
-                if _fired_since(thread, held.began) or not _past(held.pushed(held.soft, now), now):
+                if not _past(held.pushed(held.soft, now), now):
                     continue
                 held.signalled = raise_in(thread, SoftTimeLimitExceeded)
                 raised.append(job_id)
@@ -301,13 +287,6 @@ def _past(deadline: float | None, now: float | None = None) -> bool:
     return bool(deadline) and (time.time() if now is None else now) > (deadline or 0.0)
 
 
-def _fired_since(thread: int, began: float) -> bool:
-    """Whether `thread` raised its own soft limit (`check_soft`) since `began` (monotonic)."""
-    with _CLOCK.lock:
-        fired = _CLOCK.fired.get(thread)
-    return fired is not None and fired >= began
-
-
 class GpuGate:
     """The process-wide lock around the GPU phase of a job."""
 
@@ -319,26 +298,14 @@ class GpuGate:
         """Hold the GPU inside this block; the wait for it does not count against the job's
         time limits (`waiting`): the job beside it holding the GPU is not this job's fault."""
         began = time.monotonic()
-        _wait_starts()
+        with waiting():
+            self._lock.acquire()
         try:
-            with self._lock:
-                _wait_ends()
-                waited = time.monotonic() - began
-                if waited > 0.05:
-                    log.debug("job %s waited %.2fs for the GPU", job_id, waited)
-                yield
+            if (waited := time.monotonic() - began) > 0.05:
+                log.debug("job %s waited %.2fs for the GPU", job_id, waited)
+            yield
         finally:
-            _wait_ends()  # left while waiting (an exception): the wait still ends here
-
-
-def check_soft(started: float, limit: float | None, now: Callable[[], float] = time.time) -> None:
-    """Raise SoftTimeLimitExceeded (billiard's, as prefork's timer does) once `limit` seconds
-    have passed since `started`: the threads pool has no timer to do it. Remembered for the
-    calling thread, so the watchdog does not raise it a second time (InFlight.raise_soft)."""
-    if limit and now() - started > limit:
-        with _CLOCK.lock:
-            _CLOCK.fired[threading.get_ident()] = time.monotonic()
-        raise SoftTimeLimitExceeded(f"soft time limit ({limit}s) exceeded")
+            self._lock.release()
 
 
 class Watchdog:

@@ -235,10 +235,6 @@ class Broker:
             return client
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def requeue(broker: Broker, orphan: Orphan, reason: str) -> bool:
     """Put the orphan's message back at the front of its queue, close its lost attempt with
     `reason`; True for the one caller that did it, False when another got there first."""
@@ -260,7 +256,7 @@ def _requeue(broker: Broker, orphan: Orphan, reason: str) -> tuple[str, str] | N
         channel.unacked_key,
         channel.unacked_index_key,
         deliveries_key(job_id),
-        _text(broker.app.backend.get_key_for_task(job_id)),
+        redisjson.text(broker.app.backend.get_key_for_task(job_id)),
         job_key(job_id),
         lease_key(job_id),
         worker_key(orphan.worker),

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from svdq.shared import redisjson
 from svdq.shared.constants import proc_key
 from svdq.worker import overlap
 
@@ -43,10 +44,6 @@ RUNNING, WAITING, HARD_LIMIT = "running", "waiting", "hard limit"
 LOST_PREFIX = "worker lost"  # how every lost attempt's reason starts (delivery.LOST, reaper)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def classify(redis: Any, job_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     """What a lost attempt of `job_id` becomes, from its process's hash: `charged` (counts
     toward SVDQ_MAX_DELIVERIES), and for an uncharged one its reworded `reason` and, when
@@ -54,7 +51,9 @@ def classify(redis: Any, job_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     proc = entry.get("proc")
     if not proc:
         return {"charged": True}
-    held = {_text(k): _text(v) for k, v in redis.hgetall(proc_key(str(proc))).items()}
+    held = {
+        redisjson.text(k): redisjson.text(v) for k, v in redis.hgetall(proc_key(str(proc))).items()
+    }
     # A job waiting at the gate ran nothing: it cannot have killed the process.
     others = {j: v for j, v in held.items() if j != job_id and v != WAITING}
     reason = str(entry.get("reason") or "")

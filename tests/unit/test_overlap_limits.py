@@ -35,9 +35,8 @@ def test_inflight_overdue_only_past_the_hard_limit() -> None:
     held = InFlight()
     started = held.begin("slow", hard_limit=10)
     held.begin("free")  # no limit: never overdue
-    assert held.overdue(started + 9) is None
-    assert held.overdue(started + 11) == "slow"
-    assert held.hard_limit("slow") == 10
+    assert held.late(started + 9) is None
+    assert held.late(started + 11) == ("slow", 10)
 
 
 def test_watchdog_raises_the_soft_limit_in_the_jobs_thread_once() -> None:
